@@ -1,0 +1,191 @@
+"""Artifacts: a directory holding ``weights.pt`` (a state dict) and ``model.json`` (the model card).
+
+Writes are atomic (a temp dir renamed into place), so a crash never leaves a half artifact that
+looks whole. Loading verifies the weights' sha256 against the card and uses
+``torch.load(weights_only=True)``, which never executes pickled code.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform as _platform
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .models import build_model, count_parameters
+
+WEIGHTS_FILE = "weights.pt"
+CARD_FILE = "model.json"
+CHOSEN_FILE = "CHOSEN"
+KINDS = ("teacher", "student", "baseline", "federated", "tuned", "compressed")
+
+
+class ArtifactError(RuntimeError):
+    """An artifact is missing, incomplete or tampered with; the message names the file."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    import numpy
+
+    versions = {"python": _platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__}
+    try:  # the library itself never needs ray to read or write artifacts
+        import ray
+
+        versions["ray"] = ray.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    from . import __version__
+
+    versions["raydistill"] = __version__
+    return versions
+
+
+def artifacts_root(storage_dir: Path | str) -> Path:
+    return Path(storage_dir) / "artifacts"
+
+
+def new_artifact_path(storage_dir: Path | str, kind: str) -> Path:
+    """``<storage>/artifacts/<kind>/<kind>-<UTC time>-<4 hex>``: sortable and unique."""
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return artifacts_root(storage_dir) / kind / f"{kind}-{stamp}-{uuid.uuid4().hex[:4]}"
+
+
+def _write_json_atomic(path: Path, payload: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False))
+    os.replace(tmp, path)
+
+
+def save_artifact(path: Path | str, model: nn.Module | dict[str, torch.Tensor], card: dict[str, Any]) -> Path:
+    """Write weights + card to ``path`` atomically; returns ``path``.
+
+    ``card`` must hold ``architecture`` (``{"name", "args"}``), ``input_shape`` and
+    ``class_names``; this adds ``weights_sha256``, ``parameters``, ``versions``, ``created``.
+    """
+    path = Path(path)
+    for key in ("architecture", "input_shape", "class_names"):
+        if key not in card:
+            raise ArtifactError(f"model card for {path} lacks '{key}'")
+    state = model.state_dict() if isinstance(model, nn.Module) else model
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.mkdir()
+    try:
+        torch.save(state, tmp / WEIGHTS_FILE)
+        full = dict(card)
+        full["weights_sha256"] = sha256_file(tmp / WEIGHTS_FILE)
+        full["parameters"] = int(sum(v.numel() for k, v in state.items() if _is_parameter_key(k, state)))
+        full.setdefault("versions", library_versions())
+        full.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        full["path"] = str(path)
+        (tmp / CARD_FILE).write_text(json.dumps(full, indent=2))
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _is_parameter_key(key: str, state: dict) -> bool:
+    """Exclude BatchNorm running stats and counters from the parameter count."""
+    return not key.endswith(("running_mean", "running_var", "num_batches_tracked"))
+
+
+def load_card(path: Path | str) -> dict[str, Any]:
+    card_path = Path(path) / CARD_FILE
+    if not card_path.is_file():
+        raise ArtifactError(f"not an artifact: {card_path} is missing")
+    try:
+        return json.loads(card_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"model card {card_path} is not valid JSON: {exc}") from exc
+
+
+def load_state(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Verified state dict and card of the artifact at ``path``."""
+    path = Path(path)
+    card = load_card(path)
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ArtifactError(f"artifact {path} has no {WEIGHTS_FILE}")
+    actual = sha256_file(weights)
+    if actual != card.get("weights_sha256"):
+        raise ArtifactError(f"sha256 mismatch for {weights}: card says {card.get('weights_sha256')}, "
+                            f"file has {actual}; the artifact is corrupted or was tampered with")
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated or not a torch file
+        raise ArtifactError(f"cannot read {weights}: {exc}") from exc
+    return state, card
+
+
+def build_from_card(card: dict[str, Any]) -> nn.Module:
+    arch = card["architecture"]
+    return build_model(arch["name"], card["input_shape"], len(card["class_names"]), arch.get("args"))
+
+
+def load_artifact(path: Path | str) -> tuple[nn.Module, dict[str, Any]]:
+    """Model (eval mode, CPU) and card; raises ArtifactError on any mismatch."""
+    state, card = load_state(path)
+    model = build_from_card(card)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ArtifactError(f"weights in {path} do not fit architecture {card['architecture']}: {exc}") from exc
+    model.eval()
+    if count_parameters(model) <= 0:  # pragma: no cover - defensive
+        raise ArtifactError(f"artifact {path} has an empty model")
+    return model, card
+
+
+def list_artifacts(storage_dir: Path | str, kind: str) -> list[Path]:
+    """Complete artifacts of ``kind``, oldest first (names sort by time)."""
+    folder = artifacts_root(storage_dir) / kind
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and (p / CARD_FILE).is_file())
+
+
+def mark_chosen(path: Path | str, storage_dir: Path | str) -> None:
+    """Record ``path`` as the chosen student (what ``serve`` deploys by default)."""
+    root = artifacts_root(storage_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    _write_json_atomic(root / CHOSEN_FILE, {"path": str(Path(path).resolve())})
+
+
+def resolve_artifact(ref: str, storage_dir: Path | str) -> Path:
+    """``"chosen"`` -> the chosen student; ``"latest:<kind>"`` -> newest of that kind;
+    anything else is a path."""
+    if ref == "chosen":
+        pointer = artifacts_root(storage_dir) / CHOSEN_FILE
+        if not pointer.is_file():
+            raise ArtifactError(f"no chosen student yet: {pointer} is missing (run tune or distill first)")
+        return Path(json.loads(pointer.read_text())["path"])
+    if ref.startswith("latest:"):
+        kind = ref.split(":", 1)[1]
+        found = list_artifacts(storage_dir, kind)
+        if not found:
+            raise ArtifactError(f"no '{kind}' artifact under {artifacts_root(storage_dir) / kind}")
+        return found[-1]
+    path = Path(ref).expanduser()
+    if not (path / CARD_FILE).is_file():
+        raise ArtifactError(f"not an artifact: {path / CARD_FILE} is missing")
+    return path

@@ -1,0 +1,29 @@
+"""Model cards: what an artifact says about itself (see ../shared/DESIGN.md, "The flow")."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .data import DataBundle
+
+
+def parent_entry(path: Path | str, card: dict, **extra: Any) -> dict:
+    """A parent reference: where it is, what it is, and the sha256 that pins it."""
+    return {"path": str(path), "kind": card.get("kind"), "sha256": card.get("weights_sha256"), **extra}
+
+
+def build_card(*, kind: str, model_name: str, model_args: dict, bundle: DataBundle, seed: int,
+               metrics: dict, parents: list[dict] | None = None, **extra: Any) -> dict:
+    """The model card of a new artifact; ``extra`` adds stage-specific sections."""
+    return {
+        "kind": kind,
+        "name": f"{bundle.name}-{kind}-{model_name}",
+        "architecture": {"name": model_name, "args": dict(model_args)},
+        "input_shape": list(bundle.input_shape),
+        "class_names": list(bundle.class_names),
+        "normalization": bundle.normalization,
+        "dataset": {**bundle.describe(), "split_seed": seed},
+        "metrics": metrics,
+        "parents": parents or [],
+        **extra,
+    }

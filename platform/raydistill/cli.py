@@ -1,0 +1,95 @@
+"""``raydistill <stage>``: one subcommand per stage, all taking ``--config``, ``--set``, ``--address``.
+
+Config and input errors are reported before Ray starts, as ``error: <dotted key>: ...`` and
+exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from .artifacts import ArtifactError
+from .config import Config, ConfigError, load_config
+from .data import DataError
+
+STAGES: dict[str, tuple[str, str]] = {
+    # stage: (module:function, help)
+    "teacher": ("raydistill.stages:run_teacher", "train the teacher with Ray Train"),
+    "distill": ("raydistill.stages:run_distill", "distill the student with Ray Train (N workers)"),
+    "baseline": ("raydistill.stages:run_baseline", "train the student alone (no teacher), the baseline"),
+    "pipeline": ("raydistill.pipeline:run_pipeline", "teacher -> distill -> baseline, with a summary table"),
+}
+
+
+def register_stage(name: str, target: str, help_text: str) -> None:
+    """Add a subcommand whose entry point is ``target`` = ``"module:function(cfg, args)"``."""
+    STAGES[name] = (target, help_text)
+
+
+def _load_optional_stages() -> None:
+    """Stages that live in their own modules announce themselves here (explicit, no side effects)."""
+    optional = {
+        "tune": ("raydistill.tune:run_tune_cli", "sweep temperature x alpha with Ray Tune (ASHA)"),
+        "federated": ("raydistill.federated:run_federated_cli", "federated clients on Ray actors"),
+        "serve": ("raydistill.serving:run_serve_cli", "serve a student over HTTP with Ray Serve"),
+        "compress-report": ("raydistill.compress:run_compress_cli", "distillation vs quantization vs pruning"),
+    }
+    import importlib.util
+
+    for name, (target, help_text) in optional.items():
+        if importlib.util.find_spec(target.split(":")[0]) is not None and name not in STAGES:
+            register_stage(name, target, help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    _load_optional_stages()
+    parser = argparse.ArgumentParser(prog="raydistill", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="stage", required=True)
+    for name, (_, help_text) in STAGES.items():
+        p = sub.add_parser(name, help=help_text)
+        add_common_arguments(p)
+        if name == "tune":
+            p.add_argument("--resume", default="", help="resume the sweep in this directory")
+        if name in ("serve", "compress-report"):
+            p.add_argument("--artifact", default="", help="artifact dir, 'chosen' or 'latest:<kind>'")
+    return parser
+
+
+def add_common_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, help="YAML config (defaults: configs/digits.yaml values)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted override, e.g. --set distill.temperature=4 (repeatable)")
+    p.add_argument("--address", default="", help="Ray address to attach to (default: RAY_ADDRESS or local)")
+
+
+def _resolve(target: str) -> Callable:
+    import importlib
+
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    overrides = list(args.overrides)
+    if args.address:
+        overrides.append(f"run.address={args.address}")
+    return load_config(args.config, overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+        result = _resolve(STAGES[args.stage][0])(cfg, args)
+    except (ConfigError, DataError, ArtifactError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0 if result is None or result is True or not isinstance(result, int) else int(result)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,319 @@
+"""Typed configuration tree: YAML files plus dotted ``--set key=value`` overrides.
+
+Every value is checked at the door: an unknown key, a value of the wrong type or one out
+of range raises :class:`ConfigError` naming the dotted key, before any Ray work starts.
+YAML is read with ``yaml.safe_load`` only (no tags that import code).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config_rules import ConfigError, validate
+
+__all__ = ["Config", "ConfigError", "load_config", "config_from_dict", "save_config", "parse_override"]
+
+
+@dataclass(kw_only=True)
+class RunSection:
+    """Where results go and how to reach Ray."""
+
+    name: str = "digits"
+    seed: int = 0
+    storage_path: str = "runs"  # artifacts + Ray results; shared storage on a multi-node cluster
+    address: str = ""  # "" = RAY_ADDRESS or a new local runtime; "auto" or ray://... to attach
+    use_gpu: bool = False  # use a GPU when set and one is present
+    quiet: bool = False  # fewer progress lines
+
+
+@dataclass(kw_only=True)
+class DataSection:
+    """Which data set, where it lives, and how it is split."""
+
+    name: str = "digits"
+    root: str = ""  # folder with IDX/CIFAR files; "" = the data set's default place
+    download: bool = False  # torchvision download for cifar10/100 and (fashion_)mnist
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2  # used only by sets without an official test split
+    train_limit: int = 0  # 0 = every training example; >0 = a seeded subset (fast runs)
+    synthetic_samples: int = 600
+    synthetic_classes: int = 4
+    synthetic_shape: list[int] = field(default_factory=lambda: [1, 8, 8])
+
+
+@dataclass(kw_only=True)
+class ModelSpec:
+    """A registry name plus keyword arguments for it."""
+
+    name: str = "mlp"
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class TeacherSection:
+    """Training the teacher with Ray Train."""
+
+    model: ModelSpec = field(
+        default_factory=lambda: ModelSpec(name="mlp", args={"hidden": [1200, 1200], "dropout": 0.2})
+    )
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    workers: int = 1
+    max_failures: int = 1
+    seeds: list[int] = field(default_factory=list)  # several teachers in one call
+
+
+@dataclass(kw_only=True)
+class TeacherRef:
+    """One teacher of an ensemble: an artifact path and its weight in the mixture."""
+
+    artifact: str = ""
+    weight: float = 1.0
+
+
+@dataclass(kw_only=True)
+class DistillSection:
+    """Distilling the student with Ray Train."""
+
+    student: ModelSpec = field(default_factory=lambda: ModelSpec(name="mlp", args={"hidden": [32]}))
+    teacher: str = ""  # teacher artifact dir; "" = the newest teacher under storage_path
+    teachers: list[TeacherRef] = field(default_factory=list)  # ensemble; overrides `teacher`
+    temperature: float = 4.0
+    alpha: float = 0.9
+    mode: str = "cached"  # cached | online
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    workers: int = 2
+    max_failures: int = 1
+    soft_target_actors: int = 1  # Ray Data actors computing teacher logits
+    crash_at_epoch: int = -1  # fault injection: one worker dies once at this epoch (tests)
+
+
+@dataclass(kw_only=True)
+class TuneSection:
+    """The T x alpha (x lr) sweep."""
+
+    num_samples: int = 8
+    temperature: list[float] = field(default_factory=lambda: [1.0, 20.0])
+    temperature_search: str = "loguniform"  # loguniform | grid
+    alpha: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    alpha_search: str = "uniform"  # uniform | grid
+    lr: list[float] = field(default_factory=list)  # [] = keep distill.lr; [lo, hi] = loguniform
+    scheduler: str = "asha"  # asha | none
+    searcher: str = "random"  # random | optuna
+    grace_period: int = 3
+    reduction_factor: int = 3
+    max_epochs: int = 15
+    metric: str = "val_accuracy"
+    mode: str = "max"
+    max_concurrent: int = 0  # 0 = from the cluster's CPUs
+    max_retries: int = 1
+    top_k: int = 5
+    fail_trial: int = -1  # fault injection: this trial index raises (tests)
+
+
+@dataclass(kw_only=True)
+class FederatedSection:
+    """Emulated federated clients on Ray actors."""
+
+    strategy: str = "fedavg"  # fedavg | fedprox | feddf
+    clients: int = 10
+    rounds: int = 10
+    fraction: float = 1.0
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 1e-2
+    mu: float = 0.01  # FedProx proximal weight
+    partition: str = "dirichlet"  # iid | dirichlet
+    dirichlet_alpha: float = 0.5
+    min_partition_size: int = 2
+    min_clients: int = 1
+    round_timeout_s: float = 60.0
+    actors: int = 0  # 0 = from CPUs and memory
+    actor_memory_gb: float = 1.0
+    failure_prob: float = 0.0  # fault injection
+    proxy_fraction: float = 0.1  # FedDF unlabeled proxy slice of the training split
+    distill_epochs: int = 1
+    distill_temperature: float = 3.0
+    client_teacher: str = ""  # client-side KD from this teacher artifact
+    client_kd_alpha: float = 0.5
+    model: ModelSpec = field(default_factory=lambda: ModelSpec(name="mlp", args={"hidden": [64]}))
+
+
+@dataclass(kw_only=True)
+class ServeSection:
+    """The HTTP endpoint."""
+
+    artifact: str = "chosen"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    route_prefix: str = "/"
+    max_batch_size: int = 16
+    batch_wait_timeout_s: float = 0.005
+    max_instances: int = 256
+    max_body_bytes: int = 1_000_000
+    auth_token_env: str = ""  # name of the env var holding the bearer token; "" = no auth
+    quantize: str = "none"  # none | int8
+    min_replicas: int = 1
+    max_replicas: int = 2
+    target_ongoing_requests: float = 2.0
+    num_cpus: float = 0.5
+
+
+@dataclass(kw_only=True)
+class Config:
+    """The whole tree; one section per stage."""
+
+    run: RunSection = field(default_factory=RunSection)
+    data: DataSection = field(default_factory=DataSection)
+    teacher: TeacherSection = field(default_factory=TeacherSection)
+    distill: DistillSection = field(default_factory=DistillSection)
+    tune: TuneSection = field(default_factory=TuneSection)
+    federated: FederatedSection = field(default_factory=FederatedSection)
+    serve: ServeSection = field(default_factory=ServeSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def storage_dir(self) -> Path:
+        """Absolute storage path (Ray Train requires absolute paths)."""
+        return Path(os.path.expanduser(self.run.storage_path)).resolve()
+
+
+# --- building and checking -----------------------------------------------------------------
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Return ``value`` as type ``tp`` or raise ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return _build(tp, value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover - programming error
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for name, value in raw.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if name not in known:
+            raise ConfigError(f"unknown config key '{key}'; known: {', '.join(sorted(known))}")
+        kwargs[name] = _coerce(value, hints[name], key)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"distill.temperature=4"`` -> ``("distill.temperature", 4)`` (value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.key=value")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def _merge_defaults(tree: dict[str, Any]) -> dict[str, Any]:
+    """Merge a partial tree over the defaults so that overrides of a nested mapping keep siblings."""
+    base = Config().to_dict()
+
+    def merge(dst: dict, src: dict) -> dict:
+        for k, v in src.items():
+            if isinstance(v, dict) and isinstance(dst.get(k), dict) and k != "args":
+                merge(dst[k], v)
+            else:
+                dst[k] = v
+        return dst
+
+    return merge(base, tree)
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple = ()) -> Config:
+    """Read YAML (or defaults when ``path`` is None), apply overrides, validate.
+
+    Raises
+    ------
+    ConfigError
+        Missing file, unknown key, wrong type or out-of-range value; names the dotted key.
+    """
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{p}: top level must be a mapping of sections")
+    _check_keys(tree, "")
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value)
+    cfg = _build(Config, _merge_defaults(tree), "")
+    validate(cfg)
+    return cfg
+
+
+def _check_keys(tree: dict[str, Any], prefix: str) -> None:
+    """Reject unknown keys in the raw file before defaults are merged in."""
+    _build(Config, _merge_defaults(tree), prefix)
+
+
+def config_from_dict(tree: dict[str, Any]) -> Config:
+    """Rebuild a Config from ``Config.to_dict()`` output (used inside Ray workers)."""
+    cfg = _build(Config, _merge_defaults(tree), "")
+    validate(cfg)
+    return cfg
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

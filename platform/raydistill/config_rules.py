@@ -1,0 +1,120 @@
+"""Range rules for the config tree: each failure names the dotted key and the allowed range."""
+from __future__ import annotations
+
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is wrong; the message names the dotted key."""
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _positive(cfg: Any, section: str, *names: str) -> None:
+    for name in names:
+        value = getattr(getattr(cfg, section), name)
+        _require(value > 0, f"{section}.{name}", f"must be > 0, got {value}")
+
+
+def _one_of(value: str, key: str, choices: tuple[str, ...]) -> None:
+    _require(value in choices, key, f"must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _fraction(value: float, key: str, *, low_open: bool = False, high_open: bool = False) -> None:
+    lo_ok = value > 0 if low_open else value >= 0
+    hi_ok = value < 1 if high_open else value <= 1
+    lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
+    _require(lo_ok and hi_ok, key, f"must be in {lo}0, 1{hi}, got {value}")
+
+
+def _range_pair(values: list[float], key: str, *, low: float, high: float | None) -> None:
+    _require(len(values) >= 1, key, "must not be empty")
+    for v in values:
+        _require(v >= low if low == 0 else v > low, key, f"values must be > {low}, got {v}")
+        if high is not None:
+            _require(v <= high, key, f"values must be <= {high}, got {v}")
+
+
+def validate(cfg: Any) -> None:
+    """Check every range rule; raise ConfigError on the first that fails."""
+    _validate_data(cfg)
+    _positive(cfg, "teacher", "epochs", "batch_size", "lr", "workers")
+    _positive(cfg, "distill", "epochs", "batch_size", "lr", "workers", "temperature", "soft_target_actors")
+    _require(cfg.teacher.max_failures >= 0, "teacher.max_failures", "must be >= 0")
+    _require(cfg.distill.max_failures >= 0, "distill.max_failures", "must be >= 0")
+    _fraction(cfg.distill.alpha, "distill.alpha")
+    _one_of(cfg.distill.mode, "distill.mode", ("cached", "online"))
+    for i, ref in enumerate(cfg.distill.teachers):
+        _require(bool(ref.artifact), f"distill.teachers[{i}].artifact", "must name a teacher artifact")
+        _require(ref.weight > 0, f"distill.teachers[{i}].weight", f"must be > 0, got {ref.weight}")
+    _validate_tune(cfg)
+    _validate_federated(cfg)
+    _validate_serve(cfg)
+
+
+def _validate_data(cfg: Any) -> None:
+    d = cfg.data
+    _fraction(d.val_fraction, "data.val_fraction", low_open=True, high_open=True)
+    _fraction(d.test_fraction, "data.test_fraction", low_open=True, high_open=True)
+    _require(d.val_fraction + d.test_fraction < 1, "data.val_fraction", "val + test fractions must be < 1")
+    _require(d.train_limit >= 0, "data.train_limit", "must be >= 0 (0 = all)")
+    _positive(cfg, "data", "synthetic_samples")
+    _require(d.synthetic_classes >= 2, "data.synthetic_classes", "must be >= 2")
+    _require(len(d.synthetic_shape) == 3 and all(s > 0 for s in d.synthetic_shape),
+             "data.synthetic_shape", "must be [channels, height, width] of positive ints")
+
+
+def _validate_tune(cfg: Any) -> None:
+    t = cfg.tune
+    _positive(cfg, "tune", "num_samples", "grace_period", "max_epochs")
+    _require(t.reduction_factor >= 2, "tune.reduction_factor", "must be >= 2")
+    _require(t.grace_period <= t.max_epochs, "tune.grace_period", "must be <= tune.max_epochs")
+    _range_pair(t.temperature, "tune.temperature", low=0, high=None)
+    _require(all(v > 0 for v in t.temperature), "tune.temperature", "temperatures must be > 0")
+    _range_pair(t.alpha, "tune.alpha", low=0, high=1)
+    _one_of(t.temperature_search, "tune.temperature_search", ("loguniform", "uniform", "grid"))
+    _one_of(t.alpha_search, "tune.alpha_search", ("uniform", "grid"))
+    for name, search in (("temperature", t.temperature_search), ("alpha", t.alpha_search)):
+        values = getattr(t, name)
+        if search != "grid":
+            _require(len(values) == 2 and values[0] < values[1], f"tune.{name}",
+                     f"a {search} range needs [low, high] with low < high, got {values}")
+    if t.lr:
+        _require(len(t.lr) == 2 and 0 < t.lr[0] < t.lr[1], "tune.lr", f"needs [low, high], 0 < low < high; got {t.lr}")
+    _one_of(t.scheduler, "tune.scheduler", ("asha", "none"))
+    _one_of(t.searcher, "tune.searcher", ("random", "optuna"))
+    _one_of(t.mode, "tune.mode", ("max", "min"))
+    _require(t.max_concurrent >= 0, "tune.max_concurrent", "must be >= 0 (0 = from the cluster's CPUs)")
+    _require(t.max_retries >= 0, "tune.max_retries", "must be >= 0")
+
+
+def _validate_federated(cfg: Any) -> None:
+    f = cfg.federated
+    _one_of(f.strategy, "federated.strategy", ("fedavg", "fedprox", "feddf"))
+    _one_of(f.partition, "federated.partition", ("iid", "dirichlet"))
+    _fraction(f.fraction, "federated.fraction", low_open=True)
+    _require(f.dirichlet_alpha > 0, "federated.dirichlet_alpha", f"must be > 0, got {f.dirichlet_alpha}")
+    _positive(cfg, "federated", "clients", "rounds", "local_epochs", "batch_size", "lr",
+              "round_timeout_s", "actor_memory_gb", "distill_temperature")
+    _require(f.mu >= 0, "federated.mu", "must be >= 0")
+    _require(f.min_clients >= 1, "federated.min_clients", "must be >= 1")
+    _require(f.min_partition_size >= 1, "federated.min_partition_size", "must be >= 1")
+    _require(f.actors >= 0, "federated.actors", "must be >= 0 (0 = from CPUs and memory)")
+    _fraction(f.failure_prob, "federated.failure_prob", high_open=True)
+    _fraction(f.proxy_fraction, "federated.proxy_fraction", low_open=True, high_open=True)
+    _fraction(f.client_kd_alpha, "federated.client_kd_alpha")
+
+
+def _validate_serve(cfg: Any) -> None:
+    s = cfg.serve
+    _require(1 <= s.port <= 65535, "serve.port", f"must be in 1..65535, got {s.port}")
+    _positive(cfg, "serve", "max_batch_size", "max_instances", "max_body_bytes", "num_cpus",
+              "target_ongoing_requests")
+    _require(s.batch_wait_timeout_s >= 0, "serve.batch_wait_timeout_s", "must be >= 0")
+    _require(1 <= s.min_replicas <= s.max_replicas, "serve.min_replicas",
+             f"need 1 <= min_replicas <= max_replicas, got {s.min_replicas}, {s.max_replicas}")
+    _one_of(s.quantize, "serve.quantize", ("none", "int8"))
+    _require(s.route_prefix.startswith("/"), "serve.route_prefix", "must start with '/'")

@@ -1,0 +1,137 @@
+"""Plain PyTorch train / distill / evaluate steps. No Ray import: Ray adapters call these.
+
+Batches are tuples of tensors: ``(x, y)`` with ``x`` ``(B, C, H, W)`` and ``y`` ``(B,)``, or
+``(x, y, z_t)`` with cached teacher logits ``z_t`` ``(B, C)`` (one teacher) or ``(B, K, C)``
+(an ensemble of K teachers).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .losses import ensemble_soft_targets, kd_loss_from_probs, soft_targets
+
+
+@dataclass(frozen=True, kw_only=True)
+class KDSettings:
+    """What the distillation step needs besides the batch."""
+
+    temperature: float = 4.0
+    alpha: float = 0.9
+    teacher_weights: tuple[float, ...] = (1.0,)
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """Adam (Kingma & Ba 2015): a robust default for the MLP/CNN sizes this platform targets."""
+    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+
+
+def iterate_batches(arrays: Sequence[np.ndarray | torch.Tensor], batch_size: int, *, shuffle: bool,
+                    seed: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Yield aligned mini-batches of ``arrays`` (same first dimension), shuffled by ``seed``."""
+    tensors = [torch.as_tensor(a) for a in arrays]
+    n = len(tensors[0])
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(n)
+    for start in range(0, n, batch_size):
+        idx = order[start:start + batch_size]
+        yield tuple(t[idx] for t in tensors)
+
+
+def teacher_probs(teacher_logits: torch.Tensor, kd: KDSettings) -> torch.Tensor:
+    """Softened teacher probabilities ``(B, C)`` from logits ``(B, C)`` or ``(B, K, C)``."""
+    if teacher_logits.dim() == 2:
+        return soft_targets(teacher_logits, kd.temperature)
+    per_teacher = [teacher_logits[:, k] for k in range(teacher_logits.shape[1])]
+    return ensemble_soft_targets(per_teacher, kd.teacher_weights, kd.temperature)
+
+
+@torch.no_grad()
+def run_teachers(teachers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """Online teacher logits: ``(B, C)`` for one teacher, ``(B, K, C)`` for K."""
+    logits = [t(x) for t in teachers]
+    return logits[0] if len(logits) == 1 else torch.stack(logits, dim=1)
+
+
+def batch_loss(model: nn.Module, batch: tuple[torch.Tensor, ...], *, kd: KDSettings | None,
+               teachers: Sequence[nn.Module] = ()) -> torch.Tensor:
+    """Cross-entropy when ``kd`` is None; else the KD loss against cached (3rd element) or
+    online (``teachers``) teacher logits."""
+    x, y = batch[0], batch[1]
+    logits = model(x)
+    if kd is None or kd.alpha == 0.0:
+        return F.cross_entropy(logits, y)
+    z_t = batch[2] if len(batch) > 2 else run_teachers(teachers, x)
+    return kd_loss_from_probs(logits, teacher_probs(z_t.float(), kd), y,
+                              temperature=kd.temperature, alpha=kd.alpha)
+
+
+def train_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]], optimizer: torch.optim.Optimizer,
+                *, kd: KDSettings | None = None, teachers: Sequence[nn.Module] = (),
+                device: torch.device | str = "cpu") -> float:
+    """One pass over ``batches``; returns the example-weighted mean loss."""
+    model.train()
+    for t in teachers:
+        t.eval()
+    total, count = 0.0, 0
+    for batch in batches:
+        batch = tuple(b.to(device, non_blocking=True) for b in batch)
+        loss = batch_loss(model, batch, kd=kd, teachers=teachers)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(batch[1])
+        count += len(batch[1])
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: np.ndarray | torch.Tensor, *, batch_size: int = 1024,
+                   device: torch.device | str = "cpu") -> np.ndarray:
+    """Logits ``(N, C)`` for inputs ``(N, C_in, H, W)``, in eval mode."""
+    model.eval()
+    out = [model(torch.as_tensor(x[i:i + batch_size]).to(device)).cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+
+@torch.no_grad()
+def evaluation_sums(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]],
+                    device: torch.device | str = "cpu") -> torch.Tensor:
+    """``[sum of CE loss, correct, count]`` as a float64 tensor (sums all-reduce across ranks)."""
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64)
+    for batch in batches:
+        x, y = batch[0].to(device), batch[1].to(device)
+        logits = model(x)
+        sums[0] += float(F.cross_entropy(logits, y, reduction="sum"))
+        sums[1] += float((logits.argmax(dim=-1) == y).sum())
+        sums[2] += len(y)
+    return sums
+
+
+def metrics_from_sums(sums: torch.Tensor) -> dict[str, float]:
+    loss, correct, count = (float(v) for v in sums)
+    return {"loss": loss / max(count, 1), "accuracy": correct / max(count, 1), "count": int(count)}
+
+
+def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, *, batch_size: int = 1024,
+             device: torch.device | str = "cpu") -> dict[str, float]:
+    """Accuracy and mean cross-entropy of ``model`` on ``(x, y)``."""
+    sums = evaluation_sums(model, iterate_batches([x, y], batch_size, shuffle=False), device)
+    return metrics_from_sums(sums)
+
+
+def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, lr: float, batch_size: int,
+        seed: int = 0, weight_decay: float = 0.0, kd: KDSettings | None = None,
+        teacher_logits: np.ndarray | None = None, teachers: Sequence[nn.Module] = (),
+        device: torch.device | str = "cpu") -> list[float]:
+    """Single-process training loop (benchmarks, federated clients); returns per-epoch losses."""
+    optimizer = make_optimizer(model, lr, weight_decay)
+    arrays = [x, y] if teacher_logits is None else [x, y, teacher_logits]
+    return [train_epoch(model, iterate_batches(arrays, batch_size, shuffle=True, seed=seed + epoch),
+                        optimizer, kd=kd, teachers=teachers, device=device)
+            for epoch in range(epochs)]

@@ -1,0 +1,104 @@
+"""The epoch loop shared by every trainer (Ray Train workers, Tune trials, benchmarks).
+
+No Ray here: the caller supplies how batches arrive, how metric sums are reduced across ranks
+and how a checkpoint is reported, so the same code runs on one process or many.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from .engine import KDSettings, evaluation_sums, make_optimizer, metrics_from_sums, train_epoch
+from .models import build_model
+
+Batches = Iterable[tuple[torch.Tensor, ...]]
+
+
+@dataclass(kw_only=True)
+class StageSpec:
+    """Everything a trainer needs, independent of where it runs.
+
+    ``kd`` is None for plain supervised training (teacher, student-alone baseline).
+    """
+
+    stage: str  # teacher | student | baseline
+    model_name: str
+    model_args: dict = field(default_factory=dict)
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    epochs: int
+    lr: float
+    batch_size: int
+    weight_decay: float = 0.0
+    seed: int = 0
+    kd: KDSettings | None = None
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint holds: weights, optimizer, next epoch and the metric history."""
+
+    model: dict
+    optimizer: dict
+    epoch: int
+    history: list[dict]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "optimizer": self.optimizer, "epoch": self.epoch, "history": self.history}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainState":
+        return cls(d["model"], d["optimizer"], int(d["epoch"]), list(d["history"]))
+
+
+def build_for_spec(spec: StageSpec) -> nn.Module:
+    torch.manual_seed(spec.seed)  # same init on every rank (DDP also broadcasts rank 0's)
+    return build_model(spec.model_name, spec.input_shape, spec.num_classes, spec.model_args)
+
+
+def run_epochs(spec: StageSpec, *, train_batches: Callable[[int], Batches], val_batches: Callable[[], Batches],
+               report: Callable[[dict, TrainState], None], resume: TrainState | None = None,
+               prepare_model: Callable[[nn.Module], nn.Module] = lambda m: m,
+               reduce_sums: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+               before_epoch: Callable[[int], None] = lambda e: None,
+               teachers: Sequence[nn.Module] = (), device: torch.device | str = "cpu") -> TrainState:
+    """Train ``spec.epochs`` epochs (from ``resume.epoch`` if given), reporting after each.
+
+    ``train_batches(epoch)`` yields this rank's batches; ``val_batches()`` this rank's share of
+    validation; ``reduce_sums`` sums ``[loss, correct, count]`` over ranks.
+    """
+    model = build_for_spec(spec).to(device)
+    if resume is not None:
+        model.load_state_dict(resume.model)
+    trained = prepare_model(model)  # DDP wrapper on many ranks; shares parameters with `model`
+    optimizer = make_optimizer(trained, spec.lr, spec.weight_decay)
+    state = TrainState({}, {}, 0, [])
+    if resume is not None:
+        optimizer.load_state_dict(resume.optimizer)
+        state = TrainState({}, {}, resume.epoch, list(resume.history))
+    for epoch in range(state.epoch, spec.epochs):
+        before_epoch(epoch)
+        train_loss = train_epoch(trained, train_batches(epoch), optimizer, kd=spec.kd, teachers=teachers,
+                                 device=device)
+        val = metrics_from_sums(reduce_sums(evaluation_sums(model, val_batches(), device)))
+        metrics = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val["loss"],
+                   "val_accuracy": val["accuracy"]}
+        state = TrainState(_cpu_state(model), optimizer.state_dict(), epoch + 1, state.history + [metrics])
+        report(metrics, state)
+    return state
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def save_train_state(state: TrainState, path) -> None:
+    torch.save(state.to_dict(), path)
+
+
+def load_train_state(path) -> TrainState:
+    """Checkpoints are read with ``weights_only=True``: tensors and plain containers only."""
+    return TrainState.from_dict(torch.load(path, map_location="cpu", weights_only=True))

@@ -1,0 +1,69 @@
+"""Distillation losses: pure tensor functions, no Ray, no state."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def soft_targets(teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``softmax(z_t / T)``; ``(B, C)`` -> ``(B, C)`` probabilities."""
+    return F.softmax(teacher_logits / temperature, dim=-1)
+
+
+def ensemble_soft_targets(teacher_logits: Sequence[torch.Tensor], weights: Sequence[float],
+                          temperature: float) -> torch.Tensor:
+    """Weighted mixture of the teachers' softened probabilities.
+
+    ``p = sum_k w_k softmax(z_k / T)`` with ``w_k = weights[k] / sum(weights)``;
+    each ``z_k`` is ``(B, C)``, the result ``(B, C)`` sums to 1 per row.
+    """
+    if len(teacher_logits) != len(weights) or not teacher_logits:
+        raise ValueError("need one weight per teacher and at least one teacher")
+    total = float(sum(weights))
+    if total <= 0:
+        raise ValueError("teacher weights must sum to > 0")
+    mix = sum((w / total) * soft_targets(z, temperature) for z, w in zip(teacher_logits, weights))
+    return mix
+
+
+def kd_loss_from_probs(student_logits: torch.Tensor, teacher_probs: torch.Tensor, labels: torch.Tensor,
+                       *, temperature: float, alpha: float) -> torch.Tensor:
+    """:func:`kd_loss` with the teacher given as softened probabilities ``(B, C)`` (ensembles)."""
+    log_p_student = F.log_softmax(student_logits / temperature, dim=-1)  # (B, C)
+    # KL(p_t || p_s) summed over classes, averaged over the batch; the T^2 factor keeps the soft
+    # term's gradient scale independent of T (Hinton et al. 2015, sec. 2).
+    soft = F.kl_div(log_p_student, teacher_probs, reduction="batchmean") * temperature**2
+    if alpha >= 1.0:
+        return soft
+    hard = F.cross_entropy(student_logits, labels)
+    return alpha * soft + (1.0 - alpha) * hard
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+            *, temperature: float, alpha: float) -> torch.Tensor:
+    """Knowledge-distillation loss (Hinton, Vinyals, Dean 2015).
+
+    ``L = alpha * T^2 * KL(softmax(z_t/T) || softmax(z_s/T)) + (1 - alpha) * CE(z_s, y)``
+
+    Parameters
+    ----------
+    student_logits, teacher_logits : ``(B, C)`` float tensors.
+    labels : ``(B,)`` int64 class indices.
+    temperature : T > 0; higher T gives softer targets.
+    alpha : weight of the soft (teacher) term in [0, 1]; ``alpha=0`` is plain cross-entropy,
+        ``alpha=1`` pure distillation.
+
+    Returns
+    -------
+    Scalar tensor: the batch mean.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if alpha == 0.0:
+        return F.cross_entropy(student_logits, labels)
+    probs = soft_targets(teacher_logits.detach(), temperature)
+    return kd_loss_from_probs(student_logits, probs, labels, temperature=temperature, alpha=alpha)

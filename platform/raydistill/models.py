@@ -1,0 +1,118 @@
+"""Model zoo registry. No Ray here.
+
+Every builder takes ``input_shape=(C, H, W)`` and ``num_classes`` from the data set plus its
+own keyword arguments, so the same name fits 8x8 digits, 28x28 Fashion-MNIST and 32x32 CIFAR.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from .registry import Registry
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+
+
+def _mlp(input_shape, num_classes, *, hidden: Sequence[int] = (1200, 1200), dropout: float = 0.0) -> nn.Module:
+    """Flatten -> [Linear -> ReLU -> Dropout] per hidden width -> Linear(classes).
+
+    Hinton et al. 2015 use 1200-1200 (teacher) and 800-800 (student) on MNIST.
+    """
+    c, h, w = input_shape
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = c * h * w
+    for units in hidden:
+        layers += [nn.Linear(width, int(units)), nn.ReLU()]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        width = int(units)
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
+def _conv_block(cin: int, cout: int) -> list[nn.Module]:
+    """3x3 conv (pad 1) -> ReLU -> 2x2 max-pool: halves H and W."""
+    return [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+
+
+def _seed_cnn(input_shape, num_classes, *, channels: Sequence[int], fc: int) -> nn.Module:
+    """The seed paper's CIFAR pair: conv c0 -> conv c1 -> fc -> classes, each conv 3x3 + pool.
+
+    Spatial size after two pools is ``(H // 4, W // 4)``; the first fc input is derived from it.
+    """
+    c, h, w = input_shape
+    c0, c1 = channels
+    flat = c1 * (h // 4) * (w // 4)
+    return nn.Sequential(*_conv_block(c, c0), *_conv_block(c0, c1), nn.Flatten(),
+                         nn.Linear(flat, fc), nn.ReLU(), nn.Linear(fc, num_classes))
+
+
+def _seed_teacher(input_shape, num_classes) -> nn.Module:
+    return _seed_cnn(input_shape, num_classes, channels=(64, 128), fc=512)
+
+
+def _seed_student(input_shape, num_classes) -> nn.Module:
+    return _seed_cnn(input_shape, num_classes, channels=(32, 64), fc=128)
+
+
+def _cnn_small(input_shape, num_classes, *, channels: Sequence[int] = (16, 32), hidden: int = 64) -> nn.Module:
+    """Two conv blocks then adaptive average pooling to 2x2, so any H, W >= 4 fits."""
+    c = input_shape[0]
+    c0, c1 = channels
+    return nn.Sequential(*_conv_block(c, c0), *_conv_block(c0, c1), nn.AdaptiveAvgPool2d(2),
+                         nn.Flatten(), nn.Linear(c1 * 4, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+
+def _resnet18(input_shape, num_classes) -> nn.Module:
+    """torchvision ResNet-18, random init (no weight download), first conv fit to C channels."""
+    import torchvision
+
+    model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
+    model.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return model
+
+
+def _mobilenet_v3_small(input_shape, num_classes) -> nn.Module:
+    """torchvision MobileNetV3-Small, random init, first conv fit to C channels."""
+    import torchvision
+
+    model = torchvision.models.mobilenet_v3_small(weights=None, num_classes=num_classes)
+    first = model.features[0][0]
+    model.features[0][0] = nn.Conv2d(input_shape[0], first.out_channels, 3, stride=2, padding=1, bias=False)
+    return model
+
+
+MODELS.register("mlp", _mlp)
+MODELS.register("cnn_small", _cnn_small)
+MODELS.register("seed_teacher", _seed_teacher)
+MODELS.register("seed_student", _seed_student)
+MODELS.register("resnet18", _resnet18)
+MODELS.register("mobilenet_v3_small", _mobilenet_v3_small)
+
+
+def build_model(name: str, input_shape: Sequence[int], num_classes: int, args: dict | None = None) -> nn.Module:
+    """Build registry model ``name`` for inputs ``(C, H, W)`` and ``num_classes`` outputs.
+
+    Raises
+    ------
+    KeyError
+        unknown model name (lists the known ones).
+    ValueError
+        arguments the builder does not take.
+    """
+    builder = MODELS.get(name)
+    try:
+        return builder(tuple(int(s) for s in input_shape), int(num_classes), **(args or {}))
+    except TypeError as exc:
+        raise ValueError(f"model '{name}': bad arguments {args}: {exc}") from exc
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def pick_device(use_gpu: bool) -> torch.device:
+    """CUDA when asked for and present, else CPU."""
+    return torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")

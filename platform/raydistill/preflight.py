@@ -1,0 +1,34 @@
+"""Checks that need more than the config's own types (model names, data on disk), run before
+any Ray work so that bad input fails in a second, with the dotted key in the message."""
+from __future__ import annotations
+
+from .config import Config, ConfigError
+from .data import DATASETS, DataBundle, load_data
+from .models import MODELS, build_model
+from .registry import UnknownNameError
+
+
+def _check_model(key: str, name: str, args: dict, bundle: DataBundle) -> None:
+    if name not in MODELS:
+        raise ConfigError(f"{key}.name: unknown model '{name}'; known: {', '.join(MODELS.names())}")
+    try:
+        build_model(name, bundle.input_shape, bundle.num_classes, args)
+    except (ValueError, RuntimeError) as exc:
+        raise ConfigError(f"{key}.args: {exc}") from exc
+
+
+def preflight(cfg: Config, stage: str) -> DataBundle:
+    """Load the data set and build each model the stage needs once, on the CPU; return the data."""
+    if cfg.data.name not in DATASETS:
+        raise ConfigError(f"data.name: unknown data set '{cfg.data.name}'; known: {', '.join(DATASETS.names())}")
+    try:
+        bundle = load_data(cfg.data, cfg.run.seed)
+    except UnknownNameError as exc:  # pragma: no cover - guarded above
+        raise ConfigError(f"data.name: {exc}") from exc
+    if stage in ("teacher", "pipeline", "compress-report"):
+        _check_model("teacher.model", cfg.teacher.model.name, cfg.teacher.model.args, bundle)
+    if stage in ("distill", "baseline", "tune", "pipeline", "compress-report"):
+        _check_model("distill.student", cfg.distill.student.name, cfg.distill.student.args, bundle)
+    if stage == "federated":
+        _check_model("federated.model", cfg.federated.model.name, cfg.federated.model.args, bundle)
+    return bundle

@@ -1,0 +1,66 @@
+"""Teacher soft targets computed once with Ray Data ``map_batches`` (scales out to many actors/GPUs).
+
+The output is a Ray Dataset with columns ``x`` ``(C, H, W)``, ``y`` and ``logits``: ``(C,)`` for
+one teacher or ``(K, C)`` for an ensemble of K, fed to student workers as their training set.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .artifacts import build_from_card
+from .engine import run_teachers
+
+
+def to_ray_dataset(x: np.ndarray, y: np.ndarray, logits: np.ndarray | None = None):
+    """Arrow-backed Ray Dataset with tensor column ``x`` (and ``logits``), int64 ``y``."""
+    import pyarrow as pa
+    import ray.data
+    from ray.data.extensions import ArrowTensorArray
+
+    columns: dict[str, Any] = {"x": ArrowTensorArray.from_numpy(np.ascontiguousarray(x, np.float32)),
+                               "y": pa.array(np.asarray(y, np.int64))}
+    if logits is not None:
+        columns["logits"] = ArrowTensorArray.from_numpy(np.ascontiguousarray(logits, np.float32))
+    return ray.data.from_arrow(pa.table(columns))
+
+
+class TeacherLogits:
+    """Callable class for ``map_batches``: builds the teachers once per actor, adds ``logits``."""
+
+    def __init__(self, teachers: Sequence[tuple[dict, dict]], use_gpu: bool = False):
+        device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.models = []
+        for card, state in teachers:
+            model = build_from_card(card)
+            model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
+            self.models.append(model.to(self.device).eval())
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = torch.as_tensor(batch["x"], dtype=torch.float32, device=self.device)
+        batch["logits"] = run_teachers(self.models, x).cpu().numpy()  # (B, C) or (B, K, C)
+        return batch
+
+
+def compute_soft_targets(ds, teachers: Sequence[tuple[dict, dict]], *, actors: int = 1,
+                         use_gpu: bool = False, batch_size: int = 256):
+    """Materialized dataset ``ds`` plus the teachers' logits, computed once.
+
+    ``teachers`` is a list of ``(model card, numpy state dict)``.
+    """
+    numpy_teachers = [(card, {k: v.numpy() for k, v in state.items()}) for card, state in teachers]
+    resources = {"num_gpus": 1} if use_gpu else {"num_cpus": 1}
+    from ray.data import ActorPoolStrategy
+
+    return ds.map_batches(TeacherLogits, fn_constructor_kwargs={"teachers": numpy_teachers, "use_gpu": use_gpu},
+                          batch_size=batch_size, compute=ActorPoolStrategy(size=actors), batch_format="numpy",
+                          **resources).materialize()
+
+
+def soft_target_arrays(ds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(x, y, logits)`` numpy arrays of a materialized soft-target dataset (in order)."""
+    batches = list(ds.iter_batches(batch_size=4096, batch_format="numpy"))
+    return tuple(np.concatenate([b[k] for b in batches]) for k in ("x", "y", "logits"))

@@ -1,0 +1,55 @@
+"""Stage entry points shared by the CLI and ``jobs/``: check input, start Ray, run, print."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .artifacts import load_card, mark_chosen
+from .config import Config
+from .preflight import preflight
+from .runtime import init_ray
+
+
+def start(cfg: Config, stage: str):
+    """Preflight (no Ray), then start or attach to Ray. Returns the data bundle."""
+    bundle = preflight(cfg, stage)
+    init_ray(cfg.run.address, quiet=cfg.run.quiet)
+    return bundle
+
+
+def describe_artifact(path: Path) -> str:
+    card = load_card(path)
+    m = card["metrics"]
+    return (f"{card['kind']} artifact: {path}\n  model={card['architecture']['name']} "
+            f"params={card['parameters']:,} test_accuracy={m['test_accuracy']:.4f} "
+            f"val_accuracy={m.get('val_accuracy') or 0:.4f} sha256={card['weights_sha256'][:12]}")
+
+
+def run_teacher(cfg: Config, args=None) -> list[Path]:
+    """Train one teacher, or one per seed in ``teacher.seeds``."""
+    from .train import train_teacher
+
+    start(cfg, "teacher")
+    paths = [train_teacher(cfg, seed=s) for s in (cfg.teacher.seeds or [cfg.run.seed])]
+    for p in paths:
+        print(describe_artifact(p), flush=True)
+    return paths
+
+
+def run_distill(cfg: Config, args=None) -> Path:
+    """Distill the student and mark it chosen (the default that ``serve`` deploys)."""
+    from .train import distill_student
+
+    start(cfg, "distill")
+    path = distill_student(cfg)
+    mark_chosen(path, cfg.storage_dir())
+    print(describe_artifact(path), flush=True)
+    return path
+
+
+def run_baseline(cfg: Config, args=None) -> Path:
+    from .train import distill_student
+
+    start(cfg, "baseline")
+    path = distill_student(cfg, baseline=True)
+    print(describe_artifact(path), flush=True)
+    return path

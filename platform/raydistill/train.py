@@ -1,0 +1,158 @@
+"""Ray Train adapters for the ``teacher`` and ``distill`` stages (the driver side).
+
+Each stage: load data -> Ray Datasets -> ``TorchTrainer`` with N workers (DDP) -> the last
+checkpoint -> test accuracy measured once on the driver -> an artifact with its model card.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+import ray
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from .artifacts import ArtifactError, load_state, new_artifact_path, resolve_artifact, save_artifact
+from .cards import build_card, parent_entry
+from .config import Config, ConfigError, TeacherRef
+from .data import DataBundle, load_data
+from .engine import KDSettings, evaluate
+from .loop import StageSpec, TrainState, build_for_spec, load_train_state
+from .runtime import cluster_gpus
+from .soft_targets import compute_soft_targets, to_ray_dataset
+from .train_worker import STATE_FILE, train_loop_per_worker
+
+
+def _use_gpu(cfg: Config) -> bool:
+    """GPU only when asked for and the cluster has one (the same config runs on a laptop)."""
+    return bool(cfg.run.use_gpu and cluster_gpus() > 0)
+
+
+def fit_stage(spec: StageSpec, datasets: dict, cfg: Config, *, workers: int, max_failures: int,
+              cached: bool = False, teachers_ref=None, crash_at_epoch: int = -1) -> TrainState:
+    """Run ``spec`` on ``workers`` Ray Train workers; return the final checkpoint's state."""
+    run_name = f"{spec.stage}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    storage = cfg.storage_dir()
+    loop_config = {"spec": spec, "cached": cached, "teachers_ref": teachers_ref, "use_gpu": _use_gpu(cfg),
+                   "verbose": not cfg.run.quiet, "crash_at_epoch": crash_at_epoch,
+                   "crash_marker": str(storage / "faults" / f"{run_name}.crashed")}
+    trainer = TorchTrainer(
+        train_loop_per_worker, train_loop_config=loop_config, datasets=datasets,
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=loop_config["use_gpu"]),
+        run_config=RunConfig(name=run_name, storage_path=str(storage / "ray_results"),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             failure_config=FailureConfig(max_failures=max_failures)))
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"{spec.stage}: training ended without a checkpoint ({result.error})")
+    with result.checkpoint.as_directory() as d:
+        return load_train_state(Path(d) / STATE_FILE)
+
+
+def _finish(spec: StageSpec, state: TrainState, bundle: DataBundle, cfg: Config, *, kind: str,
+            parents: list[dict], extra: dict) -> Path:
+    """Measure test accuracy once, then write the artifact atomically."""
+    model = build_for_spec(spec)
+    model.load_state_dict(state.model)
+    test = evaluate(model, bundle.x_test, bundle.y_test)
+    metrics = {"test_accuracy": test["accuracy"], "test_loss": test["loss"],
+               "val_accuracy": state.history[-1]["val_accuracy"] if state.history else None,
+               "epochs": state.epoch, "history": state.history}
+    card = build_card(kind=kind, model_name=spec.model_name, model_args=spec.model_args, bundle=bundle,
+                      seed=cfg.run.seed, metrics=metrics, parents=parents, **extra)
+    return save_artifact(new_artifact_path(cfg.storage_dir(), kind), model, card)
+
+
+def _datasets(bundle: DataBundle) -> dict:
+    return {"train": to_ray_dataset(bundle.x_train, bundle.y_train), "val": to_ray_dataset(bundle.x_val, bundle.y_val)}
+
+
+def train_teacher(cfg: Config, *, seed: int | None = None) -> Path:
+    """Train ``cfg.teacher.model`` with Ray Train; returns the teacher artifact's path."""
+    seed = cfg.run.seed if seed is None else seed
+    bundle = load_data(cfg.data, cfg.run.seed)
+    t = cfg.teacher
+    spec = StageSpec(stage="teacher", model_name=t.model.name, model_args=t.model.args,
+                     input_shape=bundle.input_shape, num_classes=bundle.num_classes, epochs=t.epochs,
+                     lr=t.lr, batch_size=t.batch_size, weight_decay=t.weight_decay, seed=seed)
+    state = fit_stage(spec, _datasets(bundle), cfg, workers=t.workers, max_failures=t.max_failures)
+    return _finish(spec, state, bundle, cfg, kind="teacher", parents=[],
+                   extra={"training": {"workers": t.workers, "lr": t.lr, "batch_size": t.batch_size, "seed": seed}})
+
+
+def teacher_refs(cfg: Config) -> list[TeacherRef]:
+    """The teachers to distill from: ``distill.teachers`` or the single ``distill.teacher``."""
+    return list(cfg.distill.teachers) or [TeacherRef(artifact=cfg.distill.teacher or "latest:teacher", weight=1.0)]
+
+
+def load_teachers(cfg: Config, bundle: DataBundle) -> list[tuple[Path, dict, dict, float]]:
+    """``(path, card, state, weight)`` per teacher, verified and checked against the data set."""
+    loaded = []
+    for ref in teacher_refs(cfg):
+        path = resolve_artifact(ref.artifact, cfg.storage_dir())
+        state, card = load_state(path)
+        if card["class_names"] != list(bundle.class_names) or list(card["input_shape"]) != list(bundle.input_shape):
+            raise ArtifactError(f"teacher {path} was trained for classes {card['class_names']} and input "
+                                f"{card['input_shape']}, but data set '{bundle.name}' has {bundle.class_names} "
+                                f"and {list(bundle.input_shape)}")
+        for other_path, other_card, _, _ in loaded:
+            if other_card["class_names"] != card["class_names"]:
+                raise ArtifactError(f"teachers {other_path} and {path} have different class lists")
+        loaded.append((path, card, state, ref.weight))
+    return loaded
+
+
+def student_spec(cfg: Config, bundle: DataBundle, *, kd: KDSettings | None, stage: str) -> StageSpec:
+    d = cfg.distill
+    return StageSpec(stage=stage, model_name=d.student.name, model_args=d.student.args,
+                     input_shape=bundle.input_shape, num_classes=bundle.num_classes, epochs=d.epochs, lr=d.lr,
+                     batch_size=d.batch_size, weight_decay=d.weight_decay, seed=cfg.run.seed, kd=kd)
+
+
+def distill_student(cfg: Config, *, baseline: bool = False) -> Path:
+    """Distill ``cfg.distill.student`` from the teacher(s); ``baseline=True`` trains it alone
+    (same architecture, epochs and data, plain cross-entropy). Returns the artifact path."""
+    d = cfg.distill
+    bundle = load_data(cfg.data, cfg.run.seed)
+    if baseline:
+        spec = student_spec(cfg, bundle, kd=None, stage="baseline")
+        state = fit_stage(spec, _datasets(bundle), cfg, workers=d.workers, max_failures=d.max_failures,
+                          crash_at_epoch=d.crash_at_epoch)
+        return _finish(spec, state, bundle, cfg, kind="baseline", parents=[], extra={"training": _training(cfg)})
+    teachers = load_teachers(cfg, bundle)
+    kd = KDSettings(temperature=d.temperature, alpha=d.alpha, teacher_weights=tuple(w for *_, w in teachers))
+    spec = student_spec(cfg, bundle, kd=kd, stage="student")
+    datasets, teachers_ref = _distill_inputs(cfg, bundle, teachers)
+    state = fit_stage(spec, datasets, cfg, workers=d.workers, max_failures=d.max_failures,
+                      cached=d.mode == "cached", teachers_ref=teachers_ref, crash_at_epoch=d.crash_at_epoch)
+    parents = [parent_entry(p, card, weight=w) for p, card, _, w in teachers]
+    extra = {"distillation": {"temperature": d.temperature, "alpha": d.alpha, "mode": d.mode},
+             "training": _training(cfg)}
+    return _finish(spec, state, bundle, cfg, kind="student", parents=parents, extra=extra)
+
+
+def _distill_inputs(cfg: Config, bundle: DataBundle, teachers: Sequence[tuple]) -> tuple[dict, object]:
+    """Cached mode: soft targets once via Ray Data. Online: teacher weights in the object store."""
+    datasets = _datasets(bundle)
+    pairs = [(card, state) for _, card, state, _ in teachers]
+    if cfg.distill.mode == "online":
+        return datasets, ray.put(pairs)
+    datasets["train"] = compute_soft_targets(datasets["train"], pairs, actors=cfg.distill.soft_target_actors,
+                                             use_gpu=_use_gpu(cfg))
+    return datasets, None
+
+
+def _training(cfg: Config) -> dict:
+    d = cfg.distill
+    return {"workers": d.workers, "epochs": d.epochs, "lr": d.lr, "batch_size": d.batch_size, "seed": cfg.run.seed}
+
+
+def with_overrides(cfg: Config, **sections) -> Config:
+    """A copy of ``cfg`` with whole sections replaced (``with_overrides(cfg, distill=...)``)."""
+    return replace(cfg, **sections)
+
+
+__all__ = ["train_teacher", "distill_student", "fit_stage", "load_teachers", "teacher_refs", "ConfigError"]
