@@ -69,6 +69,7 @@ class TeacherSection:
     workers: int = 1
     max_failures: int = 1
     seeds: list[int] = field(default_factory=list)  # several teachers in one call
+    models: list[ModelSpec] = field(default_factory=list)  # several architectures; [] = [model]
 
 
 @dataclass(kw_only=True)
@@ -171,6 +172,21 @@ class ServeSection:
 
 
 @dataclass(kw_only=True)
+class CompressSection:
+    """``raydistill compress-report``: distillation vs INT8 quantization vs magnitude pruning."""
+
+    student: str = ""  # distilled student artifact to reuse; "" = distill one in-process
+    baseline: str = ""  # student-alone artifact to reuse; "" = train one in-process
+    sparsities: list[float] = field(default_factory=lambda: [0.5, 0.9])  # global L1 pruning of the teacher
+    finetune_epochs: int = 2  # after pruning, with the mask held fixed
+    finetune_lr: float = 1e-4
+    latency_batches: list[int] = field(default_factory=lambda: [1, 64])
+    latency_repeats: int = 30  # timed runs per batch size; the median is reported
+    threads: int = 1  # torch.set_num_threads during latency timing
+    output: str = ""  # report dir; "" = <storage>/reports/compress-<time>
+
+
+@dataclass(kw_only=True)
 class Config:
     """The whole tree; one section per stage."""
 
@@ -181,6 +197,7 @@ class Config:
     tune: TuneSection = field(default_factory=TuneSection)
     federated: FederatedSection = field(default_factory=FederatedSection)
     serve: ServeSection = field(default_factory=ServeSection)
+    compress: CompressSection = field(default_factory=CompressSection)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -50,9 +50,12 @@ def validate(cfg: Any) -> None:
     for i, ref in enumerate(cfg.distill.teachers):
         _require(bool(ref.artifact), f"distill.teachers[{i}].artifact", "must name a teacher artifact")
         _require(ref.weight > 0, f"distill.teachers[{i}].weight", f"must be > 0, got {ref.weight}")
+    _require(len(set(cfg.teacher.seeds)) == len(cfg.teacher.seeds), "teacher.seeds",
+             f"must not repeat a seed (identical teachers), got {cfg.teacher.seeds}")
     _validate_tune(cfg)
     _validate_federated(cfg)
     _validate_serve(cfg)
+    _validate_compress(cfg)
 
 
 def _validate_data(cfg: Any) -> None:
@@ -118,3 +121,13 @@ def _validate_serve(cfg: Any) -> None:
              f"need 1 <= min_replicas <= max_replicas, got {s.min_replicas}, {s.max_replicas}")
     _one_of(s.quantize, "serve.quantize", ("none", "int8"))
     _require(s.route_prefix.startswith("/"), "serve.route_prefix", "must start with '/'")
+
+
+def _validate_compress(cfg: Any) -> None:
+    c = cfg.compress
+    _require(len(c.sparsities) >= 1 and all(0 < v < 1 for v in c.sparsities), "compress.sparsities",
+             f"needs values in (0, 1), got {c.sparsities}")
+    _require(c.finetune_epochs >= 0, "compress.finetune_epochs", "must be >= 0 (0 = no fine-tune)")
+    _positive(cfg, "compress", "finetune_lr", "latency_repeats", "threads")
+    _require(len(c.latency_batches) >= 1 and all(b > 0 for b in c.latency_batches), "compress.latency_batches",
+             f"needs positive batch sizes, got {c.latency_batches}")

@@ -17,10 +17,13 @@ def ensemble_soft_targets(teacher_logits: Sequence[torch.Tensor], weights: Seque
     """Weighted mixture of the teachers' softened probabilities.
 
     ``p = sum_k w_k softmax(z_k / T)`` with ``w_k = weights[k] / sum(weights)``;
-    each ``z_k`` is ``(B, C)``, the result ``(B, C)`` sums to 1 per row.
+    each ``z_k`` is ``(B, C)``, the result ``(B, C)`` sums to 1 per row. Probabilities are
+    mixed, not logits: the mixture is a proper distribution whatever the teachers' logit scales.
+    With one teacher this is exactly ``softmax(z / T)`` (the weight normalizes to 1.0).
     """
     if len(teacher_logits) != len(weights) or not teacher_logits:
-        raise ValueError("need one weight per teacher and at least one teacher")
+        raise ValueError(f"need one weight per teacher and at least one teacher; got {len(teacher_logits)} "
+                         f"teachers' logits and {len(weights)} weights")
     total = float(sum(weights))
     if total <= 0:
         raise ValueError("teacher weights must sum to > 0")

@@ -27,6 +27,8 @@ def preflight(cfg: Config, stage: str) -> DataBundle:
         raise ConfigError(f"data.name: {exc}") from exc
     if stage in ("teacher", "pipeline", "compress-report"):
         _check_model("teacher.model", cfg.teacher.model.name, cfg.teacher.model.args, bundle)
+        for i, spec in enumerate(cfg.teacher.models if stage == "teacher" else []):
+            _check_model(f"teacher.models[{i}]", spec.name, spec.args, bundle)
     if stage in ("distill", "baseline", "tune", "pipeline", "compress-report"):
         _check_model("distill.student", cfg.distill.student.name, cfg.distill.student.args, bundle)
     if stage == "federated":

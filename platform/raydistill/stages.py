@@ -25,11 +25,12 @@ def describe_artifact(path: Path) -> str:
 
 
 def run_teacher(cfg: Config, args=None) -> list[Path]:
-    """Train one teacher, or one per seed in ``teacher.seeds``."""
-    from .train import train_teacher
+    """Train one teacher, or one per (``teacher.models`` x ``teacher.seeds``) entry, as parallel
+    Ray Train runs when the cluster's CPUs allow (``teachers.train_teachers``)."""
+    from .teachers import train_teachers
 
     start(cfg, "teacher")
-    paths = [train_teacher(cfg, seed=s) for s in (cfg.teacher.seeds or [cfg.run.seed])]
+    paths = train_teachers(cfg)
     for p in paths:
         print(describe_artifact(p), flush=True)
     return paths

@@ -89,18 +89,24 @@ def teacher_refs(cfg: Config) -> list[TeacherRef]:
 
 
 def load_teachers(cfg: Config, bundle: DataBundle) -> list[tuple[Path, dict, dict, float]]:
-    """``(path, card, state, weight)`` per teacher, verified and checked against the data set."""
+    """``(path, card, state, weight)`` per teacher, verified and checked against the data set.
+
+    Teachers are compared with the first one before the data set, so that an ensemble whose
+    members disagree on the class list gets an error naming both artifacts.
+    """
     loaded = []
     for ref in teacher_refs(cfg):
         path = resolve_artifact(ref.artifact, cfg.storage_dir())
         state, card = load_state(path)
+        if loaded and card["class_names"] != loaded[0][1]["class_names"]:
+            first_path, first_card = loaded[0][0], loaded[0][1]
+            raise ArtifactError(f"teachers {first_path} and {path} have different class lists "
+                                f"({first_card['class_names']} vs {card['class_names']}); "
+                                f"an ensemble's teachers must share one class list")
         if card["class_names"] != list(bundle.class_names) or list(card["input_shape"]) != list(bundle.input_shape):
             raise ArtifactError(f"teacher {path} was trained for classes {card['class_names']} and input "
                                 f"{card['input_shape']}, but data set '{bundle.name}' has {bundle.class_names} "
                                 f"and {list(bundle.input_shape)}")
-        for other_path, other_card, _, _ in loaded:
-            if other_card["class_names"] != card["class_names"]:
-                raise ArtifactError(f"teachers {other_path} and {path} have different class lists")
         loaded.append((path, card, state, ref.weight))
     return loaded
 
@@ -128,7 +134,8 @@ def distill_student(cfg: Config, *, baseline: bool = False) -> Path:
     datasets, teachers_ref = _distill_inputs(cfg, bundle, teachers)
     state = fit_stage(spec, datasets, cfg, workers=d.workers, max_failures=d.max_failures,
                       cached=d.mode == "cached", teachers_ref=teachers_ref, crash_at_epoch=d.crash_at_epoch)
-    parents = [parent_entry(p, card, weight=w) for p, card, _, w in teachers]
+    total = sum(w for *_, w in teachers)  # the loss mixes with w / total (losses.ensemble_soft_targets)
+    parents = [parent_entry(p, card, weight=w, normalized_weight=w / total) for p, card, _, w in teachers]
     extra = {"distillation": {"temperature": d.temperature, "alpha": d.alpha, "mode": d.mode},
              "training": _training(cfg)}
     return _finish(spec, state, bundle, cfg, kind="student", parents=parents, extra=extra)
