@@ -133,7 +133,8 @@ class FederatedSection:
     fraction: float = 1.0
     local_epochs: int = 1
     batch_size: int = 32
-    lr: float = 1e-2
+    lr: float = 0.05
+    optimizer: str = "sgd"  # local optimizer, fresh each round: sgd | adam
     mu: float = 0.01  # FedProx proximal weight
     partition: str = "dirichlet"  # iid | dirichlet
     dirichlet_alpha: float = 0.5
@@ -145,7 +146,8 @@ class FederatedSection:
     failure_prob: float = 0.0  # fault injection
     proxy_fraction: float = 0.1  # FedDF unlabeled proxy slice of the training split
     distill_epochs: int = 1
-    distill_temperature: float = 3.0
+    distill_temperature: float = 3.0  # FedDF server distillation and client-side KD
+    distill_lr: float = 1e-3  # FedDF server distillation (Adam)
     client_teacher: str = ""  # client-side KD from this teacher artifact
     client_kd_alpha: float = 0.5
     model: ModelSpec = field(default_factory=lambda: ModelSpec(name="mlp", args={"hidden": [64]}))
@@ -168,7 +170,11 @@ class ServeSection:
     min_replicas: int = 1
     max_replicas: int = 2
     target_ongoing_requests: float = 2.0
+    upscale_delay_s: float = 3.0
+    downscale_delay_s: float = 60.0
+    max_ongoing_requests: int = 32  # per replica; >= max_batch_size so batches can fill
     num_cpus: float = 0.5
+    app_name: str = "raydistill"  # Serve application name; redeploying under it is a rolling update
 
 
 @dataclass(kw_only=True)

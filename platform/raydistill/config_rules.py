@@ -92,6 +92,13 @@ def _validate_tune(cfg: Any) -> None:
     _one_of(t.mode, "tune.mode", ("max", "min"))
     _require(t.max_concurrent >= 0, "tune.max_concurrent", "must be >= 0 (0 = from the cluster's CPUs)")
     _require(t.max_retries >= 0, "tune.max_retries", "must be >= 0")
+    _one_of(t.metric, "tune.metric", ("val_accuracy", "val_loss", "train_loss"))
+    _require(t.top_k >= 1, "tune.top_k", f"must be >= 1, got {t.top_k}")
+    _require(t.fail_trial >= -1, "tune.fail_trial", "must be -1 (off) or a trial index >= 0")
+    if t.searcher == "optuna":
+        _require("grid" not in (t.temperature_search, t.alpha_search), "tune.searcher",
+                 "optuna samples ranges; use temperature_search/alpha_search other than grid")
+        _require(t.fail_trial == -1, "tune.fail_trial", "works with the random searcher only")
 
 
 def _validate_federated(cfg: Any) -> None:
@@ -109,6 +116,9 @@ def _validate_federated(cfg: Any) -> None:
     _fraction(f.failure_prob, "federated.failure_prob", high_open=True)
     _fraction(f.proxy_fraction, "federated.proxy_fraction", low_open=True, high_open=True)
     _fraction(f.client_kd_alpha, "federated.client_kd_alpha")
+    _one_of(f.optimizer, "federated.optimizer", ("sgd", "adam"))
+    _positive(cfg, "federated", "distill_lr")
+    _require(f.distill_epochs >= 0, "federated.distill_epochs", "must be >= 0")
 
 
 def _validate_serve(cfg: Any) -> None:
@@ -117,6 +127,10 @@ def _validate_serve(cfg: Any) -> None:
     _positive(cfg, "serve", "max_batch_size", "max_instances", "max_body_bytes", "num_cpus",
               "target_ongoing_requests")
     _require(s.batch_wait_timeout_s >= 0, "serve.batch_wait_timeout_s", "must be >= 0")
+    _positive(cfg, "serve", "max_ongoing_requests")
+    for name in ("upscale_delay_s", "downscale_delay_s"):
+        _require(getattr(s, name) >= 0, f"serve.{name}", f"must be >= 0, got {getattr(s, name)}")
+    _require(bool(s.app_name.strip()), "serve.app_name", "must not be empty")
     _require(1 <= s.min_replicas <= s.max_replicas, "serve.min_replicas",
              f"need 1 <= min_replicas <= max_replicas, got {s.min_replicas}, {s.max_replicas}")
     _one_of(s.quantize, "serve.quantize", ("none", "int8"))

@@ -39,19 +39,22 @@ class StageSpec:
 
 @dataclass
 class TrainState:
-    """What a checkpoint holds: weights, optimizer, next epoch and the metric history."""
+    """What a checkpoint holds: weights, optimizer, next epoch, the metric history and the
+    epochs at which an interrupted run resumed (evidence that a restart did not start over)."""
 
     model: dict
     optimizer: dict
     epoch: int
     history: list[dict]
+    resumed_at: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "optimizer": self.optimizer, "epoch": self.epoch, "history": self.history}
+        return {"model": self.model, "optimizer": self.optimizer, "epoch": self.epoch, "history": self.history,
+                "resumed_at": self.resumed_at}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainState":
-        return cls(d["model"], d["optimizer"], int(d["epoch"]), list(d["history"]))
+        return cls(d["model"], d["optimizer"], int(d["epoch"]), list(d["history"]), list(d.get("resumed_at", [])))
 
 
 def build_for_spec(spec: StageSpec) -> nn.Module:
@@ -78,7 +81,7 @@ def run_epochs(spec: StageSpec, *, train_batches: Callable[[int], Batches], val_
     state = TrainState({}, {}, 0, [])
     if resume is not None:
         optimizer.load_state_dict(resume.optimizer)
-        state = TrainState({}, {}, resume.epoch, list(resume.history))
+        state = TrainState({}, {}, resume.epoch, list(resume.history), resume.resumed_at + [resume.epoch])
     for epoch in range(state.epoch, spec.epochs):
         before_epoch(epoch)
         train_loss = train_epoch(trained, train_batches(epoch), optimizer, kd=spec.kd, teachers=teachers,
@@ -86,7 +89,8 @@ def run_epochs(spec: StageSpec, *, train_batches: Callable[[int], Batches], val_
         val = metrics_from_sums(reduce_sums(evaluation_sums(model, val_batches(), device)))
         metrics = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val["loss"],
                    "val_accuracy": val["accuracy"]}
-        state = TrainState(_cpu_state(model), optimizer.state_dict(), epoch + 1, state.history + [metrics])
+        state = TrainState(_cpu_state(model), optimizer.state_dict(), epoch + 1, state.history + [metrics],
+                           state.resumed_at)
         report(metrics, state)
     return state
 

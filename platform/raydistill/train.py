@@ -60,7 +60,7 @@ def _finish(spec: StageSpec, state: TrainState, bundle: DataBundle, cfg: Config,
     test = evaluate(model, bundle.x_test, bundle.y_test)
     metrics = {"test_accuracy": test["accuracy"], "test_loss": test["loss"],
                "val_accuracy": state.history[-1]["val_accuracy"] if state.history else None,
-               "epochs": state.epoch, "history": state.history}
+               "epochs": state.epoch, "history": state.history, "resumed_at_epochs": state.resumed_at}
     card = build_card(kind=kind, model_name=spec.model_name, model_args=spec.model_args, bundle=bundle,
                       seed=cfg.run.seed, metrics=metrics, parents=parents, **extra)
     return save_artifact(new_artifact_path(cfg.storage_dir(), kind), model, card)

@@ -1,0 +1,23 @@
+"""Federated clients emulated with Ray actors: FedAvg, FedProx, FedDF and client-side KD.
+
+Ray-free modules (import without starting or importing Ray): ``partition``, ``aggregate``,
+``client``, ``strategies``, ``rounds``, ``plan``, ``report``, ``memory``. The Ray side lives in
+``actors``, ``dispatch`` and ``server`` and is imported only when a run starts.
+"""
+from __future__ import annotations
+
+__all__ = ["run_federated", "run_federated_cli"]
+
+
+def run_federated(cfg, **kwargs):
+    """Library entry point; see :func:`raydistill.federated.server.run_federated`."""
+    from .server import run_federated as _run
+
+    return _run(cfg, **kwargs)
+
+
+def run_federated_cli(cfg, args=None):
+    """``raydistill federated --config ...`` (registered in ``raydistill.cli``)."""
+    from .server import run_federated_cli as _run
+
+    return _run(cfg, args)

@@ -1,0 +1,98 @@
+"""Everything a federated run decides before Ray starts: data, proxy slice, partitions, teacher.
+
+All input errors surface here as ConfigError / DataError / ArtifactError, so a bad config never
+starts an actor (``raydistill federated`` prints ``error: <dotted key>: ...``, exit code 2).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..artifacts import ArtifactError, load_state, resolve_artifact
+from ..config import Config, ConfigError
+from ..data import DataBundle
+from ..preflight import preflight
+from ..registry import UnknownNameError
+from .partition import PartitionError, make_partition, partition_summary
+from .strategies import STRATEGIES, clients_per_round
+
+__all__ = ["FederatedPlan", "prepare_federated", "split_proxy"]
+
+
+@dataclass
+class FederatedPlan:
+    """The data side of a run: the clients' pool, FedDF's proxy, one index array per client."""
+
+    cfg: Config
+    bundle: DataBundle
+    pool_x: np.ndarray  # (N_pool, C, H, W): the union of the clients' data
+    pool_y: np.ndarray  # (N_pool,)
+    proxy_x: np.ndarray | None  # (N_proxy, C, H, W), unlabeled, FedDF only
+    partitions: list[np.ndarray]
+    summary: str
+    teacher: tuple[Path, dict, dict] | None  # (path, card, state) for client-side KD
+    per_round: int
+
+
+def split_proxy(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(proxy_idx, client_idx)``: a seeded ``fraction`` of the training split held out for FedDF."""
+    perm = np.random.default_rng([seed, 0xDF]).permutation(n)
+    cut = int(round(fraction * n))
+    return np.sort(perm[:cut]), np.sort(perm[cut:])
+
+
+def _check_strategy(cfg: Config) -> None:
+    try:
+        STRATEGIES.get(cfg.federated.strategy)
+    except UnknownNameError as exc:
+        raise ConfigError(f"federated.strategy: {exc}") from exc
+
+
+def _partitions(cfg: Config, labels: np.ndarray) -> list[np.ndarray]:
+    f = cfg.federated
+    if f.clients * f.min_partition_size > len(labels):
+        raise ConfigError(f"federated.clients: {f.clients} clients x federated.min_partition_size "
+                          f"{f.min_partition_size} need {f.clients * f.min_partition_size} examples, but the "
+                          f"clients' training pool holds {len(labels)}")
+    try:
+        return make_partition(labels, f.clients, kind=f.partition, alpha=f.dirichlet_alpha, seed=cfg.run.seed,
+                              min_size=f.min_partition_size)
+    except PartitionError as exc:
+        raise ConfigError(f"federated.dirichlet_alpha: {exc}") from exc
+
+
+def _teacher(cfg: Config, bundle: DataBundle) -> tuple[Path, dict, dict] | None:
+    ref = cfg.federated.client_teacher
+    if not ref:
+        return None
+    path = resolve_artifact(ref, cfg.storage_dir())
+    state, card = load_state(path)
+    if card["class_names"] != list(bundle.class_names) or list(card["input_shape"]) != list(bundle.input_shape):
+        raise ArtifactError(f"federated.client_teacher: {path} was trained for classes {card['class_names']} and "
+                            f"input {card['input_shape']}, but data set '{bundle.name}' has {bundle.class_names} "
+                            f"and {list(bundle.input_shape)}")
+    return path, card, state
+
+
+def prepare_federated(cfg: Config) -> FederatedPlan:
+    """Check the config against the data and draw the partitions; no Ray involved."""
+    f = cfg.federated
+    _check_strategy(cfg)
+    per_round = clients_per_round(f.clients, f.fraction)
+    if f.min_clients > per_round:
+        raise ConfigError(f"federated.min_clients: {f.min_clients} exceeds the {per_round} clients sampled per "
+                          f"round (clients={f.clients} x fraction={f.fraction}); no round could succeed")
+    bundle = preflight(cfg, "federated")
+    proxy_x, pool_x, pool_y = None, bundle.x_train, bundle.y_train
+    if f.strategy == "feddf":
+        proxy_idx, client_idx = split_proxy(len(bundle.y_train), f.proxy_fraction, cfg.run.seed)
+        if len(proxy_idx) == 0:
+            raise ConfigError(f"federated.proxy_fraction: {f.proxy_fraction} of {len(bundle.y_train)} training "
+                              f"examples leaves FedDF no proxy data")
+        proxy_x, pool_x, pool_y = bundle.x_train[proxy_idx], bundle.x_train[client_idx], bundle.y_train[client_idx]
+    partitions = _partitions(cfg, pool_y)
+    summary = partition_summary(partitions, pool_y, bundle.class_names)
+    return FederatedPlan(cfg, bundle, np.ascontiguousarray(pool_x), pool_y, proxy_x, partitions, summary,
+                         _teacher(cfg, bundle), per_round)

@@ -1,0 +1,100 @@
+"""``app_builder(args) -> Application``: typed arguments in, a Ray Serve application out.
+
+Used by ``serve run serve/config.yaml`` / ``serve deploy`` (through ``serve/app.py``), by
+:func:`raydistill.serving.deploy` and by the CLI. The artifact is resolved and verified here, on
+the caller's side, so a missing or tampered artifact refuses to deploy with a clear
+:class:`~raydistill.artifacts.ArtifactError` before any replica starts; each replica verifies
+it again when it loads it.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..artifacts import ArtifactError, load_artifact
+from .model_runner import is_remote_uri, locate_artifact
+
+
+# What a replica's constructor receives. Batching travels in user_config and autoscaling in the
+# deployment options, so changing those is a light update that does not restart replicas.
+REPLICA_FIELDS = {"artifact", "storage_path", "max_instances", "max_body_bytes", "auth_token_env", "quantize"}
+
+
+class ServeArgs(BaseModel):
+    """Arguments of :func:`app_builder` (the ``args:`` block of ``serve/config.yaml``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    artifact: str = Field(default="chosen", description="artifact dir, 'chosen', 'latest:<kind>' or a URI "
+                                                        "(s3://, gs://, file://)")
+    storage_path: str = Field(default="runs", description="where 'chosen'/'latest:' are looked up")
+    max_batch_size: int = Field(default=16, ge=1, description="requests per forward pass; 1 = batching off")
+    batch_wait_timeout_s: float = Field(default=0.005, ge=0)
+    max_instances: int = Field(default=256, ge=1, description="instances per request")
+    max_body_bytes: int = Field(default=1_000_000, ge=1)
+    auth_token_env: str = Field(default="", description="env var holding the bearer token; '' = auth off")
+    quantize: Literal["none", "int8"] = "none"
+    min_replicas: int = Field(default=1, ge=1)
+    max_replicas: int = Field(default=2, ge=1)
+    target_ongoing_requests: float = Field(default=2.0, gt=0)
+    upscale_delay_s: float = Field(default=3.0, ge=0)
+    downscale_delay_s: float = Field(default=60.0, ge=0)
+    look_back_period_s: float = Field(default=30.0, gt=0, description="window the autoscaler averages over")
+    max_ongoing_requests: int = Field(default=32, ge=1)
+    num_cpus: float = Field(default=0.5, gt=0)
+
+    @model_validator(mode="after")
+    def _replica_range(self) -> "ServeArgs":
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) must be >= min_replicas ({self.min_replicas})")
+        return self
+
+
+def verified_artifact(args: ServeArgs) -> str:
+    """The artifact reference replicas should load: an absolute local path (or the URI), verified.
+
+    Raises
+    ------
+    ArtifactError
+        missing, incomplete or tampered (sha256 mismatch) artifact.
+    """
+    path = locate_artifact(args.artifact, args.storage_path)
+    try:
+        load_artifact(path)
+    except ArtifactError as exc:
+        raise ArtifactError(f"refusing to deploy {args.artifact}: {exc}") from exc
+    return args.artifact if is_remote_uri(args.artifact) else str(path)
+
+
+def deployment_options(args: ServeArgs) -> dict[str, Any]:
+    """Autoscaling, batching (``user_config``, changeable at run time) and per-replica resources."""
+    actor_options: dict[str, Any] = {"num_cpus": args.num_cpus}
+    token = os.environ.get(args.auth_token_env) if args.auth_token_env else None
+    if token:  # hand the caller's token to the replicas; on a shared cluster set it on the nodes instead
+        actor_options["runtime_env"] = {"env_vars": {args.auth_token_env: token}}
+    return {
+        "autoscaling_config": {"min_replicas": args.min_replicas, "max_replicas": args.max_replicas,
+                               "target_ongoing_requests": args.target_ongoing_requests,
+                               "upscale_delay_s": args.upscale_delay_s,
+                               "downscale_delay_s": args.downscale_delay_s,
+                               "look_back_period_s": args.look_back_period_s},
+        "user_config": {"max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_timeout_s},
+        "ray_actor_options": actor_options,
+        "max_ongoing_requests": args.max_ongoing_requests,
+    }
+
+
+def build_app(args: ServeArgs):
+    """The bound application: ``StudentDeployment`` around the verified artifact."""
+    from .deployment import StudentDeployment
+
+    settings = args.model_dump(include=REPLICA_FIELDS)
+    settings["artifact"] = verified_artifact(args)
+    return StudentDeployment.options(**deployment_options(args)).bind(settings)
+
+
+def app_builder(args: dict[str, Any]):
+    """Entry point for Serve config files: ``import_path: serve.app:app_builder`` with ``args:``."""
+    return build_app(ServeArgs.model_validate(args or {}))

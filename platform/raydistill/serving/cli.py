@@ -1,0 +1,128 @@
+"""``raydistill serve`` and :func:`deploy`: start Serve on loopback, deploy the student, print the URL.
+
+``deploy(cfg, ref)`` returns at once and leaves the application running (jobs, the pipeline);
+``deploy(cfg, ref, blocking=True)`` — what the CLI runs — waits for SIGINT/SIGTERM and then removes
+what it started: the app, Serve if it was not running before, Ray if it started it.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from ..artifacts import load_card
+from ..config import Config
+from ..runtime import init_ray
+from .app import ServeArgs, build_app
+
+
+def serve_args(cfg: Config, artifact_ref: str | None = None) -> ServeArgs:
+    """``ServeArgs`` from the ``serve`` config section (and ``run.storage_path``)."""
+    s = cfg.serve
+    return ServeArgs(
+        artifact=artifact_ref or s.artifact, storage_path=str(cfg.storage_dir()),
+        max_batch_size=s.max_batch_size, batch_wait_timeout_s=s.batch_wait_timeout_s,
+        max_instances=s.max_instances, max_body_bytes=s.max_body_bytes, auth_token_env=s.auth_token_env,
+        quantize=s.quantize, min_replicas=s.min_replicas, max_replicas=s.max_replicas,
+        target_ongoing_requests=s.target_ongoing_requests, upscale_delay_s=s.upscale_delay_s,
+        downscale_delay_s=s.downscale_delay_s, max_ongoing_requests=s.max_ongoing_requests, num_cpus=s.num_cpus)
+
+
+def serve_is_running() -> bool:
+    """True when a Serve controller already runs on the connected cluster."""
+    from ray import serve
+
+    status = serve.status()  # an empty status when Serve has not started
+    return bool(status.proxies or status.applications)
+
+
+def proxy_url(host: str, port: int, route_prefix: str) -> str:
+    """``http://host:port/prefix/`` of the running proxy (its own settings win if it ran before us)."""
+    try:  # Serve keeps the HTTP options of the first start; report the ones actually in use
+        from ray.serve.context import _get_global_client
+
+        http = _get_global_client().get_serve_details().get("http_options") or {}
+        host, port = http.get("host") or host, http.get("port") or port
+    except Exception:  # pragma: no cover - private API moved: fall back to what we asked for
+        pass
+    prefix = route_prefix.rstrip("/")
+    return f"http://{host}:{port}{prefix}/"
+
+
+def deploy(cfg: Config, artifact_ref: str | None = None, *, blocking: bool = False) -> str:
+    """Deploy ``artifact_ref`` (dir, ``chosen``, ``latest:<kind>``, URI; default ``serve.artifact``).
+
+    Returns the base URL. Raises ``ArtifactError`` before starting anything if the artifact is
+    missing or tampered with. Redeploying under the same ``serve.app_name`` is a rolling update.
+    """
+    import ray
+    from ray import serve
+
+    app = build_app(serve_args(cfg, artifact_ref))  # verifies the artifact first
+    started_ray = not ray.is_initialized()
+    init_ray(cfg.run.address, quiet=cfg.run.quiet)
+    serve_was_running = serve_is_running()
+    s = cfg.serve
+    serve.start(http_options={"host": s.host, "port": s.port}, logging_config={"enable_access_log": False})
+    serve.run(app, name=s.app_name, route_prefix=s.route_prefix)
+    url = proxy_url(s.host, s.port, s.route_prefix)
+    if blocking:
+        _print_banner(cfg, artifact_ref, url)
+        try:
+            wait_for_stop_signal()
+        finally:
+            stop(s.app_name, shutdown_serve=not serve_was_running, shutdown_ray=started_ray)
+    return url
+
+
+def _print_banner(cfg: Config, artifact_ref: str | None, url: str) -> None:
+    args = serve_args(cfg, artifact_ref)
+    card: dict[str, Any] = {}
+    if "://" not in args.artifact:
+        from ..artifacts import resolve_artifact
+
+        card = load_card(resolve_artifact(args.artifact, args.storage_path))
+    print(f"serving {card.get('name', args.artifact)} ({Path(card.get('path', args.artifact)).name}, "
+          f"sha256 {card.get('weights_sha256', '?')[:12]}, quantize={args.quantize})\n"
+          f"  POST {url}v1/predict   GET {url}v1/model   GET {url}healthz   docs: {url}docs\n"
+          "Ctrl-C to stop", flush=True)
+
+
+def wait_for_stop_signal(poll_s: float = 0.5) -> int:
+    """Block until SIGINT or SIGTERM; returns the signal number. Restores the previous handlers."""
+    received: list[int] = []
+    stop_event = threading.Event()
+
+    def handler(signum, frame) -> None:
+        received.append(signum)
+        stop_event.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop_event.wait(poll_s):
+            pass
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+    return received[0]
+
+
+def stop(app_name: str, *, shutdown_serve: bool, shutdown_ray: bool) -> None:
+    """Remove our application; shut Serve and Ray down too when this process started them."""
+    import ray
+    from ray import serve
+
+    if shutdown_serve:
+        serve.shutdown()
+    else:
+        serve.delete(app_name)
+    if shutdown_ray:
+        ray.shutdown()
+    print(f"stopped {app_name}", flush=True)
+
+
+def run_serve_cli(cfg: Config, args=None) -> str:
+    """``raydistill serve --config ... --artifact <dir|chosen|latest:kind|URI>``: blocks until Ctrl-C."""
+    ref = getattr(args, "artifact", "") or cfg.serve.artifact
+    return deploy(cfg, ref, blocking=True)

@@ -1,0 +1,80 @@
+"""The Ray Serve deployment: a FastAPI ingress around :class:`~.service.PredictionService`.
+
+Requests are batched across HTTP calls with ``@serve.batch``: up to ``max_batch_size`` requests
+(each with its own N_i instances) are concatenated into one forward pass ``(sum N_i, C, H, W)``
+and the probabilities split back. ``max_batch_size`` and ``batch_wait_timeout_s`` come from
+``user_config`` and change at run time through :meth:`StudentDeployment.reconfigure` (no replica
+restart); ``max_batch_size: 1`` turns batching off (requests go straight to the model).
+"""
+# No `from __future__ import annotations` here: Serve's class-based FastAPI views read the
+# route methods' annotations as objects (a string "Request" would become a query parameter).
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+
+from .. import __version__
+from .service import HEALTH_ROUTE, MODEL_ROUTE, PREDICT_ROUTE, PredictionService
+
+app = FastAPI(title="raydistill student", version=__version__,
+              description="A distilled student model over HTTP (Ray Serve). POST raw pixels to /v1/predict.")
+
+
+class BatchSettings(BaseModel):
+    """``user_config`` of the deployment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int = Field(default=16, ge=1)
+    batch_wait_timeout_s: float = Field(default=0.005, ge=0)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32,
+                  logging_config={"enable_access_log": False})
+@serve.ingress(app)
+class StudentDeployment:
+    """One replica: the verified student in memory, answering ``/v1/predict``, ``/v1/model``, ``/healthz``."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self.service = PredictionService.from_settings(settings)
+        # One thread runs the forward passes so the event loop keeps reading and validating the
+        # next requests meanwhile (torch releases the GIL while it computes).
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
+        self.reconfigure({})  # Serve calls it again with the deployment's user_config, if any
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply batching settings at run time (Serve calls this on every ``user_config`` change)."""
+        self.batch = BatchSettings.model_validate(user_config or {})
+        self._batched_forward.set_max_batch_size(self.batch.max_batch_size)
+        self._batched_forward.set_batch_wait_timeout_s(self.batch.batch_wait_timeout_s)
+
+    @app.post("/v1/predict", **PREDICT_ROUTE)
+    async def predict(self, request: Request) -> JSONResponse:
+        return await self.service.predict(request, self._infer)
+
+    @app.get("/v1/model", **MODEL_ROUTE)
+    async def model_card(self, request: Request) -> JSONResponse:
+        return self.service.model_card(request)
+
+    @app.get("/healthz", **HEALTH_ROUTE)
+    async def healthz(self) -> dict[str, Any]:
+        return {**self.service.health(), "batching": self.batch.model_dump()}
+
+    async def _infer(self, x: np.ndarray) -> np.ndarray:
+        """``(N, C, H, W)`` raw pixels -> ``(N, K)`` probabilities, batched with other requests or not."""
+        if self.batch.max_batch_size > 1:
+            return await self._batched_forward(x)
+        return self.service.runner.predict_proba(x)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def _batched_forward(self, xs: list[np.ndarray]) -> list[np.ndarray]:
+        """One forward pass over ``concat(xs)`` ``(sum N_i, C, H, W)``, split back per request."""
+        bounds = np.cumsum([len(x) for x in xs])[:-1]
+        loop = asyncio.get_running_loop()
+        probs = await loop.run_in_executor(self._executor, self.service.runner.predict_proba, np.concatenate(xs))
+        return np.split(probs, bounds)

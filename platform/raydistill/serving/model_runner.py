@@ -1,0 +1,135 @@
+"""The served model: a verified artifact, the card's normalization, softmax and top-k. No Ray.
+
+``ModelRunner.predict_proba`` maps raw pixels ``x`` ``(N, C, H, W)`` to class probabilities
+``p = softmax(f((x - mean_c) / std_c))`` ``(N, K)``, where ``mean_c, std_c`` are the training
+split's per-channel statistics recorded in the model card (the same transform ``data.normalize``
+applied at training time).
+"""
+from __future__ import annotations
+
+import copy
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..artifacts import ArtifactError, load_artifact, resolve_artifact
+from ..data import normalize
+from .validation import InputSpec
+
+QUANTIZE_MODES = ("none", "int8")
+
+
+def is_remote_uri(ref: str) -> bool:
+    """``s3://...``, ``gs://...``, ``file://...``: fetched with pyarrow, then verified like a dir."""
+    return "://" in ref
+
+
+def fetch_artifact(uri: str, cache_dir: str | None = None) -> Path:
+    """Copy the artifact directory at ``uri`` into a fresh local directory (pyarrow filesystems)."""
+    import pyarrow.fs
+
+    try:
+        fs, remote = pyarrow.fs.FileSystem.from_uri(uri)
+        local = Path(tempfile.mkdtemp(prefix="raydistill-artifact-", dir=cache_dir))
+        pyarrow.fs.copy_files(remote, str(local), source_filesystem=fs)
+    except (OSError, ValueError, pyarrow.ArrowException) as exc:
+        raise ArtifactError(f"cannot fetch artifact {uri}: {exc}") from exc
+    return local
+
+
+def locate_artifact(ref: str, storage_path: str) -> Path:
+    """A local artifact dir for ``ref``: a path, ``chosen``, ``latest:<kind>`` or a URI."""
+    if is_remote_uri(ref):
+        return fetch_artifact(ref)
+    return resolve_artifact(ref, storage_path).resolve()
+
+
+def quantize_int8(model: nn.Module) -> tuple[nn.Module, list[str]]:
+    """INT8 dynamic quantization of the ``nn.Linear`` layers (weights int8, activations quantized
+    on the fly per batch); conv layers stay fp32. Returns the new model and the quantized names."""
+    names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao
+        warnings.simplefilter("ignore")
+        quantized = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {nn.Linear},
+                                                           dtype=torch.qint8)
+    return quantized.eval(), names
+
+
+@dataclass
+class ModelRunner:
+    """A loaded student ready to answer: model, card, and what the server adds to the card."""
+
+    model: nn.Module
+    card: dict[str, Any]
+    version: str
+    quantize: str = "none"
+    serving: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_artifact(cls, ref: str, *, storage_path: str = "runs", quantize: str = "none") -> "ModelRunner":
+        """Load ``ref`` (sha256 verified, ``weights_only``) and optionally quantize it.
+
+        Raises
+        ------
+        ArtifactError
+            missing, incomplete or tampered artifact; unknown ``quantize`` mode.
+        """
+        if quantize not in QUANTIZE_MODES:
+            raise ArtifactError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}")
+        path = locate_artifact(ref, storage_path)
+        model, card = load_artifact(path)
+        serving: dict[str, Any] = {"artifact": ref, "path": str(path), "quantize": quantize}
+        if quantize == "int8":
+            model, names = quantize_int8(model)
+            serving["quantized_modules"] = names
+        return cls(model=model, card=card, version=_version_of(ref, path), quantize=quantize, serving=serving)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.card["input_shape"])  # (C, H, W)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.card["class_names"])
+
+    def input_spec(self, max_instances: int) -> InputSpec:
+        return InputSpec(self.input_shape, len(self.class_names), max_instances)
+
+    def model_info(self) -> dict[str, str]:
+        """``{"name", "version", "sha256", "quantize"}`` sent with every prediction."""
+        return {"name": self.card.get("name", self.card["architecture"]["name"]), "version": self.version,
+                "sha256": self.card["weights_sha256"], "quantize": self.quantize}
+
+    def served_card(self) -> dict[str, Any]:
+        """The artifact's card plus a ``serving`` section (quantization, where it was loaded from)."""
+        return {**self.card, "serving": dict(self.serving)}
+
+    @torch.inference_mode()
+    def predict_proba(self, x_raw: np.ndarray) -> np.ndarray:
+        """Raw pixels ``(N, C, H, W)`` -> probabilities ``(N, K)`` float32 (rows sum to 1)."""
+        x = normalize(x_raw, self.card["normalization"])  # (N, C, H, W)
+        logits = self.model(torch.from_numpy(x))  # (N, K)
+        return torch.softmax(logits.float(), dim=1).numpy()
+
+    def format_predictions(self, probs: np.ndarray, top_k: int | None = None) -> list[dict[str, Any]]:
+        """One ``{"label", "class_name", "probabilities"[, "top_k"]}`` per row of ``probs`` ``(N, K)``."""
+        labels = probs.argmax(axis=1)  # (N,)
+        names = self.class_names
+        out = [{"label": int(k), "class_name": names[k], "probabilities": row}
+               for k, row in zip(labels.tolist(), probs.tolist())]
+        if top_k:
+            order = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]  # (N, top_k)
+            for item, idx, row in zip(out, order.tolist(), probs.tolist()):
+                item["top_k"] = [{"label": j, "class_name": names[j], "probability": row[j]} for j in idx]
+        return out
+
+
+def _version_of(ref: str, path: Path) -> str:
+    """The artifact directory's name (``student-<UTC time>-<hex>``): unique per training run."""
+    return Path(ref.rstrip("/")).name if is_remote_uri(ref) else path.name

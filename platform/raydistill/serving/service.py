@@ -1,0 +1,169 @@
+"""The HTTP behaviour shared by the Ray Serve deployment and the bare FastAPI baseline. No Ray.
+
+:class:`PredictionService` turns a Starlette ``Request`` into a JSON response: bearer auth
+(constant-time compare), body size limits (``Content-Length`` and the bytes actually received),
+content type, validation (:mod:`.validation`), then ``infer`` — a coroutine ``x (N, C, H, W) ->
+probabilities (N, K)`` that the caller supplies (batched in Serve, direct in the baseline).
+The pydantic models below only document the API in the generated OpenAPI (``/docs``).
+"""
+from __future__ import annotations
+
+import hmac
+import os
+from typing import Any, Awaitable, Callable
+
+import numpy as np
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from ..config_rules import ConfigError
+from .model_runner import ModelRunner
+from .validation import (RequestError, body_too_large_message, check_content_type,
+                         check_declared_length, parse_predict_request)
+
+Infer = Callable[[np.ndarray], Awaitable[np.ndarray]]
+
+
+# --- OpenAPI documentation --------------------------------------------------------------------
+
+
+class PredictBody(BaseModel):
+    """``POST /v1/predict`` body."""
+
+    instances: list[Any] = Field(description="Raw pixel inputs, each a nested list in the model's input shape "
+                                             "(C, H, W), e.g. 1x8x8 for digits; (H, W) is accepted when C == 1. "
+                                             "The server normalizes them with the model card's mean/std.",
+                                 examples=[[[[0, 0, 5, 13, 9, 1, 0, 0]] * 8]])
+    top_k: int | None = Field(default=None, ge=1, description="Also return the k most likely classes.")
+
+
+class TopClass(BaseModel):
+    label: int
+    class_name: str
+    probability: float
+
+
+class Prediction(BaseModel):
+    label: int = Field(description="argmax class index")
+    class_name: str
+    probabilities: list[float] = Field(description="softmax over all classes, indexed by label")
+    top_k: list[TopClass] | None = Field(default=None, description="present when top_k was sent")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str = Field(description="artifact directory name (unique per training run)")
+    sha256: str = Field(description="sha256 of the artifact's weights file")
+    quantize: str = Field(description="none | int8")
+
+
+class PredictResponse(BaseModel):
+    predictions: list[Prediction]
+    model: ModelInfo
+
+
+class ErrorBody(BaseModel):
+    detail: str = Field(description="what is wrong with the request")
+
+
+def _error(description: str) -> dict:
+    return {"model": ErrorBody, "description": description}
+
+
+PREDICT_ROUTE: dict[str, Any] = {
+    "summary": "Classify raw-pixel inputs",
+    "response_model": PredictResponse,
+    "responses": {400: _error("body is not JSON"), 401: _error("missing or wrong bearer token"),
+                  413: _error("body over max_body_bytes, or more than max_instances instances"),
+                  415: _error("Content-Type is not application/json"),
+                  422: _error("JSON of the wrong form: missing/empty instances, wrong shape, non-numeric, "
+                              "NaN/inf, bad top_k")},
+    "openapi_extra": {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": PredictBody.model_json_schema()}}}},
+}
+MODEL_ROUTE: dict[str, Any] = {"summary": "The served model card",
+                               "responses": {401: _error("missing or wrong bearer token")}}
+HEALTH_ROUTE: dict[str, Any] = {"summary": "Liveness: 200 when the model is loaded"}
+
+
+# --- behaviour ----------------------------------------------------------------------------------
+
+
+def read_auth_token(env_name: str) -> str | None:
+    """The bearer token from ``env_name`` (``""`` = auth off). Set-but-missing refuses to start."""
+    if not env_name:
+        return None
+    token = os.environ.get(env_name, "")
+    if not token:
+        raise ConfigError(f"serve.auth_token_env: environment variable {env_name} is empty or unset where the "
+                          "server runs; refusing to serve without the token")
+    return token
+
+
+def error_response(exc: RequestError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=headers)
+
+
+class PredictionService:
+    """Auth, limits, validation and response shaping around a :class:`ModelRunner`."""
+
+    def __init__(self, runner: ModelRunner, *, max_instances: int, max_body_bytes: int,
+                 auth_token: str | None = None) -> None:
+        self.runner = runner
+        self.spec = runner.input_spec(max_instances)
+        self.max_body_bytes = max_body_bytes
+        self._token = auth_token.encode() if auth_token else None
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> "PredictionService":
+        """Build from ``ServeArgs.model_dump()`` (artifact, storage_path, quantize, limits, auth)."""
+        token = read_auth_token(settings.get("auth_token_env", ""))
+        runner = ModelRunner.from_artifact(settings["artifact"], storage_path=settings.get("storage_path", "runs"),
+                                           quantize=settings.get("quantize", "none"))
+        return cls(runner, max_instances=settings["max_instances"], max_body_bytes=settings["max_body_bytes"],
+                   auth_token=token)
+
+    def authorize(self, header: str | None) -> None:
+        """``Authorization: Bearer <token>`` compared in constant time (``hmac.compare_digest``)."""
+        if self._token is None:
+            return
+        scheme, _, given = (header or "").partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            raise RequestError(401, "missing bearer token: send the header 'Authorization: Bearer <token>'")
+        if not hmac.compare_digest(given.strip().encode(), self._token):
+            raise RequestError(401, "invalid bearer token")
+
+    async def read_body(self, request: Request) -> bytes:
+        """The body, refused with 413 as soon as the declared or received size passes the limit."""
+        check_declared_length(request.headers.get("content-length"), self.max_body_bytes)
+        check_content_type(request.headers.get("content-type"))
+        chunks, received = [], 0
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > self.max_body_bytes:
+                raise RequestError(413, body_too_large_message(received, self.max_body_bytes))
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def predict(self, request: Request, infer: Infer) -> JSONResponse:
+        """Full ``POST /v1/predict``: every bad input becomes its 4xx :func:`error_response`."""
+        try:
+            self.authorize(request.headers.get("authorization"))
+            parsed = parse_predict_request(await self.read_body(request), self.spec)
+        except RequestError as exc:
+            return error_response(exc)
+        probs = await infer(parsed.x)  # (N, K)
+        return JSONResponse({"predictions": self.runner.format_predictions(probs, parsed.top_k),
+                             "model": self.runner.model_info()})
+
+    def model_card(self, request: Request) -> JSONResponse:
+        try:
+            self.authorize(request.headers.get("authorization"))
+        except RequestError as exc:
+            return error_response(exc)
+        return JSONResponse(self.runner.served_card())
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok", "model": self.runner.model_info()}

@@ -1,0 +1,359 @@
+"""``raydistill tune``: a Ray Tune sweep over distillation temperature T and weight alpha (and
+optionally the learning rate), ASHA early stopping by default, ending in a chosen student.
+
+Flow of :func:`run_sweep`::
+
+    config checks (search space, searcher; no Ray) -> Ray up -> concurrency cap from cluster CPUs
+    -> teacher (trained first if there is none) -> soft targets ONCE (Ray Data) -> object store
+    -> Tuner (one trial per point; tune_trial.py) -> results.csv
+    -> best trial's weights -> test accuracy once -> artifact "student", marked chosen
+    -> heatmap.png, curves.png, best.yaml, top-k table
+
+A sweep lives in ``<storage>/tune/<run.name>-<time>-<hex>/`` next to Tune's own state, so
+``raydistill tune --resume <dir>`` (``Tuner.restore``) finishes it without rerunning finished trials.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import math
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from .artifacts import ArtifactError, list_artifacts, mark_chosen
+from .cards import parent_entry
+from .config import Config, ConfigError, load_config, save_config
+from .tune_report import (CURVES_FILE, HEATMAP_FILE, best_row, epoch_history, error_message, format_top_table,
+                          plot_curves, plot_heatmap, trial_row, write_best_yaml, write_results)
+
+SWEEP_CONFIG_FILE, SUMMARY_FILE = "sweep.yaml", "sweep.json"
+UNFINISHED = ("PENDING", "RUNNING", "PAUSED")
+
+
+@dataclass
+class SweepResult:
+    """Where the sweep went, its rows (one per trial), the best row and the chosen artifact.
+
+    ``interrupted`` sweeps have no best row and no artifact yet: resume them.
+    """
+
+    sweep_dir: Path
+    rows: list[dict]
+    best: dict | None = None
+    artifact: Path | None = None
+    interrupted: bool = False
+
+
+# --- checks that need no Ray ---------------------------------------------------------------
+
+
+def expected_trials(cfg: Config) -> int:
+    """``num_samples`` x the size of each grid axis (how many trials Tune will create)."""
+    t = cfg.tune
+    n = t.num_samples
+    n *= len(t.temperature) if t.temperature_search == "grid" else 1
+    n *= len(t.alpha) if t.alpha_search == "grid" else 1
+    return n
+
+
+def cpus_per_trial(cfg: Config) -> float:
+    """1 CPU for an in-process trial; 0.01 (driver) + 0.99 per Ray Train worker otherwise."""
+    w = cfg.distill.workers
+    return 1.0 if w == 1 else 0.01 + 0.99 * w
+
+
+def concurrency_cap(cfg: Config, cluster_cpus: float) -> int:
+    """Trials that can run at once: ``floor(cpus / cpus_per_trial)``, at most ``tune.max_concurrent``
+    and the number of trials. Raises ConfigError when even one trial, or the asked-for
+    concurrency, could never be scheduled (trials would wait in PENDING forever)."""
+    need = cpus_per_trial(cfg)
+    fits = int(math.floor(cluster_cpus / need + 1e-9))
+    if fits < 1:
+        raise ConfigError(f"distill.workers: a trial with {cfg.distill.workers} workers needs {need:.2f} CPUs, "
+                          f"the cluster has {cluster_cpus:g}; lower distill.workers")
+    asked = cfg.tune.max_concurrent
+    if asked > fits:
+        raise ConfigError(f"tune.max_concurrent: {asked} trials at once can never be scheduled: the cluster has "
+                          f"{cluster_cpus:g} CPUs and each trial needs {need:.2f}; use <= {fits} (or 0 = auto)")
+    return max(1, min(asked or fits, expected_trials(cfg)))
+
+
+def check_searcher(cfg: Config) -> None:
+    """The Optuna searcher is an optional extra, imported only when asked for."""
+    if cfg.tune.searcher != "optuna":
+        return
+    try:
+        import optuna  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError("tune.searcher: 'optuna' needs the optional extra: pip install 'raydistill[optuna]'") from exc
+
+
+def search_space(cfg: Config) -> dict:
+    """Tune's ``param_space``: T log-uniform/uniform/grid, alpha uniform/grid, optional log-uniform lr."""
+    from ray import tune
+
+    t = cfg.tune
+    samplers = {"loguniform": tune.loguniform, "uniform": tune.uniform}
+    space = {"temperature": tune.grid_search(list(t.temperature)) if t.temperature_search == "grid"
+             else samplers[t.temperature_search](*t.temperature),
+             "alpha": tune.grid_search(list(t.alpha)) if t.alpha_search == "grid" else tune.uniform(*t.alpha)}
+    if t.lr:
+        space["lr"] = tune.loguniform(*t.lr)
+    return space
+
+
+# --- inputs shared by every trial ------------------------------------------------------------
+
+
+def ensure_teacher(cfg: Config) -> Config:
+    """``cfg`` with ``distill.teacher`` pinned to an artifact path; trains a teacher when the config
+    names none and storage holds none (``latest:teacher`` would otherwise fail)."""
+    from .train import teacher_refs
+
+    if cfg.distill.teachers:
+        return cfg
+    storage = cfg.storage_dir()
+    if not cfg.distill.teacher and not list_artifacts(storage, "teacher"):
+        from .preflight import preflight
+        from .train import train_teacher
+
+        preflight(cfg, "teacher")
+        print(f"tune: no teacher under {storage}; training one first", flush=True)
+        train_teacher(cfg)
+    from .artifacts import resolve_artifact
+
+    path = resolve_artifact(teacher_refs(cfg)[0].artifact, storage)
+    return dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, teacher=str(path.resolve())))
+
+
+def shared_inputs(cfg: Config, bundle, teachers) -> dict:
+    """Soft targets computed ONCE (Ray Data ``map_batches``) as numpy arrays:
+    ``{"train": (x, y, logits), "val": (x, y)}``; Tune puts them in the object store once."""
+    from .soft_targets import compute_soft_targets, soft_target_arrays, to_ray_dataset
+
+    pairs = [(card, state) for _, card, state, _ in teachers]
+    soft = compute_soft_targets(to_ray_dataset(bundle.x_train, bundle.y_train), pairs,
+                                actors=cfg.distill.soft_target_actors)
+    return {"train": soft_target_arrays(soft), "val": (bundle.x_val, bundle.y_val)}
+
+
+def trial_settings(cfg: Config, bundle, teachers, sweep_dir: Path):
+    from .train import student_spec
+    from .tune_trial import TrialSettings
+
+    spec = dataclasses.replace(student_spec(cfg, bundle, kd=None, stage="student"), epochs=cfg.tune.max_epochs)
+    return TrialSettings(spec=spec, teacher_weights=tuple(w for *_, w in teachers), workers=cfg.distill.workers,
+                         fail_trial=cfg.tune.fail_trial, train_storage=str(sweep_dir / "train"))
+
+
+def trainable(cfg: Config, data: dict, settings):
+    """The trial function with its resources and the shared inputs bound (object store, once)."""
+    from ray import tune
+
+    from .tune_trial import distill_trial, distill_trial_on_train
+
+    fn, resources = (distill_trial, {"cpu": 1}) if settings.workers == 1 else (distill_trial_on_train, {"cpu": 0.01})
+    return tune.with_resources(tune.with_parameters(fn, data=data, settings=settings), resources)
+
+
+# --- the Tuner ---------------------------------------------------------------------------------
+
+
+def _scheduler_and_searcher(cfg: Config):
+    from ray.tune.schedulers import ASHAScheduler
+
+    t = cfg.tune
+    scheduler = (ASHAScheduler(time_attr="epoch", max_t=t.max_epochs, grace_period=t.grace_period,
+                               reduction_factor=t.reduction_factor) if t.scheduler == "asha" else None)
+    searcher = None
+    if t.searcher == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        searcher = OptunaSearch(seed=cfg.run.seed)
+    return scheduler, searcher
+
+
+def build_tuner(cfg: Config, fn, sweep_dir: Path, cap: int, callbacks: Sequence = ()):
+    from ray import tune
+
+    # Tune snapshots its state every `num_to_keep` trial checkpoints (one per epoch here) and
+    # warns when that happens often; on small data sets it does, harmlessly (~10 ms each).
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    t = cfg.tune
+    scheduler, searcher = _scheduler_and_searcher(cfg)
+    tune_config = tune.TuneConfig(metric=t.metric, mode=t.mode, num_samples=t.num_samples, scheduler=scheduler,
+                                  search_alg=searcher, max_concurrent_trials=cap,
+                                  reuse_actors=cfg.distill.workers == 1)
+    run_config = tune.RunConfig(name=sweep_dir.name, storage_path=str(sweep_dir.parent),
+                                failure_config=tune.FailureConfig(max_failures=t.max_retries),
+                                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                                callbacks=list(callbacks), verbose=0 if cfg.run.quiet else 1)
+    return tune.Tuner(fn, param_space=search_space(cfg), tune_config=tune_config, run_config=run_config)
+
+
+def collect_rows(cfg: Config, sweep_dir: Path) -> tuple[list[dict], dict, dict]:
+    """``(rows, histories by trial id, Tune trials by id)`` read back from the sweep's Tune state."""
+    from ray.tune import ExperimentAnalysis
+
+    from .tune_trial import trial_index
+
+    analysis = ExperimentAnalysis(str(sweep_dir), default_metric=cfg.tune.metric, default_mode=cfg.tune.mode)
+    frames = analysis.trial_dataframes
+    rows, histories, trials = [], {}, {}
+    for trial in analysis.trials:
+        history = epoch_history(frames.get(trial.trial_id))
+        last = trial.last_result or {}
+        rows.append(trial_row(trial_id=trial.trial_id, trial_index=trial_index(trial.trial_id), status=trial.status,
+                              config=trial.config, default_lr=cfg.distill.lr, history=history,
+                              metric=cfg.tune.metric, max_epochs=cfg.tune.max_epochs,
+                              wall_time_s=last.get("time_total_s", 0.0), retries=trial.num_failures,
+                              error=error_message(trial.get_error()) if trial.status == "ERROR" else ""))
+        histories[trial.trial_id], trials[trial.trial_id] = history, trial
+    return rows, histories, trials
+
+
+# --- the chosen student ----------------------------------------------------------------------
+
+
+def best_state(trial):
+    """The best trial's final weights: its Tune checkpoint, or its Train run's (multi-worker)."""
+    from .tune_trial import load_trial_state
+
+    if trial.checkpoint is not None:
+        with trial.checkpoint.as_directory() as d:
+            return load_trial_state(d)
+    path = (trial.last_result or {}).get("checkpoint_path")
+    if not path:
+        raise ArtifactError(f"trial {trial.trial_id} left no checkpoint under {trial.path}")
+    return load_trial_state(path)
+
+
+def save_chosen(cfg: Config, bundle, teachers, settings, trial, best: dict, sweep_dir: Path) -> Path:
+    """Test accuracy measured once on the test split, artifact kind "student", marked chosen."""
+    from .train import _finish, _training
+    from .tune_trial import SEARCHED_KEYS, trial_spec
+
+    state = best_state(trial)
+    spec = dataclasses.replace(trial_spec(settings, trial.config), epochs=state.epoch)
+    best_config = {k: trial.config[k] for k in SEARCHED_KEYS if k in trial.config}
+    extra = {"distillation": {"temperature": best["temperature"], "alpha": best["alpha"], "mode": "cached"},
+             "training": {**_training(cfg), "epochs": state.epoch, "lr": best["lr"]},
+             "tune": {"sweep": str(sweep_dir), "trial_id": trial.trial_id, "best_config": best_config,
+                      "metric": cfg.tune.metric, "mode": cfg.tune.mode, "score": best["score"]}}
+    parents = [parent_entry(p, card, weight=w) for p, card, _, w in teachers]
+    path = _finish(spec, state, bundle, cfg, kind="student", parents=parents, extra=extra)
+    mark_chosen(path, cfg.storage_dir())
+    return path
+
+
+# --- entry points ----------------------------------------------------------------------------
+
+
+def new_sweep_dir(cfg: Config) -> Path:
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return cfg.storage_dir() / "tune" / f"{cfg.run.name}-{stamp}-{uuid.uuid4().hex[:4]}"
+
+
+def resumed_config(cfg: Config, resume_dir: Path) -> Config:
+    """The sweep's own saved config (search space and teacher are fixed), with this call's
+    ``run.address``/``run.quiet``."""
+    saved = resume_dir / SWEEP_CONFIG_FILE
+    if not saved.is_file():
+        raise ConfigError(f"--resume: {resume_dir} is not a raydistill sweep ({SWEEP_CONFIG_FILE} is missing)")
+    old = load_config(saved)
+    run = dataclasses.replace(old.run, address=cfg.run.address, quiet=cfg.run.quiet)
+    return dataclasses.replace(old, run=run)
+
+
+def run_sweep(cfg: Config, resume_dir: str | Path | None = None, *, callbacks: Sequence = ()) -> SweepResult:
+    """Run (or resume) the sweep and finish it: see the module docstring. ``callbacks`` are
+    extra ``ray.tune.Callback`` objects (kept in the sweep's state, so also active on resume)."""
+    from ray import tune
+
+    from .preflight import preflight
+    from .runtime import cluster_cpus, init_ray
+    from .train import load_teachers
+
+    sweep_dir = Path(resume_dir).expanduser().resolve() if resume_dir else None
+    cfg = resumed_config(cfg, sweep_dir) if sweep_dir else cfg
+    check_searcher(cfg)
+    bundle = preflight(cfg, "tune")
+    init_ray(cfg.run.address, quiet=cfg.run.quiet)
+    cpus = cluster_cpus()
+    cap = concurrency_cap(cfg, cpus)
+    print(f"tune: {expected_trials(cfg)} trials, at most {cap} at a time (cluster CPUs {cpus:g}, "
+          f"{cpus_per_trial(cfg):.2f} CPU per trial, distill.workers={cfg.distill.workers})", flush=True)
+    if sweep_dir and (sweep_dir / SUMMARY_FILE).is_file():
+        return _already_finished(cfg, sweep_dir)
+    if sweep_dir and not tune.Tuner.can_restore(str(sweep_dir)):
+        raise ConfigError(f"--resume: {sweep_dir} holds no Tune state to restore")
+    cfg = ensure_teacher(cfg)
+    teachers = load_teachers(cfg, bundle)
+    sweep_dir = sweep_dir or new_sweep_dir(cfg)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    if not resume_dir:
+        save_config(cfg, sweep_dir / SWEEP_CONFIG_FILE)
+    settings = trial_settings(cfg, bundle, teachers, sweep_dir)
+    fn = trainable(cfg, shared_inputs(cfg, bundle, teachers), settings)
+    if resume_dir:
+        tuner = tune.Tuner.restore(str(sweep_dir), trainable=fn, resume_errored=False)
+    else:
+        tuner = build_tuner(cfg, fn, sweep_dir, cap, callbacks)
+    tuner.fit()
+    return finish_sweep(cfg, bundle, teachers, settings, sweep_dir)
+
+
+def finish_sweep(cfg: Config, bundle, teachers, settings, sweep_dir: Path) -> SweepResult:
+    """results.csv always; the chosen student, plots and best.yaml once every trial has ended."""
+    rows, histories, trials = collect_rows(cfg, sweep_dir)
+    interrupted = len(rows) < expected_trials(cfg) or any(r["status"] in UNFINISHED for r in rows)
+    best = None if interrupted else best_row(rows, cfg.tune.mode)
+    if best is None:
+        write_results(rows, sweep_dir)
+        why = "interrupted" if interrupted else "finished, but no trial succeeded"
+        print(f"tune: sweep {why}; {len(rows)} trial(s) in {sweep_dir / 'results.csv'}"
+              + (f"\nresume with: raydistill tune --resume {sweep_dir}" if interrupted else ""), flush=True)
+        return SweepResult(sweep_dir, rows, interrupted=interrupted)
+    artifact = save_chosen(cfg, bundle, teachers, settings, trials[best["trial_id"]], best, sweep_dir)
+    from .artifacts import load_card
+
+    best.update(chosen=True, test_accuracy=load_card(artifact)["metrics"]["test_accuracy"])
+    write_results(rows, sweep_dir)
+    plot_heatmap(rows, best, sweep_dir / HEATMAP_FILE)
+    plot_curves(histories, rows, k=cfg.tune.top_k, mode=cfg.tune.mode, path=sweep_dir / CURVES_FILE)
+    best_yaml = write_best_yaml(cfg, best, teacher=cfg.distill.teacher, sweep_dir=sweep_dir)
+    summary = {"sweep": str(sweep_dir), "trials": len(rows), "best": best, "artifact": str(artifact),
+               "best_yaml": str(best_yaml)}
+    (sweep_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    _print_summary(cfg, rows, best, artifact, sweep_dir)
+    return SweepResult(sweep_dir, rows, best=best, artifact=artifact)
+
+
+def _print_summary(cfg: Config, rows: list[dict], best: dict, artifact: Path, sweep_dir: Path) -> None:
+    t = cfg.tune
+    print("\n" + format_top_table(rows, mode=t.mode, k=t.top_k, metric=t.metric), flush=True)
+    print(f"\nchosen student: {artifact}\n  trial {best['trial_id']}: T={best['temperature']:.3f} "
+          f"alpha={best['alpha']:.3f} lr={best['lr']:.2e} {t.metric}={best['score']:.4f} "
+          f"test_accuracy={best['test_accuracy']:.4f}\nsweep files in {sweep_dir}: results.csv heatmap.png "
+          f"curves.png best.yaml sweep.json\nrun the best config: raydistill distill --config "
+          f"{sweep_dir / 'best.yaml'}", flush=True)
+
+
+def _already_finished(cfg: Config, sweep_dir: Path) -> SweepResult:
+    import pandas as pd
+
+    summary = json.loads((sweep_dir / SUMMARY_FILE).read_text())
+    rows = pd.read_csv(sweep_dir / "results.csv").fillna({"error": ""}).to_dict("records")
+    print(f"tune: sweep {sweep_dir} already finished; chosen student {summary['artifact']}", flush=True)
+    return SweepResult(sweep_dir, rows, best=summary["best"], artifact=Path(summary["artifact"]))
+
+
+def run_tune_cli(cfg: Config, args=None) -> int:
+    """``raydistill tune --config ... [--resume DIR]``. Exit code 0 = chosen student written,
+    130 = interrupted (resume it), 1 = every trial failed."""
+    result = run_sweep(cfg, getattr(args, "resume", "") or None)
+    return 0 if result.artifact else 130 if result.interrupted else 1

@@ -1,0 +1,172 @@
+"""What a finished sweep leaves behind: ``results.csv``, ``heatmap.png``, ``curves.png``,
+``best.yaml`` and the top-k table. Pure functions over plain rows (no Ray import), so they are
+tested without a cluster; :mod:`raydistill.tune` turns Tune's trials into rows.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+import yaml
+
+from .config import Config, config_from_dict
+
+RESULTS_FILE, HEATMAP_FILE, CURVES_FILE, BEST_FILE = "results.csv", "heatmap.png", "curves.png", "best.yaml"
+COLUMNS = ["trial_id", "trial_index", "status", "temperature", "alpha", "lr", "final_val_accuracy",
+           "best_val_accuracy", "final_val_loss", "score", "epochs_run", "early_stopped", "wall_time_s",
+           "retries", "chosen", "test_accuracy", "error"]
+
+
+def error_message(trace: str | None) -> str:
+    """The exception line of a Tune error trace (``"RuntimeError: ..."``), or ``""``."""
+    if not trace:
+        return ""
+    lines = [ln.strip() for ln in trace.strip().splitlines() if ln.strip()]
+    exception_lines = [ln for ln in lines if ln.split(":", 1)[0].endswith(("Error", "Exception", "Interrupt"))]
+    return (exception_lines or lines)[-1][:300]
+
+
+def trial_row(*, trial_id: str, trial_index: int | None, status: str, config: dict, default_lr: float,
+              history: pd.DataFrame, metric: str, max_epochs: int, wall_time_s: float, retries: int,
+              error: str) -> dict:
+    """One ``results.csv`` row. ``history`` has one row per epoch (columns ``epoch``,
+    ``val_accuracy``, ``val_loss``, ...); ``score`` is ``metric`` at the last epoch."""
+    last = history.iloc[-1] if len(history) else None
+    epochs_run = int(last["epoch"]) if last is not None else 0
+    return {
+        "trial_id": trial_id, "trial_index": trial_index, "status": status,
+        "temperature": float(config["temperature"]), "alpha": float(config["alpha"]),
+        "lr": float(config.get("lr", default_lr)),
+        "final_val_accuracy": float(last["val_accuracy"]) if last is not None else math.nan,
+        "best_val_accuracy": float(history["val_accuracy"].max()) if last is not None else math.nan,
+        "final_val_loss": float(last["val_loss"]) if last is not None else math.nan,
+        "score": float(last[metric]) if last is not None else math.nan,
+        "epochs_run": epochs_run,
+        "early_stopped": status == "TERMINATED" and epochs_run < max_epochs,
+        "wall_time_s": round(float(wall_time_s), 3), "retries": int(retries),
+        "chosen": False, "test_accuracy": math.nan, "error": error,
+    }
+
+
+def epoch_history(progress: pd.DataFrame | None) -> pd.DataFrame:
+    """Per-epoch rows of a trial's progress (a resumed trial may repeat an epoch: keep the last)."""
+    if progress is None or len(progress) == 0 or "epoch" not in progress:
+        return pd.DataFrame(columns=["epoch", "val_accuracy", "val_loss", "train_loss"])
+    return progress.dropna(subset=["epoch"]).drop_duplicates("epoch", keep="last").sort_values("epoch")
+
+
+def best_row(rows: Sequence[dict], mode: str) -> dict | None:
+    """The finished trial with the best ``score`` (``mode`` = max | min); None if none finished."""
+    done = [r for r in rows if r["status"] == "TERMINATED" and not math.isnan(r["score"])]
+    if not done:
+        return None
+    pick = max if mode == "max" else min
+    return pick(done, key=lambda r: r["score"])
+
+
+def write_results(rows: Sequence[dict], sweep_dir: Path) -> Path:
+    path = Path(sweep_dir) / RESULTS_FILE
+    frame = pd.DataFrame(list(rows), columns=COLUMNS).sort_values("trial_index", na_position="last")
+    frame.to_csv(path, index=False)
+    return path
+
+
+def format_top_table(rows: Sequence[dict], *, mode: str, k: int, metric: str) -> str:
+    """The top ``k`` finished trials by ``score``, then any failed ones, as a fixed-width table."""
+    done = sorted((r for r in rows if r["status"] == "TERMINATED" and not math.isnan(r["score"])),
+                  key=lambda r: r["score"], reverse=(mode == "max"))
+    failed = [r for r in rows if r["status"] == "ERROR"]
+    header = (f"{'rank':>4}  {'trial':<12}{'T':>7}{'alpha':>7}{'lr':>9}{metric:>14}{'best val':>10}"
+              f"{'epochs':>7}{'stopped':>8}{'time s':>8}  status")
+    lines = [header, "-" * len(header)]
+    for rank, r in enumerate(done[:k], 1):
+        lines.append(f"{rank:>4}  {r['trial_id']:<12}{r['temperature']:>7.2f}{r['alpha']:>7.3f}{r['lr']:>9.2e}"
+                     f"{r['score']:>14.4f}{r['best_val_accuracy']:>10.4f}{r['epochs_run']:>7}"
+                     f"{'yes' if r['early_stopped'] else 'no':>8}{r['wall_time_s']:>8.1f}  "
+                     f"{r['status']}{'  <- chosen' if r['chosen'] else ''}")
+    for r in failed:
+        lines.append(f"{'-':>4}  {r['trial_id']:<12}{r['temperature']:>7.2f}{r['alpha']:>7.3f}{r['lr']:>9.2e}"
+                     f"{'':>14}{'':>10}{r['epochs_run']:>7}{'':>8}{r['wall_time_s']:>8.1f}  ERROR: {r['error']}")
+    return "\n".join(lines)
+
+
+def plot_heatmap(rows: Sequence[dict], best: dict, path: Path) -> Path:
+    """Final val accuracy over the (T, alpha) plane: one marker per trial, the best starred,
+    failed trials as grey crosses. T is on a log axis when the range spans a factor >= 4."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if not math.isnan(r["final_val_accuracy"]) and r["status"] != "ERROR"]
+    bad = [r for r in rows if r["status"] == "ERROR"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    points = ax.scatter([r["temperature"] for r in ok], [r["alpha"] for r in ok], s=260, marker="s",
+                        c=[r["final_val_accuracy"] for r in ok], cmap="viridis", edgecolors="k")
+    fig.colorbar(points, ax=ax, label="final val accuracy")
+    if bad:
+        ax.scatter([r["temperature"] for r in bad], [r["alpha"] for r in bad], marker="x", c="grey", s=80,
+                   label="failed")
+    ax.scatter([best["temperature"]], [best["alpha"]], marker="*", s=420, c="red", edgecolors="k",
+               label=f"best: T={best['temperature']:.2f}, alpha={best['alpha']:.2f} ({best['score']:.3f})")
+    temps = [r["temperature"] for r in rows]
+    if min(temps) > 0 and max(temps) / min(temps) >= 4:
+        ax.set_xscale("log")
+    ax.set(xlabel="temperature T", ylabel="alpha (weight of the soft-target term)",
+           title="Student val accuracy over (T, alpha)")
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_curves(histories: dict[str, pd.DataFrame], rows: Sequence[dict], *, k: int, mode: str,
+                path: Path) -> Path:
+    """Val accuracy per epoch: the top ``k`` trials labelled, every other trial in light grey
+    (ASHA's early stops show as short grey lines)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ranked = sorted((r for r in rows if r["status"] != "ERROR" and not math.isnan(r["score"])), key=lambda r: r["score"],
+                    reverse=(mode == "max"))
+    top = {r["trial_id"] for r in ranked[:k]}
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    for r in rows:
+        h = histories.get(r["trial_id"])
+        if h is None or not len(h) or r["trial_id"] in top:
+            continue
+        ax.plot(h["epoch"], h["val_accuracy"], color="0.8", linewidth=1)
+    for r in ranked[:k]:
+        h = histories[r["trial_id"]]
+        ax.plot(h["epoch"], h["val_accuracy"], marker="o", markersize=3,
+                label=f"{r['trial_id']}: T={r['temperature']:.2f}, a={r['alpha']:.2f}")
+    ax.set(xlabel="epoch", ylabel="val accuracy", title=f"Top {min(k, len(ranked))} trials (grey: the rest)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def best_config(cfg: Config, best: dict, *, teacher: str) -> Config:
+    """A complete distill config with the best trial's values (and the sweep's teacher) filled in."""
+    distill = dataclasses.replace(cfg.distill, temperature=best["temperature"], alpha=best["alpha"],
+                                  lr=best["lr"], epochs=int(best["epochs_run"]),
+                                  teacher=teacher if not cfg.distill.teachers else cfg.distill.teacher)
+    run = dataclasses.replace(cfg.run, storage_path=str(cfg.storage_dir()))
+    return config_from_dict(dataclasses.replace(cfg, run=run, distill=distill).to_dict())  # re-validated
+
+
+def write_best_yaml(cfg: Config, best: dict, *, teacher: str, sweep_dir: Path) -> Path:
+    """``best.yaml``: ready for ``raydistill distill --config best.yaml``."""
+    path = Path(sweep_dir) / BEST_FILE
+    header = (f"# Written by `raydistill tune`: sweep {sweep_dir}, trial {best['trial_id']} "
+              f"({best['score']:.4f}).\n# Run it: raydistill distill --config {path}\n")
+    path.write_text(header + yaml.safe_dump(best_config(cfg, best, teacher=teacher).to_dict(), sort_keys=False))
+    return path

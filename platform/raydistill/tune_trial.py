@@ -1,0 +1,144 @@
+"""What one Tune trial runs: distill the student at the trial's (T, alpha[, lr]) from soft targets
+that the sweep computed once and shared through the object store (``tune.with_parameters``).
+
+Two trainables, both on the shared epoch loop (:func:`raydistill.loop.run_epochs`):
+
+* :func:`distill_trial` (``distill.workers == 1``): the loop runs in the trial's own process and
+  reports to Tune after every epoch with a checkpoint, so ASHA can stop it and a restored sweep
+  resumes it from its last epoch.
+* :func:`distill_trial_on_train` (``distill.workers > 1``): the trial is a light driver that runs
+  a ``TorchTrainer`` (DDP workers on :func:`raydistill.train_worker.train_loop_per_worker`);
+  ``TuneReportCallback`` forwards rank 0's reports to Tune (RAY_NOTES, "Ray Tune").
+"""
+from __future__ import annotations
+
+import re
+import tempfile
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from ray import tune
+
+from .engine import KDSettings, iterate_batches
+from .loop import StageSpec, TrainState, load_train_state, run_epochs, save_train_state
+from .train_worker import STATE_FILE
+
+SEARCHED_KEYS = ("temperature", "alpha", "lr")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrialSettings:
+    """What every trial shares besides the data: the student recipe and how to run it.
+
+    ``spec.kd`` is filled per trial; ``spec.epochs`` is the sweep's ``tune.max_epochs``.
+    """
+
+    spec: StageSpec
+    teacher_weights: tuple[float, ...] = (1.0,)
+    workers: int = 1
+    fail_trial: int = -1  # fault injection: the trial with this creation index raises
+    train_storage: str = ""  # where Ray Train runs of multi-worker trials keep checkpoints
+
+
+def trial_spec(settings: TrialSettings, config: dict) -> StageSpec:
+    """The student spec for one point of the search space (``lr`` falls back to ``distill.lr``)."""
+    kd = KDSettings(temperature=float(config["temperature"]), alpha=float(config["alpha"]),
+                    teacher_weights=settings.teacher_weights)
+    return replace(settings.spec, kd=kd, lr=float(config.get("lr", settings.spec.lr)))
+
+
+def trial_index(trial_id: str) -> int | None:
+    """Creation index of a trial from its id (``"3f2a1_00004"`` -> 4; random/grid searcher ids)."""
+    match = re.fullmatch(r"[0-9a-f]+_(\d+)", trial_id)
+    return int(match.group(1)) if match else None
+
+
+def _fault_hook(settings: TrialSettings):
+    """``before_epoch`` hook: the ``tune.fail_trial``-th trial raises before its first epoch on
+    every attempt (so ASHA cannot stop it first), exhausting its retries; the sweep carries on."""
+    trial_id = tune.get_context().get_trial_id()
+    doomed = settings.fail_trial >= 0 and trial_index(trial_id) == settings.fail_trial
+
+    def before_epoch(epoch: int) -> None:
+        if doomed:
+            raise RuntimeError(f"fault injection: trial {trial_id} (index {settings.fail_trial}) raises "
+                               f"at epoch {epoch + 1} (tune.fail_trial)")
+
+    return before_epoch
+
+
+def _report_to_tune(metrics: dict, state: TrainState) -> None:
+    """Report one epoch's metrics with a checkpoint (ASHA decides; restore resumes from it)."""
+    with tempfile.TemporaryDirectory() as d:
+        save_train_state(state, Path(d) / STATE_FILE)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def _tune_resume_state() -> TrainState | None:
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        return load_train_state(Path(d) / STATE_FILE)
+
+
+def _read_only_tensors(arrays: tuple[np.ndarray, ...]) -> list[torch.Tensor]:
+    """Zero-copy tensors over the object store's read-only arrays (only ever read: batches are
+    gathered by index, which copies). Silences torch's warning about non-writable arrays."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return [torch.as_tensor(a) for a in arrays]
+
+
+def distill_trial(config: dict, *, data: dict[str, tuple[np.ndarray, ...]], settings: TrialSettings) -> None:
+    """Function trainable: distill in this process on the shared soft targets.
+
+    ``data["train"]`` is ``(x (N, C, H, W), y (N,), teacher logits (N, K) or (N, T, K))``,
+    ``data["val"]`` is ``(x, y)``; both arrive once per node through the object store.
+    """
+    spec = trial_spec(settings, config)
+    train, val = _read_only_tensors(data["train"]), _read_only_tensors(data["val"])
+    run_epochs(spec,
+               # the same shuffling seeds as a 1-worker `raydistill distill` (rank 0 of world 1)
+               train_batches=lambda e: iterate_batches(train, spec.batch_size, shuffle=True,
+                                                       seed=spec.seed * 100003 + e),
+               val_batches=lambda: iterate_batches(val, 1024, shuffle=False),
+               report=_report_to_tune, resume=_tune_resume_state(),
+               before_epoch=_fault_hook(settings))
+
+
+def distill_trial_on_train(config: dict, *, data: dict[str, tuple[np.ndarray, ...]],
+                           settings: TrialSettings) -> None:
+    """Function trainable driving ``settings.workers`` Ray Train workers for one trial.
+
+    The Train run is named after the trial, so a restored trial's driver finds its run's
+    checkpoints again and Ray Train resumes from the last one.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from .soft_targets import to_ray_dataset
+    from .train_worker import train_loop_per_worker
+
+    spec = trial_spec(settings, config)
+    _fault_hook(settings)(0)  # a doomed driver raises before starting its workers
+    trial_id = tune.get_context().get_trial_id()
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"spec": spec, "cached": True, "verbose": False},
+        datasets={"train": to_ray_dataset(*data["train"]), "val": to_ray_dataset(*data["val"])},
+        scaling_config=ScalingConfig(num_workers=settings.workers, resources_per_worker={"CPU": 0.99}),
+        run_config=RunConfig(name=f"trial-{trial_id}", storage_path=settings.train_storage,
+                             checkpoint_config=CheckpointConfig(num_to_keep=1),
+                             failure_config=FailureConfig(max_failures=0),
+                             callbacks=[TuneReportCallback()]))
+    trainer.fit()
+
+
+def load_trial_state(checkpoint_dir: str | Path) -> TrainState:
+    """The :class:`TrainState` in a trial's (or its Train run's) checkpoint directory."""
+    return load_train_state(Path(checkpoint_dir) / STATE_FILE)

@@ -1,0 +1,85 @@
+"""Artifacts: atomic writes, sha256 verification, no pickle execution (no Ray)."""
+import json
+import pickle
+
+import pytest
+import torch
+
+from raydistill.artifacts import (ArtifactError, load_artifact, load_card, mark_chosen, resolve_artifact,
+                                  save_artifact)
+from raydistill.engine import evaluate
+from raydistill.config import DataSection
+from raydistill.data import load_data
+
+
+def _copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_round_trip_gives_the_same_predictions(local_student):
+    model, card = load_artifact(local_student)
+    bundle = load_data(DataSection(), seed=0)
+    assert evaluate(model, bundle.x_test, bundle.y_test)["accuracy"] == pytest.approx(card["metrics"]["test_accuracy"])
+    for key in ("architecture", "input_shape", "normalization", "class_names", "dataset", "weights_sha256",
+                "versions", "parameters", "parents"):
+        assert key in card
+
+
+def test_tampered_weights_are_refused(local_student, tmp_path):
+    art = _copy(local_student, tmp_path / "a")
+    state = torch.load(art / "weights.pt", weights_only=True)
+    first = next(iter(state))
+    state[first] = state[first] + 1.0
+    torch.save(state, art / "weights.pt")
+    with pytest.raises(ArtifactError, match="sha256 mismatch"):
+        load_artifact(art)
+
+
+def test_truncated_weights_are_refused(local_student, tmp_path):
+    art = _copy(local_student, tmp_path / "b")
+    data = (art / "weights.pt").read_bytes()
+    (art / "weights.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ArtifactError, match="sha256 mismatch"):
+        load_artifact(art)
+
+
+class _Boom:
+    def __reduce__(self):
+        return (print, ("pickled code ran",))
+
+
+def test_pickled_code_is_never_executed_even_with_a_matching_hash(local_student, tmp_path, capsys):
+    # An attacker who can also rewrite the card: the hash matches, weights_only still refuses.
+    art = _copy(local_student, tmp_path / "c")
+    with open(art / "weights.pt", "wb") as fh:
+        pickle.dump({"w": _Boom()}, fh)
+    from raydistill.artifacts import sha256_file
+
+    card = load_card(art)
+    card["weights_sha256"] = sha256_file(art / "weights.pt")
+    (art / "model.json").write_text(json.dumps(card))
+    with pytest.raises(ArtifactError, match="cannot read"):
+        load_artifact(art)
+    assert "pickled code ran" not in capsys.readouterr().out
+
+
+def test_failed_save_leaves_no_half_artifact(local_student, tmp_path):
+    model, card = load_artifact(local_student)
+    bad_card = dict(card, metrics={"not_json": object()})
+    target = tmp_path / "runs" / "student-x"
+    with pytest.raises(TypeError):
+        save_artifact(target, model, bad_card)
+    assert not target.exists()
+    assert list(target.parent.iterdir()) == []  # the temp dir was removed too
+
+
+def test_missing_card_and_chosen_pointer(tmp_path, local_student):
+    with pytest.raises(ArtifactError, match="model.json is missing"):
+        resolve_artifact(str(tmp_path), tmp_path)
+    with pytest.raises(ArtifactError, match="no chosen student yet"):
+        resolve_artifact("chosen", tmp_path)
+    mark_chosen(local_student, tmp_path)
+    assert resolve_artifact("chosen", tmp_path) == local_student.resolve()

@@ -1,0 +1,87 @@
+"""Config: typed, validated at the door, errors name the dotted key (no Ray)."""
+import subprocess
+import sys
+
+import pytest
+
+from raydistill.config import ConfigError, config_from_dict, load_config
+
+from conftest import REPO
+
+DIGITS = REPO / "configs" / "digits.yaml"
+
+
+def test_default_config_loads_with_documented_values():
+    cfg = load_config(DIGITS)
+    assert cfg.data.name == "digits"
+    assert cfg.distill.workers == 2
+    assert cfg.teacher.model.args["hidden"] == [1200, 1200]
+
+
+def test_override_parses_yaml_values_and_keeps_siblings():
+    cfg = load_config(DIGITS, ["distill.temperature=8", "teacher.model.args={hidden: [16]}", "run.quiet=true"])
+    assert cfg.distill.temperature == 8.0 and isinstance(cfg.distill.temperature, float)
+    assert cfg.teacher.model.args == {"hidden": [16]}
+    assert cfg.teacher.model.name == "mlp"
+    assert cfg.distill.alpha == 0.9  # sibling untouched
+
+
+@pytest.mark.parametrize("override, key", [
+    ("distill.temprature=4", "distill.temprature"),
+    ("distil.temperature=4", "distil"),
+    ("distill.temperature=hot", "distill.temperature"),
+    ("distill.temperature=0", "distill.temperature"),
+    ("distill.temperature=-1", "distill.temperature"),
+    ("distill.alpha=1.5", "distill.alpha"),
+    ("distill.alpha=-0.1", "distill.alpha"),
+    ("distill.workers=0", "distill.workers"),
+    ("teacher.workers=1.5", "teacher.workers"),
+    ("distill.mode=sometimes", "distill.mode"),
+    ("data.val_fraction=1.2", "data.val_fraction"),
+    ("run.use_gpu=maybe", "run.use_gpu"),
+])
+def test_bad_override_names_the_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(DIGITS, [override])
+    assert key in str(err.value)
+
+
+def test_unknown_key_in_file_is_rejected(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("distill:\n  temperatur: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'distill\.temperatur'"):
+        load_config(bad)
+
+
+def test_yaml_tags_that_import_code_are_refused(tmp_path):
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("run: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(evil)
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_round_trip_through_dict_is_identity():
+    cfg = load_config(DIGITS, ["distill.temperature=2.5"])
+    assert config_from_dict(cfg.to_dict()) == cfg
+
+
+def test_cli_reports_config_error_before_starting_ray():
+    # Execute: the real console entry point, as a user would run it.
+    proc = subprocess.run([sys.executable, "-m", "raydistill.cli", "distill", "--config", str(DIGITS),
+                           "--set", "distill.alpha=2"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "distill.alpha" in proc.stderr and "[0, 1]" in proc.stderr
+    assert "Started a local Ray instance" not in proc.stderr + proc.stdout
+
+
+def test_cli_unknown_model_is_a_config_error_naming_the_key():
+    proc = subprocess.run([sys.executable, "-m", "raydistill.cli", "teacher", "--config", str(DIGITS),
+                           "--set", "teacher.model.name=resnet18x"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "teacher.model.name" in proc.stderr and "unknown model 'resnet18x'" in proc.stderr
+    assert "mlp" in proc.stderr  # the known names are listed

@@ -1,0 +1,289 @@
+"""Ray jobs on a real ``ray start --head`` cluster, and cluster.yaml against Ray's own schema.
+
+Fast tier (no Ray): cluster.yaml and its commented ``local`` variant validate; the job helpers'
+storage rule; job entry points parse and fail exactly like the CLI.
+Cluster tier (marker ``cluster``): one head for the module (tests/_ray_head.py: own ports, own
+token, stopped without ``ray stop``); jobs go through both the ``ray job submit`` CLI and
+``JobSubmissionClient``. These tests never use the session's ``ray_session`` runtime.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from _ray_head import REPO, RayHead, start_head, stop_head, wait_for_log, wait_for_status
+from conftest import free_port, make_local_artifact, tiny_overrides
+from raydistill import cli
+from raydistill.artifacts import load_artifact, resolve_artifact
+from raydistill.config import load_config
+from raydistill.jobs import (JOB_CONFIG_ENV, job_storage_path, job_submission_id, run_job, storage_root,
+                             workers_miss_checkout)
+
+CLUSTER_YAML = REPO / "cluster.yaml"
+RUNTIME_ENV = yaml.safe_load((REPO / "jobs" / "runtime_env.yaml").read_text())
+SHIPPED = "runtime_resources/working_dir_files/"  # where a job's working-dir copy is unpacked
+JOB_ENV = {JOB_CONFIG_ENV: json.dumps({"metadata": {"job_submission_id": "raysubmit_abc"}})}
+
+
+# --- cluster.yaml, offline -------------------------------------------------------------------
+
+
+def ray_validate(config: dict) -> dict:
+    """What ``ray up`` checks before touching a cloud: defaults filled in, then the JSON schema."""
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    prepared = prepare_config(copy.deepcopy(config))
+    validate_config(prepared)
+    return prepared
+
+
+def local_variant(text: str) -> dict:
+    """cluster.yaml with its commented ``local`` block swapped in, as its comment tells a user to do."""
+    block = text.split("# --- local variant begin ---\n")[1].split("# --- local variant end ---")[0]
+    replacement = yaml.safe_load("\n".join(line[2:] for line in block.splitlines()))
+    replaced = ("provider", "auth", "available_node_types", "head_node_type")
+    return {**{k: v for k, v in yaml.safe_load(text).items() if k not in replaced}, **replacement}
+
+
+def test_cluster_yaml_passes_rays_schema_and_keeps_the_dashboard_private():
+    config = yaml.safe_load(CLUSTER_YAML.read_text())
+
+    prepared = ray_validate(config)
+
+    types = prepared["available_node_types"]
+    assert prepared["provider"]["type"] == "aws" and prepared["head_node_type"] == "head"
+    assert types["gpu_worker"]["node_config"]["InstanceType"].startswith(("g", "p"))
+    assert types["cpu_worker"]["max_workers"] > types["cpu_worker"]["min_workers"]  # autoscaling
+    head_start, worker_start = config["head_start_ray_commands"][-1], config["worker_start_ray_commands"][-1]
+    assert "--dashboard-host=127.0.0.1" in head_start
+    assert all("RAY_AUTH_MODE=token" in c and "RAYDISTILL_STORAGE_ROOT=/mnt/shared" in c for c in (head_start, worker_start))
+    assert config["file_mounts"]["~/raydistill"] == "." and "~/.ray/auth_token" in config["file_mounts"]
+    assert any("pip install -e ~/raydistill" in c for c in config["setup_commands"])
+
+
+def test_cluster_yaml_schema_check_rejects_a_typo():
+    config = yaml.safe_load(CLUSTER_YAML.read_text())
+    config["available_node_types"]["cpu_worker"]["min_worker"] = 1  # typo of min_workers
+
+    with pytest.raises(Exception, match="min_worker"):
+        ray_validate(config)
+
+
+def test_cluster_yaml_local_variant_passes_rays_schema():
+    config = local_variant(CLUSTER_YAML.read_text())
+
+    prepared = ray_validate(config)
+
+    assert prepared["provider"] == {"type": "local", "head_ip": "10.0.0.10", "worker_ips": ["10.0.0.11", "10.0.0.12"]}
+    assert list(prepared["available_node_types"]) == ["local.cluster.node"]
+    assert prepared["available_node_types"]["local.cluster.node"]["max_workers"] == 2
+
+
+# --- job helpers, no Ray -----------------------------------------------------------------------
+
+
+def test_relative_storage_goes_under_the_storage_root_only_inside_a_job(tmp_path):
+    relative = load_config(REPO / "configs" / "digits.yaml")
+    absolute = load_config(None, [f"run.storage_path={tmp_path / 'abs'}"])
+    job = {**JOB_ENV, "RAYDISTILL_STORAGE_ROOT": str(tmp_path / "root")}
+
+    inside, outside = job_storage_path(relative, job), job_storage_path(relative, {})
+
+    assert inside == tmp_path / "root" / "runs"
+    assert outside == relative.storage_dir()  # a plain run keeps the CLI's meaning: ./runs
+    assert job_storage_path(absolute, job) == tmp_path / "abs"
+    assert storage_root({}) == Path("~/raydistill").expanduser().resolve()
+    assert job_submission_id(job) == "raysubmit_abc" and job_submission_id({}) == ""
+
+
+def test_missing_runtime_env_is_detected(tmp_path):
+    (tmp_path / "platform" / "raydistill").mkdir(parents=True)
+
+    shipped = workers_miss_checkout({**JOB_ENV, "PYTHONPATH": f"{tmp_path}:platform"}, cwd=tmp_path)
+    not_shipped = workers_miss_checkout({**JOB_ENV, "PYTHONPATH": str(tmp_path)}, cwd=tmp_path)
+    plain_run = workers_miss_checkout({"PYTHONPATH": ""}, cwd=tmp_path)
+
+    assert (shipped, not_shipped, plain_run) == (False, True, False)
+
+
+def test_job_entry_point_fails_exactly_like_the_cli():
+    args = ["--config", "configs/digits.yaml", "--set", "distill.temperature=-1"]
+
+    job = subprocess.run([sys.executable, "jobs/teacher.py", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+    direct = subprocess.run([sys.executable, "-m", "raydistill.cli", "teacher", *args], cwd=REPO, capture_output=True,
+                            text=True, timeout=120)
+
+    assert job.returncode == direct.returncode == 2
+    assert job.stderr == direct.stderr and "error: distill.temperature: must be > 0" in job.stderr
+    assert "[raydistill job] stage=teacher exit=2" in job.stdout
+
+
+@pytest.mark.parametrize("stage", ["teacher", "distill", "tune", "federated", "serve", "pipeline"])
+def test_every_stage_has_a_job_with_the_clis_arguments(stage, capsys):
+    script = (REPO / "jobs" / f"{stage}.py").read_text()
+    cli.build_parser()  # registers the optional stages (tune, federated, serve) first
+    before = dict(cli.STAGES)
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_job(stage, ["--help"], env={})
+
+    usage = capsys.readouterr().out
+    assert f'main("{stage}")' in script and exit_info.value.code == 0
+    assert f"usage: raydistill {stage}" in usage and "--config" in usage and "--set" in usage and "--address" in usage
+    assert cli.STAGES == before  # the job's serve target does not leak into the CLI
+
+
+# --- on a real head ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def head():
+    names = ("gcs", "dashboard", "client", "agent_http", "agent_grpc", "metrics", "runtime_env")
+    running = start_head({name: free_port() for name in names})
+    try:
+        yield running
+    finally:
+        stop_head(running)
+        assert not running.marked_processes(), "processes of the test cluster outlived stop_head"
+
+
+def submit_cli(head: RayHead, entrypoint: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    """``ray job submit`` exactly as the README shows it (repo root, working dir + runtime env file)."""
+    return head.ray_cli("job", "submit", "--address", head.address, "--working-dir", ".",
+                        "--runtime-env", "jobs/runtime_env.yaml", "--", *entrypoint, timeout=timeout)
+
+
+def submit_sdk(head: RayHead, args: list[str]) -> str:
+    """``JobSubmissionClient.submit_job`` with the same runtime env; returns the job id."""
+    runtime_env = {**RUNTIME_ENV, "working_dir": str(REPO)}
+    return head.client().submit_job(entrypoint=shlex.join(["python", *args]), runtime_env=runtime_env)
+
+
+def printed_path(logs: str, label: str) -> Path:
+    match = re.search(rf"{label}: (\S+)", logs)
+    assert match, f"no '{label}: <path>' line in the job logs:\n{logs[-3000:]}"
+    return Path(match.group(1))
+
+
+def sets(overrides: list[str]) -> list[str]:
+    return [arg for o in overrides for arg in ("--set", o)]
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(120)
+def test_job_driver_and_workers_import_the_submitted_checkout(head):
+    result = submit_cli(head, ["python", "tests/_where_job.py"])
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    driver = re.search(r"driver=(\S+)", result.stdout).group(1)
+    worker = re.search(r"worker=(\S+)", result.stdout).group(1)
+    for path in (driver, worker):  # the shipped copy, not the editable install in this repo
+        assert SHIPPED in path and path.endswith("platform/raydistill/__init__.py"), path
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(60)
+def test_bad_config_job_fails_with_the_config_error(head):
+    client = head.client()
+
+    job_id = submit_sdk(head, ["jobs/teacher.py", "--config", "configs/digits.yaml", "--set", "distill.temperature=-1"])
+
+    assert wait_for_status(client, job_id, timeout=45) == "FAILED"
+    assert "error: distill.temperature: must be > 0, got -1.0" in client.get_job_logs(job_id)
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(180)
+def test_teacher_job_via_cli_writes_a_loadable_artifact_under_the_storage_root(head):
+    overrides = [o for o in tiny_overrides(head.storage_root, epochs=2) if not o.startswith("run.storage_path")]
+    started = time.monotonic()
+
+    result = submit_cli(head, ["python", "jobs/teacher.py", "--config", "configs/digits.yaml", *sets(overrides)])
+
+    print(f"\nteacher job: submit -> SUCCEEDED {time.monotonic() - started:.1f} s")
+    assert result.returncode == 0 and "succeeded" in result.stdout, result.stdout + result.stderr
+    path = printed_path(result.stdout, "teacher artifact")
+    storage = head.storage_root / "runs"  # configs/digits.yaml's relative `runs`, under RAYDISTILL_STORAGE_ROOT
+    assert path.parent.parent == storage / "artifacts" and resolve_artifact("latest:teacher", storage) == path
+    model, card = load_artifact(path)
+    assert card["kind"] == "teacher" and card["metrics"]["test_accuracy"] > 0.5
+    assert f"results under {storage}" in result.stdout
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(300)
+def test_pipeline_job_via_sdk_runs_end_to_end(head, tmp_path):
+    storage = tmp_path / "runs"
+    overrides = tiny_overrides(storage, epochs=2, workers=2) + [
+        "tune.num_samples=2", "tune.max_epochs=2", "tune.grace_period=1", f"serve.port={free_port()}"]
+    client = head.client()
+    started = time.monotonic()
+
+    job_id = submit_sdk(head, ["jobs/pipeline.py", "--config", "configs/digits.yaml", *sets(overrides)])
+    status = wait_for_status(client, job_id, timeout=270)
+
+    print(f"\npipeline job: submit -> {status} {time.monotonic() - started:.1f} s")
+    logs = client.get_job_logs(job_id)
+    assert status == "SUCCEEDED", logs[-4000:]
+    chosen = printed_path(logs, "chosen student")
+    assert resolve_artifact("chosen", storage) == chosen and load_artifact(chosen)[1]["kind"] == "student"
+    for model in ("teacher", "student-alone", "distilled-student"):
+        assert re.search(rf"^{model}\s+\S+\s+0\.\d{{4}}", logs, re.M), f"no summary row for {model}"
+    assert f"results under {storage}" in logs
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(150)
+def test_serve_job_deploys_and_exits_leaving_the_app_running(head, tmp_path):
+    student = make_local_artifact(tmp_path / "runs", epochs=3)
+    port = free_port()
+    client = head.client()
+    digit = [[[0, 0, 5, 13, 9, 1, 0, 0], [0, 0, 13, 15, 10, 15, 5, 0], [0, 3, 15, 2, 0, 11, 8, 0],
+              [0, 4, 12, 0, 0, 8, 8, 0], [0, 5, 8, 0, 0, 9, 8, 0], [0, 4, 11, 0, 1, 12, 7, 0],
+              [0, 2, 14, 5, 10, 12, 0, 0], [0, 0, 6, 13, 10, 0, 0, 0]]]  # sklearn digits[0], a zero
+
+    job_id = submit_sdk(head, ["jobs/serve.py", "--config", "configs/digits.yaml", "--artifact", str(student),
+                               "--set", f"run.storage_path={tmp_path / 'runs'}", "--set", f"serve.port={port}"])
+    try:
+        status = wait_for_status(client, job_id, timeout=120)
+        logs = client.get_job_logs(job_id)
+        assert status == "SUCCEEDED", logs[-4000:]
+        url = re.search(r"serving \S+ at (\S+)", logs).group(1)
+        reply = httpx.post(f"{url}v1/predict", json={"instances": [digit]}, timeout=30)
+    finally:
+        head.ray_cli("serve", "shutdown", "--address", head.address, "-y", timeout=60)
+
+    assert url == f"http://127.0.0.1:{port}/"
+    assert reply.status_code == 200, reply.text
+    prediction = reply.json()["predictions"][0]
+    assert prediction["label"] in range(10) and abs(sum(prediction["probabilities"]) - 1) < 1e-4
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(150)
+def test_running_job_can_be_stopped_and_frees_its_workers(head, tmp_path):
+    client = head.client()
+    job_id = submit_sdk(head, ["jobs/teacher.py", "--config", "configs/digits.yaml", "--set", "teacher.epochs=1000",
+                               "--set", f"run.storage_path={tmp_path / 'runs'}"])
+    wait_for_log(client, job_id, "[teacher] epoch 1/1000", timeout=100)
+    assert head.marked_processes("RayTrainWorker"), "training had not started"
+
+    stopped = client.stop_job(job_id)
+    status = wait_for_status(client, job_id, timeout=30)
+
+    assert stopped and status == "STOPPED"
+    deadline = time.monotonic() + 20
+    while head.marked_processes("RayTrainWorker") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not head.marked_processes("RayTrainWorker"), "Ray Train workers outlived the stopped job"
+    assert not list((tmp_path / "runs" / "artifacts").glob("teacher/*")), "a stopped job wrote an artifact"

@@ -1,0 +1,402 @@
+"""Ray Serve tests over real HTTP on 127.0.0.1: one Serve instance for the module (torn down at the
+end), the local digits student deployed once, then redeployed/reconfigured by the tests in order.
+
+Every load loop is bounded in requests and seconds (:func:`run_load`).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from conftest import free_port, make_local_artifact
+from raydistill.artifacts import ArtifactError, load_artifact, load_card
+from raydistill.config import load_config
+from raydistill.data import normalize
+
+APP = "student"
+DEPLOYMENT = "StudentDeployment"
+pytestmark = pytest.mark.ray
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+def raw_digits(n: int = 16) -> np.ndarray:
+    """The first ``n`` scikit-learn digits as raw pixels ``(n, 1, 8, 8)``, values 0..16."""
+    from sklearn.datasets import load_digits
+
+    return load_digits().images[:n, None].astype(np.float32)
+
+
+def serve_args(artifact, **overrides):
+    from raydistill.serving.app import ServeArgs
+
+    base = dict(artifact=str(artifact), max_instances=64, max_body_bytes=50_000, min_replicas=1, max_replicas=2,
+                upscale_delay_s=30, downscale_delay_s=600)
+    return ServeArgs(**{**base, **overrides})
+
+
+def run_app(args, name: str = APP, route_prefix: str = "/") -> None:
+    from ray import serve
+
+    from raydistill.serving.app import build_app
+
+    serve.run(build_app(args), name=name, route_prefix=route_prefix)
+
+
+def deployment_status(name: str = APP):
+    from ray import serve
+
+    return serve.status().applications[name].deployments[DEPLOYMENT]
+
+
+def running_replicas(name: str = APP) -> int:
+    states = deployment_status(name).replica_states
+    return int(states.get("RUNNING", 0)) if sum(states.values()) == states.get("RUNNING", 0) else -1
+
+
+def wait_until(predicate, timeout_s: float, poll_s: float = 0.25) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(poll_s)
+    return predicate()
+
+
+def replica_actors(name: str = APP) -> list:
+    from ray.util.state import list_actors
+
+    return [a for a in list_actors(filters=[("state", "=", "ALIVE")])
+            if a.class_name == f"ServeReplica:{name}:{DEPLOYMENT}"]
+
+
+@dataclass
+class LoadResult:
+    ok: int = 0
+    failed: int = 0
+    versions: Counter = field(default_factory=Counter)
+    errors: list = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return self.ok + self.failed
+
+
+def run_load(url: str, payload: dict, *, threads: int, max_requests: int, max_seconds: float,
+             stop: threading.Event | None = None, headers: dict | None = None) -> LoadResult:
+    """POST ``payload`` from ``threads`` clients until ``max_requests``, ``max_seconds`` or ``stop``."""
+    result, lock, issued = LoadResult(), threading.Lock(), [0]
+    stop = stop or threading.Event()
+    deadline = time.monotonic() + max_seconds
+
+    def client() -> None:
+        with httpx.Client(timeout=10.0, headers=headers) as http:
+            while not stop.is_set() and time.monotonic() < deadline:
+                with lock:  # reserve one of the max_requests slots
+                    if issued[0] >= max_requests:
+                        return
+                    issued[0] += 1
+                try:
+                    r = http.post(f"{url}v1/predict", json=payload)
+                    good, info = r.status_code == 200, (r.json()["model"]["version"] if r.status_code == 200
+                                                        else f"{r.status_code} {r.text[:80]}")
+                except httpx.HTTPError as exc:
+                    good, info = False, repr(exc)
+                with lock:
+                    if good:
+                        result.ok += 1
+                        result.versions[info] += 1
+                    else:
+                        result.failed += 1
+                        result.errors.append(info)
+
+    workers = [threading.Thread(target=client, daemon=True) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(max_seconds + 15)
+    return result
+
+
+def post(url: str, path: str = "v1/predict", **kwargs) -> httpx.Response:
+    return httpx.post(f"{url}{path}", timeout=10.0, **kwargs)
+
+
+# --- the module's Serve instance ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served(ray_session, local_student):
+    """Serve on a free loopback port with the local student as app ``student`` at ``/``."""
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
+    run_app(serve_args(local_student))
+    yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", port=port, artifact=local_student)
+    serve.shutdown()
+
+
+@pytest.mark.timeout(60)
+def test_predictions_equal_the_models_own_forward_pass(served):
+    x = raw_digits(16)
+    model, card = load_artifact(served.artifact)
+    expected = torch.softmax(model(torch.from_numpy(normalize(x, card["normalization"]))), 1).detach().numpy()
+
+    full = post(served.url, json={"instances": x.tolist(), "top_k": 3})
+    squeezed = post(served.url, json={"instances": x[:, 0].tolist()})  # (H, W) form of 1-channel inputs
+
+    assert full.status_code == 200 and squeezed.status_code == 200
+    for response in (full, squeezed):
+        preds = response.json()["predictions"]
+        probs = np.array([p["probabilities"] for p in preds])
+        np.testing.assert_allclose(probs, expected, rtol=1e-4, atol=1e-6)
+        assert [p["label"] for p in preds] == expected.argmax(1).tolist()
+        assert [p["class_name"] for p in preds] == [card["class_names"][k] for k in expected.argmax(1)]
+    assert [t["label"] for t in full.json()["predictions"][0]["top_k"]] == np.argsort(-expected[0])[:3].tolist()
+    assert full.json()["model"] == {"name": card["name"], "version": served.artifact.name,
+                                    "sha256": card["weights_sha256"], "quantize": "none"}
+
+
+def _chunks(data: bytes, size: int = 8192):
+    for i in range(0, len(data), size):
+        yield data[i:i + size]
+
+
+JSON = {"content-type": "application/json"}
+ONE = np.ones((8, 8)).tolist()
+BAD_INPUTS = [
+    ("non-JSON", dict(content=b"{nope", headers=JSON), 400, "not valid JSON"),
+    ("wrong content type", dict(content=b'{"instances": []}', headers={"content-type": "text/plain"}), 415,
+     "Content-Type must be application/json"),
+    ("no content type", dict(content=b'{"instances": []}'), 415, "Content-Type"),
+    ("missing instances", dict(json={"inputs": [ONE]}), 422, "unknown field(s) 'inputs'"),
+    ("missing instances only", dict(json={"top_k": 1}), 422, "missing field 'instances'"),
+    ("empty list", dict(json={"instances": []}), 422, "'instances' is empty"),
+    ("wrong shape", dict(json={"instances": [np.ones((28, 28)).tolist()]}), 422,
+     "expected shape [1, 8, 8] or [8, 8], got [28, 28]"),
+    ("ragged", dict(json={"instances": [ONE[:7] + [[1.0] * 3]]}), 422, "instances[0][7]: expected a list of length 8"),
+    ("non-numeric", dict(json={"instances": [[["a"] * 8] * 8]}), 422, "expected a number"),
+    ("NaN", dict(content=b'{"instances": [[[NaN]]]}', headers=JSON), 422, "non-finite number NaN"),
+    ("inf", dict(content=b'{"instances": [[[-Infinity]]]}', headers=JSON), 422, "non-finite number -Infinity"),
+    ("float32 overflow", dict(json={"instances": [np.full((8, 8), 1e300).tolist()]}), 422, "not a finite float32"),
+    ("too many instances", dict(json={"instances": [ONE] * 65}), 413, "too many instances: 65 > max_instances=64"),
+    ("body over limit", dict(content=b" " * 60_000, headers=JSON), 413, "max_body_bytes=50000"),
+    ("chunked body over limit", dict(content=_chunks(b" " * 60_000), headers=JSON), 413, "max_body_bytes=50000"),
+    ("bad top_k", dict(json={"instances": [ONE], "top_k": 0}), 422, "top_k must be an integer in 1..10"),
+]
+
+
+@pytest.mark.timeout(60)
+def test_every_bad_input_gets_its_4xx_and_the_replica_stays_healthy(served):
+    answers = {name: post(served.url, **kwargs) for name, kwargs, _, _ in BAD_INPUTS}
+    after = post(served.url, json={"instances": [ONE]})
+    health = httpx.get(f"{served.url}healthz")
+
+    for name, _, status, fragment in BAD_INPUTS:
+        assert answers[name].status_code == status, (name, answers[name].text)
+        assert fragment in answers[name].json()["detail"], (name, answers[name].text)
+    assert after.status_code == 200 and health.status_code == 200
+    assert running_replicas() == 1
+
+
+@pytest.mark.timeout(60)
+def test_model_endpoint_serves_the_artifacts_card_and_docs_describe_the_api(served):
+    card = httpx.get(f"{served.url}v1/model").json()
+    openapi = httpx.get(f"{served.url}openapi.json").json()
+    docs = httpx.get(f"{served.url}docs")
+
+    serving = card.pop("serving")
+    assert card == load_card(served.artifact)
+    assert serving["quantize"] == "none" and serving["path"] == str(served.artifact.resolve())
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    predict = openapi["paths"]["/v1/predict"]["post"]
+    assert "instances" in predict["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    assert {"200", "400", "401", "413", "415", "422"} <= set(predict["responses"])
+    assert {"/v1/model", "/healthz"} <= set(openapi["paths"])
+
+
+@pytest.mark.timeout(90)
+def test_bearer_auth_when_a_token_env_is_set(served, monkeypatch):
+    from ray import serve
+
+    monkeypatch.setenv("RAYDISTILL_TEST_TOKEN", "tok-123")
+    run_app(serve_args(served.artifact, auth_token_env="RAYDISTILL_TEST_TOKEN", max_replicas=1),
+            name="secure", route_prefix="/secure")
+    secure = f"http://127.0.0.1:{served.port}/secure/"
+    body = {"instances": [ONE]}
+    try:
+        missing = post(secure, json=body)
+        wrong = post(secure, json=body, headers={"Authorization": "Bearer tok-124"})
+        right = post(secure, json=body, headers={"Authorization": "Bearer tok-123"})
+        card_without = httpx.get(f"{secure}v1/model")
+        card_with = httpx.get(f"{secure}v1/model", headers={"Authorization": "Bearer tok-123"})
+        health = httpx.get(f"{secure}healthz")
+        open_app = post(served.url, json=body)
+    finally:
+        serve.delete("secure")
+
+    assert missing.status_code == wrong.status_code == card_without.status_code == 401
+    assert "missing bearer token" in missing.json()["detail"] and wrong.json()["detail"] == "invalid bearer token"
+    assert missing.headers["www-authenticate"] == "Bearer"
+    assert right.status_code == card_with.status_code == health.status_code == 200
+    assert open_app.status_code == 200  # auth is per application: the main one has none
+
+
+@pytest.mark.timeout(60)
+def test_tampered_artifact_refuses_to_deploy_and_the_app_keeps_serving(served, tmp_path):
+    from raydistill.serving import deploy
+
+    bad = tmp_path / "tampered"
+    shutil.copytree(served.artifact, bad)
+    weights = bytearray((bad / "weights.pt").read_bytes())
+    weights[-16] ^= 0x01
+    (bad / "weights.pt").write_bytes(bytes(weights))
+    cfg = load_config(None, [f"serve.port={served.port}", f"serve.app_name={APP}"])
+
+    with pytest.raises(ArtifactError, match="refusing to deploy .*sha256 mismatch"):
+        deploy(cfg, str(bad))
+
+    assert post(served.url, json={"instances": [ONE]}).json()["model"]["version"] == served.artifact.name
+
+
+@pytest.mark.timeout(90)
+def test_batching_is_reconfigured_at_run_time_without_restarting_replicas(served):
+    before = {a.actor_id for a in replica_actors()}
+    assert httpx.get(f"{served.url}healthz").json()["batching"]["max_batch_size"] == 16
+
+    run_app(serve_args(served.artifact, max_batch_size=1, batch_wait_timeout_s=0.0))
+    off = httpx.get(f"{served.url}healthz").json()["batching"]
+    answer = post(served.url, json={"instances": [ONE, ONE]})
+    run_app(serve_args(served.artifact, max_batch_size=8, batch_wait_timeout_s=0.002))
+    on = httpx.get(f"{served.url}healthz").json()["batching"]
+
+    assert off == {"max_batch_size": 1, "batch_wait_timeout_s": 0.0}
+    assert on == {"max_batch_size": 8, "batch_wait_timeout_s": 0.002}
+    assert answer.status_code == 200 and len(answer.json()["predictions"]) == 2
+    assert {a.actor_id for a in replica_actors()} == before
+
+
+@pytest.mark.timeout(120)
+def test_redeploy_to_a_new_version_under_load_fails_no_request(served, tmp_path_factory):
+    from raydistill.serving import deploy
+
+    new = make_local_artifact(tmp_path_factory.mktemp("student-v2"), epochs=2, seed=1)
+    cfg = load_config(None, [f"serve.port={served.port}", f"serve.app_name={APP}", "serve.max_instances=64",
+                             "serve.max_body_bytes=50000", "run.quiet=true"])
+    stop = threading.Event()
+    loader = {}
+    thread = threading.Thread(target=lambda: loader.update(result=run_load(
+        served.url, {"instances": [ONE]}, threads=2, max_requests=5000, max_seconds=60, stop=stop)))
+    thread.start()
+    time.sleep(1.0)
+
+    url = deploy(cfg, str(new))  # returns when the new version is RUNNING
+    switched = wait_until(lambda: post(served.url, json={"instances": [ONE]}).json()["model"]["version"] == new.name,
+                          timeout_s=20)
+    time.sleep(1.0)
+    stop.set()
+    thread.join(30)
+    result = loader["result"]
+
+    assert url == served.url and switched
+    assert result.failed == 0, result.errors[:5]
+    assert result.versions[served.artifact.name] > 0 and result.versions[new.name] > 0
+    served.artifact = new
+
+
+@pytest.mark.timeout(120)
+def test_autoscaling_goes_from_one_to_two_replicas_under_load_and_back(served):
+    run_app(serve_args(served.artifact, min_replicas=1, max_replicas=2, target_ongoing_requests=1,
+                       upscale_delay_s=0.5, downscale_delay_s=1.0, look_back_period_s=1.0,
+                       batch_wait_timeout_s=0.02))
+    assert wait_until(lambda: running_replicas() == 1, timeout_s=30)
+    stop = threading.Event()
+    loader = {}
+    thread = threading.Thread(target=lambda: loader.update(result=run_load(
+        served.url, {"instances": [ONE] * 8}, threads=16, max_requests=3000, max_seconds=25, stop=stop)))
+    thread.start()
+
+    scaled_up = wait_until(lambda: running_replicas() >= 2, timeout_s=25)
+    stop.set()
+    thread.join(30)
+    scaled_down = wait_until(lambda: running_replicas() == 1, timeout_s=40)
+
+    assert scaled_up, deployment_status()
+    assert loader["result"].failed == 0, loader["result"].errors[:5]
+    assert 100 <= loader["result"].total <= 3000
+    assert scaled_down, deployment_status()
+
+
+@pytest.mark.timeout(150)
+def test_a_killed_replica_is_replaced_with_few_failures_during_and_none_after(served):
+    import ray
+
+    run_app(serve_args(served.artifact, min_replicas=2, max_replicas=2))
+    assert wait_until(lambda: running_replicas() == 2, timeout_s=40), deployment_status()
+    victim = replica_actors()[0]
+    stop = threading.Event()
+    loader = {}
+    thread = threading.Thread(target=lambda: loader.update(result=run_load(
+        served.url, {"instances": [ONE]}, threads=4, max_requests=4000, max_seconds=40, stop=stop)))
+    thread.start()
+    time.sleep(1.5)
+
+    ray.kill(ray.get_actor(victim.name, namespace="serve"), no_restart=True)
+    replaced = wait_until(lambda: running_replicas() == 2 and victim.actor_id not in
+                          {a.actor_id for a in replica_actors()}, timeout_s=40)
+    time.sleep(1.0)
+    stop.set()
+    thread.join(30)
+    during = loader["result"]
+    after = run_load(served.url, {"instances": [ONE]}, threads=4, max_requests=200, max_seconds=20)
+
+    assert replaced, deployment_status()
+    assert during.total >= 200 and during.failed / during.total < 0.01, (during.failed, during.total, during.errors[:5])
+    assert after.total == 200 and after.failed == 0, after.errors[:5]
+
+
+@pytest.mark.timeout(90)
+def test_cli_serves_int8_until_sigterm_then_removes_its_app(served, monkeypatch):
+    from ray import serve
+
+    from raydistill.serving import run_serve_cli
+
+    cfg = load_config(None, [f"serve.port={served.port}", "serve.app_name=cli", "serve.route_prefix=/cli",
+                             "serve.quantize=int8", "serve.max_replicas=1", "run.quiet=true"])
+    seen = {}
+
+    def call_then_stop() -> None:
+        url = f"http://127.0.0.1:{served.port}/cli/"
+        if wait_until(lambda: _ok(f"{url}healthz"), timeout_s=60):
+            seen["card"] = httpx.get(f"{url}v1/model").json()
+            seen["pred"] = post(url, json={"instances": raw_digits(8).tolist()}).json()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=call_then_stop, daemon=True).start()
+    url = run_serve_cli(cfg, SimpleNamespace(artifact=str(served.artifact)))
+
+    assert url == f"http://127.0.0.1:{served.port}/cli/"
+    assert seen["card"]["serving"]["quantize"] == "int8" and seen["card"]["serving"]["quantized_modules"]
+    assert seen["pred"]["model"]["quantize"] == "int8" and len(seen["pred"]["predictions"]) == 8
+    assert "cli" not in serve.status().applications  # removed; Serve itself was ours, not the CLI's
+    assert post(served.url, json={"instances": [ONE]}).status_code == 200
+
+
+def _ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -1,0 +1,269 @@
+"""Fast tests of the serving pieces that need no Ray runtime: request validation, the model runner
+(normalization, softmax, top-k, INT8) and the shared HTTP service on the bare FastAPI app."""
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO
+from raydistill.artifacts import ArtifactError, load_artifact, load_card, mark_chosen
+from raydistill.data import normalize
+from raydistill.serving.validation import (InputSpec, RequestError, check_content_type, check_declared_length,
+                                           instances_to_array, parse_json_body, parse_predict_request)
+
+DIGITS = InputSpec((1, 8, 8), 10, max_instances=4)
+
+
+def body(payload) -> bytes:
+    return json.dumps(payload).encode()
+
+
+def digit(value: float = 1.0, shape=(8, 8)) -> list:
+    return np.full(shape, value).tolist()
+
+
+def error_of(fn, *args, **kwargs) -> RequestError:
+    with pytest.raises(RequestError) as info:
+        fn(*args, **kwargs)
+    return info.value
+
+
+# --- validation (pure) -------------------------------------------------------------------------
+
+
+def test_valid_request_becomes_nchw_float32_in_either_accepted_shape():
+    raw = body({"instances": [digit(1.0), [digit(2.0)]], "top_k": 3})
+
+    parsed = parse_predict_request(raw, DIGITS)
+
+    assert parsed.x.shape == (2, 1, 8, 8) and parsed.x.dtype == np.float32
+    assert parsed.x[0, 0, 0, 0] == 1.0 and parsed.x[1, 0, 7, 7] == 2.0
+    assert parsed.top_k == 3
+
+
+@pytest.mark.parametrize("raw, status, fragment", [
+    (b"", 400, "empty"),
+    (b"{not json", 400, "not valid JSON"),
+    (b"\xff\xfe{}", 400, "not UTF-8"),
+    (b"[" * 5000 + b"]" * 5000, 400, "nested too deeply"),
+    (b"[1, 2]", 422, "JSON object"),
+    (body({}), 422, "missing field 'instances'"),
+    (body({"instances": [digit()], "extra": 1}), 422, "unknown field(s) 'extra'"),
+    (body({"instances": "abc"}), 422, "must be a list"),
+    (body({"instances": []}), 422, "is empty"),
+    (body({"instances": [digit()] * 5}), 413, "too many instances: 5 > max_instances=4"),
+    (body({"instances": [digit(shape=(8, 7))]}), 422, "expected shape [1, 8, 8] or [8, 8], got [8, 7]"),
+    (body({"instances": [digit(shape=(3, 8, 8))]}), 422, "got [3, 8, 8]"),
+    (body({"instances": [1.0]}), 422, "got []"),
+    (body({"instances": [digit()[:7] + [[1.0] * 7]]}), 422, "instances[0][7]: expected a list of length 8"),
+    (body({"instances": [digit(), [[1.0] * 8] * 7 + [[1.0] * 7]]}), 422, "instances[1][7]"),
+    (b'{"instances": [[[NaN, 1, 1, 1, 1, 1, 1, 1]]]}', 422, "non-finite number NaN"),
+    (b'{"instances": [[[Infinity]]]}', 422, "non-finite number Infinity"),
+    (body({"instances": [digit(1e39)]}), 422, "instances[0] holds a value that is not a finite float32"),
+    (body({"instances": [[["x"] + [1] * 7] + [[1] * 8] * 7]}), 422, 'instances[0][0][0]: expected a number, got "x"'),
+    (body({"instances": [[[None] * 8] * 8]}), 422, "expected a number, got null"),
+    (body({"instances": [[[1] * 7 + [True]] + [[1] * 8] * 7]}), 422, "instances[0][0][7]: expected a number, got true"),
+    (body({"instances": [[[10**400] * 8] * 8]}), 422, "is not a finite float32"),
+    (body({"instances": [digit()], "top_k": 11}), 422, "top_k must be an integer in 1..10, got 11"),
+    (body({"instances": [digit()], "top_k": True}), 422, "got true"),
+])
+def test_each_malformed_body_gets_its_4xx_and_says_what_is_wrong(raw, status, fragment):
+    err = error_of(parse_predict_request, raw, DIGITS)
+
+    assert err.status == status
+    assert fragment in err.message, err.message
+
+
+def test_instances_of_mixed_forms_are_each_reshaped():
+    x = instances_to_array([digit(1.0), [digit(2.0)]], DIGITS, strict=True)
+
+    assert x.shape == (2, 1, 8, 8) and x[1].max() == 2.0
+
+
+def test_multichannel_models_need_the_channel_axis():
+    spec = InputSpec((3, 4, 4), 5)
+
+    ok = instances_to_array([np.ones((3, 4, 4)).tolist()], spec)
+    err = error_of(instances_to_array, [np.ones((4, 4)).tolist()], spec)
+
+    assert ok.shape == (1, 3, 4, 4)
+    assert err.status == 422 and "expected shape [3, 4, 4], got [4, 4]" in err.message
+
+
+@pytest.mark.parametrize("header, status", [(None, 415), ("text/plain", 415), ("application/jsonx", 415)])
+def test_content_type_must_be_json(header, status):
+    assert error_of(check_content_type, header).status == status
+
+
+def test_content_type_with_charset_is_accepted():
+    check_content_type("Application/JSON; charset=utf-8")
+
+
+@pytest.mark.parametrize("header, status", [("2000", 413), ("abc", 400), ("-1", 400)])
+def test_declared_length_is_checked_before_reading(header, status):
+    err = error_of(check_declared_length, header, 1000)
+
+    assert err.status == status
+    assert ("max_body_bytes=1000" in err.message) == (status == 413)
+
+
+def test_json_object_is_returned_as_is():
+    assert parse_json_body(b' {"instances": [1]} ') == {"instances": [1]}
+
+
+# --- model runner and the bare HTTP app (no Ray) ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def raw_digits():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return digits.images[:32].astype(np.float32), digits.target[:32]
+
+
+def test_runner_matches_the_models_own_forward_pass(local_student, raw_digits):
+    from raydistill.serving.model_runner import ModelRunner
+
+    runner = ModelRunner.from_artifact(str(local_student))
+    model, card = load_artifact(local_student)
+    x = raw_digits[0][:, None]  # (32, 1, 8, 8) raw pixels 0..16
+
+    probs = runner.predict_proba(x)
+    expected = torch.softmax(model(torch.from_numpy(normalize(x, card["normalization"]))), 1).detach().numpy()
+
+    np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-6)
+    assert runner.model_info() == {"name": card["name"], "version": local_student.name,
+                                   "sha256": card["weights_sha256"], "quantize": "none"}
+
+
+def test_top_k_lists_the_most_likely_classes_in_order(local_student, raw_digits):
+    from raydistill.serving.model_runner import ModelRunner
+
+    runner = ModelRunner.from_artifact(str(local_student))
+    probs = runner.predict_proba(raw_digits[0][:4, None])
+
+    preds = runner.format_predictions(probs, top_k=3)
+
+    for pred, row in zip(preds, probs):
+        assert pred["label"] == int(row.argmax()) == pred["top_k"][0]["label"]
+        assert [t["probability"] for t in pred["top_k"]] == sorted(row.tolist(), reverse=True)[:3]
+        assert pred["class_name"] == str(pred["label"])
+
+
+def test_int8_runner_records_quantization_and_mostly_agrees(local_student, raw_digits):
+    from raydistill.serving.model_runner import ModelRunner
+
+    fp32 = ModelRunner.from_artifact(str(local_student))
+    int8 = ModelRunner.from_artifact(str(local_student), quantize="int8")
+    x = raw_digits[0][:, None]
+
+    agree = (fp32.predict_proba(x).argmax(1) == int8.predict_proba(x).argmax(1)).mean()
+
+    assert int8.served_card()["serving"]["quantize"] == "int8"
+    assert int8.served_card()["serving"]["quantized_modules"]  # names of the Linear layers
+    assert "quantized.dynamic" in type(int8.model[1]).__module__
+    assert agree >= 0.9
+
+
+def test_artifact_from_a_file_uri_is_fetched_and_verified(local_student):
+    from raydistill.serving.model_runner import ModelRunner
+
+    runner = ModelRunner.from_artifact(local_student.resolve().as_uri())
+
+    assert runner.card["weights_sha256"] == load_card(local_student)["weights_sha256"]
+    assert runner.version == local_student.name
+
+
+def test_tampered_artifact_refuses_to_build_an_app(local_student, tmp_path):
+    from raydistill.serving.app import ServeArgs, build_app
+
+    bad = tmp_path / "tampered"
+    shutil.copytree(local_student, bad)
+    data = bytearray((bad / "weights.pt").read_bytes())
+    data[-20] ^= 0xFF
+    (bad / "weights.pt").write_bytes(bytes(data))
+
+    with pytest.raises(ArtifactError, match="refusing to deploy .*sha256 mismatch"):
+        build_app(ServeArgs(artifact=str(bad)))
+
+
+def test_config_yaml_app_builder_builds_the_chosen_student(local_student, tmp_path):
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from raydistill.serving.app import app_builder
+
+    mark_chosen(local_student, tmp_path)
+    config = ServeDeploySchema.model_validate(yaml.safe_load((REPO / "serve" / "config.yaml").read_text()))
+    args = {**config.applications[0].args, "storage_path": str(tmp_path)}
+
+    app = app_builder(args)
+
+    assert config.applications[0].import_path == "serve.app:app_builder"
+    assert config.http_options.host == "127.0.0.1"
+    assert type(app).__name__ == "Application"
+
+
+def test_bad_app_args_name_the_field():
+    from pydantic import ValidationError
+
+    from raydistill.serving.app import app_builder
+
+    with pytest.raises(ValidationError, match="max_batch_siz"):
+        app_builder({"max_batch_siz": 4})
+
+
+def test_auth_token_env_set_but_missing_refuses_to_start(local_student, monkeypatch):
+    from raydistill.config import ConfigError
+    from raydistill.serving.service import PredictionService
+
+    monkeypatch.delenv("RAYDISTILL_NO_SUCH_TOKEN", raising=False)
+
+    with pytest.raises(ConfigError, match="RAYDISTILL_NO_SUCH_TOKEN"):
+        PredictionService.from_settings({"artifact": str(local_student), "max_instances": 4,
+                                         "max_body_bytes": 1000, "auth_token_env": "RAYDISTILL_NO_SUCH_TOKEN"})
+
+
+def test_bare_app_answers_and_refuses_like_the_served_one(local_student, raw_digits, monkeypatch):
+    from raydistill.serving.app import ServeArgs
+    from raydistill.serving.bare import build_bare_app
+
+    monkeypatch.setenv("RAYDISTILL_UNIT_TOKEN", "s3cret")
+    app = build_bare_app(ServeArgs(artifact=str(local_student), auth_token_env="RAYDISTILL_UNIT_TOKEN",
+                                   max_body_bytes=5000).model_dump())
+    good = {"authorization": "Bearer s3cret"}
+    payload = {"instances": raw_digits[0][:2].tolist()}
+
+    async def calls():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bare") as client:
+            return [await client.post("/v1/predict", json=payload, headers=good),
+                    await client.post("/v1/predict", json=payload),
+                    await client.post("/v1/predict", json=payload, headers={"authorization": "Bearer nope"}),
+                    await client.post("/v1/predict", content=b"x" * 6000, headers=good),
+                    await client.get("/healthz")]
+
+    ok, missing, wrong, big, health = asyncio.run(calls())
+
+    assert ok.status_code == 200 and len(ok.json()["predictions"]) == 2
+    assert missing.status_code == wrong.status_code == 401
+    assert missing.headers["www-authenticate"] == "Bearer" and "missing bearer token" in missing.json()["detail"]
+    assert big.status_code == 413 and health.status_code == 200
+
+
+def test_importing_the_serving_package_does_not_import_ray():
+    code = ("import sys, raydistill.serving, raydistill.serving.validation, raydistill.serving.service, "
+            "raydistill.serving.bare; print('ray' in sys.modules)")
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,254 @@
+"""``raydistill tune``: the T x alpha sweep.
+
+Unit tests (no Ray): search-space and concurrency checks, the report helpers.
+Ray tests (the shared local runtime): a 6-trial ASHA sweep with one failing trial and every
+output file; an interrupted sweep resumed without rerunning finished trials.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from ray import tune
+
+from conftest import tiny_overrides
+from raydistill.config import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+DIGITS = REPO / "configs" / "digits.yaml"
+
+
+def tune_config(storage: Path, *extra: str, teacher: Path | None = None):
+    """A fast digits sweep config: 1-worker trials, tiny teacher, few epochs."""
+    overrides = tiny_overrides(storage, epochs=2, workers=1) + list(extra)
+    if teacher is not None:
+        overrides.append(f"distill.teacher={teacher}")
+    return load_config(DIGITS, overrides)
+
+
+# --- unit tests: no Ray ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("override, key", [
+    ("tune.temperature=[]", "tune.temperature"),
+    ("tune.temperature=[0, 5]", "tune.temperature"),
+    ("tune.temperature=[-1, 5]", "tune.temperature"),
+    ("tune.temperature=[5, 5]", "tune.temperature"),  # empty log-uniform range
+    ("tune.temperature=[9, 2]", "tune.temperature"),
+    ("tune.alpha=[0.2, 1.5]", "tune.alpha"),
+    ("tune.alpha=[-0.1, 0.5]", "tune.alpha"),
+    ("tune.lr=[0.01, 0.001]", "tune.lr"),
+    ("tune.grace_period=20", "tune.grace_period"),
+    ("tune.metric=accuracy", "tune.metric"),
+])
+def test_bad_search_space_is_a_config_error_naming_the_key(storage, override, key):
+    # Prepare / Execute / Assert
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        tune_config(storage, override)
+
+
+def test_grid_with_a_non_positive_temperature_or_alpha_outside_unit_interval_is_rejected(storage):
+    with pytest.raises(ConfigError, match=r"tune\.temperature"):
+        tune_config(storage, "tune.temperature_search=grid", "tune.temperature=[2, 0]")
+    with pytest.raises(ConfigError, match=r"tune\.alpha"):
+        tune_config(storage, "tune.alpha_search=grid", "tune.alpha=[0.5, 1.2]")
+
+
+def test_optuna_with_a_grid_is_rejected(storage):
+    with pytest.raises(ConfigError, match=r"tune\.searcher"):
+        tune_config(storage, "tune.searcher=optuna", "tune.temperature_search=grid", "tune.temperature=[2, 4]")
+
+
+def test_optuna_missing_gives_an_install_hint(storage, monkeypatch):
+    from raydistill.tune import check_searcher
+
+    cfg = tune_config(storage, "tune.searcher=optuna")
+    monkeypatch.setitem(sys.modules, "optuna", None)  # makes `import optuna` raise ImportError
+    with pytest.raises(ConfigError, match=r"raydistill\[optuna\]"):
+        check_searcher(cfg)
+    check_searcher(tune_config(storage))  # the default searcher never imports optuna
+
+
+def test_concurrency_cap_follows_cluster_cpus_and_rejects_the_unschedulable(storage):
+    from raydistill.tune import concurrency_cap, expected_trials
+
+    cfg = tune_config(storage, "tune.num_samples=6")
+    assert concurrency_cap(cfg, 2.0) == 2  # 1 CPU per in-process trial
+    assert concurrency_cap(tune_config(storage, "tune.num_samples=1"), 8.0) == 1  # never more than trials
+    assert concurrency_cap(tune_config(storage, "distill.workers=2"), 2.0) == 1  # 0.01 + 2 x 0.99 CPUs
+    with pytest.raises(ConfigError, match=r"tune\.max_concurrent"):
+        concurrency_cap(tune_config(storage, "tune.max_concurrent=3"), 2.0)
+    with pytest.raises(ConfigError, match=r"distill\.workers"):
+        concurrency_cap(tune_config(storage, "distill.workers=3"), 2.0)
+    grid = tune_config(storage, "tune.temperature_search=grid", "tune.temperature=[1, 2, 4]",
+                       "tune.alpha_search=grid", "tune.alpha=[0.5, 0.9]", "tune.num_samples=2")
+    assert expected_trials(grid) == 12
+
+
+def test_cli_rejects_a_bad_space_with_exit_code_2(capsys):
+    from raydistill.cli import main
+
+    code = main(["tune", "--config", str(DIGITS), "--set", "tune.alpha=[0.5, 2.0]"])
+    assert code == 2
+    assert "tune.alpha" in capsys.readouterr().err
+
+
+def test_report_helpers_pick_the_best_finished_trial_and_the_exception_line():
+    from raydistill.tune_report import best_row, epoch_history, error_message
+
+    rows = [{"trial_id": "a", "status": "TERMINATED", "score": 0.8}, {"trial_id": "b", "status": "ERROR", "score": 0.99},
+            {"trial_id": "c", "status": "TERMINATED", "score": 0.9}, {"trial_id": "d", "status": "TERMINATED",
+                                                                       "score": math.nan}]
+    assert best_row(rows, "max")["trial_id"] == "c"
+    assert best_row(rows, "min")["trial_id"] == "a"
+    trace = "Failure # 1\nTraceback (most recent call last):\n  File x\nRuntimeError: boom\n\nray::X\nValueError: bad\n"
+    assert error_message(trace) == "ValueError: bad"
+    progress = pd.DataFrame({"epoch": [1, 2, 2, 3], "val_accuracy": [0.1, 0.2, 0.25, 0.3]})
+    assert epoch_history(progress)["val_accuracy"].tolist() == [0.1, 0.25, 0.3]  # resumed epoch kept once
+
+
+# --- Ray tests ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sweep(ray_session, tmp_path_factory):
+    """One 6-trial ASHA sweep on digits whose trial #2 always raises; no teacher in storage
+    yet, so the sweep trains one first."""
+    from raydistill.tune import run_sweep
+
+    storage = tmp_path_factory.mktemp("tune") / "runs"
+    cfg = tune_config(storage, "tune.num_samples=6", "tune.max_epochs=4", "tune.grace_period=1",
+                      "tune.reduction_factor=2", "tune.fail_trial=2", "tune.max_retries=1", "tune.top_k=3")
+    return cfg, run_sweep(cfg)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_sweep_writes_one_row_per_trial_and_reports_the_failing_trial(sweep):
+    cfg, result = sweep
+    frame = pd.read_csv(result.sweep_dir / "results.csv")
+    assert len(frame) == 6 and frame["trial_id"].is_unique
+    failed = frame[frame["status"] == "ERROR"]
+    assert failed["trial_index"].tolist() == [2]
+    assert "fault injection" in failed["error"].iloc[0]
+    assert failed["retries"].iloc[0] == cfg.tune.max_retries + 1  # first run + each retry failed
+    done = frame[frame["status"] == "TERMINATED"]
+    assert len(done) == 5 and done["epochs_run"].between(1, 4).all()
+    assert (done["early_stopped"] == (done["epochs_run"] < 4)).all()
+    assert done["final_val_accuracy"].between(0, 1).all()
+    assert (done["best_val_accuracy"] >= done["final_val_accuracy"]).all()
+    assert done["temperature"].between(1, 20).all() and done["alpha"].between(0, 1).all()
+    best = done.loc[done["final_val_accuracy"].idxmax()]
+    assert frame["chosen"].sum() == 1 and bool(frame.loc[best.name, "chosen"])
+    assert result.best["trial_id"] == best["trial_id"]
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_sweep_plots_are_valid_pngs(sweep):
+    import matplotlib.image
+
+    _, result = sweep
+    for name in ("heatmap.png", "curves.png"):
+        path = result.sweep_dir / name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        image = matplotlib.image.imread(path)
+        assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 200
+        assert image[..., :3].std() > 0.05  # something was drawn
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_chosen_student_loads_and_its_test_accuracy_matches_card_and_table(sweep):
+    from raydistill.artifacts import load_artifact, resolve_artifact
+    from raydistill.data import load_data
+    from raydistill.engine import evaluate
+
+    cfg, result = sweep
+    assert resolve_artifact("chosen", cfg.storage_dir()) == result.artifact.resolve()
+    model, card = load_artifact(result.artifact)
+    bundle = load_data(cfg.data, cfg.run.seed)
+    measured = evaluate(model, bundle.x_test, bundle.y_test)["accuracy"]
+    frame = pd.read_csv(result.sweep_dir / "results.csv")
+    chosen = frame[frame["chosen"]].iloc[0]
+    assert measured == pytest.approx(card["metrics"]["test_accuracy"]) == pytest.approx(chosen["test_accuracy"])
+    assert card["kind"] == "student" and card["metrics"]["val_accuracy"] == pytest.approx(chosen["final_val_accuracy"])
+    assert card["tune"]["sweep"] == str(result.sweep_dir) and card["tune"]["trial_id"] == chosen["trial_id"]
+    assert card["tune"]["best_config"]["temperature"] == pytest.approx(chosen["temperature"])
+    assert card["tune"]["best_config"]["alpha"] == pytest.approx(chosen["alpha"])
+    teacher = Path(cfg.storage_dir()) / "artifacts" / "teacher"
+    assert [Path(p["path"]).parent for p in card["parents"]] == [teacher] and card["parents"][0]["kind"] == "teacher"
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_best_yaml_loads_and_runs_a_distill(sweep):
+    from raydistill.artifacts import load_card
+    from raydistill.train import distill_student
+
+    _, result = sweep
+    best = load_config(result.sweep_dir / "best.yaml")
+    assert best.distill.temperature == pytest.approx(result.best["temperature"])
+    assert best.distill.alpha == pytest.approx(result.best["alpha"])
+    assert Path(best.distill.teacher).is_dir()
+    quick = load_config(result.sweep_dir / "best.yaml", ["distill.epochs=1", "distill.workers=1"])
+    card = load_card(distill_student(quick))
+    assert card["distillation"]["temperature"] == pytest.approx(result.best["temperature"])
+    assert card["parents"][0]["path"] == best.distill.teacher
+    assert 0 < card["metrics"]["test_accuracy"] <= 1
+
+
+class InterruptAfterTrials(tune.Callback):
+    """Sends this process SIGUSR1 (Tune's "stop and save state" signal, like Ctrl+C) once
+    ``n`` trials have completed; a marker keeps it from firing again after the restore."""
+
+    def __init__(self, n: int, marker: Path):
+        self.n, self.marker, self.completed = n, Path(marker), 0
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.completed += 1
+        if self.completed >= self.n and not self.marker.exists():
+            self.marker.write_text(f"interrupted after {self.completed} trials\n")
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_session, storage, local_teacher, capsys):
+    from raydistill.cli import main
+    from raydistill.tune import run_sweep
+
+    # Prepare: a 2 x 3 grid, full budget, interrupted once two trials have finished
+    cfg = tune_config(storage, "tune.scheduler=none", "tune.max_epochs=3", "tune.temperature_search=grid",
+                      "tune.temperature=[2, 8]", "tune.alpha_search=grid", "tune.alpha=[0.3, 0.6, 0.9]",
+                      "tune.num_samples=1", teacher=local_teacher)
+    first = run_sweep(cfg, callbacks=[InterruptAfterTrials(2, storage / "interrupted")])
+    assert first.interrupted and first.artifact is None
+    assert "resume with: raydistill tune --resume" in capsys.readouterr().out
+    finished = {r["trial_id"]: r for r in first.rows if r["status"] == "TERMINATED"}
+    assert 2 <= len(finished) < 6
+    progress = {tid: _progress_file(first.sweep_dir, tid).read_bytes() for tid in finished}
+    # Execute: resume through the CLI
+    code = main(["tune", "--resume", str(first.sweep_dir), "--set", "run.quiet=true"])
+    # Assert: all six trials done, the finished ones untouched, no epoch run twice
+    assert code == 0
+    frame = pd.read_csv(first.sweep_dir / "results.csv")
+    assert len(frame) == 6 and frame["trial_id"].is_unique and set(finished) <= set(frame["trial_id"])
+    assert (frame["status"] == "TERMINATED").all() and (frame["epochs_run"] == 3).all()
+    for tid, before in progress.items():
+        assert _progress_file(first.sweep_dir, tid).read_bytes() == before, f"trial {tid} was rerun"
+    for tid in frame["trial_id"]:
+        epochs = pd.read_csv(_progress_file(first.sweep_dir, tid))["epoch"]
+        assert sorted(epochs.unique()) == [1, 2, 3]
+    assert sorted(zip(frame["temperature"], frame["alpha"])) == sorted((t, a) for t in (2.0, 8.0) for a in (0.3, 0.6, 0.9))
+    assert (first.sweep_dir / "best.yaml").is_file() and (first.sweep_dir / "sweep.json").is_file()
+
+
+def _progress_file(sweep_dir: Path, trial_id: str) -> Path:
+    (path,) = sweep_dir.glob(f"*_{trial_id}_*/progress.csv")
+    return path
