@@ -87,12 +87,12 @@ class DistillSection:
     student: ModelSpec = field(default_factory=lambda: ModelSpec(name="mlp", args={"hidden": [32]}))
     teacher: str = ""  # teacher artifact dir; "" = the newest teacher under storage_path
     teachers: list[TeacherRef] = field(default_factory=list)  # ensemble; overrides `teacher`
-    temperature: float = 4.0
-    alpha: float = 0.9
+    temperature: float = 8.0
+    alpha: float = 0.7
     mode: str = "cached"  # cached | online
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 1e-3
+    epochs: int = 60
+    batch_size: int = 64  # per worker
+    lr: float = 3e-3
     weight_decay: float = 0.0
     workers: int = 2
     max_failures: int = 1

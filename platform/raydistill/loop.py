@@ -5,6 +5,7 @@ and how a checkpoint is reported, so the same code runs on one process or many.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -84,11 +85,13 @@ def run_epochs(spec: StageSpec, *, train_batches: Callable[[int], Batches], val_
         state = TrainState({}, {}, resume.epoch, list(resume.history), resume.resumed_at + [resume.epoch])
     for epoch in range(state.epoch, spec.epochs):
         before_epoch(epoch)
+        started = time.perf_counter()
         train_loss = train_epoch(trained, train_batches(epoch), optimizer, kd=spec.kd, teachers=teachers,
                                  device=device)
+        epoch_time = time.perf_counter() - started
         val = metrics_from_sums(reduce_sums(evaluation_sums(model, val_batches(), device)))
         metrics = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val["loss"],
-                   "val_accuracy": val["accuracy"]}
+                   "val_accuracy": val["accuracy"], "epoch_time_s": epoch_time}
         state = TrainState(_cpu_state(model), optimizer.state_dict(), epoch + 1, state.history + [metrics],
                            state.resumed_at)
         report(metrics, state)
