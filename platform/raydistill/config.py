@@ -60,9 +60,9 @@ class TeacherSection:
     """Training the teacher with Ray Train."""
 
     model: ModelSpec = field(
-        default_factory=lambda: ModelSpec(name="mlp", args={"hidden": [1200, 1200], "dropout": 0.2})
+        default_factory=lambda: ModelSpec(name="mlp", args={"hidden": [1200, 1200], "dropout": 0.5})
     )
-    epochs: int = 30
+    epochs: int = 40
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.0
