@@ -193,6 +193,16 @@ class CompressSection:
 
 
 @dataclass(kw_only=True)
+class PipelineSection:
+    """``raydistill pipeline`` (``make demo``): which optional stages run, and what happens after."""
+
+    tune: bool = True  # sweep T x alpha first (trials with 1 worker), distill the best with N workers
+    serve: bool = True  # deploy the chosen student and send smoke requests
+    smoke_requests: int = 20  # sequential single-instance requests timed for the latency column
+    keep_serving: bool = False  # leave the endpoint up after the pipeline (jobs); else shut it down
+
+
+@dataclass(kw_only=True)
 class Config:
     """The whole tree; one section per stage."""
 
@@ -204,6 +214,7 @@ class Config:
     federated: FederatedSection = field(default_factory=FederatedSection)
     serve: ServeSection = field(default_factory=ServeSection)
     compress: CompressSection = field(default_factory=CompressSection)
+    pipeline: PipelineSection = field(default_factory=PipelineSection)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -55,6 +55,7 @@ def validate(cfg: Any) -> None:
     _validate_tune(cfg)
     _validate_federated(cfg)
     _validate_serve(cfg)
+    _require(cfg.pipeline.smoke_requests >= 1, "pipeline.smoke_requests", "must be >= 1")
     _validate_compress(cfg)
 
 

@@ -1,44 +1,130 @@
-"""The end-to-end run behind ``make demo``: teacher -> distilled student -> student alone,
-then one table comparing them."""
+"""The end-to-end run behind ``make demo`` and ``jobs/pipeline.py``:
+
+teacher (Ray Train) -> T x alpha sweep (Ray Tune, ASHA) -> distill the best config with N workers
+(Ray Train, cached soft targets from Ray Data) -> the same student alone (baseline) -> deploy the
+chosen student (Ray Serve) -> smoke requests over HTTP -> one summary table.
+"""
 from __future__ import annotations
 
 import dataclasses
+import statistics
+import time
 from pathlib import Path
+
+import numpy as np
 
 from .artifacts import load_card, mark_chosen
 from .config import Config
+from .data import DataBundle
 from .stages import start
 
 
 def summary_rows(paths: dict[str, Path]) -> list[dict]:
-    """One row per artifact: accuracy, parameters, compression against the teacher."""
+    """One row per artifact: accuracy, parameters, size on disk, compression against the teacher."""
     cards = {name: load_card(p) for name, p in paths.items()}
     teacher_params = cards["teacher"]["parameters"]
-    return [{"model": name, "architecture": c["architecture"]["name"] + str(c["architecture"]["args"].get("hidden", "")),
-             "test_accuracy": c["metrics"]["test_accuracy"], "parameters": c["parameters"],
+    return [{"model": name, "architecture": _arch(c), "test_accuracy": c["metrics"]["test_accuracy"],
+             "parameters": c["parameters"], "size_kb": (Path(paths[name]) / "weights.pt").stat().st_size / 1024,
              "compression": teacher_params / c["parameters"], "artifact": str(paths[name])}
             for name, c in cards.items()]
 
 
+def _arch(card: dict) -> str:
+    args = card["architecture"]["args"]
+    return card["architecture"]["name"] + (str(args["hidden"]) if "hidden" in args else "")
+
+
 def format_table(rows: list[dict]) -> str:
-    header = f"{'model':<18}{'architecture':<22}{'test acc':>9}{'params':>12}{'compression':>13}  artifact"
+    header = (f"{'model':<18}{'architecture':<18}{'test acc':>9}{'params':>11}{'size KB':>9}"
+              f"{'compression':>13}  artifact")
     lines = [header, "-" * len(header)]
     for r in rows:
-        lines.append(f"{r['model']:<18}{r['architecture']:<22}{r['test_accuracy']:>9.4f}{r['parameters']:>12,}"
-                     f"{r['compression']:>12.1f}x  {r['artifact']}")
+        lines.append(f"{r['model']:<18}{r['architecture']:<18}{r['test_accuracy']:>9.4f}{r['parameters']:>11,}"
+                     f"{r['size_kb']:>9.1f}{r['compression']:>12.1f}x  {r['artifact']}")
     return "\n".join(lines)
 
 
-def run_pipeline(cfg: Config, args=None) -> dict[str, Path]:
+def _with_distill(cfg: Config, **changes) -> Config:
+    return dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, **changes))
+
+
+def sweep_best(cfg: Config) -> dict:
+    """Run the sweep with 1-worker trials; return the best row (T, alpha, lr, score, ...)."""
+    from .tune import run_sweep
+
+    result = run_sweep(_with_distill(cfg, workers=1))
+    if result.best is None:
+        raise RuntimeError(f"the sweep in {result.sweep_dir} produced no successful trial")
+    return result.best
+
+
+def raw_pixels(bundle: DataBundle, n: int) -> list:
+    """The first ``n`` test images back in raw pixel units (what a client sends)."""
+    mean = np.asarray(bundle.normalization["mean"], np.float32)[None, :, None, None]
+    std = np.asarray(bundle.normalization["std"], np.float32)[None, :, None, None]
+    return (bundle.x_test[:n] * std + mean).tolist()
+
+
+def smoke_requests(url: str, bundle: DataBundle, n: int) -> dict:
+    """``n`` sequential one-image POSTs to ``/v1/predict``: accuracy on them and median latency."""
+    import httpx
+
+    images = raw_pixels(bundle, n)
+    latencies, correct = [], 0
+    with httpx.Client(timeout=30.0) as client:
+        for image, label in zip(images, bundle.y_test[:n]):
+            started = time.perf_counter()
+            response = client.post(f"{url.rstrip('/')}/v1/predict", json={"instances": [image]})
+            latencies.append(time.perf_counter() - started)
+            response.raise_for_status()
+            correct += int(response.json()["predictions"][0]["label"] == int(label))
+    return {"requests": n, "correct": correct, "p50_ms": 1000 * statistics.median(latencies),
+            "max_ms": 1000 * max(latencies)}
+
+
+def serve_and_probe(cfg: Config, student: Path, bundle: DataBundle) -> dict:
+    """Deploy ``student``, send the smoke requests, shut down unless ``pipeline.keep_serving``."""
+    from .serving.cli import deploy, stop
+
+    url = deploy(cfg, str(student))
+    try:
+        probe = smoke_requests(url, bundle, cfg.pipeline.smoke_requests)
+    finally:
+        if not cfg.pipeline.keep_serving:
+            stop(cfg.serve.app_name, shutdown_serve=True, shutdown_ray=False)
+    return {"url": url, **probe}
+
+
+def run_pipeline(cfg: Config, args=None) -> dict:
+    """Every stage in order; returns the artifact paths, the best sweep row and the probe."""
     from .train import distill_student, train_teacher
 
-    start(cfg, "pipeline")
+    bundle = start(cfg, "pipeline")
     teacher = train_teacher(cfg)
-    cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, teacher=str(teacher), teachers=[]))
+    cfg = _with_distill(cfg, teacher=str(teacher), teachers=[])
+    best = sweep_best(cfg) if cfg.pipeline.tune else None
+    if best is not None:
+        cfg = _with_distill(cfg, temperature=float(best["temperature"]), alpha=float(best["alpha"]),
+                            lr=float(best["lr"]))
     student = distill_student(cfg)
     mark_chosen(student, cfg.storage_dir())
     baseline = distill_student(cfg, baseline=True)
     paths = {"teacher": teacher, "student-alone": baseline, "distilled-student": student}
-    print("\n" + format_table(summary_rows(paths)), flush=True)
-    print(f"\nchosen student: {student}\nartifacts under: {cfg.storage_dir() / 'artifacts'}", flush=True)
-    return paths
+    probe = serve_and_probe(cfg, student, bundle) if cfg.pipeline.serve else None
+    _print_summary(cfg, paths, best, probe)
+    return {"paths": paths, "best": best, "probe": probe}
+
+
+def _print_summary(cfg: Config, paths: dict[str, Path], best: dict | None, probe: dict | None) -> None:
+    d = cfg.distill
+    lines = ["", format_table(summary_rows(paths)), ""]
+    source = f"from the sweep (val {best['score']:.4f})" if best else "from the config"
+    lines.append(f"distillation: T={d.temperature:.3g} alpha={d.alpha:.3g} lr={d.lr:.2g} {source}; "
+                 f"{d.workers} Ray Train workers, {d.mode} soft targets")
+    if probe:
+        state = "still serving" if cfg.pipeline.keep_serving else "shut down"
+        lines.append(f"endpoint: {probe['url']}v1/predict ({state}); {probe['requests']} smoke requests, "
+                     f"{probe['correct']} correct, p50 {probe['p50_ms']:.1f} ms, max {probe['max_ms']:.1f} ms")
+    lines.append(f"chosen student: {paths['distilled-student']}")
+    lines.append(f"artifacts under: {cfg.storage_dir() / 'artifacts'}")
+    print("\n".join(lines), flush=True)
