@@ -81,9 +81,12 @@ class ClientWorker:
     def train(self, task: ClientTask, refs: dict, spec: LocalSpec) -> ClientUpdate:
         """Train one virtual client; ``refs = {"run": ref, "weights": ref}`` (nested: not auto-resolved)."""
         run: RunPayload = self._resolve("run", refs["run"])
+        fetched = self._cached.get("weights", ("",))[0] != refs["weights"].hex()
         weights = self._resolve("weights", refs["weights"])
-        return run_client_task(task, self._model, weights, run.pool_x, run.pool_y, spec, faults=run.faults,
-                               teachers=self._teachers, in_own_process=True)
+        update = run_client_task(task, self._model, weights, run.pool_x, run.pool_y, spec, faults=run.faults,
+                                 teachers=self._teachers, in_own_process=True)
+        update.metrics["fetched_weights"] = fetched  # True for this actor's first client of the round
+        return update
 
 
 def pool_size(*, requested: int, cpus: float, memory_bytes: float, actor_memory_gb: float,

@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
-import torch
 from torch import nn
 
 from .aggregate import State, state_nbytes
@@ -71,6 +70,7 @@ def make_tasks(rnd: int, client_ids: Sequence[int], partitions: Sequence[np.ndar
 def _record(rnd: int, collected: Collected, metrics: Mapping, wall: float, *, status: str = "ok",
             info: dict | None = None) -> RoundRecord:
     details = {"failed_ids": collected.failed, "crashed_ids": collected.crashed, "late_ids": collected.late,
+               "weight_fetches": sum(bool(u.metrics.get("fetched_weights")) for u in collected.updates),
                **(info or {})}
     return RoundRecord(rnd, collected.sampled, len(collected.updates), collected.dropped, len(collected.failed),
                        len(collected.crashed), len(collected.late), float(metrics.get("accuracy", float("nan"))),
@@ -124,8 +124,3 @@ class InProcessExecutor:
             collected.updates.append(update)
             collected.bytes_received += state_nbytes(update.state)
         return collected
-
-
-def torch_threads_one() -> None:
-    """Clients on a shared 2-core box: one intra-op thread per process avoids oversubscription."""
-    torch.set_num_threads(1)

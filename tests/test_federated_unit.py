@@ -1,0 +1,342 @@
+"""Federated learning without Ray: partitions, aggregation math, strategies, config checks."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from raydistill.config import ConfigError, load_config
+from raydistill.engine import evaluate
+from raydistill.federated.actors import pool_size
+from raydistill.federated.aggregate import (distill_ensemble, ensemble_logits, fedavg, proximal_pull, proximal_term,
+                                            to_numpy_state, to_torch_state)
+from raydistill.federated.client import FaultPlan, LocalSpec, train_client
+from raydistill.federated.memory import tree_memory
+from raydistill.federated.partition import (PartitionError, dirichlet_partition, iid_partition, label_histogram,
+                                            label_skew, partition_summary)
+from raydistill.federated.plan import prepare_federated
+from raydistill.federated.rounds import InProcessExecutor, run_rounds
+from raydistill.federated.strategies import STRATEGIES, ServerContext, TooFewClientsError, make_strategy
+from raydistill.models import build_model
+
+DIGITS = "configs/digits.yaml"
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models on a shared 2-core box: one intra-op thread avoids spin-waiting on busy cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _labels(n_per_class: int = 60, classes: int = 10) -> np.ndarray:
+    return np.random.default_rng(3).permutation(np.repeat(np.arange(classes), n_per_class))
+
+
+def _assert_disjoint_cover(parts, n):
+    joined = np.concatenate(parts)
+    assert len(joined) == n and len(np.unique(joined)) == n
+    assert joined.min() == 0 and joined.max() == n - 1
+
+
+# --- partitions ---------------------------------------------------------------------------
+
+
+def test_iid_partition_is_disjoint_covering_balanced_and_reproducible():
+    parts = iid_partition(1003, 10, seed=1)
+    _assert_disjoint_cover(parts, 1003)
+    sizes = [len(p) for p in parts]
+    assert max(sizes) - min(sizes) <= 1
+    again = iid_partition(1003, 10, seed=1)
+    other = iid_partition(1003, 10, seed=2)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again))
+    assert not all(np.array_equal(a, b) for a, b in zip(parts, other))
+
+
+@pytest.mark.parametrize("alpha", [0.1, 1.0, 100.0])
+def test_dirichlet_partition_is_disjoint_covering_reproducible_with_min_size(alpha):
+    labels = _labels()
+    parts = dirichlet_partition(labels, 8, alpha=alpha, seed=5, min_size=5)
+    _assert_disjoint_cover(parts, len(labels))
+    assert min(len(p) for p in parts) >= 5
+    again = dirichlet_partition(labels, 8, alpha=alpha, seed=5, min_size=5)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again))
+
+
+def test_dirichlet_skew_grows_as_alpha_shrinks():
+    labels = _labels(200)
+    skew = {a: np.mean([label_skew(label_histogram(dirichlet_partition(labels, 10, alpha=a, seed=s, min_size=2),
+                                                   labels, 10)) for s in range(3)])
+            for a in (0.1, 1.0, 100.0)}
+    assert skew[0.1] > skew[1.0] > skew[100.0]
+    assert skew[0.1] > 0.5 and skew[100.0] < 0.1
+
+
+def test_histogram_rows_count_each_clients_labels_and_summary_prints_them():
+    labels = _labels(30, 3)
+    parts = dirichlet_partition(labels, 4, alpha=0.5, seed=0, min_size=2)
+    hist = label_histogram(parts, labels, 3)
+    assert hist.shape == (4, 3)
+    assert [int(h) for h in hist.sum(axis=1)] == [len(p) for p in parts]
+    assert np.array_equal(hist.sum(axis=0), np.bincount(labels))
+    text = partition_summary(parts, labels, ["a", "b", "c"])
+    assert "4 clients, 90 examples" in text and "label skew" in text
+    assert " ".join(str(v) for v in hist[0]) in " ".join(text.splitlines()[2].split()[1:])
+
+
+def test_impossible_partitions_fail_clearly():
+    labels = _labels(10)  # 100 examples
+    with pytest.raises(PartitionError, match="101 clients x min_partition_size 1"):
+        dirichlet_partition(labels, 101, alpha=1.0, seed=0)
+    with pytest.raises(PartitionError, match="in 3 tries"):
+        dirichlet_partition(labels, 20, alpha=0.01, seed=0, min_size=5, max_tries=3)
+    with pytest.raises(PartitionError, match="alpha must be > 0"):
+        dirichlet_partition(labels, 2, alpha=0.0, seed=0)
+
+
+# --- aggregation --------------------------------------------------------------------------
+
+
+def test_fedavg_equals_hand_computed_weighted_mean():
+    a = {"w": np.array([[1.0, 2.0]], np.float32), "steps": np.array(2, np.int64)}
+    b = {"w": np.array([[3.0, -2.0]], np.float32), "steps": np.array(4, np.int64)}
+    c = {"w": np.array([[0.0, 10.0]], np.float32), "steps": np.array(7, np.int64)}
+    out = fedavg([(a, 1), (b, 2), (c, 5)])
+    # n = 8: w = 1/8 * a + 2/8 * b + 5/8 * c
+    assert np.allclose(out["w"], [[(1 * 1 + 2 * 3 + 5 * 0) / 8, (1 * 2 + 2 * -2 + 5 * 10) / 8]], atol=0, rtol=1e-7)
+    assert out["w"].dtype == np.float32
+    assert out["steps"] == round((2 + 8 + 35) / 8) and out["steps"].dtype == np.int64
+    assert a["w"][0, 0] == 1.0  # inputs untouched
+    with pytest.raises(ValueError, match="at least one"):
+        fedavg([])
+    with pytest.raises(ValueError, match="no examples"):
+        fedavg([(a, 0)])
+
+
+def test_fedavg_of_identical_models_is_that_model():
+    model = build_model("mlp", (1, 8, 8), 10, {"hidden": [16]})
+    state = to_numpy_state(model.state_dict())
+    out = fedavg([(state, 3), (state, 9)])
+    assert all(np.allclose(out[k], state[k], rtol=1e-6) for k in state)
+
+
+def test_proximal_term_value_and_gradient():
+    w = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    g = torch.tensor([0.0, 2.0, 5.0])
+    term = proximal_term([w], [g], mu=0.5)
+    assert float(term.detach()) == pytest.approx(0.25 * (1 + 0 + 4))  # (mu/2) * ||w - g||^2
+    term.backward()
+    assert torch.allclose(w.grad, 0.5 * (w.detach() - g))
+
+
+def test_proximal_pull_step_equals_step_on_loss_plus_term():
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    base = build_model("mlp", (1, 8, 8), 10, {"hidden": [8]})
+    anchor = {k: v + 0.3 for k, v in to_numpy_state(base.state_dict()).items()}  # w_global != w
+    hooked, explicit = [build_model("mlp", (1, 8, 8), 10, {"hidden": [8]}) for _ in range(2)]
+    for m in (hooked, explicit):
+        m.load_state_dict(base.state_dict())
+    opt_h, opt_e = (torch.optim.SGD(m.parameters(), lr=0.1) for m in (hooked, explicit))
+    with proximal_pull(hooked, anchor, mu=0.7):
+        torch.nn.functional.cross_entropy(hooked(x), y).backward()
+    opt_h.step()
+    anchors = [torch.as_tensor(anchor[n]) for n, _ in explicit.named_parameters()]
+    loss = torch.nn.functional.cross_entropy(explicit(x), y) + proximal_term(list(explicit.parameters()), anchors, 0.7)
+    loss.backward()
+    opt_e.step()
+    for (n, p), (_, q) in zip(hooked.named_parameters(), explicit.named_parameters()):
+        assert torch.allclose(p, q, atol=1e-6), n
+    assert all(not p._backward_hooks for p in hooked.parameters())  # hooks removed on exit
+
+
+def test_feddf_distillation_moves_the_student_toward_the_ensemble():
+    torch.manual_seed(1)
+    proxy = np.random.default_rng(0).normal(size=(256, 1, 8, 8)).astype(np.float32)
+    model = build_model("mlp", (1, 8, 8), 4, {"hidden": [32]})
+    clients = [to_numpy_state(build_model("mlp", (1, 8, 8), 4, {"hidden": [32]}).state_dict()) for _ in range(3)]
+    teacher = ensemble_logits(model, clients, proxy)  # (N, C) averaged logits
+    by_hand = []
+    for state in clients:
+        model.load_state_dict(to_torch_state(state))
+        with torch.no_grad():
+            by_hand.append(model(torch.as_tensor(proxy)).numpy())
+    assert teacher.shape == (256, 4) and np.allclose(teacher, np.mean(by_hand, axis=0), atol=1e-5)
+    start = to_numpy_state(build_model("mlp", (1, 8, 8), 4, {"hidden": [32]}).state_dict())
+    model.load_state_dict(to_torch_state(start))
+
+    def kl_to_teacher() -> float:
+        with torch.no_grad():
+            p_t = torch.softmax(torch.as_tensor(teacher) / 3.0, -1)
+            log_s = torch.log_softmax(model(torch.as_tensor(proxy)) / 3.0, -1)
+            return float(torch.nn.functional.kl_div(log_s, p_t, reduction="batchmean"))
+
+    before = kl_to_teacher()
+    history = distill_ensemble(model, teacher, proxy, temperature=3.0, epochs=15, lr=3e-3, batch_size=64, seed=0)
+    assert len(history["losses"]) == 15 and history["losses"][-1] < history["losses"][0]
+    assert kl_to_teacher() < 0.5 * before
+
+
+# --- clients, strategies and the round loop (in-process, real digits) -------------------------
+
+
+def _digits_setup(*overrides: str):
+    cfg = load_config(DIGITS, ["run.quiet=true", "federated.clients=5", "federated.rounds=4", *overrides])
+    plan = prepare_federated(cfg)
+
+    def build():
+        torch.manual_seed(0)
+        return build_model("mlp", plan.bundle.input_shape, plan.bundle.num_classes, {"hidden": [32]})
+
+    ctx = ServerContext(build_model=build, proxy_x=plan.proxy_x, val=(plan.bundle.x_val, plan.bundle.y_val),
+                        seed=0)
+    return cfg, plan, ctx, build
+
+
+def _run_in_process(*overrides: str, faults: FaultPlan | None = None, teachers=()):
+    cfg, plan, ctx, build = _digits_setup(*overrides)
+    ctx.has_teacher = bool(teachers)
+    strategy = make_strategy(cfg.federated, ctx)
+    evaluator = build()
+
+    def score(state):
+        evaluator.load_state_dict(to_torch_state(state))
+        return evaluate(evaluator, plan.bundle.x_test, plan.bundle.y_test)
+
+    executor = InProcessExecutor(build, plan.pool_x, plan.pool_y, faults=faults, teachers=teachers)
+    return run_rounds(strategy, plan.partitions, to_numpy_state(build().state_dict()), executor, score,
+                      rounds=cfg.federated.rounds)
+
+
+def test_fedavg_in_process_improves_on_round_zero():
+    out = _run_in_process()
+    accs = [r.test_accuracy for r in out.records]
+    assert len(out.records) == 5 and out.error is None
+    assert accs[-1] > accs[0] + 0.3
+    assert all(r.participating == 5 for r in out.records[1:])
+
+
+def test_fedprox_with_mu_zero_equals_fedavg_and_mu_positive_differs():
+    avg = _run_in_process("federated.strategy=fedavg")
+    prox0 = _run_in_process("federated.strategy=fedprox", "federated.mu=0.0")
+    prox = _run_in_process("federated.strategy=fedprox", "federated.mu=1.0")
+    assert all(np.array_equal(avg.state[k], prox0.state[k]) for k in avg.state)
+    assert not all(np.allclose(avg.state[k], prox.state[k]) for k in avg.state)
+
+
+def test_feddf_changes_the_fedavg_model_and_keeps_the_best_validation_accuracy():
+    avg = _run_in_process("federated.strategy=fedavg", "federated.proxy_fraction=0.2", "federated.rounds=2")
+    df = _run_in_process("federated.strategy=feddf", "federated.proxy_fraction=0.2", "federated.rounds=2",
+                         "federated.distill_epochs=5")
+    distill = df.records[-1].details["distill"]
+    assert len(distill["val_accuracy"]) == 6  # before + 5 epochs
+    assert max(distill["val_accuracy"]) == distill["val_accuracy"][distill["kept_epoch"]]
+    assert not all(np.allclose(avg.state[k], df.state[k]) for k in avg.state)
+
+
+def test_client_kd_uses_the_teacher(local_teacher):
+    from raydistill.artifacts import load_artifact
+    from raydistill.engine import KDSettings
+
+    teacher, _ = load_artifact(local_teacher)
+    _, plan, _, build = _digits_setup()
+    model = build()
+    start = to_numpy_state(model.state_dict())
+    x, y = plan.pool_x[plan.partitions[0]], plan.pool_y[plan.partitions[0]]
+    plain = LocalSpec(epochs=2, batch_size=16, lr=0.05)
+    kd = LocalSpec(epochs=2, batch_size=16, lr=0.05, kd=KDSettings(temperature=3.0, alpha=0.9))
+    s_plain, _ = train_client(model, start, x, y, plain, seed=1)
+    s_kd, _ = train_client(model, start, x, y, kd, seed=1, teachers=[teacher])
+    s_kd_no_teacher, _ = train_client(model, start, x, y, kd, seed=1)
+    assert not all(np.allclose(s_plain[k], s_kd[k]) for k in start)
+    assert all(np.array_equal(s_plain[k], s_kd_no_teacher[k]) for k in start)
+
+
+def test_too_few_clients_stops_the_run_and_keeps_the_last_good_state():
+    faults = FaultPlan(raise_in=frozenset({(3, 0), (3, 1)}))
+    out = _run_in_process("federated.min_clients=4", faults=faults)
+    assert isinstance(out.error, TooFewClientsError) and out.error.round == 3
+    assert [r.status for r in out.records] == ["ok", "ok", "ok", "failed"]
+    assert out.records[-1].failed == 2 and out.records[-1].participating == 3
+    assert out.last_good_round == 2
+    again = _run_in_process("federated.rounds=2")  # same seed: the state after round 2
+    assert all(np.array_equal(out.state[k], again.state[k]) for k in out.state)
+
+
+def test_failure_prob_drops_clients_deterministically():
+    a = _run_in_process("federated.rounds=3", faults=FaultPlan(failure_prob=0.4, seed=0))
+    b = _run_in_process("federated.rounds=3", faults=FaultPlan(failure_prob=0.4, seed=0))
+    failed = [r.details["failed_ids"] for r in a.records[1:]]
+    assert sum(len(f) for f in failed) > 0
+    assert failed == [r.details["failed_ids"] for r in b.records[1:]]
+    assert all(r.participating + r.failed == 5 for r in a.records[1:] if r.status == "ok")
+
+
+# --- configuration errors, before any actor ---------------------------------------------------
+
+
+@pytest.mark.parametrize("override, key", [
+    ("federated.fraction=0", "federated.fraction"),
+    ("federated.fraction=1.5", "federated.fraction"),
+    ("federated.dirichlet_alpha=0", "federated.dirichlet_alpha"),
+    ("federated.dirichlet_alpha=-1", "federated.dirichlet_alpha"),
+    ("federated.strategy=fedsgd", "federated.strategy"),
+    ("federated.optimizer=lbfgs", "federated.optimizer"),
+])
+def test_bad_values_fail_at_load(override, key):
+    with pytest.raises(ConfigError, match=key):
+        load_config(DIGITS, [override])
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["federated.clients=5000"], "federated.clients: 5000 clients"),
+    (["federated.clients=700", "federated.min_partition_size=2"], "federated.clients: 700 clients"),
+    (["federated.clients=200", "federated.dirichlet_alpha=0.01", "federated.min_partition_size=5"],
+     "federated.dirichlet_alpha"),
+    (["federated.clients=10", "federated.fraction=0.2", "federated.min_clients=3"], "federated.min_clients"),
+    (["federated.model.name=nope"], "federated.model"),
+])
+def test_bad_federations_fail_before_ray_starts(overrides, match, tmp_path):
+    from raydistill.federated import run_federated
+
+    cfg = load_config(DIGITS, [f"run.storage_path={tmp_path}", *overrides])
+    with pytest.raises(ConfigError, match=match):
+        run_federated(cfg)
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+    assert not (tmp_path / "federated").exists()
+
+
+def test_strategy_registry_names_and_helpful_miss():
+    assert STRATEGIES.names() == ["fedavg", "feddf", "fedprox"]
+    with pytest.raises(KeyError, match="known: fedavg, feddf, fedprox"):
+        STRATEGIES.get("fedsgd")
+
+
+def test_pool_size_from_cpus_memory_and_request():
+    gib = 1024**3
+    assert pool_size(requested=0, cpus=2, memory_bytes=16 * gib, actor_memory_gb=1, clients_per_round=100) == 2
+    assert pool_size(requested=0, cpus=8, memory_bytes=3.5 * gib, actor_memory_gb=1, clients_per_round=100) == 3
+    assert pool_size(requested=0, cpus=8, memory_bytes=16 * gib, actor_memory_gb=1, clients_per_round=1) == 1
+    assert pool_size(requested=4, cpus=2, memory_bytes=16 * gib, actor_memory_gb=1, clients_per_round=1) == 4
+    with pytest.raises(ConfigError, match="federated.actors: 5 actors"):
+        pool_size(requested=5, cpus=2, memory_bytes=16 * gib, actor_memory_gb=1, clients_per_round=10)
+    with pytest.raises(ConfigError, match="federated.actor_memory_gb"):
+        pool_size(requested=0, cpus=2, memory_bytes=0.5 * gib, actor_memory_gb=1, clients_per_round=10)
+
+
+def test_pure_federated_modules_do_not_import_ray():
+    code = ("import sys; import raydistill.federated.partition, raydistill.federated.aggregate, "
+            "raydistill.federated.strategies, raydistill.federated.client, raydistill.federated.rounds, "
+            "raydistill.federated.plan, raydistill.federated.report; print('ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_tree_memory_counts_this_process():
+    mem = tree_memory()
+    assert mem["processes"] >= 1 and mem["rss"] > 50 * 1024**2 and 0 < mem["pss"] <= mem["rss"]
