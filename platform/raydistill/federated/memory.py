@@ -65,7 +65,7 @@ class PeakMemory:
     window whose maxima are in ``window`` (per-round peaks).
     """
 
-    def __init__(self, interval_s: float = 0.25, root: int | None = None):
+    def __init__(self, interval_s: float = 0.5, root: int | None = None):
         self.interval_s, self.root = interval_s, root
         self.peak = {"rss": 0, "pss": 0, "processes": 0}
         self.window = dict(self.peak)
