@@ -170,9 +170,10 @@ def submit_sdk(head: RayHead, args: list[str]) -> str:
 
 
 def printed_path(logs: str, label: str) -> Path:
-    match = re.search(rf"{label}: (\S+)", logs)
-    assert match, f"no '{label}: <path>' line in the job logs:\n{logs[-3000:]}"
-    return Path(match.group(1))
+    """The path on the last ``<label>: <path>`` line (the pipeline's tune step prints its own first)."""
+    found = re.findall(rf"^{label}: (\S+)", logs, re.M)
+    assert found, f"no '{label}: <path>' line in the job logs:\n{logs[-3000:]}"
+    return Path(found[-1])
 
 
 def sets(overrides: list[str]) -> list[str]:
@@ -224,8 +225,10 @@ def test_teacher_job_via_cli_writes_a_loadable_artifact_under_the_storage_root(h
 @pytest.mark.timeout(300)
 def test_pipeline_job_via_sdk_runs_end_to_end(head, tmp_path):
     storage = tmp_path / "runs"
+    port = free_port()
     overrides = tiny_overrides(storage, epochs=2, workers=2) + [
-        "tune.num_samples=2", "tune.max_epochs=2", "tune.grace_period=1", f"serve.port={free_port()}"]
+        "tune.num_samples=2", "tune.max_epochs=2", "tune.grace_period=1", f"serve.port={port}",
+        "pipeline.smoke_requests=5"]
     client = head.client()
     started = time.monotonic()
 
@@ -239,6 +242,10 @@ def test_pipeline_job_via_sdk_runs_end_to_end(head, tmp_path):
     assert resolve_artifact("chosen", storage) == chosen and load_artifact(chosen)[1]["kind"] == "student"
     for model in ("teacher", "student-alone", "distilled-student"):
         assert re.search(rf"^{model}\s+\S+\s+0\.\d{{4}}", logs, re.M), f"no summary row for {model}"
+    assert re.search(r"^distillation: T=\S+ alpha=\S+ lr=\S+ from the sweep", logs, re.M), "no tuned T/alpha"
+    smoke = re.search(rf"^endpoint: http://127\.0\.0\.1:{port}/v1/predict \(shut down\); 5 smoke requests, "
+                      r"(\d+) correct, p50 [\d.]+ ms", logs, re.M)
+    assert smoke and int(smoke.group(1)) >= 1, "the smoke requests got no (correct) prediction"
     assert f"results under {storage}" in logs
 
 
@@ -261,8 +268,9 @@ def test_serve_job_deploys_and_exits_leaving_the_app_running(head, tmp_path):
         url = re.search(r"serving \S+ at (\S+)", logs).group(1)
         reply = httpx.post(f"{url}v1/predict", json={"instances": [digit]}, timeout=30)
     finally:
-        head.ray_cli("serve", "shutdown", "--address", head.address, "-y", timeout=60)
+        shutdown = head.ray_cli("serve", "shutdown", "--address", head.address, "-y", timeout=60)
 
+    assert shutdown.returncode == 0, shutdown.stderr  # the app stayed up until we removed it
     assert url == f"http://127.0.0.1:{port}/"
     assert reply.status_code == 200, reply.text
     prediction = reply.json()["predictions"][0]
