@@ -40,6 +40,9 @@ def _range_pair(values: list[float], key: str, *, low: float, high: float | None
 
 def validate(cfg: Any) -> None:
     """Check every range rule; raise ConfigError on the first that fails."""
+    _require("://" not in cfg.run.storage_path, "run.storage_path",
+             "must be a filesystem path (on a multi-node cluster: a shared mount such as EFS/NFS at the same "
+             f"path on every node), not a URI; got {cfg.run.storage_path!r}")
     _validate_data(cfg)
     _positive(cfg, "teacher", "epochs", "batch_size", "lr", "workers")
     _positive(cfg, "distill", "epochs", "batch_size", "lr", "workers", "temperature", "soft_target_actors")
