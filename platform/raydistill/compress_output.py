@@ -56,9 +56,11 @@ def plot_report(rows: Sequence, path: Path, *, title: str) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     points = ax.scatter(sizes, [r.accuracy for r in rows], s=area, c=[r.latency_ms[small] for r in rows],
                         cmap="viridis", alpha=0.8, edgecolors="black")
-    for i, (r, x) in enumerate(zip(rows, sizes)):  # alternate label sides: rows often share a size
-        ax.annotate(r.name, (x, r.accuracy), textcoords="offset points", xytext=(8, 8 if i % 2 else -14), fontsize=8)
+    for i, (r, x) in enumerate(zip(rows, sizes)):  # stagger labels: rows often share a size or accuracy
+        ax.annotate(r.name, (x, r.accuracy), textcoords="offset points", xytext=(8, (8, -14, 20, -26)[i % 4]),
+                    fontsize=8)
     ax.set_xscale("log")
+    ax.margins(x=0.25, y=0.12)  # room for the labels inside the axes
     ax.set_xlabel("size on disk (KiB, log scale)")
     ax.set_ylabel("test accuracy")
     ax.set_title(f"{title}\nmarker area ~ latency at batch {large}")
