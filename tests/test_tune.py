@@ -43,7 +43,7 @@ def tune_config(storage: Path, *extra: str, teacher: Path | None = None):
     ("tune.alpha=[0.2, 1.5]", "tune.alpha"),
     ("tune.alpha=[-0.1, 0.5]", "tune.alpha"),
     ("tune.lr=[0.01, 0.001]", "tune.lr"),
-    ("tune.grace_period=20", "tune.grace_period"),
+    ("tune.grace_period=999", "tune.grace_period"),  # > tune.max_epochs
     ("tune.metric=accuracy", "tune.metric"),
 ])
 def test_bad_search_space_is_a_config_error_naming_the_key(storage, override, key):
@@ -224,7 +224,8 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_session
     from raydistill.tune import run_sweep
 
     # Prepare: a 2 x 3 grid, full budget, interrupted once two trials have finished
-    cfg = tune_config(storage, "tune.scheduler=none", "tune.max_epochs=3", "tune.temperature_search=grid",
+    cfg = tune_config(storage, "tune.scheduler=none", "tune.max_epochs=3", "tune.grace_period=1",
+                      "tune.temperature_search=grid",
                       "tune.temperature=[2, 8]", "tune.alpha_search=grid", "tune.alpha=[0.3, 0.6, 0.9]",
                       "tune.num_samples=1", teacher=local_teacher)
     first = run_sweep(cfg, callbacks=[InterruptAfterTrials(2, storage / "interrupted")])
@@ -244,11 +245,35 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_session
         assert _progress_file(first.sweep_dir, tid).read_bytes() == before, f"trial {tid} was rerun"
     for tid in frame["trial_id"]:
         epochs = pd.read_csv(_progress_file(first.sweep_dir, tid))["epoch"]
-        assert sorted(epochs.unique()) == [1, 2, 3]
+        assert epochs.tolist() == [1, 2, 3]  # resumed from its checkpoint, no epoch twice
     assert sorted(zip(frame["temperature"], frame["alpha"])) == sorted((t, a) for t in (2.0, 8.0) for a in (0.3, 0.6, 0.9))
     assert (first.sweep_dir / "best.yaml").is_file() and (first.sweep_dir / "sweep.json").is_file()
+    results = (first.sweep_dir / "results.csv").read_bytes()
+    assert main(["tune", "--resume", str(first.sweep_dir)]) == 0  # finished: reported again, nothing rerun
+    assert "already finished" in capsys.readouterr().out
+    assert (first.sweep_dir / "results.csv").read_bytes() == results
 
 
 def _progress_file(sweep_dir: Path, trial_id: str) -> Path:
     (path,) = sweep_dir.glob(f"*_{trial_id}_*/progress.csv")
     return path
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_multi_worker_trials_run_ray_train_inside_the_trial(ray_session, storage, local_teacher):
+    from raydistill.artifacts import load_artifact
+    from raydistill.data import load_data
+    from raydistill.engine import evaluate
+    from raydistill.tune import run_sweep
+
+    cfg = tune_config(storage, "distill.workers=2", "tune.num_samples=1", "tune.max_epochs=2",
+                      "tune.grace_period=1", "tune.scheduler=none", teacher=local_teacher)
+    result = run_sweep(cfg)
+    (row,) = result.rows
+    assert row["status"] == "TERMINATED" and row["epochs_run"] == 2
+    assert (result.sweep_dir / "train" / f"trial-{row['trial_id']}").is_dir()  # the trial's Ray Train run
+    model, card = load_artifact(result.artifact)
+    bundle = load_data(cfg.data, cfg.run.seed)
+    assert evaluate(model, bundle.x_test, bundle.y_test)["accuracy"] == pytest.approx(card["metrics"]["test_accuracy"])
+    assert card["metrics"]["epochs"] == 2 and card["tune"]["trial_id"] == row["trial_id"]

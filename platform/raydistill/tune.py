@@ -17,18 +17,24 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
-import math
 import os
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .artifacts import ArtifactError, list_artifacts, mark_chosen
+from .artifacts import ArtifactError, list_artifacts, load_card, mark_chosen, resolve_artifact
 from .cards import parent_entry
 from .config import Config, ConfigError, load_config, save_config
-from .tune_report import (CURVES_FILE, HEATMAP_FILE, best_row, epoch_history, error_message, format_top_table,
-                          plot_curves, plot_heatmap, trial_row, write_best_yaml, write_results)
+from .tune_report import (BEST_FILE, CURVES_FILE, HEATMAP_FILE, RESULTS_FILE, best_row, epoch_history,
+                          error_message, format_top_table, plot_curves, plot_heatmap, trial_row, write_best_yaml,
+                          write_results)
+from .tune_space import (check_searcher, concurrency_cap, cpus_per_trial, expected_trials, scheduler_and_searcher,
+                         search_space)
+
+__all__ = ["SweepResult", "run_sweep", "run_tune_cli", "ensure_teacher", "concurrency_cap", "expected_trials",
+           "check_searcher", "search_space"]
 
 SWEEP_CONFIG_FILE, SUMMARY_FILE = "sweep.yaml", "sweep.json"
 UNFINISHED = ("PENDING", "RUNNING", "PAUSED")
@@ -46,64 +52,7 @@ class SweepResult:
     best: dict | None = None
     artifact: Path | None = None
     interrupted: bool = False
-
-
-# --- checks that need no Ray ---------------------------------------------------------------
-
-
-def expected_trials(cfg: Config) -> int:
-    """``num_samples`` x the size of each grid axis (how many trials Tune will create)."""
-    t = cfg.tune
-    n = t.num_samples
-    n *= len(t.temperature) if t.temperature_search == "grid" else 1
-    n *= len(t.alpha) if t.alpha_search == "grid" else 1
-    return n
-
-
-def cpus_per_trial(cfg: Config) -> float:
-    """1 CPU for an in-process trial; 0.01 (driver) + 0.99 per Ray Train worker otherwise."""
-    w = cfg.distill.workers
-    return 1.0 if w == 1 else 0.01 + 0.99 * w
-
-
-def concurrency_cap(cfg: Config, cluster_cpus: float) -> int:
-    """Trials that can run at once: ``floor(cpus / cpus_per_trial)``, at most ``tune.max_concurrent``
-    and the number of trials. Raises ConfigError when even one trial, or the asked-for
-    concurrency, could never be scheduled (trials would wait in PENDING forever)."""
-    need = cpus_per_trial(cfg)
-    fits = int(math.floor(cluster_cpus / need + 1e-9))
-    if fits < 1:
-        raise ConfigError(f"distill.workers: a trial with {cfg.distill.workers} workers needs {need:.2f} CPUs, "
-                          f"the cluster has {cluster_cpus:g}; lower distill.workers")
-    asked = cfg.tune.max_concurrent
-    if asked > fits:
-        raise ConfigError(f"tune.max_concurrent: {asked} trials at once can never be scheduled: the cluster has "
-                          f"{cluster_cpus:g} CPUs and each trial needs {need:.2f}; use <= {fits} (or 0 = auto)")
-    return max(1, min(asked or fits, expected_trials(cfg)))
-
-
-def check_searcher(cfg: Config) -> None:
-    """The Optuna searcher is an optional extra, imported only when asked for."""
-    if cfg.tune.searcher != "optuna":
-        return
-    try:
-        import optuna  # noqa: F401
-    except ImportError as exc:
-        raise ConfigError("tune.searcher: 'optuna' needs the optional extra: pip install 'raydistill[optuna]'") from exc
-
-
-def search_space(cfg: Config) -> dict:
-    """Tune's ``param_space``: T log-uniform/uniform/grid, alpha uniform/grid, optional log-uniform lr."""
-    from ray import tune
-
-    t = cfg.tune
-    samplers = {"loguniform": tune.loguniform, "uniform": tune.uniform}
-    space = {"temperature": tune.grid_search(list(t.temperature)) if t.temperature_search == "grid"
-             else samplers[t.temperature_search](*t.temperature),
-             "alpha": tune.grid_search(list(t.alpha)) if t.alpha_search == "grid" else tune.uniform(*t.alpha)}
-    if t.lr:
-        space["lr"] = tune.loguniform(*t.lr)
-    return space
+    timings: dict = dataclasses.field(default_factory=dict)  # seconds per phase
 
 
 # --- inputs shared by every trial ------------------------------------------------------------
@@ -124,8 +73,6 @@ def ensure_teacher(cfg: Config) -> Config:
         preflight(cfg, "teacher")
         print(f"tune: no teacher under {storage}; training one first", flush=True)
         train_teacher(cfg)
-    from .artifacts import resolve_artifact
-
     path = resolve_artifact(teacher_refs(cfg)[0].artifact, storage)
     return dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, teacher=str(path.resolve())))
 
@@ -163,20 +110,6 @@ def trainable(cfg: Config, data: dict, settings):
 # --- the Tuner ---------------------------------------------------------------------------------
 
 
-def _scheduler_and_searcher(cfg: Config):
-    from ray.tune.schedulers import ASHAScheduler
-
-    t = cfg.tune
-    scheduler = (ASHAScheduler(time_attr="epoch", max_t=t.max_epochs, grace_period=t.grace_period,
-                               reduction_factor=t.reduction_factor) if t.scheduler == "asha" else None)
-    searcher = None
-    if t.searcher == "optuna":
-        from ray.tune.search.optuna import OptunaSearch
-
-        searcher = OptunaSearch(seed=cfg.run.seed)
-    return scheduler, searcher
-
-
 def build_tuner(cfg: Config, fn, sweep_dir: Path, cap: int, callbacks: Sequence = ()):
     from ray import tune
 
@@ -184,7 +117,7 @@ def build_tuner(cfg: Config, fn, sweep_dir: Path, cap: int, callbacks: Sequence 
     # warns when that happens often; on small data sets it does, harmlessly (~10 ms each).
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     t = cfg.tune
-    scheduler, searcher = _scheduler_and_searcher(cfg)
+    scheduler, searcher = scheduler_and_searcher(cfg)
     tune_config = tune.TuneConfig(metric=t.metric, mode=t.mode, num_samples=t.num_samples, scheduler=scheduler,
                                   search_alg=searcher, max_concurrent_trials=cap,
                                   reuse_actors=cfg.distill.workers == 1)
@@ -254,8 +187,13 @@ def save_chosen(cfg: Config, bundle, teachers, settings, trial, best: dict, swee
 
 
 def new_sweep_dir(cfg: Config) -> Path:
+    """``<storage>/tune/<run.name>-<UTC time>-<hex>``, holding ``sweep.yaml`` (the config, teacher
+    pinned) from the start so that ``--resume`` needs nothing else."""
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return cfg.storage_dir() / "tune" / f"{cfg.run.name}-{stamp}-{uuid.uuid4().hex[:4]}"
+    path = cfg.storage_dir() / "tune" / f"{cfg.run.name}-{stamp}-{uuid.uuid4().hex[:4]}"
+    path.mkdir(parents=True)
+    save_config(cfg, path / SWEEP_CONFIG_FILE)
+    return path
 
 
 def resumed_config(cfg: Config, resume_dir: Path) -> Config:
@@ -274,12 +212,36 @@ def run_sweep(cfg: Config, resume_dir: str | Path | None = None, *, callbacks: S
     extra ``ray.tune.Callback`` objects (kept in the sweep's state, so also active on resume)."""
     from ray import tune
 
-    from .preflight import preflight
-    from .runtime import cluster_cpus, init_ray
     from .train import load_teachers
 
     sweep_dir = Path(resume_dir).expanduser().resolve() if resume_dir else None
     cfg = resumed_config(cfg, sweep_dir) if sweep_dir else cfg
+    bundle, cap = start_sweep(cfg)
+    if sweep_dir and (sweep_dir / SUMMARY_FILE).is_file():
+        return _already_finished(sweep_dir)
+    if sweep_dir and not tune.Tuner.can_restore(str(sweep_dir)):
+        raise ConfigError(f"--resume: {sweep_dir} holds no Tune state to restore")
+    cfg = ensure_teacher(cfg)
+    teachers = load_teachers(cfg, bundle)
+    sweep_dir = sweep_dir or new_sweep_dir(cfg)
+    settings = trial_settings(cfg, bundle, teachers, sweep_dir)
+    clock = time.perf_counter()
+    fn = trainable(cfg, shared_inputs(cfg, bundle, teachers), settings)
+    timings = {"soft_targets_s": time.perf_counter() - clock}
+    tuner = (tune.Tuner.restore(str(sweep_dir), trainable=fn, resume_errored=False) if resume_dir
+             else build_tuner(cfg, fn, sweep_dir, cap, callbacks))
+    clock = time.perf_counter()
+    tuner.fit()
+    timings["trials_s"] = time.perf_counter() - clock
+    return finish_sweep(cfg, bundle, teachers, settings, sweep_dir, timings)
+
+
+def start_sweep(cfg: Config):
+    """Checks without Ray (searcher, data, student), then Ray, then the concurrency cap (printed).
+    Returns ``(data bundle, cap)``; raises ConfigError before any trial exists."""
+    from .preflight import preflight
+    from .runtime import cluster_cpus, init_ray
+
     check_searcher(cfg)
     bundle = preflight(cfg, "tune")
     init_ray(cfg.run.address, quiet=cfg.run.quiet)
@@ -287,69 +249,56 @@ def run_sweep(cfg: Config, resume_dir: str | Path | None = None, *, callbacks: S
     cap = concurrency_cap(cfg, cpus)
     print(f"tune: {expected_trials(cfg)} trials, at most {cap} at a time (cluster CPUs {cpus:g}, "
           f"{cpus_per_trial(cfg):.2f} CPU per trial, distill.workers={cfg.distill.workers})", flush=True)
-    if sweep_dir and (sweep_dir / SUMMARY_FILE).is_file():
-        return _already_finished(cfg, sweep_dir)
-    if sweep_dir and not tune.Tuner.can_restore(str(sweep_dir)):
-        raise ConfigError(f"--resume: {sweep_dir} holds no Tune state to restore")
-    cfg = ensure_teacher(cfg)
-    teachers = load_teachers(cfg, bundle)
-    sweep_dir = sweep_dir or new_sweep_dir(cfg)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    if not resume_dir:
-        save_config(cfg, sweep_dir / SWEEP_CONFIG_FILE)
-    settings = trial_settings(cfg, bundle, teachers, sweep_dir)
-    fn = trainable(cfg, shared_inputs(cfg, bundle, teachers), settings)
-    if resume_dir:
-        tuner = tune.Tuner.restore(str(sweep_dir), trainable=fn, resume_errored=False)
-    else:
-        tuner = build_tuner(cfg, fn, sweep_dir, cap, callbacks)
-    tuner.fit()
-    return finish_sweep(cfg, bundle, teachers, settings, sweep_dir)
+    return bundle, cap
 
 
-def finish_sweep(cfg: Config, bundle, teachers, settings, sweep_dir: Path) -> SweepResult:
+def finish_sweep(cfg: Config, bundle, teachers, settings, sweep_dir: Path, timings: dict) -> SweepResult:
     """results.csv always; the chosen student, plots and best.yaml once every trial has ended."""
+    clock = time.perf_counter()
     rows, histories, trials = collect_rows(cfg, sweep_dir)
     interrupted = len(rows) < expected_trials(cfg) or any(r["status"] in UNFINISHED for r in rows)
     best = None if interrupted else best_row(rows, cfg.tune.mode)
     if best is None:
         write_results(rows, sweep_dir)
         why = "interrupted" if interrupted else "finished, but no trial succeeded"
-        print(f"tune: sweep {why}; {len(rows)} trial(s) in {sweep_dir / 'results.csv'}"
+        print(f"tune: sweep {why}; {len(rows)} trial(s) in {sweep_dir / RESULTS_FILE}"
               + (f"\nresume with: raydistill tune --resume {sweep_dir}" if interrupted else ""), flush=True)
-        return SweepResult(sweep_dir, rows, interrupted=interrupted)
+        return SweepResult(sweep_dir, rows, interrupted=interrupted, timings=timings)
     artifact = save_chosen(cfg, bundle, teachers, settings, trials[best["trial_id"]], best, sweep_dir)
-    from .artifacts import load_card
-
     best.update(chosen=True, test_accuracy=load_card(artifact)["metrics"]["test_accuracy"])
     write_results(rows, sweep_dir)
     plot_heatmap(rows, best, sweep_dir / HEATMAP_FILE)
     plot_curves(histories, rows, k=cfg.tune.top_k, mode=cfg.tune.mode, path=sweep_dir / CURVES_FILE)
-    best_yaml = write_best_yaml(cfg, best, teacher=cfg.distill.teacher, sweep_dir=sweep_dir)
+    write_best_yaml(cfg, best, teacher=cfg.distill.teacher, sweep_dir=sweep_dir)
+    timings["report_s"] = time.perf_counter() - clock
     summary = {"sweep": str(sweep_dir), "trials": len(rows), "best": best, "artifact": str(artifact),
-               "best_yaml": str(best_yaml)}
+               "timings": timings}
     (sweep_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-    _print_summary(cfg, rows, best, artifact, sweep_dir)
-    return SweepResult(sweep_dir, rows, best=best, artifact=artifact)
+    _print_summary(cfg, rows, best, artifact, sweep_dir, timings)
+    return SweepResult(sweep_dir, rows, best=best, artifact=artifact, timings=timings)
 
 
-def _print_summary(cfg: Config, rows: list[dict], best: dict, artifact: Path, sweep_dir: Path) -> None:
+def _print_summary(cfg: Config, rows: list[dict], best: dict, artifact: Path, sweep_dir: Path,
+                   timings: dict) -> None:
     t = cfg.tune
     print("\n" + format_top_table(rows, mode=t.mode, k=t.top_k, metric=t.metric), flush=True)
     print(f"\nchosen student: {artifact}\n  trial {best['trial_id']}: T={best['temperature']:.3f} "
           f"alpha={best['alpha']:.3f} lr={best['lr']:.2e} {t.metric}={best['score']:.4f} "
-          f"test_accuracy={best['test_accuracy']:.4f}\nsweep files in {sweep_dir}: results.csv heatmap.png "
-          f"curves.png best.yaml sweep.json\nrun the best config: raydistill distill --config "
-          f"{sweep_dir / 'best.yaml'}", flush=True)
+          f"test_accuracy={best['test_accuracy']:.4f}\n"
+          f"time: soft targets {timings['soft_targets_s']:.1f} s, trials {timings['trials_s']:.1f} s, "
+          f"chosen student + report {timings['report_s']:.1f} s\n"
+          f"sweep files in {sweep_dir}: {RESULTS_FILE} {HEATMAP_FILE} {CURVES_FILE} {BEST_FILE} {SUMMARY_FILE}\n"
+          f"run the best config: raydistill distill --config {sweep_dir / BEST_FILE}", flush=True)
 
 
-def _already_finished(cfg: Config, sweep_dir: Path) -> SweepResult:
+def _already_finished(sweep_dir: Path) -> SweepResult:
     import pandas as pd
 
     summary = json.loads((sweep_dir / SUMMARY_FILE).read_text())
-    rows = pd.read_csv(sweep_dir / "results.csv").fillna({"error": ""}).to_dict("records")
+    rows = pd.read_csv(sweep_dir / RESULTS_FILE, dtype={"error": str}).fillna({"error": ""}).to_dict("records")
     print(f"tune: sweep {sweep_dir} already finished; chosen student {summary['artifact']}", flush=True)
-    return SweepResult(sweep_dir, rows, best=summary["best"], artifact=Path(summary["artifact"]))
+    return SweepResult(sweep_dir, rows, best=summary["best"], artifact=Path(summary["artifact"]),
+                       timings=summary.get("timings", {}))
 
 
 def run_tune_cli(cfg: Config, args=None) -> int:

@@ -103,7 +103,7 @@ def plot_heatmap(rows: Sequence[dict], best: dict, path: Path) -> Path:
 
     ok = [r for r in rows if not math.isnan(r["final_val_accuracy"]) and r["status"] != "ERROR"]
     bad = [r for r in rows if r["status"] == "ERROR"]
-    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    fig, ax = plt.subplots(figsize=(6.4, 5.2))
     points = ax.scatter([r["temperature"] for r in ok], [r["alpha"] for r in ok], s=260, marker="s",
                         c=[r["final_val_accuracy"] for r in ok], cmap="viridis", edgecolors="k")
     fig.colorbar(points, ax=ax, label="final val accuracy")
@@ -117,7 +117,7 @@ def plot_heatmap(rows: Sequence[dict], best: dict, path: Path) -> Path:
         ax.set_xscale("log")
     ax.set(xlabel="temperature T", ylabel="alpha (weight of the soft-target term)",
            title="Student val accuracy over (T, alpha)")
-    ax.legend(loc="best", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -133,8 +133,8 @@ def plot_curves(histories: dict[str, pd.DataFrame], rows: Sequence[dict], *, k: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ranked = sorted((r for r in rows if r["status"] != "ERROR" and not math.isnan(r["score"])), key=lambda r: r["score"],
-                    reverse=(mode == "max"))
+    ranked = sorted((r for r in rows if r["status"] != "ERROR" and not math.isnan(r["score"])),
+                    key=lambda r: r["score"], reverse=(mode == "max"))
     top = {r["trial_id"] for r in ranked[:k]}
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     for r in rows:

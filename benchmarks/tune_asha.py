@@ -1,0 +1,89 @@
+"""ASHA vs full budget on the same (T, alpha) grid, in one run, through the real sweep
+(``raydistill.tune.run_sweep``): one teacher, then the grid with ``tune.scheduler=asha`` and
+with ``tune.scheduler=none``. For each: wall time of the whole sweep (soft targets, trials,
+chosen student), trial-epochs run, best val accuracy, and the chosen student's test accuracy.
+Goal (issue 3): ASHA within 0.5 pt of the full-budget best val accuracy in <= 0.4x its time.
+
+    flock /tmp/raydistill-ray.lock .venv/bin/python benchmarks/tune_asha.py \
+        --config configs/digits.yaml --temperatures 1 3 8 20 --alphas 0.1 0.4 0.7 0.9
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import tempfile
+import time
+
+from raydistill.config import load_config
+from raydistill.runtime import init_ray
+from raydistill.tune import ensure_teacher, expected_trials, run_sweep
+
+
+def grid_config(cfg, temperatures: list[float], alphas: list[float], scheduler: str):
+    """The same grid, once per scheduler (num_samples=1: each grid point is one trial)."""
+    tune = dataclasses.replace(cfg.tune, scheduler=scheduler, num_samples=1, temperature_search="grid",
+                               temperature=temperatures, alpha_search="grid", alpha=alphas, searcher="random")
+    return dataclasses.replace(cfg, tune=tune)
+
+
+def measure(cfg) -> dict:
+    start = time.perf_counter()
+    result = run_sweep(cfg)
+    wall = time.perf_counter() - start
+    return {"scheduler": cfg.tune.scheduler, "trials": len(result.rows), "wall_s": wall,
+            "trial_epochs": int(sum(r["epochs_run"] for r in result.rows)),
+            "trial_seconds": float(sum(r["wall_time_s"] for r in result.rows)),
+            "early_stopped": int(sum(bool(r["early_stopped"]) for r in result.rows)),
+            "best_val_accuracy": result.best["score"], "test_accuracy": result.best["test_accuracy"],
+            "best_T": result.best["temperature"], "best_alpha": result.best["alpha"],
+            "trials_s": result.timings["trials_s"], "sweep": str(result.sweep_dir)}
+
+
+def print_table(runs: list[dict], max_epochs: int) -> None:
+    header = (f"{'scheduler':<10}{'trials':>7}{'epochs':>8}{'stopped':>8}{'wall s':>8}{'Tune s':>8}"
+              f"{'best val':>10}{'test acc':>10}  best (T, alpha)")
+    print("\n" + header + "\n" + "-" * len(header))
+    for r in runs:
+        print(f"{r['scheduler']:<10}{r['trials']:>7}{r['trial_epochs']:>8}{r['early_stopped']:>8}{r['wall_s']:>8.1f}"
+              f"{r['trials_s']:>8.1f}{r['best_val_accuracy']:>10.4f}{r['test_accuracy']:>10.4f}"
+              f"  ({r['best_T']:g}, {r['best_alpha']:g})")
+    print(f"(epochs: trial-epochs run, of {runs[0]['trials']} x {max_epochs}; wall s: the whole sweep incl. soft "
+          f"targets and the chosen student; Tune s: Tuner.fit only)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", default="configs/digits.yaml")
+    parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 3.0, 8.0, 20.0])
+    parser.add_argument("--alphas", type=float, nargs="+", default=[0.1, 0.4, 0.7, 0.9])
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args()
+    storage = tempfile.mkdtemp(prefix="rd-tune-asha-")
+    # 1-worker trials (2 at a time on 2 CPUs) unless --set distill.workers=N says otherwise
+    cfg = load_config(args.config, ["distill.workers=1", *args.overrides, f"run.storage_path={storage}",
+                                    "run.quiet=true"])
+    init_ray(cfg.run.address)
+    start = time.perf_counter()
+    cfg = ensure_teacher(cfg)  # one teacher, trained once, shared by both sweeps
+    teacher_s = time.perf_counter() - start
+    runs = [measure(grid_config(cfg, args.temperatures, args.alphas, s)) for s in ("asha", "none")]
+    asha, full = runs
+    t = cfg.tune
+    print_table(runs, t.max_epochs)
+    time_ratio, tune_ratio = asha["wall_s"] / full["wall_s"], asha["trials_s"] / full["trials_s"]
+    gap_pts = 100 * (full["best_val_accuracy"] - asha["best_val_accuracy"])
+    met = gap_pts <= 0.5 and time_ratio <= 0.4
+    print(f"\n{cfg.data.name}, {asha['trials']}-point grid, max_epochs={t.max_epochs}, ASHA grace={t.grace_period} "
+          f"rf={t.reduction_factor}; teacher trained once in {teacher_s:.0f} s\nASHA/full wall time = "
+          f"{time_ratio:.2f}x (Tuner.fit alone {tune_ratio:.2f}x), best val gap = {gap_pts:+.2f} pt -> goal (<= 0.5 pt in <= 0.4x) "
+          f"{'met' if met else 'NOT met'}")
+    print(json.dumps({"benchmark": "tune_asha", "dataset": cfg.data.name, "grid": {"temperature": args.temperatures,
+                      "alpha": args.alphas}, "trials": expected_trials(grid_config(cfg, args.temperatures,
+                      args.alphas, "none")), "max_epochs": t.max_epochs, "grace_period": t.grace_period,
+                      "reduction_factor": t.reduction_factor, "teacher_s": teacher_s, "runs": runs,
+                      "time_ratio": time_ratio, "tune_time_ratio": tune_ratio, "val_gap_pts": gap_pts, "goal_met": met}))
+
+
+if __name__ == "__main__":
+    main()

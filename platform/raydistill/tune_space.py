@@ -1,0 +1,83 @@
+"""What a sweep searches and how much of it runs at once, from ``cfg.tune``.
+
+The checks here run before any trial: range rules live in ``config_rules._validate_tune``
+(empty range, T <= 0, alpha outside [0, 1], ...); this module adds what needs the cluster's
+size (:func:`concurrency_cap`) or an optional package (:func:`check_searcher`).
+"""
+from __future__ import annotations
+
+import math
+
+from .config import Config, ConfigError
+
+
+def expected_trials(cfg: Config) -> int:
+    """``num_samples`` x the size of each grid axis (how many trials Tune will create)."""
+    t = cfg.tune
+    n = t.num_samples
+    n *= len(t.temperature) if t.temperature_search == "grid" else 1
+    n *= len(t.alpha) if t.alpha_search == "grid" else 1
+    return n
+
+
+def cpus_per_trial(cfg: Config) -> float:
+    """1 CPU for an in-process trial; 0.01 (driver) + 0.99 per Ray Train worker otherwise
+    (RAY_NOTES: a 0-CPU driver is rejected)."""
+    w = cfg.distill.workers
+    return 1.0 if w == 1 else 0.01 + 0.99 * w
+
+
+def concurrency_cap(cfg: Config, cluster_cpus: float) -> int:
+    """Trials that can run at once: ``floor(cpus / cpus_per_trial)``, at most ``tune.max_concurrent``
+    and the number of trials. Raises ConfigError when even one trial, or the asked-for
+    concurrency, could never be scheduled (trials would wait in PENDING forever)."""
+    need = cpus_per_trial(cfg)
+    fits = int(math.floor(cluster_cpus / need + 1e-9))
+    if fits < 1:
+        raise ConfigError(f"distill.workers: a trial with {cfg.distill.workers} workers needs {need:.2f} CPUs, "
+                          f"the cluster has {cluster_cpus:g}; lower distill.workers")
+    asked = cfg.tune.max_concurrent
+    if asked > fits:
+        raise ConfigError(f"tune.max_concurrent: {asked} trials at once can never be scheduled: the cluster has "
+                          f"{cluster_cpus:g} CPUs and each trial needs {need:.2f}; use <= {fits} (or 0 = auto)")
+    return max(1, min(asked or fits, expected_trials(cfg)))
+
+
+def check_searcher(cfg: Config) -> None:
+    """The Optuna searcher is an optional extra, imported only when asked for."""
+    if cfg.tune.searcher != "optuna":
+        return
+    try:
+        import optuna  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError("tune.searcher: 'optuna' needs the optional extra: pip install 'raydistill[optuna]'") from exc
+
+
+def search_space(cfg: Config) -> dict:
+    """Tune's ``param_space``: T log-uniform/uniform/grid, alpha uniform/grid, optional log-uniform lr."""
+    from ray import tune
+
+    t = cfg.tune
+    samplers = {"loguniform": tune.loguniform, "uniform": tune.uniform}
+    space = {"temperature": tune.grid_search(list(t.temperature)) if t.temperature_search == "grid"
+             else samplers[t.temperature_search](*t.temperature),
+             "alpha": tune.grid_search(list(t.alpha)) if t.alpha_search == "grid" else tune.uniform(*t.alpha)}
+    if t.lr:
+        space["lr"] = tune.loguniform(*t.lr)
+    return space
+
+
+def scheduler_and_searcher(cfg: Config) -> tuple:
+    """ASHA (Li et al. 2020, https://arxiv.org/abs/1810.05934) on the ``epoch`` metric, or None
+    (FIFO, full budget); Optuna's TPE or None (random/grid variants)."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    t = cfg.tune
+    scheduler = (ASHAScheduler(time_attr="epoch", max_t=t.max_epochs, grace_period=t.grace_period,
+                               reduction_factor=t.reduction_factor) if t.scheduler == "asha" else None)
+    searcher = None
+    if t.searcher == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        searcher = OptunaSearch(seed=cfg.run.seed)
+    return scheduler, searcher
