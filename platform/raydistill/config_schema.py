@@ -1,0 +1,212 @@
+"""The config tree's sections: one typed dataclass per stage (defaults = the digits demo)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(kw_only=True)
+class RunSection:
+    """Where results go and how to reach Ray."""
+
+    name: str = "digits"
+    seed: int = 0
+    storage_path: str = "runs"  # artifacts + Ray results; shared storage on a multi-node cluster
+    address: str = ""  # "" = RAY_ADDRESS or a new local runtime; "auto" or ray://... to attach
+    use_gpu: bool = False  # use a GPU when set and one is present
+    quiet: bool = False  # fewer progress lines
+
+
+@dataclass(kw_only=True)
+class DataSection:
+    """Which data set, where it lives, and how it is split."""
+
+    name: str = "digits"
+    root: str = ""  # folder with IDX/CIFAR files; "" = the data set's default place
+    download: bool = False  # torchvision download for cifar10/100 and (fashion_)mnist
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2  # used only by sets without an official test split
+    train_limit: int = 0  # 0 = every training example; >0 = a seeded subset (fast runs)
+    synthetic_samples: int = 600
+    synthetic_classes: int = 4
+    synthetic_shape: list[int] = field(default_factory=lambda: [1, 8, 8])
+
+
+@dataclass(kw_only=True)
+class ModelSpec:
+    """A registry name plus keyword arguments for it."""
+
+    name: str = "mlp"
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class TeacherSection:
+    """Training the teacher with Ray Train."""
+
+    model: ModelSpec = field(
+        default_factory=lambda: ModelSpec(name="mlp", args={"hidden": [1200, 1200], "dropout": 0.5})
+    )
+    epochs: int = 40
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    workers: int = 1
+    max_failures: int = 1
+    seeds: list[int] = field(default_factory=list)  # several teachers in one call
+    models: list[ModelSpec] = field(default_factory=list)  # several architectures; [] = [model]
+
+
+@dataclass(kw_only=True)
+class TeacherRef:
+    """One teacher of an ensemble: an artifact path and its weight in the mixture."""
+
+    artifact: str = ""
+    weight: float = 1.0
+
+
+@dataclass(kw_only=True)
+class DistillSection:
+    """Distilling the student with Ray Train."""
+
+    student: ModelSpec = field(default_factory=lambda: ModelSpec(name="mlp", args={"hidden": [32]}))
+    teacher: str = ""  # teacher artifact dir; "" = the newest teacher under storage_path
+    teachers: list[TeacherRef] = field(default_factory=list)  # ensemble; overrides `teacher`
+    temperature: float = 8.0
+    alpha: float = 0.7
+    mode: str = "cached"  # cached | online
+    epochs: int = 60
+    batch_size: int = 64  # per worker
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    workers: int = 2
+    max_failures: int = 1
+    soft_target_actors: int = 1  # Ray Data actors computing teacher logits
+    crash_at_epoch: int = -1  # fault injection: one worker dies once at this epoch (tests)
+
+
+@dataclass(kw_only=True)
+class TuneSection:
+    """The T x alpha (x lr) sweep."""
+
+    num_samples: int = 8
+    temperature: list[float] = field(default_factory=lambda: [1.0, 20.0])
+    temperature_search: str = "loguniform"  # loguniform | grid
+    alpha: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    alpha_search: str = "uniform"  # uniform | grid
+    lr: list[float] = field(default_factory=list)  # [] = keep distill.lr; [lo, hi] = loguniform
+    scheduler: str = "asha"  # asha | none
+    searcher: str = "random"  # random | optuna
+    grace_period: int = 3
+    reduction_factor: int = 3
+    max_epochs: int = 15
+    metric: str = "val_accuracy"
+    mode: str = "max"
+    max_concurrent: int = 0  # 0 = from the cluster's CPUs
+    max_retries: int = 1
+    top_k: int = 5
+    fail_trial: int = -1  # fault injection: this trial index raises (tests)
+
+
+@dataclass(kw_only=True)
+class FederatedSection:
+    """Emulated federated clients on Ray actors."""
+
+    strategy: str = "fedavg"  # fedavg | fedprox | feddf
+    clients: int = 10
+    rounds: int = 10
+    fraction: float = 1.0
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    optimizer: str = "sgd"  # local optimizer, fresh each round: sgd | adam
+    mu: float = 0.01  # FedProx proximal weight
+    partition: str = "dirichlet"  # iid | dirichlet
+    dirichlet_alpha: float = 0.5
+    min_partition_size: int = 2
+    min_clients: int = 1
+    round_timeout_s: float = 60.0
+    actors: int = 0  # 0 = from CPUs and memory
+    actor_memory_gb: float = 1.0
+    failure_prob: float = 0.0  # fault injection
+    proxy_fraction: float = 0.1  # FedDF unlabeled proxy slice of the training split
+    distill_epochs: int = 1
+    distill_temperature: float = 3.0  # FedDF server distillation and client-side KD
+    distill_lr: float = 1e-3  # FedDF server distillation (Adam)
+    client_teacher: str = ""  # client-side KD from this teacher artifact
+    client_kd_alpha: float = 0.5
+    model: ModelSpec = field(default_factory=lambda: ModelSpec(name="mlp", args={"hidden": [64]}))
+
+
+@dataclass(kw_only=True)
+class ServeSection:
+    """The HTTP endpoint."""
+
+    artifact: str = "chosen"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    route_prefix: str = "/"
+    max_batch_size: int = 16
+    batch_wait_timeout_s: float = 0.005
+    max_instances: int = 256
+    max_body_bytes: int = 1_000_000
+    auth_token_env: str = ""  # name of the env var holding the bearer token; "" = no auth
+    quantize: str = "none"  # none | int8
+    min_replicas: int = 1
+    max_replicas: int = 2
+    target_ongoing_requests: float = 2.0
+    upscale_delay_s: float = 3.0
+    downscale_delay_s: float = 60.0
+    max_ongoing_requests: int = 32  # per replica; >= max_batch_size so batches can fill
+    num_cpus: float = 0.5
+    app_name: str = "raydistill"  # Serve application name; redeploying under it is a rolling update
+
+
+@dataclass(kw_only=True)
+class CompressSection:
+    """``raydistill compress-report``: distillation vs INT8 quantization vs magnitude pruning."""
+
+    student: str = ""  # distilled student artifact to reuse; "" = distill one in-process
+    baseline: str = ""  # student-alone artifact to reuse; "" = train one in-process
+    sparsities: list[float] = field(default_factory=lambda: [0.5, 0.9])  # global L1 pruning of the teacher
+    finetune_epochs: int = 2  # after pruning, with the mask held fixed
+    finetune_lr: float = 1e-4
+    latency_batches: list[int] = field(default_factory=lambda: [1, 64])
+    latency_repeats: int = 30  # timed runs per batch size; the median is reported
+    threads: int = 1  # torch.set_num_threads during latency timing
+    output: str = ""  # report dir; "" = <storage>/reports/compress-<time>
+
+
+@dataclass(kw_only=True)
+class PipelineSection:
+    """``raydistill pipeline`` (``make demo``): which optional stages run, and what happens after."""
+
+    tune: bool = True  # sweep T x alpha first (trials with 1 worker), distill the best with N workers
+    serve: bool = True  # deploy the chosen student and send smoke requests
+    smoke_requests: int = 20  # sequential single-instance requests timed for the latency column
+    keep_serving: bool = False  # leave the endpoint up after the pipeline (jobs); else shut it down
+
+
+@dataclass(kw_only=True)
+class Config:
+    """The whole tree; one section per stage."""
+
+    run: RunSection = field(default_factory=RunSection)
+    data: DataSection = field(default_factory=DataSection)
+    teacher: TeacherSection = field(default_factory=TeacherSection)
+    distill: DistillSection = field(default_factory=DistillSection)
+    tune: TuneSection = field(default_factory=TuneSection)
+    federated: FederatedSection = field(default_factory=FederatedSection)
+    serve: ServeSection = field(default_factory=ServeSection)
+    compress: CompressSection = field(default_factory=CompressSection)
+    pipeline: PipelineSection = field(default_factory=PipelineSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def storage_dir(self) -> Path:
+        """Absolute storage path (Ray Train requires absolute paths)."""
+        return Path(os.path.expanduser(self.run.storage_path)).resolve()
