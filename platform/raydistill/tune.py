@@ -177,7 +177,8 @@ def save_chosen(cfg: Config, bundle, teachers, settings, trial, best: dict, swee
              "training": {**_training(cfg), "epochs": state.epoch, "lr": best["lr"]},
              "tune": {"sweep": str(sweep_dir), "trial_id": trial.trial_id, "best_config": best_config,
                       "metric": cfg.tune.metric, "mode": cfg.tune.mode, "score": best["score"]}}
-    parents = [parent_entry(p, card, weight=w) for p, card, _, w in teachers]
+    total = sum(w for *_, w in teachers)  # as in distill_student: the loss mixes with w / total
+    parents = [parent_entry(p, card, weight=w, normalized_weight=w / total) for p, card, _, w in teachers]
     path = _finish(spec, state, bundle, cfg, kind="student", parents=parents, extra=extra)
     mark_chosen(path, cfg.storage_dir())
     return path
