@@ -305,9 +305,11 @@ def test_bad_federations_fail_before_ray_starts(overrides, match, tmp_path):
     from raydistill.federated import run_federated
 
     cfg = load_config(DIGITS, [f"run.storage_path={tmp_path}", *overrides])
+    ray_was_running = "ray" in sys.modules and sys.modules["ray"].is_initialized()  # the suite's session
     with pytest.raises(ConfigError, match=match):
         run_federated(cfg)
-    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+    # the error came before Ray was started (the run must not have initialized it)
+    assert ("ray" in sys.modules and sys.modules["ray"].is_initialized()) == ray_was_running
     assert not (tmp_path / "federated").exists()
 
 
