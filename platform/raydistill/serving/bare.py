@@ -35,3 +35,10 @@ def build_bare_app(settings: dict[str, Any]) -> FastAPI:
         return service.health()
 
     return app
+
+
+def run_bare(settings: dict[str, Any], host: str = "127.0.0.1", port: int = 8001) -> None:
+    """Serve :func:`build_bare_app` with uvicorn in this process until interrupted (the baseline)."""
+    import uvicorn
+
+    uvicorn.run(build_bare_app(settings), host=host, port=port, log_level="warning", access_log=False)

@@ -55,25 +55,36 @@ def deploy(cfg: Config, artifact_ref: str | None = None, *, blocking: bool = Fal
 
     Returns the base URL. Raises ``ArtifactError`` before starting anything if the artifact is
     missing or tampered with. Redeploying under the same ``serve.app_name`` is a rolling update.
+    With ``blocking=True`` it serves until SIGINT/SIGTERM (also one received while deploying),
+    then removes what it started.
     """
     import ray
-    from ray import serve
 
     app = build_app(serve_args(cfg, artifact_ref))  # verifies the artifact first
+    if not blocking:
+        return _start_and_run(cfg, app)
     started_ray = not ray.is_initialized()
-    init_ray(cfg.run.address, quiet=cfg.run.quiet)
-    serve_was_running = serve_is_running()
+    init_ray(cfg.run.address, quiet=cfg.run.quiet)  # before our handlers: ray.init installs its own
+    with StopSignals() as signals:
+        serve_was_running = serve_is_running()
+        try:
+            url = _start_and_run(cfg, app)
+            _print_banner(cfg, artifact_ref, url)
+            signals.wait()
+        finally:
+            stop(cfg.serve.app_name, shutdown_serve=not serve_was_running, shutdown_ray=started_ray)
+    return url
+
+
+def _start_and_run(cfg: Config, app) -> str:
+    """Start Serve on ``serve.host:port`` (or join the running one) and deploy ``app``; the URL."""
+    from ray import serve
+
     s = cfg.serve
+    init_ray(cfg.run.address, quiet=cfg.run.quiet)
     serve.start(http_options={"host": s.host, "port": s.port}, logging_config={"enable_access_log": False})
     serve.run(app, name=s.app_name, route_prefix=s.route_prefix)
-    url = proxy_url(s.host, s.port, s.route_prefix)
-    if blocking:
-        _print_banner(cfg, artifact_ref, url)
-        try:
-            wait_for_stop_signal()
-        finally:
-            stop(s.app_name, shutdown_serve=not serve_was_running, shutdown_ray=started_ray)
-    return url
+    return proxy_url(s.host, s.port, s.route_prefix)
 
 
 def _print_banner(cfg: Config, artifact_ref: str | None, url: str) -> None:
@@ -89,23 +100,34 @@ def _print_banner(cfg: Config, artifact_ref: str | None, url: str) -> None:
           "Ctrl-C to stop", flush=True)
 
 
-def wait_for_stop_signal(poll_s: float = 0.5) -> int:
-    """Block until SIGINT or SIGTERM; returns the signal number. Restores the previous handlers."""
-    received: list[int] = []
-    stop_event = threading.Event()
+class StopSignals:
+    """While entered, SIGINT and SIGTERM only set a flag (no KeyboardInterrupt, no Ray exit
+    handler mid-deploy); :meth:`wait` blocks until one arrived. Previous handlers come back on exit."""
 
-    def handler(signum, frame) -> None:
-        received.append(signum)
-        stop_event.set()
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        while not stop_event.wait(poll_s):
-            pass
-    finally:
-        for sig, old in previous.items():
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self._event = threading.Event()
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum, frame) -> None:
+        self.received.append(signum)
+        self._event.set()
+
+    def __enter__(self) -> "StopSignals":
+        self._previous = {sig: signal.signal(sig, self._handler) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._previous.items():
             signal.signal(sig, old)
-    return received[0]
+
+    def wait(self, poll_s: float = 0.5) -> int:
+        """Block until a signal arrived (polling, so the main thread stays interruptible)."""
+        while not self._event.wait(poll_s):
+            pass
+        return self.received[0]
 
 
 def stop(app_name: str, *, shutdown_serve: bool, shutdown_ray: bool) -> None:

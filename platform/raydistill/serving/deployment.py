@@ -45,6 +45,7 @@ class StudentDeployment:
         # One thread runs the forward passes so the event loop keeps reading and validating the
         # next requests meanwhile (torch releases the GIL while it computes).
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
+        self._in_flight = 0  # requests between validation and their probabilities
         self.reconfigure({})  # Serve calls it again with the deployment's user_config, if any
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -66,15 +67,26 @@ class StudentDeployment:
         return {**self.service.health(), "batching": self.batch.model_dump()}
 
     async def _infer(self, x: np.ndarray) -> np.ndarray:
-        """``(N, C, H, W)`` raw pixels -> ``(N, K)`` probabilities, batched with other requests or not."""
-        if self.batch.max_batch_size > 1:
-            return await self._batched_forward(x)
-        return self.service.runner.predict_proba(x)
+        """``(N, C, H, W)`` raw pixels -> ``(N, K)`` probabilities.
+
+        Opportunistic batching: a request that finds the replica idle runs at once (waiting
+        ``batch_wait_timeout_s`` for company that is not coming only adds latency); requests that
+        arrive while another is in flight queue up in ``@serve.batch`` and share a forward pass.
+        """
+        self._in_flight += 1
+        try:
+            if self.batch.max_batch_size > 1 and self._in_flight > 1:
+                return await self._batched_forward(x)
+            return await self._forward(x)
+        finally:
+            self._in_flight -= 1
+
+    async def _forward(self, x: np.ndarray) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.service.runner.predict_proba, x)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def _batched_forward(self, xs: list[np.ndarray]) -> list[np.ndarray]:
         """One forward pass over ``concat(xs)`` ``(sum N_i, C, H, W)``, split back per request."""
         bounds = np.cumsum([len(x) for x in xs])[:-1]
-        loop = asyncio.get_running_loop()
-        probs = await loop.run_in_executor(self._executor, self.service.runner.predict_proba, np.concatenate(xs))
-        return np.split(probs, bounds)
+        return np.split(await self._forward(np.concatenate(xs)), bounds)
