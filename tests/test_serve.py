@@ -331,7 +331,7 @@ def test_a_killed_replica_is_replaced_with_few_failures_during_and_none_after(se
 
 
 @pytest.mark.timeout(90)
-def test_cli_serves_int8_until_sigterm_then_removes_its_app(served, monkeypatch):
+def test_cli_serves_int8_until_sigterm_then_removes_its_app(served):
     from ray import serve
 
     from raydistill.serving import run_serve_cli
