@@ -1,6 +1,6 @@
 """Ray Serve vs bare FastAPI+uvicorn, same student, same code, same machine, same run.
 
-    flock /tmp/raydistill-ray.lock .venv/bin/python benchmarks/serve_latency.py [--quick]
+    flock /tmp/raydistill-ray.lock .venv/bin/python benchmarks/serve_load.py [--quick]
 
 Two students: the digits MLP (tiny: HTTP overhead dominates) and ResNet-18 on 3x32x32 inputs
 (compute-bound: ~7 ms per image alone, ~2.3 ms per image in a batch of 16, one thread). For
@@ -305,7 +305,7 @@ def main() -> None:
         print(f"{name}: our handler per request (ms, 1 instance, {extra['body_bytes']} B body): {extra['handler_ms']}")
     if "int8" in extras.get("digits-mlp", {}):  # INT8 touches only Linear layers: ResNet-18 has one
         print(f"digits INT8 vs fp32: {extras['digits-mlp']['int8']}")
-    print(json.dumps({"benchmark": "serve_latency", "rows": rows, "extras": extras}))
+    print(json.dumps({"benchmark": "serve_load", "rows": rows, "extras": extras}))
 
 
 if __name__ == "__main__":
