@@ -139,18 +139,12 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
             raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
         if not isinstance(tree, dict):
             raise ConfigError(f"{p}: top level must be a mapping of sections")
-    _check_keys(tree, "")
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(tree, key, value)
     cfg = _build(Config, _merge_defaults(tree), "")
     validate(cfg)
     return cfg
-
-
-def _check_keys(tree: dict[str, Any], prefix: str) -> None:
-    """Reject unknown keys in the raw file before defaults are merged in."""
-    _build(Config, _merge_defaults(tree), prefix)
 
 
 def config_from_dict(tree: dict[str, Any]) -> Config:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -17,7 +16,7 @@ from ray.train.torch import TorchTrainer
 
 from .artifacts import ArtifactError, load_state, new_artifact_path, resolve_artifact, save_artifact
 from .cards import build_card, parent_entry
-from .config import Config, ConfigError, TeacherRef
+from .config import Config, TeacherRef
 from .data import DataBundle, load_data
 from .engine import KDSettings, evaluate
 from .loop import StageSpec, TrainState, build_for_spec, load_train_state
@@ -52,7 +51,7 @@ def fit_stage(spec: StageSpec, datasets: dict, cfg: Config, *, workers: int, max
         return load_train_state(Path(d) / STATE_FILE)
 
 
-def _finish(spec: StageSpec, state: TrainState, bundle: DataBundle, cfg: Config, *, kind: str,
+def finish_artifact(spec: StageSpec, state: TrainState, bundle: DataBundle, cfg: Config, *, kind: str,
             parents: list[dict], extra: dict) -> Path:
     """Measure test accuracy once, then write the artifact atomically."""
     model = build_for_spec(spec)
@@ -79,7 +78,7 @@ def train_teacher(cfg: Config, *, seed: int | None = None) -> Path:
                      input_shape=bundle.input_shape, num_classes=bundle.num_classes, epochs=t.epochs,
                      lr=t.lr, batch_size=t.batch_size, weight_decay=t.weight_decay, seed=seed)
     state = fit_stage(spec, _datasets(bundle), cfg, workers=t.workers, max_failures=t.max_failures)
-    return _finish(spec, state, bundle, cfg, kind="teacher", parents=[],
+    return finish_artifact(spec, state, bundle, cfg, kind="teacher", parents=[],
                    extra={"training": {"workers": t.workers, "lr": t.lr, "batch_size": t.batch_size, "seed": seed}})
 
 
@@ -127,7 +126,7 @@ def distill_student(cfg: Config, *, baseline: bool = False) -> Path:
         spec = student_spec(cfg, bundle, kd=None, stage="baseline")
         state = fit_stage(spec, _datasets(bundle), cfg, workers=d.workers, max_failures=d.max_failures,
                           crash_at_epoch=d.crash_at_epoch)
-        return _finish(spec, state, bundle, cfg, kind="baseline", parents=[], extra={"training": _training(cfg)})
+        return finish_artifact(spec, state, bundle, cfg, kind="baseline", parents=[], extra={"training": training_record(cfg)})
     teachers = load_teachers(cfg, bundle)
     kd = KDSettings(temperature=d.temperature, alpha=d.alpha, teacher_weights=tuple(w for *_, w in teachers))
     spec = student_spec(cfg, bundle, kd=kd, stage="student")
@@ -137,8 +136,8 @@ def distill_student(cfg: Config, *, baseline: bool = False) -> Path:
     total = sum(w for *_, w in teachers)  # the loss mixes with w / total (losses.ensemble_soft_targets)
     parents = [parent_entry(p, card, weight=w, normalized_weight=w / total) for p, card, _, w in teachers]
     extra = {"distillation": {"temperature": d.temperature, "alpha": d.alpha, "mode": d.mode},
-             "training": _training(cfg)}
-    return _finish(spec, state, bundle, cfg, kind="student", parents=parents, extra=extra)
+             "training": training_record(cfg)}
+    return finish_artifact(spec, state, bundle, cfg, kind="student", parents=parents, extra=extra)
 
 
 def _distill_inputs(cfg: Config, bundle: DataBundle, teachers: Sequence[tuple]) -> tuple[dict, object]:
@@ -152,14 +151,10 @@ def _distill_inputs(cfg: Config, bundle: DataBundle, teachers: Sequence[tuple]) 
     return datasets, None
 
 
-def _training(cfg: Config) -> dict:
+def training_record(cfg: Config) -> dict:
     d = cfg.distill
     return {"workers": d.workers, "epochs": d.epochs, "lr": d.lr, "batch_size": d.batch_size, "seed": cfg.run.seed}
 
 
-def with_overrides(cfg: Config, **sections) -> Config:
-    """A copy of ``cfg`` with whole sections replaced (``with_overrides(cfg, distill=...)``)."""
-    return replace(cfg, **sections)
-
-
-__all__ = ["train_teacher", "distill_student", "fit_stage", "load_teachers", "teacher_refs", "ConfigError"]
+__all__ = ["train_teacher", "distill_student", "fit_stage", "finish_artifact", "load_teachers", "teacher_refs",
+           "training_record"]

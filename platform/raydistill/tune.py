@@ -167,19 +167,19 @@ def best_state(trial):
 
 def save_chosen(cfg: Config, bundle, teachers, settings, trial, best: dict, sweep_dir: Path) -> Path:
     """Test accuracy measured once on the test split, artifact kind "student", marked chosen."""
-    from .train import _finish, _training
+    from .train import finish_artifact, training_record
     from .tune_trial import SEARCHED_KEYS, trial_spec
 
     state = best_state(trial)
     spec = dataclasses.replace(trial_spec(settings, trial.config), epochs=state.epoch)
     best_config = {k: trial.config[k] for k in SEARCHED_KEYS if k in trial.config}
     extra = {"distillation": {"temperature": best["temperature"], "alpha": best["alpha"], "mode": "cached"},
-             "training": {**_training(cfg), "epochs": state.epoch, "lr": best["lr"]},
+             "training": {**training_record(cfg), "epochs": state.epoch, "lr": best["lr"]},
              "tune": {"sweep": str(sweep_dir), "trial_id": trial.trial_id, "best_config": best_config,
                       "metric": cfg.tune.metric, "mode": cfg.tune.mode, "score": best["score"]}}
     total = sum(w for *_, w in teachers)  # as in distill_student: the loss mixes with w / total
     parents = [parent_entry(p, card, weight=w, normalized_weight=w / total) for p, card, _, w in teachers]
-    path = _finish(spec, state, bundle, cfg, kind="student", parents=parents, extra=extra)
+    path = finish_artifact(spec, state, bundle, cfg, kind="student", parents=parents, extra=extra)
     mark_chosen(path, cfg.storage_dir())
     return path
 
