@@ -249,7 +249,7 @@ def test_client_kd_uses_the_teacher(local_teacher):
     start = to_numpy_state(model.state_dict())
     x, y = plan.pool_x[plan.partitions[0]], plan.pool_y[plan.partitions[0]]
     plain = LocalSpec(epochs=2, batch_size=16, lr=0.05)
-    kd = LocalSpec(epochs=2, batch_size=16, lr=0.05, kd=KDSettings(temperature=3.0, alpha=0.9))
+    kd = LocalSpec(epochs=2, batch_size=16, lr=0.05, kd=KDSettings(temperature=3.0, alpha=0.1))
     s_plain, _ = train_client(model, start, x, y, plain, seed=1)
     s_kd, _ = train_client(model, start, x, y, kd, seed=1, teachers=[teacher])
     s_kd_no_teacher, _ = train_client(model, start, x, y, kd, seed=1)

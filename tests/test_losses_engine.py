@@ -24,20 +24,24 @@ def test_kd_loss_matches_the_written_formula():
     T, alpha = 3.0, 0.7
     p_t = F.softmax(t / T, dim=1)
     kl = (p_t * (p_t.log() - F.log_softmax(s / T, dim=1))).sum(dim=1).mean()
-    expected = alpha * T**2 * kl + (1 - alpha) * F.cross_entropy(s, y)
+    expected = alpha * F.cross_entropy(s, y) + (1 - alpha) * T**2 * kl
     assert torch.allclose(kd_loss(s, t, y, temperature=T, alpha=alpha), expected, atol=1e-6)
 
 
-def test_alpha_zero_is_cross_entropy_and_alpha_one_ignores_labels():
+def test_alpha_one_is_cross_entropy_and_alpha_zero_ignores_labels():
     s, t, y = _logits(1)
-    assert torch.allclose(kd_loss(s, t, y, temperature=4, alpha=0.0), F.cross_entropy(s, y))
+    assert torch.allclose(kd_loss(s, t, y, temperature=4, alpha=1.0), F.cross_entropy(s, y))
+    other_teacher = t.flip(0)
+    assert torch.allclose(kd_loss(s, other_teacher, y, temperature=4, alpha=1.0), F.cross_entropy(s, y))
     other_labels = (y + 1) % 5
-    assert torch.allclose(kd_loss(s, t, y, temperature=4, alpha=1.0), kd_loss(s, t, other_labels, temperature=4, alpha=1.0))
+    assert torch.allclose(kd_loss(s, t, y, temperature=4, alpha=0.0), kd_loss(s, t, other_labels, temperature=4, alpha=0.0))
+    assert not torch.allclose(kd_loss(s, t, y, temperature=4, alpha=0.0), F.cross_entropy(s, y))
 
 
-def test_loss_is_zero_when_student_equals_teacher_and_alpha_one():
+def test_loss_is_zero_when_student_equals_teacher_and_alpha_zero():
     s, _, y = _logits(2)
-    assert kd_loss(s, s.clone(), y, temperature=2, alpha=1.0).abs() < 1e-6
+    assert kd_loss(s, s.clone(), y, temperature=2, alpha=0.0).abs() < 1e-6
+    assert kd_loss(s, s.clone(), y, temperature=2, alpha=0.5) > 0  # the hard term remains
 
 
 def test_t_squared_keeps_soft_gradient_scale_independent_of_temperature():
@@ -47,7 +51,7 @@ def test_t_squared_keeps_soft_gradient_scale_independent_of_temperature():
     norms = []
     for T in (8.0, 32.0):
         s_ = s.clone().requires_grad_(True)
-        kd_loss(s_, t, y, temperature=T, alpha=1.0).backward()
+        kd_loss(s_, t, y, temperature=T, alpha=0.0).backward()
         norms.append(s_.grad.norm().item())
     assert 0.8 < norms[0] / norms[1] < 1.25
 
@@ -58,6 +62,13 @@ def test_kd_loss_rejects_bad_hyperparameters():
         kd_loss(s, t, y, temperature=0, alpha=0.5)
     with pytest.raises(ValueError, match="alpha"):
         kd_loss(s, t, y, temperature=1, alpha=1.5)
+
+
+@pytest.mark.parametrize("teacher_shape", [(8, 4), (7, 5), (8,)])
+def test_kd_loss_names_both_shapes_when_student_and_teacher_disagree(teacher_shape):
+    s, _, y = _logits(5)
+    with pytest.raises(ValueError, match=r"student logits \(8, 5\) and teacher logits .* same \(B, C\) shape"):
+        kd_loss(s, torch.zeros(teacher_shape), y, temperature=2, alpha=0.5)
 
 
 def test_ensemble_of_one_is_softmax_and_weights_are_normalized():
@@ -79,7 +90,7 @@ def test_cached_and_online_teacher_outputs_train_the_same_student():
     torch.manual_seed(1)
     student_a = build_model("mlp", bundle.input_shape, 10, {"hidden": [16]})
     student_b = copy.deepcopy(student_a)
-    kd = KDSettings(temperature=4.0, alpha=0.9)
+    kd = KDSettings(temperature=4.0, alpha=0.1)
     # Execute: same batches, one with cached logits, one running the teacher online.
     fit(student_a, bundle.x_train, bundle.y_train, epochs=2, lr=1e-2, batch_size=64, kd=kd, teacher_logits=cached)
     fit(student_b, bundle.x_train, bundle.y_train, epochs=2, lr=1e-2, batch_size=64, kd=kd, teachers=[teacher])

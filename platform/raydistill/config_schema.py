@@ -76,7 +76,7 @@ class DistillSection:
     teacher: str = ""  # teacher artifact dir; "" = the newest teacher under storage_path
     teachers: list[TeacherRef] = field(default_factory=list)  # ensemble; overrides `teacher`
     temperature: float = 8.0
-    alpha: float = 0.7
+    alpha: float = 0.3  # weight of the hard-label CE; 1 - alpha weighs T^2 * KL (see losses.kd_loss)
     mode: str = "cached"  # cached | online
     epochs: int = 60
     batch_size: int = 64  # per worker
@@ -163,6 +163,7 @@ class ServeSection:
     max_ongoing_requests: int = 32  # per replica; >= max_batch_size so batches can fill
     num_cpus: float = 0.5
     app_name: str = "raydistill"  # Serve application name; redeploying under it is a rolling update
+    ingress: str = "proxy"  # proxy (Serve's proxy actor) | haproxy (direct ingress; see serving/ingress.py)
 
 
 @dataclass(kw_only=True)

@@ -22,7 +22,7 @@ class KDSettings:
     """What the distillation step needs besides the batch."""
 
     temperature: float = 4.0
-    alpha: float = 0.9
+    alpha: float = 0.1  # weight of the hard-label CE; 1 - alpha weighs the soft term
     teacher_weights: tuple[float, ...] = (1.0,)
 
 
@@ -63,7 +63,7 @@ def batch_loss(model: nn.Module, batch: tuple[torch.Tensor, ...], *, kd: KDSetti
     online (``teachers``) teacher logits."""
     x, y = batch[0], batch[1]
     logits = model(x)
-    if kd is None or kd.alpha == 0.0:
+    if kd is None or kd.alpha == 1.0:
         return F.cross_entropy(logits, y)
     z_t = batch[2] if len(batch) > 2 else run_teachers(teachers, x)
     return kd_loss_from_probs(logits, teacher_probs(z_t.float(), kd), y,

@@ -34,29 +34,33 @@ def ensemble_soft_targets(teacher_logits: Sequence[torch.Tensor], weights: Seque
 def kd_loss_from_probs(student_logits: torch.Tensor, teacher_probs: torch.Tensor, labels: torch.Tensor,
                        *, temperature: float, alpha: float) -> torch.Tensor:
     """:func:`kd_loss` with the teacher given as softened probabilities ``(B, C)`` (ensembles)."""
+    if alpha >= 1.0:
+        return F.cross_entropy(student_logits, labels)
+    if student_logits.shape != teacher_probs.shape:
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher "
+                         f"{tuple(teacher_probs.shape)} must have the same (B, C) shape")
     log_p_student = F.log_softmax(student_logits / temperature, dim=-1)  # (B, C)
     # KL(p_t || p_s) summed over classes, averaged over the batch; the T^2 factor keeps the soft
     # term's gradient scale independent of T (Hinton et al. 2015, sec. 2).
     soft = F.kl_div(log_p_student, teacher_probs, reduction="batchmean") * temperature**2
-    if alpha >= 1.0:
+    if alpha <= 0.0:
         return soft
-    hard = F.cross_entropy(student_logits, labels)
-    return alpha * soft + (1.0 - alpha) * hard
+    return alpha * F.cross_entropy(student_logits, labels) + (1.0 - alpha) * soft
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
             *, temperature: float, alpha: float) -> torch.Tensor:
     """Knowledge-distillation loss (Hinton, Vinyals, Dean 2015).
 
-    ``L = alpha * T^2 * KL(softmax(z_t/T) || softmax(z_s/T)) + (1 - alpha) * CE(z_s, y)``
+    ``L = alpha * CE(z_s, y) + (1 - alpha) * T^2 * KL(softmax(z_t/T) || softmax(z_s/T))``
 
     Parameters
     ----------
     student_logits, teacher_logits : ``(B, C)`` float tensors.
     labels : ``(B,)`` int64 class indices.
     temperature : T > 0; higher T gives softer targets.
-    alpha : weight of the soft (teacher) term in [0, 1]; ``alpha=0`` is plain cross-entropy,
-        ``alpha=1`` pure distillation.
+    alpha : weight of the hard-label cross-entropy in [0, 1]; ``alpha=1`` is plain
+        cross-entropy (the teacher is ignored), ``alpha=0`` pure distillation (labels ignored).
 
     Returns
     -------
@@ -66,7 +70,10 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    if alpha == 0.0:
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
+                         f"{tuple(teacher_logits.shape)} must have the same (B, C) shape")
+    if alpha == 1.0:
         return F.cross_entropy(student_logits, labels)
     probs = soft_targets(teacher_logits.detach(), temperature)
     return kd_loss_from_probs(student_logits, probs, labels, temperature=temperature, alpha=alpha)

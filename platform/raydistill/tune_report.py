@@ -115,7 +115,7 @@ def plot_heatmap(rows: Sequence[dict], best: dict, path: Path) -> Path:
     temps = [r["temperature"] for r in rows]
     if min(temps) > 0 and max(temps) / min(temps) >= 4:
         ax.set_xscale("log")
-    ax.set(xlabel="temperature T", ylabel="alpha (weight of the soft-target term)",
+    ax.set(xlabel="temperature T", ylabel="alpha (weight of the hard-label CE term)",
            title="Student val accuracy over (T, alpha)")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8, frameon=False)
     fig.tight_layout()

@@ -118,7 +118,7 @@ def distill_ensemble(model: nn.Module, teacher_logits: np.ndarray, proxy_x: np.n
                      val: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """Distill ``teacher_logits`` ``(N, C)`` on the unlabeled ``proxy_x`` into ``model`` (in place).
 
-    Loss: ``kd_loss`` with ``alpha = 1`` (pure soft term, ``T^2 * KL(softmax(z_t/T) || softmax(z_s/T))``),
+    Loss: ``kd_loss`` with ``alpha = 0`` (pure soft term, ``T^2 * KL(softmax(z_t/T) || softmax(z_s/T))``),
     Adam. With ``val`` the model keeps the weights of the best validation accuracy seen, including
     before distillation (FedDF's early stopping on a validation set).
 
@@ -126,8 +126,8 @@ def distill_ensemble(model: nn.Module, teacher_logits: np.ndarray, proxy_x: np.n
     -------
     ``{"losses": [...], "val_accuracy": [before, after epoch 1, ...], "kept_epoch": e}``.
     """
-    kd = KDSettings(temperature=temperature, alpha=1.0)
-    unused_labels = np.zeros(len(proxy_x), dtype=np.int64)  # alpha = 1: labels never read
+    kd = KDSettings(temperature=temperature, alpha=0.0)
+    unused_labels = np.zeros(len(proxy_x), dtype=np.int64)  # alpha = 0: labels never read
     optimizer = make_optimizer(model, lr)
     best = (evaluate(model, *val)["accuracy"], 0, _snapshot(model)) if val is not None else None
     history = {"losses": [], "val_accuracy": [best[0]] if best else [], "kept_epoch": 0}
