@@ -282,13 +282,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests per cell (smoke run)")
     parser.add_argument("--students", nargs="+", default=list(STUDENTS), choices=list(STUDENTS))
+    parser.add_argument("--ingress", choices=["proxy", "haproxy"], default="proxy",
+                        help="Serve's HTTP proxy actor (default) or HAProxy in front of replicas that "
+                             "serve HTTP themselves (Ray's direct-ingress mode; see README, Serve)")
     args = parser.parse_args()
     args.concurrency = (1, 8, 32)
     args.requests, args.seconds = (100, 2.0) if args.quick else (600, 6.0)
     from ray import serve
 
     from raydistill.runtime import init_ray
+    from raydistill.serving.ingress import enable_ingress
 
+    enable_ingress(args.ingress)  # environment flags: before the local Ray starts
     init_ray("", num_cpus=2)
     serve_port, bare_port = free_port(), free_port()
     serve.start(http_options={"host": HOST, "port": serve_port}, logging_config={"enable_access_log": False})

@@ -138,6 +138,7 @@ def _validate_serve(cfg: Any) -> None:
     _require(1 <= s.min_replicas <= s.max_replicas, "serve.min_replicas",
              f"need 1 <= min_replicas <= max_replicas, got {s.min_replicas}, {s.max_replicas}")
     _one_of(s.quantize, "serve.quantize", ("none", "int8"))
+    _one_of(s.ingress, "serve.ingress", ("proxy", "haproxy"))
     _require(s.route_prefix.startswith("/"), "serve.route_prefix", "must start with '/'")
 
 

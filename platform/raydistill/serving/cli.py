@@ -6,6 +6,7 @@ what it started: the app, Serve if it was not running before, Ray if it started 
 """
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from pathlib import Path
@@ -15,6 +16,7 @@ from ..artifacts import load_card
 from ..config import Config
 from ..runtime import init_ray
 from .app import ServeArgs, build_app
+from .ingress import active_ingress, enable_ingress
 
 
 def serve_args(cfg: Config, artifact_ref: str | None = None) -> ServeArgs:
@@ -64,6 +66,7 @@ def deploy(cfg: Config, artifact_ref: str | None = None, *, blocking: bool = Fal
     if not blocking:
         return _start_and_run(cfg, app)
     started_ray = not ray.is_initialized()
+    prepare_ingress(cfg)
     init_ray(cfg.run.address, quiet=cfg.run.quiet)  # before our handlers: ray.init installs its own
     with StopSignals() as signals:
         serve_was_running = serve_is_running()
@@ -76,11 +79,30 @@ def deploy(cfg: Config, artifact_ref: str | None = None, *, blocking: bool = Fal
     return url
 
 
+def prepare_ingress(cfg: Config) -> str:
+    """Select ``serve.ingress`` when this process is about to start a local Ray; the ingress in use.
+
+    The flags are read by Ray's processes at start-up, so an attached cluster keeps its own
+    (set them on ``ray start``); a mismatch is reported, not silently ignored.
+    """
+    import ray
+
+    wanted = cfg.serve.ingress
+    if not ray.is_initialized() and not (cfg.run.address or os.environ.get("RAY_ADDRESS")):
+        enable_ingress(wanted)
+    active = active_ingress()
+    if active != wanted:
+        print(f"serve.ingress={wanted} is not in effect (Ray was already running or is remote; start it with "
+              f"the flags in raydistill.serving.ingress.INGRESS_FLAGS['{wanted}']); using {active}", flush=True)
+    return active
+
+
 def _start_and_run(cfg: Config, app) -> str:
     """Start Serve on ``serve.host:port`` (or join the running one) and deploy ``app``; the URL."""
     from ray import serve
 
     s = cfg.serve
+    prepare_ingress(cfg)
     init_ray(cfg.run.address, quiet=cfg.run.quiet)
     serve.start(http_options={"host": s.host, "port": s.port}, logging_config={"enable_access_log": False})
     serve.run(app, name=s.app_name, route_prefix=s.route_prefix)
