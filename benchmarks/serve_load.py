@@ -287,7 +287,7 @@ def main() -> None:
                              "serve HTTP themselves (Ray's direct-ingress mode; see README, Serve)")
     args = parser.parse_args()
     args.concurrency = (1, 8, 32)
-    args.requests, args.seconds = (100, 2.0) if args.quick else (600, 6.0)
+    args.requests, args.seconds = (100, 2.0) if args.quick else (4000, 4.0)
     from ray import serve
 
     from raydistill.runtime import init_ray

@@ -40,6 +40,7 @@ def test_override_parses_yaml_values_and_keeps_siblings():
     ("data.val_fraction=1.2", "data.val_fraction"),
     ("run.use_gpu=maybe", "run.use_gpu"),
     ("run.storage_path=s3://bucket/runs", "run.storage_path"),
+    ("serve.ingress=nginx", "serve.ingress"),
 ])
 def test_bad_override_names_the_key(override, key):
     with pytest.raises(ConfigError) as err:

@@ -267,3 +267,16 @@ def test_importing_the_serving_package_does_not_import_ray():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
 
     assert out.stdout.strip() == "False"
+
+
+def test_ingress_flags_are_set_only_for_haproxy_and_unknown_kinds_name_the_key(monkeypatch):
+    from raydistill.serving.ingress import INGRESS_FLAGS, active_ingress, enable_ingress
+
+    for name in INGRESS_FLAGS["haproxy"]:
+        monkeypatch.delenv(name, raising=False)
+    assert enable_ingress("proxy") == {} and active_ingress() == "proxy"
+    assert enable_ingress("haproxy")["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1"
+    assert active_ingress() == "haproxy"
+    assert active_ingress({"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"}) == "proxy"  # needs both flags
+    with pytest.raises(ValueError, match="serve.ingress: must be one of"):
+        enable_ingress("nginx")
