@@ -46,3 +46,14 @@ def test_make_demo_and_make_test_run_what_the_readme_promises():
     assert "pytest" in makefile.split("\ntest:")[1].split("\n\n")[0]
     assert "make test" in (REPO / ".ci" / "run").read_text()
     assert "make demo" in README and "make test" in README
+
+
+def test_every_benchmark_script_in_the_readme_exists_and_takes_its_flags():
+    scripts = set(re.findall(r"benchmarks/(\w+\.py)", README))
+    assert "digits_accuracy.py" in scripts and "serve_load.py" in scripts
+    for name in scripts:
+        source = (REPO / "benchmarks" / name).read_text()
+        for flag in set(re.findall(rf"benchmarks/{re.escape(name)}((?: --?[\w-]+(?: [\w.=/{{}}:\[\]-]+)*)*)", README)):
+            for option in re.findall(r"--([\w-]+)", flag):
+                if option != "set":
+                    assert f'"--{option}"' in source, f"README runs {name} with --{option}, which it does not take"
