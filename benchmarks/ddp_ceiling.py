@@ -1,0 +1,89 @@
+"""The ceiling for (d) in distill_throughput.py, without Ray: plain ``torch.distributed`` DDP
+(gloo, N processes, 1 thread each) against one process with N threads, same student, data, batch
+per process and cached-KD loss. If DDP itself cannot reach 0.9x here, Ray Train cannot either.
+
+    .venv/bin/python benchmarks/ddp_ceiling.py [--student mlp128|cnn_small] [--epochs 3]
+"""
+from __future__ import annotations
+
+import argparse
+import socket
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from raydistill.config import load_config
+from raydistill.data import load_data
+from raydistill.engine import KDSettings, iterate_batches, make_optimizer, train_epoch
+from raydistill.models import build_model
+
+from distill_throughput import SHARED_FASHION, STUDENTS
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _train(rank: int, world: int, threads: int, student: str, epochs: int, batch: int, port: int, out) -> None:
+    """Train on this rank's slice; rank 0 puts the median steady-state samples/s of all ranks."""
+    torch.set_num_threads(threads)
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    cfg = load_config(None, ["data.name=fashion_mnist", f"data.root={SHARED_FASHION}"])
+    bundle = load_data(cfg.data, 0)
+    x, y = torch.as_tensor(bundle.x_train[rank::world]), torch.as_tensor(bundle.y_train[rank::world])
+    logits = torch.randn(len(y), bundle.num_classes)  # stands in for cached teacher logits
+    name, args = STUDENTS[student]
+    torch.manual_seed(0)
+    model = build_model(name, bundle.input_shape, bundle.num_classes, args)
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    optimizer = make_optimizer(model, 1e-3)
+    times = []
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        train_epoch(model, iterate_batches([x, y, logits], batch, shuffle=True, seed=epoch), optimizer,
+                    kd=KDSettings(temperature=4.0, alpha=0.1))
+        times.append(time.perf_counter() - start)
+    if rank == 0:
+        out.put(world * len(y) / float(np.median(times[1:])))
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def measure(world: int, threads: int, args) -> float:
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_train, args=(r, world, threads, args.student, args.epochs, args.batch, args.port,
+                                              out)) for r in range(world)]
+    for p in procs:
+        p.start()
+    rate = out.get(timeout=1800)
+    for p in procs:
+        p.join(60)
+    return rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--student", choices=list(STUDENTS), default="mlp128")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=256)
+    args = parser.parse_args()
+    args.port = _free_port()
+    rows = {"1 process, 1 thread": measure(1, 1, args), "1 process, 2 threads": measure(1, 2, args),
+            "DDP 2 processes x 1 thread (gloo, no Ray)": measure(2, 1, args)}
+    base = rows["1 process, 2 threads"]
+    print(f"\n{args.student}, Fashion-MNIST, cached-KD loss, batch {args.batch}/process")
+    print(f"{'configuration':<44}{'samples/s':>12}{'vs 2 threads':>14}")
+    for name, rate in rows.items():
+        print(f"{name:<44}{rate:>12,.0f}{rate / base:>13.2f}x")
+
+
+if __name__ == "__main__":
+    main()
