@@ -7,7 +7,6 @@ per process and cached-KD loss. If DDP itself cannot reach 0.9x here, Ray Train 
 from __future__ import annotations
 
 import argparse
-import socket
 import time
 
 import numpy as np
@@ -19,14 +18,9 @@ from raydistill.config import load_config
 from raydistill.data import load_data
 from raydistill.engine import KDSettings, iterate_batches, make_optimizer, train_epoch
 from raydistill.models import build_model
+from raydistill.runtime import free_local_port
 
 from distill_throughput import SHARED_FASHION, STUDENTS
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _train(rank: int, world: int, threads: int, student: str, epochs: int, batch: int, port: int, out) -> None:
@@ -75,7 +69,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch", type=int, default=256)
     args = parser.parse_args()
-    args.port = _free_port()
+    args.port = free_local_port()
     rows = {"1 process, 1 thread": measure(1, 1, args), "1 process, 2 threads": measure(1, 2, args),
             "DDP 2 processes x 1 thread (gloo, no Ray)": measure(2, 1, args)}
     base = rows["1 process, 2 threads"]

@@ -270,14 +270,6 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests per cell (smoke run)")
@@ -290,12 +282,12 @@ def main() -> None:
     args.requests, args.seconds = (100, 2.0) if args.quick else (4000, 4.0)
     from ray import serve
 
-    from raydistill.runtime import init_ray
+    from raydistill.runtime import free_local_port, init_ray
     from raydistill.serving.ingress import enable_ingress
 
     enable_ingress(args.ingress)  # environment flags: before the local Ray starts
     init_ray("", num_cpus=2)
-    serve_port, bare_port = free_port(), free_port()
+    serve_port, bare_port = free_local_port(HOST), free_local_port(HOST)
     serve.start(http_options={"host": HOST, "port": serve_port}, logging_config={"enable_access_log": False})
     rows, extras = [], {}
     try:

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
 from pathlib import Path
 
 import pytest
+
+from raydistill.runtime import free_local_port
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RAYDISTILL_SHARED", REPO.parent / "shared"))
@@ -24,10 +25,7 @@ _TMP = tempfile.mkdtemp(prefix="rdt-", dir="/tmp")
 os.environ.setdefault("RAY_TMPDIR", _TMP)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+free_port = free_local_port
 
 
 @pytest.fixture(scope="session")

@@ -38,6 +38,15 @@ def _quiet_data(ray) -> None:
     ctx.print_on_execution_start = False
 
 
+def free_local_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nothing listens on right now (the OS picks it; tests, benchmarks)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
 def cluster_cpus() -> float:
     """Total CPUs the running cluster reports (what concurrency caps are derived from)."""
     import ray
