@@ -1,4 +1,4 @@
-"""Bounded HTTP load and polling helpers for tests/test_serve.py (no Ray-remote code here)."""
+"""Bounded HTTP load and polling helpers for the Serve tests (no Ray-remote code here)."""
 from __future__ import annotations
 
 import threading
@@ -18,6 +18,14 @@ def wait_until(predicate, timeout_s: float, poll_s: float = 0.25) -> bool:
             return True
         time.sleep(poll_s)
     return predicate()
+
+
+def answers_200(url: str, timeout_s: float = 2.0) -> bool:
+    """GET ``url`` returns 200 (False on any HTTP/connection error)."""
+    try:
+        return httpx.get(url, timeout=timeout_s).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def replica_actors(name: str) -> list:

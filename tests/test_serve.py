@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from _serve_helpers import DEPLOYMENT, LoadResult, replica_actors, run_load, wait_until
+from _serve_helpers import DEPLOYMENT, LoadResult, answers_200, replica_actors, run_load, wait_until
 from conftest import REPO, free_port, make_local_artifact
 from raydistill.artifacts import ArtifactError, load_artifact, load_card
 from raydistill.config import load_config
@@ -342,7 +342,7 @@ def test_cli_serves_int8_until_sigterm_then_removes_its_app(served):
 
     def call_then_stop() -> None:
         url = f"http://127.0.0.1:{served.port}/cli/"
-        if wait_until(lambda: _ok(f"{url}healthz"), timeout_s=60):
+        if wait_until(lambda: answers_200(f"{url}healthz"), timeout_s=60):
             seen["card"] = httpx.get(f"{url}v1/model").json()
             seen["pred"] = post(url, json={"instances": raw_digits(8).tolist()}).json()
         os.kill(os.getpid(), signal.SIGTERM)
@@ -355,10 +355,3 @@ def test_cli_serves_int8_until_sigterm_then_removes_its_app(served):
     assert seen["pred"]["model"]["quantize"] == "int8" and len(seen["pred"]["predictions"]) == 8
     assert "cli" not in serve.status().applications  # removed; Serve itself was ours, not the CLI's
     assert post(served.url, json={"instances": [ONE]}).status_code == 200
-
-
-def _ok(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2.0).status_code == 200
-    except httpx.HTTPError:
-        return False

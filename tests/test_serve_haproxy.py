@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from _serve_helpers import wait_until
+from _serve_helpers import answers_200, wait_until
 from conftest import REPO, free_port
 from raydistill.artifacts import load_artifact
 from raydistill.data import normalize
@@ -45,13 +45,6 @@ def _listener_process_name(port: int) -> str:
     return ""
 
 
-def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}healthz", timeout=2.0).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 @pytest.mark.timeout(240)
 def test_cli_with_haproxy_ingress_serves_the_same_answers_and_shuts_down_on_sigint(local_student):
     # Arrange: the blocking CLI with its own Ray (no RAY_ADDRESS), HAProxy ingress, a free port.
@@ -65,7 +58,8 @@ def test_cli_with_haproxy_ingress_serves_the_same_answers_and_shuts_down_on_sigi
          "--set", "serve.ingress=haproxy", "--set", f"serve.port={port}", "--set", "serve.max_replicas=1"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        assert wait_until(lambda: _healthy(url) or proc.poll() is not None, timeout_s=150), "no /healthz in 150 s"
+        up = wait_until(lambda: answers_200(f"{url}healthz") or proc.poll() is not None, timeout_s=150)
+        assert up, "no /healthz in 150 s"
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         pixels = load_digits().images[:8, None].astype(np.float32)
 
@@ -91,4 +85,4 @@ def test_cli_with_haproxy_ingress_serves_the_same_answers_and_shuts_down_on_sigi
     assert bad.status_code == 422 and "expected shape [1, 8, 8] or [8, 8], got [28, 28]" in bad.text
     assert card["weights_sha256"] == artifact_card["weights_sha256"]
     assert proc.returncode == 0, out[-3000:]
-    assert not _healthy(url), "still serving after SIGINT"
+    assert not answers_200(f"{url}healthz"), "still serving after SIGINT"
