@@ -83,10 +83,11 @@ def main() -> None:
     t0 = time.perf_counter()
     logits = predict_logits(teacher, bundle.x_train)
     logits_s = time.perf_counter() - t0
-    rows = {"(a) plain loop, student alone, 1 thread": timed_fit(bundle, spec, threads=1, epochs=args.epochs, batch=args.batch),
-            "(a2) plain loop, student alone, 2 threads": timed_fit(bundle, spec, threads=2, epochs=args.epochs, batch=args.batch),
-            "(b) online KD, 1 thread": timed_fit(bundle, spec, threads=1, epochs=args.epochs, batch=args.batch, kd=kd, teachers=[teacher]),
-            "(c) cached KD, 1 thread": timed_fit(bundle, spec, threads=1, epochs=args.epochs, batch=args.batch, kd=kd, logits=logits)}
+    run = dict(epochs=args.epochs, batch=args.batch)
+    rows = {"(a) plain loop, student alone, 1 thread": timed_fit(bundle, spec, threads=1, **run),
+            "(a2) plain loop, student alone, 2 threads": timed_fit(bundle, spec, threads=2, **run),
+            "(b) online KD, 1 thread": timed_fit(bundle, spec, threads=1, kd=kd, teachers=[teacher], **run),
+            "(c) cached KD, 1 thread": timed_fit(bundle, spec, threads=1, kd=kd, logits=logits, **run)}
     from raydistill.runtime import init_ray
 
     init_ray("")

@@ -52,7 +52,7 @@ def fit_stage(spec: StageSpec, datasets: dict, cfg: Config, *, workers: int, max
 
 
 def finish_artifact(spec: StageSpec, state: TrainState, bundle: DataBundle, cfg: Config, *, kind: str,
-            parents: list[dict], extra: dict) -> Path:
+                    parents: list[dict], extra: dict) -> Path:
     """Measure test accuracy once, then write the artifact atomically."""
     model = build_for_spec(spec)
     model.load_state_dict(state.model)
@@ -78,8 +78,8 @@ def train_teacher(cfg: Config, *, seed: int | None = None) -> Path:
                      input_shape=bundle.input_shape, num_classes=bundle.num_classes, epochs=t.epochs,
                      lr=t.lr, batch_size=t.batch_size, weight_decay=t.weight_decay, seed=seed)
     state = fit_stage(spec, _datasets(bundle), cfg, workers=t.workers, max_failures=t.max_failures)
-    return finish_artifact(spec, state, bundle, cfg, kind="teacher", parents=[],
-                   extra={"training": {"workers": t.workers, "lr": t.lr, "batch_size": t.batch_size, "seed": seed}})
+    training = {"workers": t.workers, "lr": t.lr, "batch_size": t.batch_size, "seed": seed}
+    return finish_artifact(spec, state, bundle, cfg, kind="teacher", parents=[], extra={"training": training})
 
 
 def teacher_refs(cfg: Config) -> list[TeacherRef]:
@@ -126,18 +126,25 @@ def distill_student(cfg: Config, *, baseline: bool = False) -> Path:
         spec = student_spec(cfg, bundle, kd=None, stage="baseline")
         state = fit_stage(spec, _datasets(bundle), cfg, workers=d.workers, max_failures=d.max_failures,
                           crash_at_epoch=d.crash_at_epoch)
-        return finish_artifact(spec, state, bundle, cfg, kind="baseline", parents=[], extra={"training": training_record(cfg)})
+        return finish_artifact(spec, state, bundle, cfg, kind="baseline", parents=[],
+                               extra={"training": training_record(cfg)})
     teachers = load_teachers(cfg, bundle)
     kd = KDSettings(temperature=d.temperature, alpha=d.alpha, teacher_weights=tuple(w for *_, w in teachers))
     spec = student_spec(cfg, bundle, kd=kd, stage="student")
     datasets, teachers_ref = _distill_inputs(cfg, bundle, teachers)
     state = fit_stage(spec, datasets, cfg, workers=d.workers, max_failures=d.max_failures,
                       cached=d.mode == "cached", teachers_ref=teachers_ref, crash_at_epoch=d.crash_at_epoch)
-    total = sum(w for *_, w in teachers)  # the loss mixes with w / total (losses.ensemble_soft_targets)
-    parents = [parent_entry(p, card, weight=w, normalized_weight=w / total) for p, card, _, w in teachers]
+    parents = teacher_parents(teachers)
     extra = {"distillation": {"temperature": d.temperature, "alpha": d.alpha, "mode": d.mode},
              "training": training_record(cfg)}
     return finish_artifact(spec, state, bundle, cfg, kind="student", parents=parents, extra=extra)
+
+
+def teacher_parents(teachers: Sequence[tuple]) -> list[dict]:
+    """Card ``parents`` entries for ``load_teachers`` output, with each weight and its share
+    ``w / sum(w)`` (what the loss mixes with, losses.ensemble_soft_targets)."""
+    total = sum(w for *_, w in teachers)
+    return [parent_entry(p, card, weight=w, normalized_weight=w / total) for p, card, _, w in teachers]
 
 
 def _distill_inputs(cfg: Config, bundle: DataBundle, teachers: Sequence[tuple]) -> tuple[dict, object]:
@@ -157,4 +164,4 @@ def training_record(cfg: Config) -> dict:
 
 
 __all__ = ["train_teacher", "distill_student", "fit_stage", "finish_artifact", "load_teachers", "teacher_refs",
-           "training_record"]
+           "teacher_parents", "training_record"]

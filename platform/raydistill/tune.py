@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Sequence
 
 from .artifacts import ArtifactError, list_artifacts, load_card, mark_chosen, resolve_artifact
-from .cards import parent_entry
 from .config import Config, ConfigError, load_config, save_config
 from .tune_report import (BEST_FILE, CURVES_FILE, HEATMAP_FILE, RESULTS_FILE, best_row, epoch_history,
                           error_message, format_top_table, plot_curves, plot_heatmap, trial_row, write_best_yaml,
@@ -167,7 +166,7 @@ def best_state(trial):
 
 def save_chosen(cfg: Config, bundle, teachers, settings, trial, best: dict, sweep_dir: Path) -> Path:
     """Test accuracy measured once on the test split, artifact kind "student", marked chosen."""
-    from .train import finish_artifact, training_record
+    from .train import finish_artifact, teacher_parents, training_record
     from .tune_trial import SEARCHED_KEYS, trial_spec
 
     state = best_state(trial)
@@ -177,9 +176,7 @@ def save_chosen(cfg: Config, bundle, teachers, settings, trial, best: dict, swee
              "training": {**training_record(cfg), "epochs": state.epoch, "lr": best["lr"]},
              "tune": {"sweep": str(sweep_dir), "trial_id": trial.trial_id, "best_config": best_config,
                       "metric": cfg.tune.metric, "mode": cfg.tune.mode, "score": best["score"]}}
-    total = sum(w for *_, w in teachers)  # as in distill_student: the loss mixes with w / total
-    parents = [parent_entry(p, card, weight=w, normalized_weight=w / total) for p, card, _, w in teachers]
-    path = finish_artifact(spec, state, bundle, cfg, kind="student", parents=parents, extra=extra)
+    path = finish_artifact(spec, state, bundle, cfg, kind="student", parents=teacher_parents(teachers), extra=extra)
     mark_chosen(path, cfg.storage_dir())
     return path
 

@@ -63,11 +63,11 @@ def deploy(cfg: Config, artifact_ref: str | None = None, *, blocking: bool = Fal
     import ray
 
     app = build_app(serve_args(cfg, artifact_ref))  # verifies the artifact first
-    if not blocking:
-        return _start_and_run(cfg, app)
     started_ray = not ray.is_initialized()
     prepare_ingress(cfg)
     init_ray(cfg.run.address, quiet=cfg.run.quiet)  # before our handlers: ray.init installs its own
+    if not blocking:
+        return _start_and_run(cfg, app)
     with StopSignals() as signals:
         serve_was_running = serve_is_running()
         try:
@@ -98,12 +98,11 @@ def prepare_ingress(cfg: Config) -> str:
 
 
 def _start_and_run(cfg: Config, app) -> str:
-    """Start Serve on ``serve.host:port`` (or join the running one) and deploy ``app``; the URL."""
+    """Start Serve on ``serve.host:port`` (or join the running one) and deploy ``app`` on the
+    running Ray; the URL."""
     from ray import serve
 
     s = cfg.serve
-    prepare_ingress(cfg)
-    init_ray(cfg.run.address, quiet=cfg.run.quiet)
     serve.start(http_options={"host": s.host, "port": s.port}, logging_config={"enable_access_log": False})
     serve.run(app, name=s.app_name, route_prefix=s.route_prefix)
     return proxy_url(s.host, s.port, s.route_prefix)
