@@ -28,6 +28,32 @@ def test_kd_loss_matches_the_written_formula():
     assert torch.allclose(kd_loss(s, t, y, temperature=T, alpha=alpha), expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("T,alpha", [(1.0, 0.1), (4.0, 0.0), (8.0, 0.5), (2.5, 0.9)])
+def test_kd_loss_gradient_equals_autograd_of_the_formula(T, alpha):
+    # kd_loss backpropagates through a hand-written closed form (one autograd node); it must match
+    # what autograd derives from the written formula, and gradcheck in float64.
+    s, t, y = _logits(7, b=16, c=10)
+    ours = s.clone().requires_grad_(True)
+    kd_loss(ours, t, y, temperature=T, alpha=alpha).backward()
+    ref = s.clone().requires_grad_(True)
+    p_t = F.softmax(t / T, dim=1)
+    kl = (p_t * (p_t.log() - F.log_softmax(ref / T, dim=1))).sum(dim=1).mean()
+    (alpha * F.cross_entropy(ref, y) + (1 - alpha) * T**2 * kl).backward()
+    assert torch.allclose(ours.grad, ref.grad, atol=1e-6)
+    s64 = s.double().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda z: kd_loss(z, t.double(), y, temperature=T, alpha=alpha), (s64,))
+
+
+def test_kd_loss_scales_with_the_upstream_gradient_and_leaves_the_teacher_alone():
+    s, t, y = _logits(8)
+    once, twice = s.clone().requires_grad_(True), s.clone().requires_grad_(True)
+    teacher = t.clone().requires_grad_(True)
+    kd_loss(once, teacher, y, temperature=3, alpha=0.3).backward()
+    (2.5 * kd_loss(twice, t, y, temperature=3, alpha=0.3)).backward()
+    assert torch.allclose(2.5 * once.grad, twice.grad, atol=1e-6)
+    assert teacher.grad is None
+
+
 def test_alpha_one_is_cross_entropy_and_alpha_zero_ignores_labels():
     s, t, y = _logits(1)
     assert torch.allclose(kd_loss(s, t, y, temperature=4, alpha=1.0), F.cross_entropy(s, y))

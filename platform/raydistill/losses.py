@@ -31,21 +31,55 @@ def ensemble_soft_targets(teacher_logits: Sequence[torch.Tensor], weights: Seque
     return mix
 
 
+class _KDLoss(torch.autograd.Function):
+    """The KD loss and its gradient as one autograd node.
+
+    For a small student the soft term's cost is per-op overhead, not arithmetic: written with
+    ``log_softmax`` / ``kl_div`` / ``cross_entropy`` under autograd it adds ~20 forward and backward
+    ops to every step (~8% of a 2 ms MLP step). Here the forward computes the value and the
+    closed-form gradient together, and the backward is one multiply:
+
+        dL/dz_s = alpha/B * (softmax(z_s) - onehot(y)) + (1 - alpha) * T/B * (softmax(z_s/T) - p_t)
+
+    (the T^2 of the loss times the 1/T of d(z_s/T)/dz_s). The teacher side gets no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, student_logits, teacher_probs, labels, temperature: float, alpha: float):
+        batch, classes = student_logits.shape
+        log_q = F.log_softmax(student_logits * (1.0 / temperature), dim=-1)  # (B, C) softened student
+        # sum over the batch of KL(p_t || q); kl_div takes log q and p and computes p (log p - log q)
+        value = F.kl_div(log_q, teacher_probs, reduction="sum") * ((1.0 - alpha) * temperature**2 / batch)
+        grad = log_q.exp_().sub_(teacher_probs).mul_((1.0 - alpha) * temperature / batch)  # (B, C)
+        if alpha > 0.0:
+            log_p = F.log_softmax(student_logits, dim=-1)  # (B, C) for the hard-label CE
+            value = torch.add(value, F.nll_loss(log_p, labels), alpha=alpha)
+            grad.add_(log_p.exp_().sub_(F.one_hot(labels, classes)), alpha=alpha / batch)
+        ctx.save_for_backward(grad)
+        return value
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_output, None, None, None, None
+
+
 def kd_loss_from_probs(student_logits: torch.Tensor, teacher_probs: torch.Tensor, labels: torch.Tensor,
                        *, temperature: float, alpha: float) -> torch.Tensor:
-    """:func:`kd_loss` with the teacher given as softened probabilities ``(B, C)`` (ensembles)."""
+    """:func:`kd_loss` with the teacher given as softened probabilities ``(B, C)`` (ensembles).
+
+    ``teacher_probs`` is a target: it gets no gradient.
+    """
     if alpha >= 1.0:
         return F.cross_entropy(student_logits, labels)
     if student_logits.shape != teacher_probs.shape:
         raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher "
                          f"{tuple(teacher_probs.shape)} must have the same (B, C) shape")
-    log_p_student = F.log_softmax(student_logits / temperature, dim=-1)  # (B, C)
     # KL(p_t || p_s) summed over classes, averaged over the batch; the T^2 factor keeps the soft
     # term's gradient scale independent of T (Hinton et al. 2015, sec. 2).
-    soft = F.kl_div(log_p_student, teacher_probs, reduction="batchmean") * temperature**2
-    if alpha <= 0.0:
-        return soft
-    return alpha * F.cross_entropy(student_logits, labels) + (1.0 - alpha) * soft
+    return _KDLoss.apply(student_logits, teacher_probs.detach().to(student_logits.dtype), labels,
+                         float(temperature), float(max(alpha, 0.0)))
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
