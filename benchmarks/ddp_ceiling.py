@@ -1,6 +1,8 @@
 """The ceiling for (d) in distill_throughput.py, without Ray: plain ``torch.distributed`` DDP
 (gloo, N processes, 1 thread each) against one process with N threads, same student, data, batch
 per process and cached-KD loss. If DDP itself cannot reach 0.9x here, Ray Train cannot either.
+Also prints the time of one gloo all-reduce of the student's gradient, the fixed cost DDP adds to
+every step (on this VM ~1-2 ms even for a few kB: many round trips between two processes).
 
     .venv/bin/python benchmarks/ddp_ceiling.py [--student mlp128|cnn_small] [--epochs 3]
 """
@@ -44,23 +46,35 @@ def _train(rank: int, world: int, threads: int, student: str, epochs: int, batch
         train_epoch(model, iterate_batches([x, y, logits], batch, shuffle=True, seed=epoch), optimizer,
                     kd=KDSettings(temperature=4.0, alpha=0.1))
         times.append(time.perf_counter() - start)
+    allreduce_ms = _allreduce_ms(sum(p.numel() for p in model.parameters())) if world > 1 else None
     if rank == 0:
-        out.put(world * len(y) / float(np.median(times[1:])))
+        out.put((world * len(y) / float(np.median(times[1:])), allreduce_ms))
     if world > 1:
         dist.destroy_process_group()
 
 
-def measure(world: int, threads: int, args) -> float:
+def _allreduce_ms(numel: int, calls: int = 200) -> float:
+    """Milliseconds per gloo all-reduce of a float32 tensor the size of the model's gradient."""
+    grads = torch.zeros(numel)
+    dist.barrier()
+    start = time.perf_counter()
+    for _ in range(calls):
+        dist.all_reduce(grads)
+    return (time.perf_counter() - start) / calls * 1e3
+
+
+def measure(world: int, threads: int, args) -> tuple[float, float | None]:
+    """(samples/s, ms per gradient all-reduce or None for one process)."""
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     procs = [ctx.Process(target=_train, args=(r, world, threads, args.student, args.epochs, args.batch, args.port,
                                               out)) for r in range(world)]
     for p in procs:
         p.start()
-    rate = out.get(timeout=1800)
+    result = out.get(timeout=1800)
     for p in procs:
         p.join(60)
-    return rate
+    return result
 
 
 def main() -> None:
@@ -70,13 +84,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     args = parser.parse_args()
     args.port = free_local_port()
-    rows = {"1 process, 1 thread": measure(1, 1, args), "1 process, 2 threads": measure(1, 2, args),
-            "DDP 2 processes x 1 thread (gloo, no Ray)": measure(2, 1, args)}
-    base = rows["1 process, 2 threads"]
+    (one, _), (two_threads, _), (ddp, allreduce_ms) = (measure(1, 1, args), measure(1, 2, args), measure(2, 1, args))
+    rows = {"1 process, 1 thread": one, "1 process, 2 threads": two_threads, "DDP 2 processes x 1 thread (gloo, no Ray)": ddp}
     print(f"\n{args.student}, Fashion-MNIST, cached-KD loss, batch {args.batch}/process")
     print(f"{'configuration':<44}{'samples/s':>12}{'vs 2 threads':>14}")
     for name, rate in rows.items():
-        print(f"{name:<44}{rate:>12,.0f}{rate / base:>13.2f}x")
+        print(f"{name:<44}{rate:>12,.0f}{rate / two_threads:>13.2f}x")
+    print(f"one 1-thread step of {args.batch}: {args.batch / one * 1e3:.2f} ms; one gloo all-reduce of the "
+          f"gradient (what DDP adds to every step): {allreduce_ms:.2f} ms")
 
 
 if __name__ == "__main__":

@@ -3,14 +3,16 @@
   (a)  plain single-process PyTorch loop, student alone, 1 thread       <- the baseline (ratio 1.0)
   (a2) the same plain loop with 2 threads (both cores)
   (b)  online KD (teacher forward every step), in-process
-  (c)  cached KD (teacher logits computed once), in-process
+  (c)  cached KD (teacher logits computed once), in-process; (c2) the same with 2 threads
   (d)  Ray Train cached KD with 1 and 2 workers (steady-state epochs, from the reported epoch times;
        start-up and teardown are reported separately as wall time)
 
-Batch size is per process/worker. Two students: ``mlp128`` (MLP 784-128-10: 102k parameters,
+Every row but (b) and the 1-worker (d) is measured ``--repeats`` times, interleaved (this VM's
+speed drifts by +-10% over minutes); each goal ratio is taken within a pass, then the median over
+passes is reported. Batch size is per process/worker. Two students: ``mlp128`` (MLP 784-128-10: 102k parameters,
 0.1 M multiply-adds per sample, so per-step overheads and DDP's all-reduce of 0.4 MB weigh a lot) and
 ``cnn_small`` (conv 16/32 channels: 14k parameters, 1 M multiply-adds per sample: compute-bound). Usage:
-    .venv/bin/python benchmarks/distill_throughput.py [--student mlp128|cnn_small] [--epochs 3]
+    .venv/bin/python benchmarks/distill_throughput.py [--student mlp128|cnn_small] [--epochs 3] [--repeats 3]
 """
 from __future__ import annotations
 
@@ -58,12 +60,42 @@ def ray_fit(cfg_overrides: list[str], workers: int, n_train: int) -> tuple[float
     return n_train / float(np.median(times)), wall
 
 
+A1, A2, C1, C2 = ("(a) plain loop, student alone, 1 thread", "(a2) plain loop, student alone, 2 threads",
+                  "(c) cached KD, 1 thread", "(c2) cached KD, 2 threads")
+B1, D1, D2 = "(b) online KD, 1 thread", "(d) Ray Train cached KD, 1 worker", "(d) Ray Train cached KD, 2 workers"
+PAIRS = {"(c) / (a)": (C1, A1), "(d, 2 workers) / (a2)": (D2, A2), "(d, 2 workers) / (c2)": (D2, C2)}
+
+
+def one_repeat(bundle, spec, teacher, teacher_path, logits, args, base, *, first: bool) -> tuple[dict, dict]:
+    """One pass over every row, in-process rows first (no Ray running), then a fresh Ray runtime
+    for the Ray Train rows, shut down again so the next repeat's plain loops run without it."""
+    import ray
+
+    from raydistill.runtime import init_ray
+
+    kd = KDSettings(temperature=4.0, alpha=0.1)
+    run = dict(epochs=args.epochs, batch=args.batch)
+    rows = {A1: timed_fit(bundle, spec, threads=1, **run), C1: timed_fit(bundle, spec, threads=1, kd=kd, logits=logits, **run),
+            A2: timed_fit(bundle, spec, threads=2, **run), C2: timed_fit(bundle, spec, threads=2, kd=kd, logits=logits, **run)}
+    if first:  # online KD is an order of magnitude off the goal's rows; once is enough
+        rows[B1] = timed_fit(bundle, spec, threads=1, kd=kd, teachers=[teacher], **run)
+    init_ray("")
+    overrides = [*base, f"distill.teacher={teacher_path}"]
+    walls = {}
+    for workers in (1, 2) if first else (2,):
+        rows[D1 if workers == 1 else D2], walls[workers] = ray_fit(overrides, workers, len(bundle.y_train))
+    ray.shutdown()
+    return rows, walls
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset", default="fashion_mnist")
     parser.add_argument("--root", default=str(SHARED_FASHION))
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="interleaved passes over all rows; ratios are paired within a pass, then the median")
     parser.add_argument("--student", choices=list(STUDENTS), default="mlp128")
     args = parser.parse_args()
     spec = STUDENTS[args.student]
@@ -79,34 +111,34 @@ def main() -> None:
     card = build_card(kind="teacher", model_name="mlp", model_args={"hidden": [1200, 1200]}, bundle=bundle, seed=0,
                       metrics={"test_accuracy": None})
     teacher_path = save_artifact(new_artifact_path(storage, "teacher"), teacher, card)
-    kd = KDSettings(temperature=4.0, alpha=0.1)
     t0 = time.perf_counter()
     logits = predict_logits(teacher, bundle.x_train)
     logits_s = time.perf_counter() - t0
-    run = dict(epochs=args.epochs, batch=args.batch)
-    rows = {"(a) plain loop, student alone, 1 thread": timed_fit(bundle, spec, threads=1, **run),
-            "(a2) plain loop, student alone, 2 threads": timed_fit(bundle, spec, threads=2, **run),
-            "(b) online KD, 1 thread": timed_fit(bundle, spec, threads=1, kd=kd, teachers=[teacher], **run),
-            "(c) cached KD, 1 thread": timed_fit(bundle, spec, threads=1, kd=kd, logits=logits, **run)}
-    from raydistill.runtime import init_ray
+    passes, walls = [], {}
+    for r in range(args.repeats):
+        rows, wall = one_repeat(bundle, spec, teacher, teacher_path, logits, args, base, first=r == 0)
+        passes.append(rows)
+        walls.update(wall)
+        print(f"pass {r + 1}/{args.repeats}: " + ", ".join(f"{k} {rows[a] / rows[b]:.2f}x" for k, (a, b) in PAIRS.items()),
+              flush=True)
+    report(args, bundle, logits_s, passes, walls)
 
-    init_ray("")
-    overrides = [*base, f"distill.teacher={teacher_path}"]
-    walls = {}
-    for workers in (1, 2):
-        rate, walls[workers] = ray_fit(overrides, workers, len(bundle.y_train))
-        rows[f"(d) Ray Train cached KD, {workers} worker{'s' if workers > 1 else ''}"] = rate
-    baseline = rows["(a) plain loop, student alone, 1 thread"]
+
+def report(args, bundle, logits_s: float, passes: list[dict], walls: dict) -> None:
+    """Median samples/s per row, and each goal ratio as the median of its per-pass ratios."""
+    rows = {name: float(np.median([p[name] for p in passes if name in p]))
+            for name in (A1, A2, B1, C1, C2, D1, D2)}
+    ratios = {k: [p[a] / p[b] for p in passes] for k, (a, b) in PAIRS.items()}
     print(f"\n{args.dataset}: {len(bundle.y_train)} training samples, student {args.student}, batch {args.batch}/process, "
-          f"teacher logits once: {logits_s:.2f} s")
+          f"teacher logits once: {logits_s:.2f} s, median of {len(passes)} interleaved passes")
     print(f"{'configuration':<46}{'samples/s':>12}{'vs (a)':>9}")
     for name, rate in rows.items():
-        print(f"{name:<46}{rate:>12,.0f}{rate / baseline:>8.2f}x")
-    two = rows["(d) Ray Train cached KD, 2 workers"] / rows["(a2) plain loop, student alone, 2 threads"]
-    print(f"(d, 2 workers) / (a2, plain loop on both cores) = {two:.2f}x; Ray fit wall incl. start-up: "
-          + ", ".join(f"{w} worker(s) {s:.1f} s" for w, s in walls.items()))
-    print(json.dumps({"benchmark": "distill_throughput", "dataset": args.dataset, "student": args.student, "samples_per_s": rows,
-                      "ratio_d2_vs_a2": two, "ray_wall_s": walls}))
+        print(f"{name:<46}{rate:>12,.0f}{rate / rows[A1]:>8.2f}x")
+    for name, values in ratios.items():
+        print(f"{name:<46}{float(np.median(values)):>12.2f}x   per pass: " + " ".join(f"{v:.2f}" for v in values))
+    print("Ray fit wall incl. start-up: " + ", ".join(f"{w} worker(s) {s:.1f} s" for w, s in sorted(walls.items())))
+    print(json.dumps({"benchmark": "distill_throughput", "dataset": args.dataset, "student": args.student,
+                      "samples_per_s": rows, "ratios": ratios, "ray_wall_s": walls}))
 
 
 if __name__ == "__main__":
