@@ -44,6 +44,17 @@ def test_kd_loss_gradient_equals_autograd_of_the_formula(T, alpha):
     assert torch.autograd.gradcheck(lambda z: kd_loss(z, t.double(), y, temperature=T, alpha=alpha), (s64,))
 
 
+def test_kd_loss_is_finite_and_exact_for_huge_logits():
+    # log-softmax all the way: logits of 1e4 overflow exp() in float32, the loss must not.
+    s, t, y = (v * 1e4 if v.is_floating_point() else v for v in _logits(9))
+    ours = s.clone().requires_grad_(True)
+    loss = kd_loss(ours, t, y, temperature=2.0, alpha=0.3)
+    loss.backward()
+    ref = kd_loss(s.double(), t.double(), y, temperature=2.0, alpha=0.3)
+    assert torch.isfinite(loss) and torch.isfinite(ours.grad).all()
+    assert torch.allclose(loss.double(), ref, rtol=1e-5)
+
+
 def test_kd_loss_scales_with_the_upstream_gradient_and_leaves_the_teacher_alone():
     s, t, y = _logits(8)
     once, twice = s.clone().requires_grad_(True), s.clone().requires_grad_(True)
