@@ -50,7 +50,9 @@ def test_kd_loss_is_finite_and_exact_for_huge_logits():
     ours = s.clone().requires_grad_(True)
     loss = kd_loss(ours, t, y, temperature=2.0, alpha=0.3)
     loss.backward()
-    ref = kd_loss(s.double(), t.double(), y, temperature=2.0, alpha=0.3)
+    p_t = F.softmax(t.double() / 2.0, dim=1)  # the written formula in float64, log-softmax based
+    kl = (torch.xlogy(p_t, p_t) - p_t * F.log_softmax(s.double() / 2.0, dim=1)).sum(dim=1).mean()
+    ref = 0.3 * F.cross_entropy(s.double(), y) + 0.7 * 4.0 * kl
     assert torch.isfinite(loss) and torch.isfinite(ours.grad).all()
     assert torch.allclose(loss.double(), ref, rtol=1e-5)
 
@@ -63,6 +65,7 @@ def test_kd_loss_scales_with_the_upstream_gradient_and_leaves_the_teacher_alone(
     (2.5 * kd_loss(twice, t, y, temperature=3, alpha=0.3)).backward()
     assert torch.allclose(2.5 * once.grad, twice.grad, atol=1e-6)
     assert teacher.grad is None
+    assert torch.allclose(kd_loss(s, t, y, temperature=3, alpha=0.3), kd_loss(once, t, y, temperature=3, alpha=0.3))
 
 
 def test_alpha_one_is_cross_entropy_and_alpha_zero_ignores_labels():

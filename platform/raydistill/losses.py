@@ -50,12 +50,14 @@ class _KDLoss(torch.autograd.Function):
         log_q = F.log_softmax(student_logits * (1.0 / temperature), dim=-1)  # (B, C) softened student
         # sum over the batch of KL(p_t || q); kl_div takes log q and p and computes p (log p - log q)
         value = F.kl_div(log_q, teacher_probs, reduction="sum") * ((1.0 - alpha) * temperature**2 / batch)
-        grad = log_q.exp_().sub_(teacher_probs).mul_((1.0 - alpha) * temperature / batch)  # (B, C)
-        if alpha > 0.0:
-            log_p = F.log_softmax(student_logits, dim=-1)  # (B, C) for the hard-label CE
+        log_p = F.log_softmax(student_logits, dim=-1) if alpha > 0.0 else None  # (B, C) for the hard CE
+        if log_p is not None:
             value = torch.add(value, F.nll_loss(log_p, labels), alpha=alpha)
-            grad.add_(log_p.exp_().sub_(F.one_hot(labels, classes)), alpha=alpha / batch)
-        ctx.save_for_backward(grad)
+        if ctx.needs_input_grad[0]:  # a loss only looked at (logits without grad) skips the gradient
+            grad = log_q.exp_().sub_(teacher_probs).mul_((1.0 - alpha) * temperature / batch)  # (B, C)
+            if log_p is not None:
+                grad.add_(log_p.exp_().sub_(F.one_hot(labels, classes)), alpha=alpha / batch)
+            ctx.save_for_backward(grad)
         return value
 
     @staticmethod
