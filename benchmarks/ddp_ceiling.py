@@ -16,10 +16,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from raydistill.config import load_config
-from raydistill.data import load_data
-from raydistill.engine import KDSettings, iterate_batches, make_optimizer, train_epoch
-from raydistill.models import build_model
+from raydistill.core.config import load_config
+from raydistill.core.data import load_data
+from raydistill.core.engine import KDSettings, iterate_batches, make_optimizer, train_epoch
+from raydistill.core.models import build_model
 from raydistill.runtime import free_local_port
 
 from distill_throughput import SHARED_FASHION, STUDENTS

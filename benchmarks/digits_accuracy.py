@@ -12,10 +12,10 @@ import statistics
 import tempfile
 import time
 
-from raydistill.artifacts import load_card
-from raydistill.config import load_config
+from raydistill.core.artifacts import load_card
+from raydistill.core.config import load_config
 from raydistill.runtime import init_ray
-from raydistill.train import distill_student, train_teacher
+from raydistill.training.driver import distill_student, train_teacher
 
 
 def run_seed(cfg, seed: int) -> dict[str, float]:

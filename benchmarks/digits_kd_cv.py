@@ -18,10 +18,10 @@ import json
 import numpy as np
 import torch
 
-from raydistill.config import load_config
-from raydistill.data import load_data
-from raydistill.engine import KDSettings, evaluate, fit, predict_logits
-from raydistill.models import build_model
+from raydistill.core.config import load_config
+from raydistill.core.data import load_data
+from raydistill.core.engine import KDSettings, evaluate, fit, predict_logits
+from raydistill.core.models import build_model
 
 
 def fold_scores(cfg, x, y, train_idx, held_idx, seed, grid) -> dict[str, float]:

@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from raydistill.artifacts import load_card, new_artifact_path, save_artifact
-from raydistill.cards import build_card
-from raydistill.config import load_config
-from raydistill.data import load_data
-from raydistill.engine import KDSettings, fit, predict_logits
-from raydistill.models import build_model
+from raydistill.core.artifacts import load_card, new_artifact_path, save_artifact
+from raydistill.core.cards import build_card
+from raydistill.core.config import load_config
+from raydistill.core.data import load_data
+from raydistill.core.engine import KDSettings, fit, predict_logits
+from raydistill.core.models import build_model
 
 SHARED_FASHION = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fashion-mnist"
 STUDENTS = {"mlp128": ("mlp", {"hidden": [128]}), "cnn_small": ("cnn_small", {})}
@@ -50,7 +50,7 @@ def timed_fit(bundle, student_spec, *, threads: int, epochs: int, batch: int, kd
 
 def ray_fit(cfg_overrides: list[str], workers: int, n_train: int) -> tuple[float, float]:
     """(steady-state samples/s over epochs 2.., wall seconds of the whole fit) of the distill stage."""
-    from raydistill.train import distill_student
+    from raydistill.training.driver import distill_student
 
     cfg = load_config(None, [*cfg_overrides, f"distill.workers={workers}"])
     start = time.perf_counter()

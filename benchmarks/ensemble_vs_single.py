@@ -21,10 +21,10 @@ import time
 import numpy as np
 import torch
 
-from raydistill.config import load_config
-from raydistill.data import load_data
-from raydistill.engine import KDSettings, evaluate, fit, predict_logits
-from raydistill.models import build_model
+from raydistill.core.config import load_config
+from raydistill.core.data import load_data
+from raydistill.core.engine import KDSettings, evaluate, fit, predict_logits
+from raydistill.core.models import build_model
 
 
 def train(spec, bundle, *, seed, epochs, lr, batch_size, kd=None, logits=None):

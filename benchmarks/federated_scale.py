@@ -21,7 +21,7 @@ from pathlib import Path
 
 import ray
 
-from raydistill.config import load_config
+from raydistill.core.config import load_config
 from raydistill.federated.actors import ActorPool, pool_size
 from raydistill.federated.server import run_federated
 from raydistill.runtime import cluster_cpus, init_ray

@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from raydistill.artifacts import new_artifact_path, save_artifact
-from raydistill.cards import build_card
-from raydistill.config import DataSection
-from raydistill.data import load_data
-from raydistill.engine import evaluate, fit
-from raydistill.models import build_model
+from raydistill.core.artifacts import new_artifact_path, save_artifact
+from raydistill.core.cards import build_card
+from raydistill.core.config import DataSection
+from raydistill.core.data import load_data
+from raydistill.core.engine import evaluate, fit
+from raydistill.core.models import build_model
 
 HOST = "127.0.0.1"
 STUDENTS = {  # name: (data section, model name, model args, epochs)

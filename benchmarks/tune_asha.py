@@ -1,5 +1,5 @@
 """ASHA vs full budget on the same (T, alpha) grid, in one run, through the real sweep
-(``raydistill.tune.run_sweep``): one teacher, then the grid with ``tune.scheduler=asha`` and
+(``raydistill.tuning.sweep.run_sweep``): one teacher, then the grid with ``tune.scheduler=asha`` and
 with ``tune.scheduler=none``. For each: wall time of the whole sweep (soft targets, trials,
 chosen student), trial-epochs run, best val accuracy, and the chosen student's test accuracy.
 Goal (issue 3): ASHA within 0.5 pt of the full-budget best val accuracy in <= 0.4x its time.
@@ -15,9 +15,9 @@ import json
 import tempfile
 import time
 
-from raydistill.config import load_config
+from raydistill.core.config import load_config
 from raydistill.runtime import init_ray
-from raydistill.tune import ensure_teacher, expected_trials, run_sweep
+from raydistill.tuning.sweep import ensure_teacher, expected_trials, run_sweep
 
 
 def grid_config(cfg, temperatures: list[float], alphas: list[float], scheduler: str):

@@ -23,6 +23,6 @@ def use_checkout() -> None:
 def main(stage: str) -> None:
     """``python jobs/<stage>.py --config ... --set k=v ... [--address ...]``: the CLI stage, as a job."""
     use_checkout()
-    from raydistill.jobs import run_job
+    from raydistill.cli.job import run_job
 
     sys.exit(run_job(stage, sys.argv[1:]))

@@ -1,4 +1,4 @@
-"""Ray job: the whole flow (see raydistill.pipeline); prints the summary table and where the artifacts went.
+"""Ray job: the whole flow (see raydistill.cli.pipeline); prints the summary table and where the artifacts went.
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . --runtime-env jobs/runtime_env.yaml \
         -- python jobs/pipeline.py --config configs/digits.yaml

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RAYDISTILL_SHARED", REPO.parent / "shared"))
 FASHION_ROOT = SHARED / "datasets" / "fashion-mnist"
 
-# Set before Ray starts (RAY_NOTES): fast Train health checks, quiet Ray Data, our own temp dir.
+# Set before Ray starts (docs/ray-notes.md): fast Train health checks, quiet Ray Data, our own temp dir.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 _TMP = tempfile.mkdtemp(prefix="rdt-", dir="/tmp")
@@ -66,12 +66,12 @@ def fashion_root() -> Path:
 def make_local_artifact(folder: Path, *, kind: str = "student", model_name: str = "mlp",
                         model_args: dict | None = None, epochs: int = 3, seed: int = 0) -> Path:
     """A real artifact trained in-process on digits (no Ray), for tests that only consume one."""
-    from raydistill.artifacts import new_artifact_path, save_artifact
-    from raydistill.cards import build_card
-    from raydistill.config import DataSection
-    from raydistill.data import load_data
-    from raydistill.engine import evaluate, fit
-    from raydistill.models import build_model
+    from raydistill.core.artifacts import new_artifact_path, save_artifact
+    from raydistill.core.cards import build_card
+    from raydistill.core.config import DataSection
+    from raydistill.core.data import load_data
+    from raydistill.core.engine import evaluate, fit
+    from raydistill.core.models import build_model
     import torch
 
     bundle = load_data(DataSection(), seed)

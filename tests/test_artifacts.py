@@ -5,11 +5,11 @@ import pickle
 import pytest
 import torch
 
-from raydistill.artifacts import (ArtifactError, load_artifact, load_card, mark_chosen, resolve_artifact,
+from raydistill.core.artifacts import (ArtifactError, load_artifact, load_card, mark_chosen, resolve_artifact,
                                   save_artifact)
-from raydistill.engine import evaluate
-from raydistill.config import DataSection
-from raydistill.data import load_data
+from raydistill.core.engine import evaluate
+from raydistill.core.config import DataSection
+from raydistill.core.data import load_data
 
 
 def _copy(src, dst):
@@ -56,7 +56,7 @@ def test_pickled_code_is_never_executed_even_with_a_matching_hash(local_student,
     art = _copy(local_student, tmp_path / "c")
     with open(art / "weights.pt", "wb") as fh:
         pickle.dump({"w": _Boom()}, fh)
-    from raydistill.artifacts import sha256_file
+    from raydistill.core.artifacts import sha256_file
 
     card = load_card(art)
     card["weights_sha256"] = sha256_file(art / "weights.pt")

@@ -7,15 +7,16 @@ import os
 import pytest
 import torch
 
-from raydistill.artifacts import load_card, load_state, new_artifact_path, save_artifact
-from raydistill.cli import main
-from raydistill.compress import load_row_model
-from raydistill.compress_methods import (latency_ms, load_sparse_state, make_permanent, nonzero_parameters,
-                                         prune_global_l1, quantize_int8, save_sparse, weight_sparsity)
-from raydistill.config import DataSection
-from raydistill.data import load_data
-from raydistill.engine import evaluate
-from raydistill.models import build_model
+from raydistill.core.artifacts import load_card, load_state, new_artifact_path, save_artifact
+from raydistill.cli.commands import main
+from raydistill.compress.report import load_row_model
+from raydistill.compress.methods import (latency_ms, load_sparse_state, make_permanent, nonzero_parameters,
+                                         prune_global_l1, save_sparse, weight_sparsity)
+from raydistill.core.models import quantize_int8
+from raydistill.core.config import DataSection
+from raydistill.core.data import load_data
+from raydistill.core.engine import evaluate
+from raydistill.core.models import build_model
 
 from conftest import REPO
 

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from raydistill.config import ConfigError, config_from_dict, load_config
+from raydistill.core.config import ConfigError, config_from_dict, load_config
 
 from conftest import REPO
 
@@ -74,7 +74,7 @@ def test_round_trip_through_dict_is_identity():
 
 def test_cli_reports_config_error_before_starting_ray():
     # Execute: the real console entry point, as a user would run it.
-    proc = subprocess.run([sys.executable, "-m", "raydistill.cli", "distill", "--config", str(DIGITS),
+    proc = subprocess.run([sys.executable, "-m", "raydistill.cli.commands", "distill", "--config", str(DIGITS),
                            "--set", "distill.alpha=2"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "distill.alpha" in proc.stderr and "[0, 1]" in proc.stderr
@@ -82,7 +82,7 @@ def test_cli_reports_config_error_before_starting_ray():
 
 
 def test_cli_unknown_model_is_a_config_error_naming_the_key():
-    proc = subprocess.run([sys.executable, "-m", "raydistill.cli", "teacher", "--config", str(DIGITS),
+    proc = subprocess.run([sys.executable, "-m", "raydistill.cli.commands", "teacher", "--config", str(DIGITS),
                            "--set", "teacher.model.name=resnet18x"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "teacher.model.name" in proc.stderr and "unknown model 'resnet18x'" in proc.stderr

@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 import torch
 
-from raydistill.config import DataSection, load_config
-from raydistill.data import DataError, load_data
-from raydistill.models import MODELS, build_model, count_parameters
-from raydistill.preflight import preflight
-from raydistill.registry import UnknownNameError
+from raydistill.core.config import DataSection, load_config
+from raydistill.core.data import DataError, load_data
+from raydistill.core.models import MODELS, build_model, count_parameters
+from raydistill.core.preflight import preflight
+from raydistill.core.registry import UnknownNameError
 
 
 def test_digits_split_is_deterministic_disjoint_and_complete():

@@ -8,14 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from raydistill.artifacts import ArtifactError, load_state, new_artifact_path, save_artifact
-from raydistill.config import DataSection, ModelSpec, load_config
-from raydistill.data import load_data
-from raydistill.engine import KDSettings, batch_loss, evaluate, fit, predict_logits, teacher_probs
-from raydistill.losses import ensemble_soft_targets, kd_loss, kd_loss_from_probs
-from raydistill.models import build_model
-from raydistill.soft_targets import TeacherLogits
-from raydistill.teachers import ensemble_override, parallel_slots, schedule_message, teacher_runs
+from raydistill.core.artifacts import ArtifactError, load_state, new_artifact_path, save_artifact
+from raydistill.core.config import DataSection, ModelSpec, load_config
+from raydistill.core.data import load_data
+from raydistill.core.engine import KDSettings, batch_loss, evaluate, fit, predict_logits, teacher_probs
+from raydistill.core.losses import ensemble_soft_targets, kd_loss, kd_loss_from_probs
+from raydistill.core.models import build_model
+from raydistill.training.soft_targets import TeacherLogits
+from raydistill.training.teachers import ensemble_override, parallel_slots, schedule_message, teacher_runs
 
 from conftest import REPO, make_local_artifact, tiny_overrides
 
@@ -165,7 +165,7 @@ def _relabelled_copy(path, storage):
 
 
 def test_teachers_with_different_class_lists_fail_naming_both(local_teacher, storage, digits):
-    from raydistill.train import load_teachers
+    from raydistill.training.driver import load_teachers
 
     other = _relabelled_copy(local_teacher, storage)
     cfg = load_config(DIGITS, [f"run.storage_path={storage}", ensemble_override([local_teacher, other])])
@@ -176,7 +176,7 @@ def test_teachers_with_different_class_lists_fail_naming_both(local_teacher, sto
 
 
 def test_load_teachers_keeps_order_and_weights(local_teacher, storage, digits):
-    from raydistill.train import load_teachers
+    from raydistill.training.driver import load_teachers
 
     second = make_local_artifact(storage, kind="teacher", model_args={"hidden": [16]}, epochs=1, seed=1)
     cfg = load_config(DIGITS, [f"run.storage_path={storage}", ensemble_override([local_teacher, second], [2, 0.5])])
@@ -207,8 +207,8 @@ def test_schedule_message_says_parallel_or_sequential():
 
 
 def test_bad_teacher_model_in_list_fails_preflight_naming_the_index():
-    from raydistill.config import ConfigError
-    from raydistill.preflight import preflight
+    from raydistill.core.config import ConfigError
+    from raydistill.core.preflight import preflight
 
     cfg = load_config(DIGITS, ["teacher.models=[{name: mlp}, {name: resnet18x}]"])
     with pytest.raises(ConfigError, match=r"teacher.models\[1\].name: unknown model 'resnet18x'"):
@@ -220,9 +220,9 @@ def test_bad_teacher_model_in_list_fails_preflight_naming_the_index():
 @pytest.mark.ray
 @pytest.mark.timeout(180)
 def test_two_parallel_teachers_then_cached_ensemble_distillation_records_weighted_parents(ray_session, storage, capsys):
-    from raydistill.artifacts import load_card
-    from raydistill.teachers import train_teachers
-    from raydistill.train import distill_student
+    from raydistill.core.artifacts import load_card
+    from raydistill.training.teachers import train_teachers
+    from raydistill.training.driver import distill_student
 
     # Prepare + Execute: 2 teachers as parallel Ray Train runs (2 CPUs, 1 worker each).
     base = tiny_overrides(storage, epochs=2, workers=1)

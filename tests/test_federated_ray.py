@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from raydistill.artifacts import load_artifact
-from raydistill.config import load_config
-from raydistill.data import load_data
-from raydistill.engine import evaluate
+from raydistill.core.artifacts import load_artifact
+from raydistill.core.config import load_config
+from raydistill.core.data import load_data
+from raydistill.core.engine import evaluate
 
 DIGITS = "configs/digits.yaml"
 FASHION = "configs/federated_fashion.yaml"
@@ -40,7 +40,7 @@ def pool(ray_session):
 
 @pytest.mark.timeout(120)
 def test_cli_fedavg_on_digits_improves_and_writes_rounds_plot_and_artifact(ray_session, storage, capsys):
-    from raydistill.cli import main
+    from raydistill.cli.commands import main
 
     # Prepare / Execute: the README command, on a small federation
     code = main(["federated", "--config", DIGITS, "--set", f"run.storage_path={storage}", "--set", "run.quiet=true",

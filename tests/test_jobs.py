@@ -23,10 +23,10 @@ import yaml
 
 from _ray_head import REPO, RayHead, start_head, stop_head, wait_for_log, wait_for_status
 from conftest import free_port, make_local_artifact, tiny_overrides
-from raydistill import cli
-from raydistill.artifacts import load_artifact, resolve_artifact
-from raydistill.config import load_config
-from raydistill.jobs import (JOB_CONFIG_ENV, job_storage_path, job_submission_id, run_job, storage_root,
+from raydistill.cli import commands as cli
+from raydistill.core.artifacts import load_artifact, resolve_artifact
+from raydistill.core.config import load_config
+from raydistill.cli.job import (JOB_CONFIG_ENV, job_storage_path, job_submission_id, run_job, storage_root,
                              workers_miss_checkout)
 
 CLUSTER_YAML = REPO / "cluster.yaml"
@@ -120,7 +120,7 @@ def test_job_entry_point_fails_exactly_like_the_cli():
     args = ["--config", "configs/digits.yaml", "--set", "distill.temperature=-1"]
 
     job = subprocess.run([sys.executable, "jobs/teacher.py", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
-    direct = subprocess.run([sys.executable, "-m", "raydistill.cli", "teacher", *args], cwd=REPO, capture_output=True,
+    direct = subprocess.run([sys.executable, "-m", "raydistill.cli.commands", "teacher", *args], cwd=REPO, capture_output=True,
                             text=True, timeout=120)
 
     assert job.returncode == direct.returncode == 2

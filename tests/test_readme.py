@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from raydistill.cli import build_parser
-from raydistill.config import load_config
+from raydistill.cli.commands import build_parser
+from raydistill.core.config import load_config
 
 from conftest import REPO
 

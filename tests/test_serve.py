@@ -19,9 +19,9 @@ import torch
 
 from _serve_helpers import DEPLOYMENT, LoadResult, answers_200, replica_actors, run_load, wait_until
 from conftest import REPO, free_port, make_local_artifact
-from raydistill.artifacts import ArtifactError, load_artifact, load_card
-from raydistill.config import load_config
-from raydistill.data import normalize
+from raydistill.core.artifacts import ArtifactError, load_artifact, load_card
+from raydistill.core.config import load_config
+from raydistill.core.data import normalize
 
 APP = "student"
 pytestmark = pytest.mark.ray
@@ -191,7 +191,7 @@ def test_bearer_auth_when_a_token_env_is_set(served, monkeypatch):
 
 @pytest.mark.timeout(60)
 def test_tampered_artifact_refuses_to_deploy_and_the_app_keeps_serving(served, tmp_path):
-    from raydistill.serving import deploy
+    from raydistill.serving.deploy import deploy
 
     bad = tmp_path / "tampered"
     shutil.copytree(served.artifact, bad)
@@ -249,7 +249,7 @@ def test_config_yaml_deploys_and_batching_changes_at_run_time_without_restart(se
 
 @pytest.mark.timeout(120)
 def test_redeploy_to_a_new_version_under_load_fails_no_request(served, tmp_path_factory):
-    from raydistill.serving import deploy
+    from raydistill.serving.deploy import deploy
 
     new = make_local_artifact(tmp_path_factory.mktemp("student-v2"), epochs=2, seed=1)
     cfg = load_config(None, [f"serve.port={served.port}", f"serve.app_name={APP}", "serve.max_instances=64",
@@ -334,7 +334,7 @@ def test_a_killed_replica_is_replaced_with_few_failures_during_and_none_after(se
 def test_cli_serves_int8_until_sigterm_then_removes_its_app(served):
     from ray import serve
 
-    from raydistill.serving import run_serve_cli
+    from raydistill.serving.deploy import run_serve_cli
 
     cfg = load_config(None, [f"serve.port={served.port}", "serve.app_name=cli", "serve.route_prefix=/cli",
                              "serve.quantize=int8", "serve.max_replicas=1", "run.quiet=true"])

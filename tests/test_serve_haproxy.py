@@ -20,8 +20,8 @@ import torch
 
 from _serve_helpers import answers_200, wait_until
 from conftest import REPO, free_port
-from raydistill.artifacts import load_artifact
-from raydistill.data import normalize
+from raydistill.core.artifacts import load_artifact
+from raydistill.core.data import normalize
 
 pytestmark = pytest.mark.ray
 
@@ -54,7 +54,7 @@ def test_cli_with_haproxy_ingress_serves_the_same_answers_and_shuts_down_on_sigi
     url = f"http://127.0.0.1:{port}/"
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "raydistill.cli", "serve", "--artifact", str(local_student),
+        [sys.executable, "-m", "raydistill.cli.commands", "serve", "--artifact", str(local_student),
          "--set", "serve.ingress=haproxy", "--set", f"serve.port={port}", "--set", "serve.max_replicas=1"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

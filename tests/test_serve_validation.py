@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from conftest import REPO
-from raydistill.artifacts import ArtifactError, load_artifact, load_card, mark_chosen
-from raydistill.data import normalize
+from raydistill.core.artifacts import ArtifactError, load_artifact, load_card, mark_chosen
+from raydistill.core.data import normalize
 from raydistill.serving.validation import (InputSpec, RequestError, check_content_type, check_declared_length,
                                            instances_to_array, parse_json_body, parse_predict_request)
 
@@ -223,7 +223,7 @@ def test_bad_app_args_name_the_field():
 
 
 def test_auth_token_env_set_but_missing_refuses_to_start(local_student, monkeypatch):
-    from raydistill.config import ConfigError
+    from raydistill.core.config import ConfigError
     from raydistill.serving.service import PredictionService
 
     monkeypatch.delenv("RAYDISTILL_NO_SUCH_TOKEN", raising=False)
@@ -258,15 +258,6 @@ def test_bare_app_answers_and_refuses_like_the_served_one(local_student, raw_dig
     assert missing.status_code == wrong.status_code == 401
     assert missing.headers["www-authenticate"] == "Bearer" and "missing bearer token" in missing.json()["detail"]
     assert big.status_code == 413 and health.status_code == 200
-
-
-def test_importing_the_serving_package_does_not_import_ray():
-    code = ("import sys, raydistill.serving, raydistill.serving.validation, raydistill.serving.service, "
-            "raydistill.serving.bare; print('ray' in sys.modules)")
-
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-
-    assert out.stdout.strip() == "False"
 
 
 def test_ingress_flags_are_set_only_for_haproxy_and_unknown_kinds_name_the_key(monkeypatch):

@@ -2,11 +2,11 @@
 workers, cached soft targets, a worker crash resumed from its checkpoint, online mode."""
 import pytest
 
-from raydistill.artifacts import load_artifact, load_card, resolve_artifact
-from raydistill.cli import main
-from raydistill.config import load_config
-from raydistill.data import load_data
-from raydistill.engine import evaluate
+from raydistill.core.artifacts import load_artifact, load_card, resolve_artifact
+from raydistill.cli.commands import main
+from raydistill.core.config import load_config
+from raydistill.core.data import load_data
+from raydistill.core.engine import evaluate
 
 from conftest import REPO, free_port, tiny_overrides
 

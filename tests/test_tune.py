@@ -17,7 +17,7 @@ import pytest
 from ray import tune
 
 from conftest import tiny_overrides
-from raydistill.config import ConfigError, load_config
+from raydistill.core.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = REPO / "configs" / "digits.yaml"
@@ -65,7 +65,7 @@ def test_optuna_with_a_grid_is_rejected(storage):
 
 
 def test_optuna_missing_gives_an_install_hint(storage, monkeypatch):
-    from raydistill.tune import check_searcher
+    from raydistill.tuning.sweep import check_searcher
 
     cfg = tune_config(storage, "tune.searcher=optuna")
     monkeypatch.setitem(sys.modules, "optuna", None)  # makes `import optuna` raise ImportError
@@ -75,7 +75,7 @@ def test_optuna_missing_gives_an_install_hint(storage, monkeypatch):
 
 
 def test_concurrency_cap_follows_cluster_cpus_and_rejects_the_unschedulable(storage):
-    from raydistill.tune import concurrency_cap, expected_trials
+    from raydistill.tuning.sweep import concurrency_cap, expected_trials
 
     cfg = tune_config(storage, "tune.num_samples=6")
     assert concurrency_cap(cfg, 2.0) == 2  # 1 CPU per in-process trial
@@ -91,7 +91,7 @@ def test_concurrency_cap_follows_cluster_cpus_and_rejects_the_unschedulable(stor
 
 
 def test_cli_rejects_a_bad_space_with_exit_code_2(capsys):
-    from raydistill.cli import main
+    from raydistill.cli.commands import main
 
     code = main(["tune", "--config", str(DIGITS), "--set", "tune.alpha=[0.5, 2.0]"])
     assert code == 2
@@ -99,7 +99,7 @@ def test_cli_rejects_a_bad_space_with_exit_code_2(capsys):
 
 
 def test_report_helpers_pick_the_best_finished_trial_and_the_exception_line():
-    from raydistill.tune_report import best_row, epoch_history, error_message
+    from raydistill.tuning.report import best_row, epoch_history, error_message
 
     rows = [{"trial_id": "a", "status": "TERMINATED", "score": 0.8}, {"trial_id": "b", "status": "ERROR", "score": 0.99},
             {"trial_id": "c", "status": "TERMINATED", "score": 0.9}, {"trial_id": "d", "status": "TERMINATED",
@@ -119,7 +119,7 @@ def test_report_helpers_pick_the_best_finished_trial_and_the_exception_line():
 def sweep(ray_session, tmp_path_factory):
     """One 6-trial ASHA sweep on digits whose trial #2 always raises; no teacher in storage
     yet, so the sweep trains one first."""
-    from raydistill.tune import run_sweep
+    from raydistill.tuning.sweep import run_sweep
 
     storage = tmp_path_factory.mktemp("tune") / "runs"
     cfg = tune_config(storage, "tune.num_samples=6", "tune.max_epochs=4", "tune.grace_period=1",
@@ -165,9 +165,9 @@ def test_sweep_plots_are_valid_pngs(sweep):
 @pytest.mark.ray
 @pytest.mark.timeout(300)
 def test_chosen_student_loads_and_its_test_accuracy_matches_card_and_table(sweep):
-    from raydistill.artifacts import load_artifact, resolve_artifact
-    from raydistill.data import load_data
-    from raydistill.engine import evaluate
+    from raydistill.core.artifacts import load_artifact, resolve_artifact
+    from raydistill.core.data import load_data
+    from raydistill.core.engine import evaluate
 
     cfg, result = sweep
     assert resolve_artifact("chosen", cfg.storage_dir()) == result.artifact.resolve()
@@ -188,8 +188,8 @@ def test_chosen_student_loads_and_its_test_accuracy_matches_card_and_table(sweep
 @pytest.mark.ray
 @pytest.mark.timeout(300)
 def test_best_yaml_loads_and_runs_a_distill(sweep):
-    from raydistill.artifacts import load_card
-    from raydistill.train import distill_student
+    from raydistill.core.artifacts import load_card
+    from raydistill.training.driver import distill_student
 
     _, result = sweep
     best = load_config(result.sweep_dir / "best.yaml")
@@ -220,8 +220,8 @@ class InterruptAfterTrials(tune.Callback):
 @pytest.mark.ray
 @pytest.mark.timeout(300)
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_session, storage, local_teacher, capsys):
-    from raydistill.cli import main
-    from raydistill.tune import run_sweep
+    from raydistill.cli.commands import main
+    from raydistill.tuning.sweep import run_sweep
 
     # Prepare: a 2 x 3 grid, full budget, interrupted once two trials have finished
     cfg = tune_config(storage, "tune.scheduler=none", "tune.max_epochs=3", "tune.grace_period=1",
@@ -262,10 +262,10 @@ def _progress_file(sweep_dir: Path, trial_id: str) -> Path:
 @pytest.mark.ray
 @pytest.mark.timeout(300)
 def test_multi_worker_trials_run_ray_train_inside_the_trial(ray_session, storage, local_teacher):
-    from raydistill.artifacts import load_artifact
-    from raydistill.data import load_data
-    from raydistill.engine import evaluate
-    from raydistill.tune import run_sweep
+    from raydistill.core.artifacts import load_artifact
+    from raydistill.core.data import load_data
+    from raydistill.core.engine import evaluate
+    from raydistill.tuning.sweep import run_sweep
 
     cfg = tune_config(storage, "distill.workers=2", "tune.num_samples=1", "tune.max_epochs=2",
                       "tune.grace_period=1", "tune.scheduler=none", teacher=local_teacher)

@@ -10,7 +10,7 @@ import os
 
 def _set_defaults() -> None:
     # Ray Train polls worker health every 2 s by default, which makes every report with a
-    # checkpoint cost ~2 s on small jobs (RAY_NOTES: 43.9 s -> 24.6 s for 10 epochs).
+    # checkpoint cost ~2 s on small jobs (docs/ray-notes.md: 43.9 s -> 24.6 s for 10 epochs).
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 

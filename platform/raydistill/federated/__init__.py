@@ -11,13 +11,13 @@ __all__ = ["run_federated", "run_federated_cli"]
 
 def run_federated(cfg, **kwargs):
     """Library entry point; see :func:`raydistill.federated.server.run_federated`."""
-    from .server import run_federated as _run
+    from raydistill.federated.server import run_federated as _run
 
     return _run(cfg, **kwargs)
 
 
 def run_federated_cli(cfg, args=None):
-    """``raydistill federated --config ...`` (registered in ``raydistill.cli``)."""
-    from .server import run_federated_cli as _run
+    """``raydistill federated --config ...`` (registered in ``raydistill.cli.commands``)."""
+    from raydistill.federated.server import run_federated_cli as _run
 
     return _run(cfg, args)

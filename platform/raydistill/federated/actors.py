@@ -5,7 +5,7 @@ object-store references: the run payload (training pool, architecture, teacher, 
 once per run) and the round's global weights (put once per round). The actor resolves each
 reference once and caches it, so a round costs one broadcast however many clients an actor runs.
 Actors ask for 0.5 CPU: with ``num_cpus=1`` actors beyond the CPU count would wait forever
-(RAY_NOTES, "Actors").
+(docs/ray-notes.md, "Actors").
 """
 from __future__ import annotations
 
@@ -17,15 +17,13 @@ import numpy as np
 import ray
 import torch
 
-from ..config import ConfigError
-from ..models import build_model
-from .client import ClientTask, ClientUpdate, FaultPlan, LocalSpec, run_client_task
+from raydistill.core.models import build_model
+from raydistill.federated.client import ClientTask, ClientUpdate, FaultPlan, LocalSpec, run_client_task
 
-ACTOR_CPUS = 0.5
-GIB = 1024**3
+from raydistill.federated.plan import ACTOR_CPUS, GIB
 START_TIMEOUT_S = 180.0
 
-__all__ = ["RunPayload", "ClientWorker", "ActorPool", "ActorSlot", "pool_size", "ACTOR_CPUS"]
+__all__ = ["RunPayload", "ClientWorker", "ActorPool", "ActorSlot", "ACTOR_CPUS"]
 
 
 @dataclass
@@ -67,16 +65,13 @@ class ClientWorker:
         return self._cached[kind][1]
 
     def _build(self, run: RunPayload) -> None:
-        from ..artifacts import build_from_card
-        from .aggregate import to_torch_state
+        from raydistill.core.artifacts import model_from_state
 
         self._model = build_model(run.model_name, run.input_shape, run.num_classes, run.model_args)
         self._teachers = []
         if run.teacher is not None:
             card, state = run.teacher
-            teacher = build_from_card(card)
-            teacher.load_state_dict(to_torch_state(state))
-            self._teachers = [teacher.eval()]
+            self._teachers = [model_from_state(card, state)]
 
     def train(self, task: ClientTask, refs: dict, spec: LocalSpec) -> ClientUpdate:
         """Train one virtual client; ``refs = {"run": ref, "weights": ref}`` (nested: not auto-resolved)."""
@@ -87,22 +82,6 @@ class ClientWorker:
                                  teachers=self._teachers, in_own_process=True)
         update.metrics["fetched_weights"] = fetched  # True for this actor's first client of the round
         return update
-
-
-def pool_size(*, requested: int, cpus: float, memory_bytes: float, actor_memory_gb: float,
-              clients_per_round: int) -> int:
-    """Actors to start: ``federated.actors`` if set, else ``min(CPUs, memory / actor_memory_gb,
-    clients per round)``. Raises ConfigError when the request cannot be scheduled."""
-    if requested:
-        if requested * ACTOR_CPUS > cpus:
-            raise ConfigError(f"federated.actors: {requested} actors x {ACTOR_CPUS} CPU = {requested * ACTOR_CPUS} "
-                              f"CPUs, but the cluster has {cpus:g}; the extra actors would wait forever")
-        return requested
-    by_memory = int(memory_bytes // (actor_memory_gb * GIB))
-    if by_memory < 1:
-        raise ConfigError(f"federated.actor_memory_gb: {actor_memory_gb} GiB per actor, but the cluster has "
-                          f"{memory_bytes / GIB:.1f} GiB of memory to schedule on")
-    return max(1, min(int(cpus), by_memory, clients_per_round))
 
 
 @dataclass

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..engine import KDSettings, evaluate, iterate_batches, make_optimizer, predict_logits, train_epoch
+from raydistill.core.engine import KDSettings, evaluate, iterate_batches, make_optimizer, predict_logits, train_epoch
 
 State = Mapping[str, "np.ndarray | torch.Tensor"]
 Update = tuple[State, int]

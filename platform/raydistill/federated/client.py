@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..engine import KDSettings, iterate_batches, train_epoch
-from .aggregate import proximal_pull, to_numpy_state, to_torch_state
+from raydistill.core.engine import KDSettings, iterate_batches, train_epoch
+from raydistill.federated.aggregate import proximal_pull, to_numpy_state, to_torch_state
 
 __all__ = ["LocalSpec", "ClientTask", "ClientUpdate", "FaultPlan", "InjectedClientError", "make_local_optimizer",
            "train_client", "run_client_task"]

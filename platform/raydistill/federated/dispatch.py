@@ -15,10 +15,10 @@ from typing import Sequence
 import ray
 from ray.exceptions import RayActorError, RayError, RayTaskError
 
-from .actors import ActorPool, ActorSlot
-from .aggregate import State, state_nbytes, to_numpy_state
-from .client import ClientTask, LocalSpec
-from .strategies import Collected
+from raydistill.federated.actors import ActorPool, ActorSlot
+from raydistill.federated.aggregate import State, state_nbytes, to_numpy_state
+from raydistill.federated.client import ClientTask, LocalSpec
+from raydistill.federated.strategies import Collected
 
 MAX_IN_FLIGHT = 2
 

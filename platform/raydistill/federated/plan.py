@@ -10,15 +10,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifacts import ArtifactError, load_state, resolve_artifact
-from ..config import Config, ConfigError
-from ..data import DataBundle
-from ..preflight import preflight
-from ..registry import UnknownNameError
-from .partition import PartitionError, make_partition, partition_summary
-from .strategies import STRATEGIES, clients_per_round
+from raydistill.core.artifacts import ArtifactError, load_state, resolve_artifact
+from raydistill.core.config import Config, ConfigError
+from raydistill.core.data import DataBundle
+from raydistill.core.preflight import preflight
+from raydistill.core.registry import UnknownNameError
+from raydistill.federated.partition import PartitionError, make_partition, partition_summary
+from raydistill.federated.strategies import STRATEGIES, clients_per_round
 
-__all__ = ["FederatedPlan", "prepare_federated", "split_proxy"]
+__all__ = ["FederatedPlan", "prepare_federated", "split_proxy", "pool_size", "ACTOR_CPUS"]
+
+ACTOR_CPUS = 0.5  # 4 actors share 2 CPUs; with 1 CPU each only 2 run and the rest wait (docs/ray-notes.md)
+GIB = 1024**3
 
 
 @dataclass
@@ -96,3 +99,19 @@ def prepare_federated(cfg: Config) -> FederatedPlan:
     summary = partition_summary(partitions, pool_y, bundle.class_names)
     return FederatedPlan(cfg, bundle, np.ascontiguousarray(pool_x), pool_y, proxy_x, partitions, summary,
                          _teacher(cfg, bundle), per_round)
+
+
+def pool_size(*, requested: int, cpus: float, memory_bytes: float, actor_memory_gb: float,
+              clients_per_round: int) -> int:
+    """Actors to start: ``federated.actors`` if set, else ``min(CPUs, memory / actor_memory_gb,
+    clients per round)``. Raises ConfigError when the request cannot be scheduled."""
+    if requested:
+        if requested * ACTOR_CPUS > cpus:
+            raise ConfigError(f"federated.actors: {requested} actors x {ACTOR_CPUS} CPU = {requested * ACTOR_CPUS} "
+                              f"CPUs, but the cluster has {cpus:g}; the extra actors would wait forever")
+        return requested
+    by_memory = int(memory_bytes // (actor_memory_gb * GIB))
+    if by_memory < 1:
+        raise ConfigError(f"federated.actor_memory_gb: {actor_memory_gb} GiB per actor, but the cluster has "
+                          f"{memory_bytes / GIB:.1f} GiB of memory to schedule on")
+    return max(1, min(int(cpus), by_memory, clients_per_round))

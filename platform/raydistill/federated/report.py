@@ -3,23 +3,20 @@ and the final global model as a ``federated`` artifact with its model card. No R
 from __future__ import annotations
 
 import csv
-import datetime as _dt
 import json
-import uuid
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from ..artifacts import new_artifact_path, save_artifact
-from ..cards import build_card, parent_entry
-from .rounds import CSV_COLUMNS, RoundRecord
+from raydistill.core.artifacts import new_artifact_path, save_artifact, stamped_name
+from raydistill.core.cards import build_card, parent_entry
+from raydistill.federated.rounds import CSV_COLUMNS, RoundRecord
 
 __all__ = ["new_run_dir", "RoundsCsv", "plot_accuracy", "plot_curves", "write_federated_artifact"]
 
 
 def new_run_dir(storage: Path, name: str, strategy: str) -> Path:
     """``<storage>/federated/<name>-<strategy>-<UTC time>-<4 hex>``, created."""
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    path = Path(storage) / "federated" / f"{name}-{strategy}-{stamp}-{uuid.uuid4().hex[:4]}"
+    path = Path(storage) / "federated" / stamped_name(f"{name}-{strategy}")
     path.mkdir(parents=True)
     return path
 
@@ -99,7 +96,7 @@ def write_federated_artifact(plan, state, records: Sequence[RoundRecord], *, cen
 
 
 def _partition_card(plan) -> dict:
-    from .partition import label_histogram, label_skew
+    from raydistill.federated.partition import label_histogram, label_skew
 
     f = plan.cfg.federated
     hist = label_histogram(plan.partitions, plan.pool_y, plan.bundle.num_classes)
@@ -110,6 +107,6 @@ def _partition_card(plan) -> dict:
 
 
 def _torch_state(state):
-    from .aggregate import to_torch_state
+    from raydistill.federated.aggregate import to_torch_state
 
     return to_torch_state(state)

@@ -13,9 +13,9 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from torch import nn
 
-from .aggregate import State, state_nbytes
-from .client import ClientTask, ClientUpdate, FaultPlan, InjectedClientError, LocalSpec, run_client_task
-from .strategies import Collected, Strategy, TooFewClientsError
+from raydistill.federated.aggregate import State, state_nbytes
+from raydistill.federated.client import ClientTask, ClientUpdate, FaultPlan, InjectedClientError, LocalSpec, run_client_task
+from raydistill.federated.strategies import Collected, Strategy, TooFewClientsError
 
 __all__ = ["RoundRecord", "RoundsOutcome", "make_tasks", "run_rounds", "InProcessExecutor", "CSV_COLUMNS"]
 

@@ -17,18 +17,19 @@ from typing import Callable
 import ray
 import torch
 
-from ..engine import evaluate
-from ..models import build_model
-from ..runtime import cluster_cpus, init_ray
-from .actors import ActorPool, RunPayload, pool_size
-from .aggregate import State, to_numpy_state, to_torch_state
-from .client import FaultPlan, LocalSpec, train_client
-from .dispatch import RayExecutor
-from .memory import PeakMemory
-from .plan import FederatedPlan, prepare_federated
-from .report import RoundsCsv, new_run_dir, plot_accuracy, write_federated_artifact
-from .rounds import RoundRecord, run_rounds
-from .strategies import ServerContext, make_strategy
+from raydistill.core.engine import evaluate
+from raydistill.core.models import build_model
+from raydistill.runtime import cluster_cpus, init_ray
+from raydistill.federated.actors import ActorPool, RunPayload
+from raydistill.federated.plan import pool_size
+from raydistill.federated.aggregate import State, to_numpy_state, to_torch_state
+from raydistill.federated.client import FaultPlan, LocalSpec, train_client
+from raydistill.federated.dispatch import RayExecutor
+from raydistill.federated.memory import PeakMemory
+from raydistill.federated.plan import FederatedPlan, prepare_federated
+from raydistill.federated.report import RoundsCsv, new_run_dir, plot_accuracy, write_federated_artifact
+from raydistill.federated.rounds import RoundRecord, run_rounds
+from raydistill.federated.strategies import ServerContext, make_strategy
 
 __all__ = ["FederatedResult", "FederatedRunError", "run_federated", "run_federated_cli", "central_reference"]
 

@@ -20,10 +20,10 @@ from typing import Callable, ClassVar, Sequence
 import numpy as np
 from torch import nn
 
-from ..engine import KDSettings
-from ..registry import Registry
-from .aggregate import State, Update, distill_ensemble, ensemble_logits, fedavg, to_numpy_state, to_torch_state
-from .client import ClientTask, ClientUpdate, LocalSpec
+from raydistill.core.engine import KDSettings
+from raydistill.core.registry import Registry
+from raydistill.federated.aggregate import State, Update, distill_ensemble, ensemble_logits, fedavg, to_numpy_state, to_torch_state
+from raydistill.federated.client import ClientTask, ClientUpdate, LocalSpec
 
 __all__ = ["ServerContext", "Collected", "RoundResult", "TooFewClientsError", "Strategy", "FedAvg", "FedProx",
            "FedDF", "STRATEGIES", "make_strategy", "clients_per_round"]

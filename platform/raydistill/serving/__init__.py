@@ -1,11 +1,7 @@
-"""Serving a student over HTTP with Ray Serve.
+"""serving: the chosen student behind Ray Serve over HTTP.
 
-Ray-free pieces: :mod:`.validation` (request checks), :mod:`.model_runner` (verified artifact,
-normalization, softmax, INT8), :mod:`.service` (auth, limits, responses), :mod:`.bare` (the same
-endpoints on plain FastAPI). Ray pieces: :mod:`.deployment` (the Serve deployment), :mod:`.app`
-(``app_builder``), :mod:`.cli` (``deploy`` and ``raydistill serve``). Importing this package does
-not import Ray.
+Ray-free: ``validation`` (request checks), ``model_runner`` (verified artifact, normalization, softmax,
+INT8), ``service`` (auth, limits, responses), ``bare`` (the same endpoints on plain FastAPI).
+Ray edge: ``deployment`` (the Serve deployment), ``app`` (``app_builder``), ``ingress``, ``deploy``
+(``deploy()`` and ``raydistill serve``). May import ``raydistill.core`` and ``raydistill.runtime``.
 """
-from .cli import deploy, run_serve_cli, serve_args
-
-__all__ = ["deploy", "run_serve_cli", "serve_args"]

@@ -3,7 +3,7 @@
 Used by ``serve run serve/config.yaml`` / ``serve deploy`` (through ``serve/app.py``), by
 :func:`raydistill.serving.deploy` and by the CLI. The artifact is resolved and verified here, on
 the caller's side, so a missing or tampered artifact refuses to deploy with a clear
-:class:`~raydistill.artifacts.ArtifactError` before any replica starts; each replica verifies
+:class:`~raydistill.core.artifacts.ArtifactError` before any replica starts; each replica verifies
 it again when it loads it.
 """
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..artifacts import ArtifactError, load_artifact
-from .model_runner import is_remote_uri, locate_artifact
+from raydistill.core.artifacts import ArtifactError, load_artifact
+from raydistill.serving.model_runner import is_remote_uri, locate_artifact
 
 
 # What a replica's constructor receives. Batching travels in user_config and autoscaling in the
@@ -88,7 +88,7 @@ def deployment_options(args: ServeArgs) -> dict[str, Any]:
 
 def build_app(args: ServeArgs):
     """The bound application: ``StudentDeployment`` around the verified artifact."""
-    from .deployment import StudentDeployment
+    from raydistill.serving.deployment import StudentDeployment
 
     settings = args.model_dump(include=REPLICA_FIELDS)
     settings["artifact"] = verified_artifact(args)

@@ -11,7 +11,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from .service import HEALTH_ROUTE, MODEL_ROUTE, PREDICT_ROUTE, PredictionService
+from raydistill.serving.service import HEALTH_ROUTE, MODEL_ROUTE, PREDICT_ROUTE, PredictionService
 
 
 def build_bare_app(settings: dict[str, Any]) -> FastAPI:

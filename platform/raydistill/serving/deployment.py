@@ -18,8 +18,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
-from .. import __version__
-from .service import HEALTH_ROUTE, MODEL_ROUTE, PREDICT_ROUTE, PredictionService
+from raydistill.core.version import __version__
+from raydistill.serving.service import HEALTH_ROUTE, MODEL_ROUTE, PREDICT_ROUTE, PredictionService
 
 app = FastAPI(title="raydistill student", version=__version__,
               description="A distilled student model over HTTP (Ray Serve). POST raw pixels to /v1/predict.")

@@ -7,9 +7,7 @@ applied at training time).
 """
 from __future__ import annotations
 
-import copy
 import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,9 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..artifacts import ArtifactError, load_artifact, resolve_artifact
-from ..data import normalize
-from .validation import InputSpec
+from raydistill.core.artifacts import ArtifactError, load_artifact, resolve_artifact
+from raydistill.core.data import normalize
+from raydistill.core.models import quantize_int8
+from raydistill.serving.validation import InputSpec
 
 QUANTIZE_MODES = ("none", "int8")
 
@@ -50,17 +49,6 @@ def locate_artifact(ref: str, storage_path: str) -> Path:
     return resolve_artifact(ref, storage_path).resolve()
 
 
-def quantize_int8(model: nn.Module) -> tuple[nn.Module, list[str]]:
-    """INT8 dynamic quantization of the ``nn.Linear`` layers (weights int8, activations quantized
-    on the fly per batch); conv layers stay fp32. Returns the new model and the quantized names."""
-    names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao
-        warnings.simplefilter("ignore")
-        quantized = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {nn.Linear},
-                                                           dtype=torch.qint8)
-    return quantized.eval(), names
-
-
 @dataclass
 class ModelRunner:
     """A loaded student ready to answer: model, card, and what the server adds to the card."""
@@ -86,7 +74,8 @@ class ModelRunner:
         model, card = load_artifact(path)
         serving: dict[str, Any] = {"artifact": ref, "path": str(path), "quantize": quantize}
         if quantize == "int8":
-            model, names = quantize_int8(model)
+            names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+            model = quantize_int8(model)
             serving["quantized_modules"] = names
         return cls(model=model, card=card, version=_version_of(ref, path), quantize=quantize, serving=serving)
 

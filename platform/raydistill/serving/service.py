@@ -17,9 +17,9 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from ..config_rules import ConfigError
-from .model_runner import ModelRunner
-from .validation import (RequestError, body_too_large_message, check_content_type,
+from raydistill.core.config.rules import ConfigError
+from raydistill.serving.model_runner import ModelRunner
+from raydistill.serving.validation import (RequestError, body_too_large_message, check_content_type,
                          check_declared_length, parse_predict_request)
 
 Infer = Callable[[np.ndarray], Awaitable[np.ndarray]]

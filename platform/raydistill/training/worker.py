@@ -1,5 +1,5 @@
 """The function every Ray Train worker runs. It lives in the package (never in a test module:
-workers that cannot import the train function hang ``fit()`` for good, see RAY_NOTES)."""
+workers that cannot import the train function hang ``fit()`` for good, see docs/ray-notes.md)."""
 from __future__ import annotations
 
 import os
@@ -13,9 +13,9 @@ import torch.distributed as dist
 import ray.train
 import ray.train.torch
 
-from .engine import iterate_batches
-from .loop import StageSpec, TrainState, load_train_state, run_epochs, save_train_state
-from .artifacts import build_from_card
+from raydistill.core.engine import iterate_batches
+from raydistill.core.loop import shuffle_seed, StageSpec, TrainState, load_train_state, run_epochs, save_train_state
+from raydistill.core.artifacts import model_from_state
 
 STATE_FILE = "state.pt"
 
@@ -69,12 +69,7 @@ def _crash_hook(crash_at_epoch: int, marker: str, rank: int, world: int):
 def _online_teachers(teachers_ref, device) -> list[torch.nn.Module]:
     if teachers_ref is None:
         return []
-    models = []
-    for card, state in ray.get(teachers_ref):
-        model = build_from_card(card)
-        model.load_state_dict(state)
-        models.append(model.to(device).eval())
-    return models
+    return [model_from_state(card, state).to(device) for card, state in ray.get(teachers_ref)]
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -99,7 +94,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=checkpoint)
 
     run_epochs(spec,
-               train_batches=lambda e: train.batches(spec.batch_size, shuffle=True, seed=spec.seed * 100003 + e * world + rank),
+               train_batches=lambda e: train.batches(spec.batch_size, shuffle=True, seed=shuffle_seed(spec.seed, e, world=world, rank=rank)),
                val_batches=lambda: val.batches(1024, shuffle=False),
                report=report, resume=_resume_state(),
                prepare_model=ray.train.torch.prepare_model,

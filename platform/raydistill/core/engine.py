@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .losses import ensemble_soft_targets, kd_loss_from_probs, soft_targets
+from raydistill.core.losses import ensemble_soft_targets, kd_loss_from_probs, soft_targets
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -12,11 +12,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import load_card
-from ..config import Config
-from ..runtime import init_ray
-from .app import ServeArgs, build_app
-from .ingress import active_ingress, enable_ingress
+from raydistill.core.artifacts import load_card
+from raydistill.core.config import Config
+from raydistill.runtime import init_ray
+from raydistill.serving.app import ServeArgs, build_app
+from raydistill.serving.ingress import active_ingress, enable_ingress
 
 
 def serve_args(cfg: Config, artifact_ref: str | None = None) -> ServeArgs:
@@ -112,7 +112,7 @@ def _print_banner(cfg: Config, artifact_ref: str | None, url: str) -> None:
     args = serve_args(cfg, artifact_ref)
     card: dict[str, Any] = {}
     if "://" not in args.artifact:
-        from ..artifacts import resolve_artifact
+        from raydistill.core.artifacts import resolve_artifact
 
         card = load_card(resolve_artifact(args.artifact, args.storage_path))
     print(f"serving {card.get('name', args.artifact)} ({Path(card.get('path', args.artifact)).name}, "

@@ -11,12 +11,13 @@ import functools
 import gzip
 import os
 from dataclasses import dataclass
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from .registry import Registry
+from raydistill.core.registry import Registry
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -203,9 +204,7 @@ def load_data(section, seed: int) -> DataBundle:
 @functools.lru_cache(maxsize=4)
 def _load_data_cached(name, root, download, val_fraction, test_fraction, train_limit,
                       synthetic_samples, synthetic_classes, synthetic_shape, seed) -> DataBundle:
-    from .config import DataSection
-
-    section = DataSection(name=name, root=root, download=download, val_fraction=val_fraction,
+    section = SimpleNamespace(name=name, root=root, download=download, val_fraction=val_fraction,
                           test_fraction=test_fraction, train_limit=train_limit,
                           synthetic_samples=synthetic_samples, synthetic_classes=synthetic_classes,
                           synthetic_shape=list(synthetic_shape))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import uuid
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,14 +19,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .artifacts import ArtifactError, WEIGHTS_FILE, load_artifact, new_artifact_path, resolve_artifact, save_artifact
-from .cards import build_card, parent_entry
-from .compress_methods import (file_bytes, latency_ms, load_sparse_state, make_permanent, nonzero_parameters,
-                               prune_global_l1, quantize_int8, save_sparse, weight_sparsity)
-from .config import Config
-from .data import DataBundle
-from .engine import KDSettings, evaluate, fit, predict_logits
-from .models import build_model, count_parameters
+from raydistill.core.artifacts import ArtifactError, WEIGHTS_FILE, stamped_name, load_artifact, new_artifact_path, resolve_artifact, save_artifact
+from raydistill.core.cards import build_card, parent_entry
+from raydistill.compress.methods import (file_bytes, latency_ms, load_sparse_state, make_permanent, nonzero_parameters,
+                               prune_global_l1, save_sparse, weight_sparsity)
+from raydistill.core.config import Config
+from raydistill.core.data import DataBundle
+from raydistill.core.engine import KDSettings, evaluate, fit, predict_logits
+from raydistill.core.models import build_model, count_parameters, quantize_int8
 
 REPORT_JSON = "report.json"
 
@@ -50,7 +49,7 @@ class Row:
 
 def run_compress_cli(cfg: Config, args) -> Path:
     """Entry point of ``raydistill compress-report --artifact <teacher>``; returns the report dir."""
-    from .preflight import preflight
+    from raydistill.core.preflight import preflight
 
     bundle = preflight(cfg, "compress-report")
     teacher_path = resolve_artifact(getattr(args, "artifact", "") or "latest:teacher", cfg.storage_dir())
@@ -65,8 +64,7 @@ def run_compress_cli(cfg: Config, args) -> Path:
 def report_dir(cfg: Config) -> Path:
     if cfg.compress.output:
         return Path(cfg.compress.output).expanduser().resolve()
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return cfg.storage_dir() / "reports" / f"compress-{stamp}-{uuid.uuid4().hex[:4]}"
+    return cfg.storage_dir() / "reports" / stamped_name("compress")
 
 
 def _load_checked(path: Path, bundle: DataBundle) -> tuple[nn.Module, dict]:
@@ -202,7 +200,7 @@ def _meta(cfg: Config, bundle: DataBundle, teacher_path: Path) -> dict:
 
 def write_report(rows: list[Row], out_dir: Path, *, meta: dict) -> None:
     """report.json (rows + meta), report.csv, report.md and report.png under ``out_dir``."""
-    from .compress_output import plot_report, write_csv
+    from raydistill.compress.output import plot_report, write_csv
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / REPORT_JSON).write_text(json.dumps({**meta, "rows": [asdict(r) for r in rows]}, indent=2))
@@ -212,7 +210,7 @@ def write_report(rows: list[Row], out_dir: Path, *, meta: dict) -> None:
 
 
 def markdown_table(rows: list[Row]) -> str:
-    from .compress_output import markdown_table as table
+    from raydistill.compress.output import markdown_table as table
 
     return table(rows)
 

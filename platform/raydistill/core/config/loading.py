@@ -14,25 +14,11 @@ from typing import Any
 
 import yaml
 
-from .config_rules import ConfigError, validate
+from raydistill.core.config.rules import ConfigError, validate
 
-__all__ = ["Config", "ConfigError", "load_config", "config_from_dict", "save_config", "parse_override"]
+__all__ = ["load_config", "config_from_dict", "save_config", "parse_override"]
 
-
-from .config_schema import (  # noqa: F401  (re-exported: the public config API)
-    RunSection,
-    DataSection,
-    ModelSpec,
-    TeacherSection,
-    TeacherRef,
-    DistillSection,
-    TuneSection,
-    FederatedSection,
-    ServeSection,
-    CompressSection,
-    PipelineSection,
-    Config,
-)
+from raydistill.core.config.schema import Config
 
 
 # --- building and checking -----------------------------------------------------------------

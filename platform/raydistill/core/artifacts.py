@@ -19,12 +19,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .models import build_model, count_parameters
+from raydistill.core.models import build_model, count_parameters
 
 WEIGHTS_FILE = "weights.pt"
 CARD_FILE = "model.json"
 CHOSEN_FILE = "CHOSEN"
-KINDS = ("teacher", "student", "baseline", "federated", "tuned", "compressed")
 
 
 class ArtifactError(RuntimeError):
@@ -40,17 +39,18 @@ def sha256_file(path: Path) -> str:
 
 
 def library_versions() -> dict[str, str]:
+    """Versions of what made the artifact; read from package metadata, so Ray is never imported."""
+    from importlib import metadata
+
     import numpy
 
+    from raydistill.core.version import __version__
+
     versions = {"python": _platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__}
-    try:  # the library itself never needs ray to read or write artifacts
-        import ray
-
-        versions["ray"] = ray.__version__
-    except ImportError:  # pragma: no cover
+    try:
+        versions["ray"] = metadata.version("ray")
+    except metadata.PackageNotFoundError:  # pragma: no cover - ray is a dependency
         pass
-    from . import __version__
-
     versions["raydistill"] = __version__
     return versions
 
@@ -59,10 +59,15 @@ def artifacts_root(storage_dir: Path | str) -> Path:
     return Path(storage_dir) / "artifacts"
 
 
+def stamped_name(prefix: str) -> str:
+    """``<prefix>-<UTC time>-<4 hex>``: sortable by time and unique; every run dir is named so."""
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{prefix}-{stamp}-{uuid.uuid4().hex[:4]}"
+
+
 def new_artifact_path(storage_dir: Path | str, kind: str) -> Path:
     """``<storage>/artifacts/<kind>/<kind>-<UTC time>-<4 hex>``: sortable and unique."""
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return artifacts_root(storage_dir) / kind / f"{kind}-{stamp}-{uuid.uuid4().hex[:4]}"
+    return artifacts_root(storage_dir) / kind / stamped_name(kind)
 
 
 def _write_json_atomic(path: Path, payload: Any) -> None:
@@ -140,6 +145,13 @@ def load_state(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[str, Any
 def build_from_card(card: dict[str, Any]) -> nn.Module:
     arch = card["architecture"]
     return build_model(arch["name"], card["input_shape"], len(card["class_names"]), arch.get("args"))
+
+
+def model_from_state(card: dict[str, Any], state: dict) -> nn.Module:
+    """The card's architecture with ``state`` loaded (tensors or numpy arrays), in eval mode."""
+    model = build_from_card(card)
+    model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
+    return model.eval()
 
 
 def load_artifact(path: Path | str) -> tuple[nn.Module, dict[str, Any]]:

@@ -9,16 +9,16 @@ import argparse
 import sys
 from typing import Callable
 
-from .artifacts import ArtifactError
-from .config import Config, ConfigError, load_config
-from .data import DataError
+from raydistill.core.artifacts import ArtifactError
+from raydistill.core.config import Config, ConfigError, load_config
+from raydistill.core.data import DataError
 
 STAGES: dict[str, tuple[str, str]] = {
     # stage: (module:function, help)
-    "teacher": ("raydistill.stages:run_teacher", "train the teacher with Ray Train"),
-    "distill": ("raydistill.stages:run_distill", "distill the student with Ray Train (N workers)"),
-    "baseline": ("raydistill.stages:run_baseline", "train the student alone (no teacher), the baseline"),
-    "pipeline": ("raydistill.pipeline:run_pipeline", "teacher -> distill -> baseline, with a summary table"),
+    "teacher": ("raydistill.cli.stages:run_teacher", "train the teacher with Ray Train"),
+    "distill": ("raydistill.cli.stages:run_distill", "distill the student with Ray Train (N workers)"),
+    "baseline": ("raydistill.cli.stages:run_baseline", "train the student alone (no teacher), the baseline"),
+    "pipeline": ("raydistill.cli.pipeline:run_pipeline", "teacher -> distill -> baseline, with a summary table"),
 }
 
 
@@ -30,10 +30,10 @@ def register_stage(name: str, target: str, help_text: str) -> None:
 def _load_optional_stages() -> None:
     """Stages that live in their own modules announce themselves here (explicit, no side effects)."""
     optional = {
-        "tune": ("raydistill.tune:run_tune_cli", "sweep temperature x alpha with Ray Tune (ASHA)"),
+        "tune": ("raydistill.tuning.sweep:run_tune_cli", "sweep temperature x alpha with Ray Tune (ASHA)"),
         "federated": ("raydistill.federated:run_federated_cli", "federated clients on Ray actors"),
-        "serve": ("raydistill.serving:run_serve_cli", "serve a student over HTTP with Ray Serve"),
-        "compress-report": ("raydistill.compress:run_compress_cli", "distillation vs quantization vs pruning"),
+        "serve": ("raydistill.serving.deploy:run_serve_cli", "serve a student over HTTP with Ray Serve"),
+        "compress-report": ("raydistill.compress.report:run_compress_cli", "distillation vs quantization vs pruning"),
     }
     import importlib.util
 

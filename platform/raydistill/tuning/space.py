@@ -1,6 +1,6 @@
 """What a sweep searches and how much of it runs at once, from ``cfg.tune``.
 
-The checks here run before any trial: range rules live in ``config_rules._validate_tune``
+The checks here run before any trial: range rules live in ``core.config.rules._validate_tune``
 (empty range, T <= 0, alpha outside [0, 1], ...); this module adds what needs the cluster's
 size (:func:`concurrency_cap`) or an optional package (:func:`check_searcher`).
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from .config import Config, ConfigError
+from raydistill.core.config import Config, ConfigError
 
 
 def expected_trials(cfg: Config) -> int:
@@ -22,7 +22,7 @@ def expected_trials(cfg: Config) -> int:
 
 def cpus_per_trial(cfg: Config) -> float:
     """1 CPU for an in-process trial; 0.01 (driver) + 0.99 per Ray Train worker otherwise
-    (RAY_NOTES: a 0-CPU driver is rejected)."""
+    (docs/ray-notes.md: a 0-CPU driver is rejected)."""
     w = cfg.distill.workers
     return 1.0 if w == 1 else 0.01 + 0.99 * w
 

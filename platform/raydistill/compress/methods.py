@@ -26,19 +26,6 @@ from torch.nn.utils import prune
 PRUNABLE = (nn.Linear, nn.Conv2d)
 
 
-def quantize_int8(model: nn.Module) -> nn.Module:
-    """INT8 dynamic quantization of every ``nn.Linear`` (weights int8, activations quantized on
-    the fly per batch); other layers stay float32. Returns a new model in eval mode."""
-    with warnings.catch_warnings():
-        # torch.ao.quantization is deprecated in favour of torchao, but still ships and is the
-        # dependency-free path for eager CPU dynamic quantization.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*", category=UserWarning)
-        from torch.ao.quantization import quantize_dynamic
-
-        return quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
-
-
 def prunable_weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
     """``(module, "weight")`` for every Linear/Conv2d: what global pruning ranks together."""
     return [(m, "weight") for m in model.modules() if isinstance(m, PRUNABLE)]

@@ -10,8 +10,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .artifacts import build_from_card
-from .engine import run_teachers
+from raydistill.core.artifacts import model_from_state
+from raydistill.core.engine import run_teachers
 
 
 def to_ray_dataset(x: np.ndarray, y: np.ndarray, logits: np.ndarray | None = None):
@@ -35,9 +35,7 @@ class TeacherLogits:
         self.device = torch.device(device)
         self.models = []
         for card, state in teachers:
-            model = build_from_card(card)
-            model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
-            self.models.append(model.to(self.device).eval())
+            self.models.append(model_from_state(card, state).to(self.device))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x = torch.as_tensor(batch["x"], dtype=torch.float32, device=self.device)

@@ -9,7 +9,7 @@ Inside a job a relative storage path is therefore taken under ``$RAYDISTILL_STOR
 multi-node cluster the storage path must be a shared filesystem mounted at the same path on every
 node (cluster.yaml mounts EFS at /mnt/shared and sets the root there).
 
-Parsing, config checks and error messages are the CLI's own (:func:`raydistill.cli.main`); this
+Parsing, config checks and error messages are the CLI's own (:func:`raydistill.cli.commands.main`); this
 module only adds the storage rule, one banner line and one footer line saying where results went.
 """
 from __future__ import annotations
@@ -21,8 +21,8 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-from . import cli
-from .config import Config
+from raydistill.cli import commands as cli
+from raydistill.core.config import Config
 
 STORAGE_ROOT_ENV = "RAYDISTILL_STORAGE_ROOT"
 DEFAULT_STORAGE_ROOT = "~/raydistill"
@@ -52,7 +52,7 @@ def storage_root(env: Mapping[str, str] = os.environ) -> Path:
 def quiet_config(stage: str, argv: list[str]) -> Config | None:
     """The config ``raydistill <stage> argv`` would run with, or None when argv or config is bad.
 
-    Silent on purpose: :func:`raydistill.cli.main` parses again and reports the error itself, so
+    Silent on purpose: :func:`raydistill.cli.commands.main` parses again and reports the error itself, so
     a job's log shows exactly the CLI's message, once.
     """
     with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
@@ -89,7 +89,7 @@ def serve_and_exit(cfg: Config, args=None) -> str:
     Unlike ``raydistill serve`` (which blocks until Ctrl-C and then removes the app), the job ends
     as soon as the app is healthy; remove the app later with ``serve delete <serve.app_name>``.
     """
-    from .serving import deploy
+    from raydistill.serving.deploy import deploy
 
     ref = getattr(args, "artifact", "") or cfg.serve.artifact
     url = deploy(cfg, ref, blocking=False)
@@ -102,7 +102,7 @@ def serve_and_exit(cfg: Config, args=None) -> str:
 def _job_targets():
     """``serve`` runs :func:`serve_and_exit` in a job (deploy, then end); the CLI's table is restored after."""
     saved = dict(cli.STAGES)
-    cli.register_stage("serve", "raydistill.jobs:serve_and_exit", "deploy the student and exit")
+    cli.register_stage("serve", "raydistill.cli.job:serve_and_exit", "deploy the student and exit")
     try:
         yield
     finally:
@@ -112,7 +112,7 @@ def _job_targets():
 
 def run_job(stage: str, argv: list[str], env: Mapping[str, str] = os.environ) -> int:
     """Run ``raydistill <stage> argv`` as a job entry point; returns the CLI's exit code."""
-    from . import __file__ as package_file
+    from raydistill import __file__ as package_file
 
     cfg = quiet_config(stage, argv)
     storage = job_storage_path(cfg, env) if cfg else None

@@ -5,8 +5,6 @@ checkpoint -> test accuracy measured once on the driver -> an artifact with its 
 """
 from __future__ import annotations
 
-import time
-import uuid
 from pathlib import Path
 from typing import Sequence
 
@@ -14,15 +12,15 @@ import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from .artifacts import ArtifactError, load_state, new_artifact_path, resolve_artifact, save_artifact
-from .cards import build_card, parent_entry
-from .config import Config, TeacherRef
-from .data import DataBundle, load_data
-from .engine import KDSettings, evaluate
-from .loop import StageSpec, TrainState, build_for_spec, load_train_state
-from .runtime import cluster_gpus
-from .soft_targets import compute_soft_targets, to_ray_dataset
-from .train_worker import STATE_FILE, train_loop_per_worker
+from raydistill.core.artifacts import ArtifactError, load_state, new_artifact_path, stamped_name, resolve_artifact, save_artifact
+from raydistill.core.cards import build_card, parent_entry
+from raydistill.core.config import Config, TeacherRef
+from raydistill.core.data import DataBundle, load_data
+from raydistill.core.engine import KDSettings, evaluate
+from raydistill.core.loop import StageSpec, TrainState, build_for_spec, load_train_state
+from raydistill.runtime import cluster_gpus
+from raydistill.training.soft_targets import compute_soft_targets, to_ray_dataset
+from raydistill.training.worker import STATE_FILE, train_loop_per_worker
 
 
 def _use_gpu(cfg: Config) -> bool:
@@ -33,7 +31,7 @@ def _use_gpu(cfg: Config) -> bool:
 def fit_stage(spec: StageSpec, datasets: dict, cfg: Config, *, workers: int, max_failures: int,
               cached: bool = False, teachers_ref=None, crash_at_epoch: int = -1) -> TrainState:
     """Run ``spec`` on ``workers`` Ray Train workers; return the final checkpoint's state."""
-    run_name = f"{spec.stage}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    run_name = stamped_name(spec.stage)
     storage = cfg.storage_dir()
     loop_config = {"spec": spec, "cached": cached, "teachers_ref": teachers_ref, "use_gpu": _use_gpu(cfg),
                    "verbose": not cfg.run.quiet, "crash_at_epoch": crash_at_epoch,

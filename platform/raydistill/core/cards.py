@@ -1,10 +1,10 @@
-"""Model cards: what an artifact says about itself (see ../shared/DESIGN.md, "The flow")."""
+"""Model cards: what an artifact says about itself (the README's "The flow" and "Code map" describe the fields)."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from .data import DataBundle
+from raydistill.core.data import DataBundle
 
 
 def parent_entry(path: Path | str, card: dict, **extra: Any) -> dict:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import load_card, mark_chosen
-from .config import Config
-from .data import DataBundle
-from .stages import start
+from raydistill.core.artifacts import load_card, mark_chosen
+from raydistill.core.config import Config
+from raydistill.core.data import DataBundle
+from raydistill.cli.stages import start
 
 
 def summary_rows(paths: dict[str, Path]) -> list[dict]:
@@ -50,7 +50,7 @@ def _with_distill(cfg: Config, **changes) -> Config:
 
 def sweep_best(cfg: Config) -> dict:
     """Run the sweep with 1-worker trials; return the best row (T, alpha, lr, score, ...)."""
-    from .tune import run_sweep
+    from raydistill.tuning.sweep import run_sweep
 
     result = run_sweep(_with_distill(cfg, workers=1))
     if result.best is None:
@@ -84,7 +84,7 @@ def smoke_requests(url: str, bundle: DataBundle, n: int) -> dict:
 
 def serve_and_probe(cfg: Config, student: Path, bundle: DataBundle) -> dict:
     """Deploy ``student``, send the smoke requests, shut down unless ``pipeline.keep_serving``."""
-    from .serving.cli import deploy, stop
+    from raydistill.serving.deploy import deploy, stop
 
     url = deploy(cfg, str(student))
     try:
@@ -97,7 +97,7 @@ def serve_and_probe(cfg: Config, student: Path, bundle: DataBundle) -> dict:
 
 def run_pipeline(cfg: Config, args=None) -> dict:
     """Every stage in order; returns the artifact paths, the best sweep row and the probe."""
-    from .train import distill_student, train_teacher
+    from raydistill.training.driver import distill_student, train_teacher
 
     bundle = start(cfg, "pipeline")
     teacher = train_teacher(cfg)

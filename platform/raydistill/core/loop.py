@@ -12,8 +12,8 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from .engine import KDSettings, evaluation_sums, make_optimizer, metrics_from_sums, train_epoch
-from .models import build_model
+from raydistill.core.engine import KDSettings, evaluation_sums, make_optimizer, metrics_from_sums, train_epoch
+from raydistill.core.models import build_model
 
 Batches = Iterable[tuple[torch.Tensor, ...]]
 
@@ -56,6 +56,12 @@ class TrainState:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainState":
         return cls(d["model"], d["optimizer"], int(d["epoch"]), list(d["history"]), list(d.get("resumed_at", [])))
+
+
+def shuffle_seed(seed: int, epoch: int, *, world: int = 1, rank: int = 0) -> int:
+    """The seed of ``rank``'s shuffle in ``epoch``: distinct per (seed, epoch, rank), and a 1-worker
+    Ray Train run, a Tune trial and a plain loop with the same seed see the same order."""
+    return seed * 100003 + epoch * world + rank
 
 
 def build_for_spec(spec: StageSpec) -> nn.Module:

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .config import Config, ModelSpec
+from raydistill.core.config import Config, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,8 @@ def train_teachers(cfg: Config, *, cpus: float | None = None) -> list[Path]:
 
     Ray must be initialized (``stages.start``). ``cpus`` defaults to the cluster's CPU count.
     """
-    from .runtime import cluster_cpus
-    from .train import train_teacher
+    from raydistill.runtime import cluster_cpus
+    from raydistill.training.driver import train_teacher
 
     runs = teacher_runs(cfg)
     cpus = cluster_cpus() if cpus is None else cpus

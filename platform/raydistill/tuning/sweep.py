@@ -5,7 +5,7 @@ Flow of :func:`run_sweep`::
 
     config checks (search space, searcher; no Ray) -> Ray up -> concurrency cap from cluster CPUs
     -> teacher (trained first if there is none) -> soft targets ONCE (Ray Data) -> object store
-    -> Tuner (one trial per point; tune_trial.py) -> results.csv
+    -> Tuner (one trial per point; tuning/trial.py) -> results.csv
     -> best trial's weights -> test accuracy once -> artifact "student", marked chosen
     -> heatmap.png, curves.png, best.yaml, top-k table
 
@@ -15,27 +15,25 @@ A sweep lives in ``<storage>/tune/<run.name>-<time>-<hex>/`` next to Tune's own 
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import json
 import os
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .artifacts import ArtifactError, list_artifacts, load_card, mark_chosen, resolve_artifact
-from .config import Config, ConfigError, load_config, save_config
-from .tune_report import (BEST_FILE, CURVES_FILE, HEATMAP_FILE, RESULTS_FILE, best_row, epoch_history,
+from raydistill.core.artifacts import ArtifactError, list_artifacts, load_card, mark_chosen, resolve_artifact
+from raydistill.core.config import Config, ConfigError
+from raydistill.tuning.report import (new_sweep_dir, resumed_config, BEST_FILE, CURVES_FILE, HEATMAP_FILE, RESULTS_FILE, best_row, epoch_history,
                           error_message, format_top_table, plot_curves, plot_heatmap, trial_row, write_best_yaml,
                           write_results)
-from .tune_space import (check_searcher, concurrency_cap, cpus_per_trial, expected_trials, scheduler_and_searcher,
+from raydistill.tuning.space import (check_searcher, concurrency_cap, cpus_per_trial, expected_trials, scheduler_and_searcher,
                          search_space)
 
 __all__ = ["SweepResult", "run_sweep", "run_tune_cli", "ensure_teacher", "concurrency_cap", "expected_trials",
            "check_searcher", "search_space"]
 
-SWEEP_CONFIG_FILE, SUMMARY_FILE = "sweep.yaml", "sweep.json"
+SUMMARY_FILE = "sweep.json"
 UNFINISHED = ("PENDING", "RUNNING", "PAUSED")
 
 
@@ -60,14 +58,14 @@ class SweepResult:
 def ensure_teacher(cfg: Config) -> Config:
     """``cfg`` with ``distill.teacher`` pinned to an artifact path; trains a teacher when the config
     names none and storage holds none (``latest:teacher`` would otherwise fail)."""
-    from .train import teacher_refs
+    from raydistill.training.driver import teacher_refs
 
     if cfg.distill.teachers:
         return cfg
     storage = cfg.storage_dir()
     if not cfg.distill.teacher and not list_artifacts(storage, "teacher"):
-        from .preflight import preflight
-        from .train import train_teacher
+        from raydistill.core.preflight import preflight
+        from raydistill.training.driver import train_teacher
 
         preflight(cfg, "teacher")
         print(f"tune: no teacher under {storage}; training one first", flush=True)
@@ -79,7 +77,7 @@ def ensure_teacher(cfg: Config) -> Config:
 def shared_inputs(cfg: Config, bundle, teachers) -> dict:
     """Soft targets computed ONCE (Ray Data ``map_batches``) as numpy arrays:
     ``{"train": (x, y, logits), "val": (x, y)}``; Tune puts them in the object store once."""
-    from .soft_targets import compute_soft_targets, soft_target_arrays, to_ray_dataset
+    from raydistill.training.soft_targets import compute_soft_targets, soft_target_arrays, to_ray_dataset
 
     pairs = [(card, state) for _, card, state, _ in teachers]
     soft = compute_soft_targets(to_ray_dataset(bundle.x_train, bundle.y_train), pairs,
@@ -88,8 +86,8 @@ def shared_inputs(cfg: Config, bundle, teachers) -> dict:
 
 
 def trial_settings(cfg: Config, bundle, teachers, sweep_dir: Path):
-    from .train import student_spec
-    from .tune_trial import TrialSettings
+    from raydistill.training.driver import student_spec
+    from raydistill.tuning.trial import TrialSettings
 
     spec = dataclasses.replace(student_spec(cfg, bundle, kd=None, stage="student"), epochs=cfg.tune.max_epochs)
     return TrialSettings(spec=spec, teacher_weights=tuple(w for *_, w in teachers), workers=cfg.distill.workers,
@@ -100,7 +98,7 @@ def trainable(cfg: Config, data: dict, settings):
     """The trial function with its resources and the shared inputs bound (object store, once)."""
     from ray import tune
 
-    from .tune_trial import distill_trial, distill_trial_on_train
+    from raydistill.tuning.trial import distill_trial, distill_trial_on_train
 
     fn, resources = (distill_trial, {"cpu": 1}) if settings.workers == 1 else (distill_trial_on_train, {"cpu": 0.01})
     return tune.with_resources(tune.with_parameters(fn, data=data, settings=settings), resources)
@@ -131,7 +129,7 @@ def collect_rows(cfg: Config, sweep_dir: Path) -> tuple[list[dict], dict, dict]:
     """``(rows, histories by trial id, Tune trials by id)`` read back from the sweep's Tune state."""
     from ray.tune import ExperimentAnalysis
 
-    from .tune_trial import trial_index
+    from raydistill.tuning.trial import trial_index
 
     analysis = ExperimentAnalysis(str(sweep_dir), default_metric=cfg.tune.metric, default_mode=cfg.tune.mode)
     frames = analysis.trial_dataframes
@@ -153,7 +151,7 @@ def collect_rows(cfg: Config, sweep_dir: Path) -> tuple[list[dict], dict, dict]:
 
 def best_state(trial):
     """The best trial's final weights: its Tune checkpoint, or its Train run's (multi-worker)."""
-    from .tune_trial import load_trial_state
+    from raydistill.tuning.trial import load_trial_state
 
     if trial.checkpoint is not None:
         with trial.checkpoint.as_directory() as d:
@@ -166,8 +164,8 @@ def best_state(trial):
 
 def save_chosen(cfg: Config, bundle, teachers, settings, trial, best: dict, sweep_dir: Path) -> Path:
     """Test accuracy measured once on the test split, artifact kind "student", marked chosen."""
-    from .train import finish_artifact, teacher_parents, training_record
-    from .tune_trial import SEARCHED_KEYS, trial_spec
+    from raydistill.training.driver import finish_artifact, teacher_parents, training_record
+    from raydistill.tuning.trial import SEARCHED_KEYS, trial_spec
 
     state = best_state(trial)
     spec = dataclasses.replace(trial_spec(settings, trial.config), epochs=state.epoch)
@@ -184,33 +182,12 @@ def save_chosen(cfg: Config, bundle, teachers, settings, trial, best: dict, swee
 # --- entry points ----------------------------------------------------------------------------
 
 
-def new_sweep_dir(cfg: Config) -> Path:
-    """``<storage>/tune/<run.name>-<UTC time>-<hex>``, holding ``sweep.yaml`` (the config, teacher
-    pinned) from the start so that ``--resume`` needs nothing else."""
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    path = cfg.storage_dir() / "tune" / f"{cfg.run.name}-{stamp}-{uuid.uuid4().hex[:4]}"
-    path.mkdir(parents=True)
-    save_config(cfg, path / SWEEP_CONFIG_FILE)
-    return path
-
-
-def resumed_config(cfg: Config, resume_dir: Path) -> Config:
-    """The sweep's own saved config (search space and teacher are fixed), with this call's
-    ``run.address``/``run.quiet``."""
-    saved = resume_dir / SWEEP_CONFIG_FILE
-    if not saved.is_file():
-        raise ConfigError(f"--resume: {resume_dir} is not a raydistill sweep ({SWEEP_CONFIG_FILE} is missing)")
-    old = load_config(saved)
-    run = dataclasses.replace(old.run, address=cfg.run.address, quiet=cfg.run.quiet)
-    return dataclasses.replace(old, run=run)
-
-
 def run_sweep(cfg: Config, resume_dir: str | Path | None = None, *, callbacks: Sequence = ()) -> SweepResult:
     """Run (or resume) the sweep and finish it: see the module docstring. ``callbacks`` are
     extra ``ray.tune.Callback`` objects (kept in the sweep's state, so also active on resume)."""
     from ray import tune
 
-    from .train import load_teachers
+    from raydistill.training.driver import load_teachers
 
     sweep_dir = Path(resume_dir).expanduser().resolve() if resume_dir else None
     cfg = resumed_config(cfg, sweep_dir) if sweep_dir else cfg
@@ -237,8 +214,8 @@ def run_sweep(cfg: Config, resume_dir: str | Path | None = None, *, callbacks: S
 def start_sweep(cfg: Config):
     """Checks without Ray (searcher, data, student), then Ray, then the concurrency cap (printed).
     Returns ``(data bundle, cap)``; raises ConfigError before any trial exists."""
-    from .preflight import preflight
-    from .runtime import cluster_cpus, init_ray
+    from raydistill.core.preflight import preflight
+    from raydistill.runtime import cluster_cpus, init_ray
 
     check_searcher(cfg)
     bundle = preflight(cfg, "tune")

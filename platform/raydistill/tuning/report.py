@@ -1,6 +1,6 @@
 """What a finished sweep leaves behind: ``results.csv``, ``heatmap.png``, ``curves.png``,
 ``best.yaml`` and the top-k table. Pure functions over plain rows (no Ray import), so they are
-tested without a cluster; :mod:`raydistill.tune` turns Tune's trials into rows.
+tested without a cluster; :mod:`raydistill.tuning.sweep` turns Tune's trials into rows.
 """
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ from typing import Sequence
 import pandas as pd
 import yaml
 
-from .config import Config, config_from_dict
+from raydistill.core.artifacts import stamped_name
+from raydistill.core.config import Config, ConfigError, config_from_dict, load_config, save_config
+
+SWEEP_CONFIG_FILE = "sweep.yaml"  # the sweep's own config, saved before any trial
 
 RESULTS_FILE, HEATMAP_FILE, CURVES_FILE, BEST_FILE = "results.csv", "heatmap.png", "curves.png", "best.yaml"
 COLUMNS = ["trial_id", "trial_index", "status", "temperature", "alpha", "lr", "final_val_accuracy",
@@ -170,3 +173,26 @@ def write_best_yaml(cfg: Config, best: dict, *, teacher: str, sweep_dir: Path) -
               f"({best['score']:.4f}).\n# Run it: raydistill distill --config {path}\n")
     path.write_text(header + yaml.safe_dump(best_config(cfg, best, teacher=teacher).to_dict(), sort_keys=False))
     return path
+
+
+# --- the sweep directory -----------------------------------------------------------------------
+
+
+def new_sweep_dir(cfg: Config) -> Path:
+    """``<storage>/tune/<run.name>-<UTC time>-<hex>``, holding ``sweep.yaml`` (the config, teacher
+    pinned) from the start so that ``--resume`` needs nothing else."""
+    path = cfg.storage_dir() / "tune" / stamped_name(cfg.run.name)
+    path.mkdir(parents=True)
+    save_config(cfg, path / SWEEP_CONFIG_FILE)
+    return path
+
+
+def resumed_config(cfg: Config, resume_dir: Path) -> Config:
+    """The sweep's own saved config (search space and teacher are fixed), with this call's
+    ``run.address``/``run.quiet``."""
+    saved = resume_dir / SWEEP_CONFIG_FILE
+    if not saved.is_file():
+        raise ConfigError(f"--resume: {resume_dir} is not a raydistill sweep ({SWEEP_CONFIG_FILE} is missing)")
+    old = load_config(saved)
+    run = dataclasses.replace(old.run, address=cfg.run.address, quiet=cfg.run.quiet)
+    return dataclasses.replace(old, run=run)

@@ -5,12 +5,14 @@ own keyword arguments, so the same name fits 8x8 digits, 28x28 Fashion-MNIST and
 """
 from __future__ import annotations
 
+import copy
+import warnings
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from .registry import Registry
+from raydistill.core.registry import Registry
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
@@ -113,6 +115,14 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def pick_device(use_gpu: bool) -> torch.device:
-    """CUDA when asked for and present, else CPU."""
-    return torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """INT8 dynamic quantization of every ``nn.Linear`` (weights int8, activations quantized on
+    the fly per batch); other layers stay float32. Returns a new model in eval mode."""
+    with warnings.catch_warnings():
+        # torch.ao.quantization is deprecated in favour of torchao, but still ships and is the
+        # dependency-free path for eager CPU dynamic quantization.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*", category=UserWarning)
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)

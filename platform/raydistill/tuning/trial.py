@@ -1,14 +1,14 @@
 """What one Tune trial runs: distill the student at the trial's (T, alpha[, lr]) from soft targets
 that the sweep computed once and shared through the object store (``tune.with_parameters``).
 
-Two trainables, both on the shared epoch loop (:func:`raydistill.loop.run_epochs`):
+Two trainables, both on the shared epoch loop (:func:`raydistill.core.loop.run_epochs`):
 
 * :func:`distill_trial` (``distill.workers == 1``): the loop runs in the trial's own process and
   reports to Tune after every epoch with a checkpoint, so ASHA can stop it and a restored sweep
   resumes it from its last epoch.
 * :func:`distill_trial_on_train` (``distill.workers > 1``): the trial is a light driver that runs
-  a ``TorchTrainer`` (DDP workers on :func:`raydistill.train_worker.train_loop_per_worker`);
-  ``TuneReportCallback`` forwards rank 0's reports to Tune (RAY_NOTES, "Ray Tune").
+  a ``TorchTrainer`` (DDP workers on :func:`raydistill.training.worker.train_loop_per_worker`);
+  ``TuneReportCallback`` forwards rank 0's reports to Tune (docs/ray-notes.md, "Ray Tune").
 """
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from ray import tune
 
-from .engine import KDSettings, iterate_batches
-from .loop import StageSpec, TrainState, load_train_state, run_epochs, save_train_state
-from .train_worker import STATE_FILE
+from raydistill.core.engine import KDSettings, iterate_batches
+from raydistill.core.loop import shuffle_seed, StageSpec, TrainState, load_train_state, run_epochs, save_train_state
+from raydistill.training.worker import STATE_FILE
 
 SEARCHED_KEYS = ("temperature", "alpha", "lr")
 
@@ -104,7 +104,7 @@ def distill_trial(config: dict, *, data: dict[str, tuple[np.ndarray, ...]], sett
     run_epochs(spec,
                # the same shuffling seeds as a 1-worker `raydistill distill` (rank 0 of world 1)
                train_batches=lambda e: iterate_batches(train, spec.batch_size, shuffle=True,
-                                                       seed=spec.seed * 100003 + e),
+                                                       seed=shuffle_seed(spec.seed, e)),
                val_batches=lambda: iterate_batches(val, 1024, shuffle=False),
                report=_report_to_tune, resume=_tune_resume_state(),
                before_epoch=_fault_hook(settings))
@@ -121,8 +121,8 @@ def distill_trial_on_train(config: dict, *, data: dict[str, tuple[np.ndarray, ..
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from .soft_targets import to_ray_dataset
-    from .train_worker import train_loop_per_worker
+    from raydistill.training.soft_targets import to_ray_dataset
+    from raydistill.training.worker import train_loop_per_worker
 
     spec = trial_spec(settings, config)
     _fault_hook(settings)(0)  # a doomed driver raises before starting its workers

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .artifacts import load_card, mark_chosen
-from .config import Config
-from .preflight import preflight
-from .runtime import init_ray
+from raydistill.core.artifacts import load_card, mark_chosen
+from raydistill.core.config import Config
+from raydistill.core.preflight import preflight
+from raydistill.runtime import init_ray
 
 
 def start(cfg: Config, stage: str):
@@ -27,7 +27,7 @@ def describe_artifact(path: Path) -> str:
 def run_teacher(cfg: Config, args=None) -> list[Path]:
     """Train one teacher, or one per (``teacher.models`` x ``teacher.seeds``) entry, as parallel
     Ray Train runs when the cluster's CPUs allow (``teachers.train_teachers``)."""
-    from .teachers import train_teachers
+    from raydistill.training.teachers import train_teachers
 
     start(cfg, "teacher")
     paths = train_teachers(cfg)
@@ -38,7 +38,7 @@ def run_teacher(cfg: Config, args=None) -> list[Path]:
 
 def run_distill(cfg: Config, args=None) -> Path:
     """Distill the student and mark it chosen (the default that ``serve`` deploys)."""
-    from .train import distill_student
+    from raydistill.training.driver import distill_student
 
     start(cfg, "distill")
     path = distill_student(cfg)
@@ -48,7 +48,7 @@ def run_distill(cfg: Config, args=None) -> Path:
 
 
 def run_baseline(cfg: Config, args=None) -> Path:
-    from .train import distill_student
+    from raydistill.training.driver import distill_student
 
     start(cfg, "baseline")
     path = distill_student(cfg, baseline=True)

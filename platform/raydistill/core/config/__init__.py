@@ -1,0 +1,13 @@
+"""config: the typed config tree: ``schema`` (dataclasses, the one home of every default),
+``rules`` (range checks naming the dotted key), ``loading`` (YAML + ``--set`` overrides).
+Ray-free; imports nothing else from raydistill.
+"""
+from raydistill.core.config.loading import config_from_dict, load_config, parse_override, save_config
+from raydistill.core.config.rules import ConfigError, validate
+from raydistill.core.config.schema import (CompressSection, Config, DataSection, DistillSection, FederatedSection,
+                                           ModelSpec, PipelineSection, RunSection, ServeSection, TeacherRef,
+                                           TeacherSection, TuneSection)
+
+__all__ = ["Config", "ConfigError", "load_config", "config_from_dict", "save_config", "parse_override", "validate",
+           "RunSection", "DataSection", "ModelSpec", "TeacherSection", "TeacherRef", "DistillSection", "TuneSection",
+           "FederatedSection", "ServeSection", "CompressSection", "PipelineSection"]
