@@ -22,23 +22,29 @@ from raydistill.core.config import load_config
 from raydistill.core.data import load_data
 from raydistill.core.engine import KDSettings, evaluate, fit, predict_logits
 from raydistill.core.models import build_model
+from raydistill.core.recipe import raw_zero_fill
 
 
-def fold_scores(cfg, x, y, train_idx, held_idx, seed, grid) -> dict[str, float]:
-    """Held-out accuracy of the teacher, the student alone and the student at each (T, alpha)."""
+def fold_scores(cfg, x, y, train_idx, held_idx, seed, grid, norm) -> dict[str, float]:
+    """Held-out accuracy of the teacher, the student alone and the student at each (T, alpha), each
+    trained with its config section's recipe (optimizer, schedule, augmentation)."""
     t_cfg, d_cfg = cfg.teacher, cfg.distill
+    workers = 1 if d_cfg.workers == "auto" else d_cfg.workers
     torch.manual_seed(seed)
     teacher = build_model(t_cfg.model.name, x.shape[1:], int(y.max()) + 1, t_cfg.model.args)
-    fit(teacher, x[train_idx], y[train_idx], epochs=t_cfg.epochs, lr=t_cfg.lr, batch_size=t_cfg.batch_size, seed=seed)
-    logits = predict_logits(teacher, x[train_idx])
+    fill = raw_zero_fill(norm, x.shape[1])
+    fit(teacher, x[train_idx], y[train_idx], epochs=t_cfg.epochs, lr=t_cfg.lr, batch_size=t_cfg.batch_size, seed=seed,
+        recipe=t_cfg, fill=fill)
+    online = d_cfg.mode == "online"  # the teacher labels each augmented view; else logits on clean inputs, once
+    logits = None if online else predict_logits(teacher, x[train_idx])
     scores = {"teacher": evaluate(teacher, x[held_idx], y[held_idx])["accuracy"]}
     for temperature, alpha in [(None, None), *grid]:
         torch.manual_seed(seed)
         student = build_model(d_cfg.student.name, x.shape[1:], int(y.max()) + 1, d_cfg.student.args)
         kd = None if temperature is None else KDSettings(temperature=temperature, alpha=alpha)
         fit(student, x[train_idx], y[train_idx], epochs=d_cfg.epochs, lr=d_cfg.lr,
-            batch_size=d_cfg.batch_size * d_cfg.workers, seed=seed, kd=kd,
-            teacher_logits=None if kd is None else logits)
+            batch_size=d_cfg.batch_size * workers, seed=seed, kd=kd, recipe=d_cfg, fill=fill,
+            teacher_logits=None if kd is None else logits, teachers=[teacher] if kd is not None and online else ())
         key = "student alone" if kd is None else f"KD T={temperature:g} alpha={alpha:g}"
         scores[key] = evaluate(student, x[held_idx], y[held_idx])["accuracy"]
     return scores
@@ -52,8 +58,9 @@ def main() -> None:
     parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 2.0, 4.0, 8.0])
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.1, 0.5, 0.9])
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     cfg = load_config(args.config, args.overrides)
     grid = [(t, a) for t in args.temperatures for a in args.alphas]
     per_fold: dict[str, list[float]] = {}
@@ -63,7 +70,8 @@ def main() -> None:
         y = np.concatenate([bundle.y_train, bundle.y_val])
         order = np.random.default_rng(seed).permutation(len(y))
         for k, held in enumerate(np.array_split(order, args.folds)):
-            scores = fold_scores(cfg, x, y, np.setdiff1d(order, held), held, seed * 100 + k, grid)
+            scores = fold_scores(cfg, x, y, np.setdiff1d(order, held), held, seed * 100 + k, grid,
+                                 bundle.normalization)
             for name, acc in scores.items():
                 per_fold.setdefault(name, []).append(acc)
             print(f"seed {seed} fold {k}: teacher {scores['teacher']:.4f} alone {scores['student alone']:.4f}",

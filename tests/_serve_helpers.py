@@ -7,8 +7,19 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import httpx
+import numpy as np
 
 DEPLOYMENT = "StudentDeployment"
+
+
+def normalized_by_hand(x, normalization: dict) -> np.ndarray:
+    """``(x - mean_c) / std_c`` per channel of raw pixels ``x`` ``(N, C, H, W)``, from a card's
+    ``normalization`` (``{"mean": [C], "std": [C]}``), computed here in float64: the expected side of
+    a prediction test must not reuse ``raydistill.core.data.normalize``, which the server itself runs."""
+    x = np.asarray(x, dtype=np.float64)
+    mean = np.asarray(normalization["mean"], dtype=np.float64).reshape(1, -1, 1, 1)
+    std = np.asarray(normalization["std"], dtype=np.float64).reshape(1, -1, 1, 1)
+    return ((x - mean) / std).astype(np.float32)
 
 
 def wait_until(predicate, timeout_s: float, poll_s: float = 0.25) -> bool:

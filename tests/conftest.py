@@ -33,11 +33,11 @@ def ray_session():
     """The one local Ray runtime for the test session (2 CPUs, 512 MiB object store)."""
     import ray
 
-    from raydistill.runtime import _quiet_data
+    from raydistill.runtime import configure_data
 
     ray.init(address="local", num_cpus=2, object_store_memory=512 * 1024**2, include_dashboard=True,
              dashboard_host="127.0.0.1", log_to_driver=False, _temp_dir=os.environ["RAY_TMPDIR"])
-    _quiet_data(ray)
+    configure_data(ray)
     yield ray
     ray.shutdown()
     shutil.rmtree(_TMP, ignore_errors=True)

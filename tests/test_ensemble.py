@@ -6,10 +6,9 @@ import copy
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from raydistill.core.artifacts import ArtifactError, load_state, new_artifact_path, save_artifact
-from raydistill.core.config import DataSection, ModelSpec, load_config
+from raydistill.core.config import DataSection, load_config
 from raydistill.core.data import load_data
 from raydistill.core.engine import KDSettings, batch_loss, evaluate, fit, predict_logits, teacher_probs
 from raydistill.core.losses import ensemble_soft_targets, kd_loss, kd_loss_from_probs
@@ -55,27 +54,58 @@ def _logits(n=6, c=10, seed=0):
     return torch.randn(n, c, generator=g) * 3, torch.randn(n, c, generator=g) * 3, torch.randint(0, c, (n,), generator=g)
 
 
+# --- independent references: the written formulas in float64 numpy --------------------------------
+
+def _softmax64(z):
+    z = np.asarray(z, dtype=np.float64)
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _mixture64(teacher_logits, weights, T):
+    """``p = sum_k w_k softmax(z_k / T) / sum_k w_k``, by hand."""
+    return sum(w * _softmax64(np.asarray(z, dtype=np.float64) / T) for z, w in zip(teacher_logits, weights)) / sum(weights)
+
+
+def _kd64(s, p, y, *, T, alpha):
+    """``alpha * CE(z_s, y) + (1 - alpha) * T^2 * mean_i KL(p || softmax(z_s / T))`` for target probabilities p."""
+    s = np.asarray(s, dtype=np.float64)
+    ce = -np.log(_softmax64(s)[np.arange(len(s)), np.asarray(y)]).mean()
+    p = np.asarray(p, dtype=np.float64)
+    kl = (p * (np.log(p) - np.log(_softmax64(s / T)))).sum(axis=-1).mean()
+    return alpha * ce + (1.0 - alpha) * T**2 * kl
+
+
 # --- the loss ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("weight", [1.0, 0.3, 7.0])
-def test_one_teacher_ensemble_loss_equals_single_teacher_kd_bitwise(weight):
+def test_one_teacher_ensemble_loss_equals_single_teacher_kd(weight):
     s, t, y = _logits()
+    expected_p = _softmax64(t.numpy() / 4.0)  # an ensemble of one is softmax(z / T), whatever its weight
+    expected = _kd64(s.numpy(), expected_p, y.numpy(), T=4.0, alpha=0.3)
     single = kd_loss(s, t, y, temperature=4.0, alpha=0.3)
     mixed = kd_loss_from_probs(s, ensemble_soft_targets([t], [weight], 4.0), y, temperature=4.0, alpha=0.3)
     via_engine = teacher_probs(t.unsqueeze(1), KDSettings(temperature=4.0, alpha=0.3, teacher_weights=(weight,)))
-    assert torch.equal(single, mixed)
-    assert torch.equal(via_engine, F.softmax(t / 4.0, dim=-1))
+    assert single.item() == pytest.approx(expected, rel=1e-5)
+    assert mixed.item() == pytest.approx(expected, rel=1e-5)
+    assert np.allclose(via_engine.numpy(), expected_p, atol=1e-7)
+    assert torch.equal(single, mixed)  # and exactly the single-teacher number (README: "exactly")
 
 
 def test_two_identical_teachers_give_the_one_teacher_targets_and_loss():
     s, t, y = _logits(seed=1)
+    expected_p = _softmax64(t.numpy() / 2.0)
     one = ensemble_soft_targets([t], [1.0], 2.0)
     two = ensemble_soft_targets([t, t.clone()], [1.0, 1.0], 2.0)
     skewed = ensemble_soft_targets([t, t.clone()], [0.2, 0.8], 2.0)
+    for probs in (one, two, skewed):
+        assert np.allclose(probs.numpy(), expected_p, atol=1e-7)
     assert torch.equal(one, two)  # 0.5 * p + 0.5 * p is exact in floating point
-    assert torch.allclose(one, skewed, atol=1e-7)
-    assert torch.equal(kd_loss(s, t, y, temperature=2.0, alpha=0.1),
-                       kd_loss_from_probs(s, two, y, temperature=2.0, alpha=0.1))
+    expected = _kd64(s.numpy(), expected_p, y.numpy(), T=2.0, alpha=0.1)
+    single = kd_loss(s, t, y, temperature=2.0, alpha=0.1)
+    assert single.item() == pytest.approx(expected, rel=1e-5)
+    assert kd_loss_from_probs(s, two, y, temperature=2.0, alpha=0.1).item() == pytest.approx(expected, rel=1e-5)
+    assert torch.equal(single, kd_loss_from_probs(s, two, y, temperature=2.0, alpha=0.1))
 
 
 def test_weights_are_normalized_and_mixture_is_a_distribution():
@@ -83,20 +113,69 @@ def test_weights_are_normalized_and_mixture_is_a_distribution():
     b = torch.zeros_like(a)  # uniform teacher
     raw = ensemble_soft_targets([a, b], [2.0, 6.0], 1.0)
     normalized = ensemble_soft_targets([a, b], [0.25, 0.75], 1.0)
-    assert torch.allclose(raw, normalized, atol=1e-7)
-    assert torch.allclose(raw, 0.25 * F.softmax(a, -1) + 0.75 * torch.full_like(a, 0.1), atol=1e-7)
-    assert torch.allclose(raw.sum(-1), torch.ones(len(a)))
+    # by hand: w = (2, 6) / 8 = (0.25, 0.75); the uniform teacher contributes 0.75 * 1/C per class
+    expected = 0.25 * _softmax64(a.numpy()) + 0.75 * np.full(a.shape, 0.1)
+    assert np.allclose(raw.numpy(), expected, atol=1e-7)
+    assert np.allclose(normalized.numpy(), expected, atol=1e-7)
+    assert np.allclose(raw.numpy(), _mixture64([a.numpy(), b.numpy()], [2.0, 6.0], 1.0), atol=1e-7)
+    assert np.allclose(raw.numpy().sum(-1), 1.0, atol=1e-6)
 
 
 def test_weight_count_mismatch_names_both_counts():
     _, a, _ = _logits()
     with pytest.raises(ValueError, match="2 teachers' logits and 1 weights"):
-        teacher_probs(torch.stack([a, a], dim=1), KDSettings(teacher_weights=(1.0,)))
+        teacher_probs(torch.stack([a, a], dim=1), KDSettings(temperature=2.0, alpha=0.5, teacher_weights=(1.0,)))
 
 
 # --- training through the engine ----------------------------------------------------------------
 
-def test_one_teacher_ensemble_trains_the_same_student_bitwise(digits, two_teachers):
+def _reference_kd_training(digits, student, teacher_logits, weights, *, T, alpha, epochs=2, lr=1e-2,
+                           batch_size=64, seed=5):
+    """What ``_train`` should do, written out independently of the engine and the loss module:
+    Adam at a constant lr, each epoch the seeded shuffle ``randperm(N, seed + epoch)`` in batches,
+    and the loss spelled out with explicit tensor ops on the mixture sum_k w_k softmax(z_k/T) / sum w
+    (autograd, not the fused closed-form gradient)."""
+    x, y = torch.as_tensor(digits.x_train), torch.as_tensor(digits.y_train)
+    zs = [torch.as_tensor(z) for z in teacher_logits]
+    optimizer = torch.optim.Adam(student.parameters(), lr=lr)
+    student.train()
+    for epoch in range(epochs):
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed + epoch))
+        for start in range(0, len(x), batch_size):
+            idx = order[start:start + batch_size]
+            p = sum(w * torch.exp(z[idx] / T - torch.logsumexp(z[idx] / T, dim=1, keepdim=True))
+                    for z, w in zip(zs, weights)) / sum(weights)
+            logits = student(x[idx])
+            log_q = logits / T - torch.logsumexp(logits / T, dim=1, keepdim=True)
+            log_p_s = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+            ce = -log_p_s[torch.arange(len(idx)), y[idx]].mean()
+            kl = (p * (torch.log(p) - log_q)).sum(dim=1).mean()
+            loss = alpha * ce + (1.0 - alpha) * T**2 * kl
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return [p.detach().clone() for p in student.parameters()]
+
+
+@pytest.fixture(scope="module")
+def reference_student(digits, two_teachers):
+    """The student distilled from teacher 0 (T=4, alpha=0.1) by the hand-written reference loop."""
+    _, logits = two_teachers
+    return _reference_kd_training(digits, _student(digits), [logits[0]], [1.0], T=4.0, alpha=0.1)
+
+
+def _close(params, expected):
+    return all(torch.allclose(p, q, atol=1e-5) for p, q in zip(params, expected))
+
+
+def test_the_reference_loop_is_sensitive_to_the_teacher(digits, two_teachers, reference_student):
+    # Guard against a reference that cannot fail: another teacher gives visibly different weights.
+    _, logits = two_teachers
+    other = _reference_kd_training(digits, _student(digits), [logits[1]], [1.0], T=4.0, alpha=0.1)
+    assert not _close(other, reference_student)
+
+
+def test_one_teacher_ensemble_trains_the_same_student_bitwise(digits, two_teachers, reference_student):
     # Prepare: the same student twice; cached logits as (N, C) and as an ensemble of one (N, 1, C).
     _, logits = two_teachers
     a, b = _student(digits), _student(digits)
@@ -104,18 +183,23 @@ def test_one_teacher_ensemble_trains_the_same_student_bitwise(digits, two_teache
     single = _train(digits, a, kd=KDSettings(temperature=4.0, alpha=0.1), teacher_logits=logits[0])
     ensemble = _train(digits, b, kd=KDSettings(temperature=4.0, alpha=0.1, teacher_weights=(0.4,)),
                       teacher_logits=logits[0][:, None, :])
-    # Assert
+    # Assert: both match the independent reference, and each other exactly.
+    assert _close(single, reference_student)
+    assert _close(ensemble, reference_student)
     assert all(torch.equal(p, q) for p, q in zip(single, ensemble))
     assert evaluate(a, digits.x_test, digits.y_test)["accuracy"] > 0.7
 
 
-def test_two_identical_teachers_train_the_same_student_as_one_cached_and_online(digits, two_teachers):
+def test_two_identical_teachers_train_the_same_student_as_one_cached_and_online(digits, two_teachers,
+                                                                               reference_student):
     teachers, logits = two_teachers
     kd_one = KDSettings(temperature=4.0, alpha=0.1)
     kd_two = KDSettings(temperature=4.0, alpha=0.1, teacher_weights=(1.0, 1.0))
     one = _train(digits, _student(digits), kd=kd_one, teacher_logits=logits[0])
     cached_two = _train(digits, _student(digits), kd=kd_two, teacher_logits=np.stack([logits[0]] * 2, axis=1))
     online_two = _train(digits, _student(digits), kd=kd_two, teachers=[teachers[0], copy.deepcopy(teachers[0])])
+    for params in (one, cached_two, online_two):
+        assert _close(params, reference_student)
     assert all(torch.equal(p, q) for p, q in zip(one, cached_two))
     assert all(torch.allclose(p, q, atol=1e-5) for p, q in zip(one, online_two))
 
@@ -131,9 +215,16 @@ def test_cached_and_online_ensembles_agree_and_differ_from_each_single_teacher(d
     cached = batch_loss(student, (*batch, stacked), kd=kd)
     online = batch_loss(student, batch, kd=kd, teachers=teachers)
     single = batch_loss(student, (*batch, stacked[:, 0]), kd=KDSettings(temperature=4.0, alpha=0.1))
-    # Assert
-    assert torch.allclose(cached, online, atol=1e-6)
-    assert not torch.allclose(cached, single)
+    # Assert: both equal the written formula on the hand-mixed targets (weights 3:1 -> 0.75, 0.25).
+    with torch.no_grad():
+        z_s = student(batch[0]).numpy()
+    p = _mixture64([stacked[:, 0].numpy(), stacked[:, 1].numpy()], [3.0, 1.0], 4.0)
+    expected = _kd64(z_s, p, batch[1].numpy(), T=4.0, alpha=0.1)
+    assert cached.item() == pytest.approx(expected, rel=1e-5)
+    assert online.item() == pytest.approx(expected, rel=1e-5)
+    assert single.item() == pytest.approx(_kd64(z_s, _softmax64(stacked[:, 0].numpy() / 4.0), batch[1].numpy(),
+                                                T=4.0, alpha=0.1), rel=1e-5)
+    assert cached.item() != pytest.approx(single.item(), rel=1e-3)
 
 
 def test_soft_target_mapper_emits_one_logit_row_per_teacher(digits, two_teachers, tmp_path):

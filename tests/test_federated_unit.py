@@ -1,7 +1,6 @@
 """Federated learning without Ray: partitions, aggregation math, strategies, config checks."""
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import numpy as np

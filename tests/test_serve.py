@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-from _serve_helpers import DEPLOYMENT, LoadResult, answers_200, replica_actors, run_load, wait_until
+from _serve_helpers import (DEPLOYMENT, LoadResult, answers_200, normalized_by_hand, replica_actors, run_load,
+                            wait_until)
 from conftest import REPO, free_port, make_local_artifact
 from raydistill.core.artifacts import ArtifactError, load_artifact, load_card
 from raydistill.core.config import load_config
-from raydistill.core.data import normalize
 
 APP = "student"
 pytestmark = pytest.mark.ray
@@ -87,7 +87,7 @@ def served(ray_session, local_student):
 def test_predictions_equal_the_models_own_forward_pass(served):
     x = raw_digits(16)
     model, card = load_artifact(served.artifact)
-    expected = torch.softmax(model(torch.from_numpy(normalize(x, card["normalization"]))), 1).detach().numpy()
+    expected = torch.softmax(model(torch.from_numpy(normalized_by_hand(x, card["normalization"]))), 1).detach().numpy()
 
     full = post(served.url, json={"instances": x.tolist(), "top_k": 3})
     squeezed = post(served.url, json={"instances": x[:, 0].tolist()})  # (H, W) form of 1-channel inputs

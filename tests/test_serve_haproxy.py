@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import torch
 
-from _serve_helpers import answers_200, wait_until
+from _serve_helpers import answers_200, normalized_by_hand, wait_until
 from conftest import REPO, free_port
 from raydistill.core.artifacts import load_artifact
-from raydistill.core.data import normalize
+
 
 pytestmark = pytest.mark.ray
 
@@ -80,7 +80,7 @@ def test_cli_with_haproxy_ingress_serves_the_same_answers_and_shuts_down_on_sigi
     assert listener == "haproxy", f"port {port} is served by {listener!r}, not HAProxy"
     model, artifact_card = load_artifact(local_student)
     with torch.no_grad():
-        expected = model(torch.as_tensor(normalize(pixels, artifact_card["normalization"]))).argmax(1).tolist()
+        expected = model(torch.as_tensor(normalized_by_hand(pixels, artifact_card["normalization"]))).argmax(1).tolist()
     assert [p["label"] for p in answer["predictions"]] == expected
     assert bad.status_code == 422 and "expected shape [1, 8, 8] or [8, 8], got [28, 28]" in bad.text
     assert card["weights_sha256"] == artifact_card["weights_sha256"]

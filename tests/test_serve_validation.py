@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import subprocess
-import sys
 
 import httpx
 import numpy as np
@@ -14,8 +12,9 @@ import pytest
 import torch
 
 from conftest import REPO
+from _serve_helpers import normalized_by_hand
 from raydistill.core.artifacts import ArtifactError, load_artifact, load_card, mark_chosen
-from raydistill.core.data import normalize
+
 from raydistill.serving.validation import (InputSpec, RequestError, check_content_type, check_declared_length,
                                            instances_to_array, parse_json_body, parse_predict_request)
 
@@ -138,7 +137,7 @@ def test_runner_matches_the_models_own_forward_pass(local_student, raw_digits):
     x = raw_digits[0][:, None]  # (32, 1, 8, 8) raw pixels 0..16
 
     probs = runner.predict_proba(x)
-    expected = torch.softmax(model(torch.from_numpy(normalize(x, card["normalization"]))), 1).detach().numpy()
+    expected = torch.softmax(model(torch.from_numpy(normalized_by_hand(x, card["normalization"]))), 1).detach().numpy()
 
     np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-6)
     assert runner.model_info() == {"name": card["name"], "version": local_student.name,

@@ -1,6 +1,9 @@
 """Ray Train stages on the shared local runtime: the README's pipeline command, DDP with 2
 workers, cached soft targets, a worker crash resumed from its checkpoint, online mode."""
+import math
+
 import pytest
+import torch
 
 from raydistill.core.artifacts import load_artifact, load_card, resolve_artifact
 from raydistill.cli.commands import main
@@ -66,6 +69,27 @@ def test_worker_crash_resumes_from_last_checkpoint(ray_session, storage, local_t
     assert card["metrics"]["test_accuracy"] > 0.5
 
 
+@pytest.mark.timeout(400)
+def test_run_resumed_after_a_crash_ends_with_the_uninterrupted_weights(ray_session, storage, local_teacher):
+    # Prepare: a cosine schedule with warm-up and SGD momentum, one worker, run twice with the same seed.
+    base = ["distill", "--config", DIGITS, *_sets(storage, epochs=4, workers=1), "--set", f"distill.teacher={local_teacher}",
+            "--set", "distill.optimizer=sgd", "--set", "distill.lr=0.05", "--set", "distill.scheduler=cosine",
+            "--set", "distill.warmup_epochs=1", "--set", "distill.max_failures=1"]
+    # Execute: uninterrupted, then the same run whose worker dies once at epoch 2.
+    assert main(base) == 0
+    straight_model, straight = load_artifact(resolve_artifact("chosen", storage))
+    assert main([*base, "--set", "distill.crash_at_epoch=2"]) == 0
+    resumed_model, resumed = load_artifact(resolve_artifact("chosen", storage))
+    # Assert: it did resume (from a checkpoint, not from 0), and optimizer, schedule and shuffles
+    # continued where they stopped: the same weights and the same per-epoch lr as the written schedule.
+    assert len(resumed["metrics"]["resumed_at_epochs"]) == 1 and resumed["metrics"]["resumed_at_epochs"][0] >= 1
+    expected_lr = [0.05 * 0.5, *(0.05 * 0.5 * (1 + math.cos(math.pi * t / 3)) for t in range(3))]
+    for card in (straight, resumed):
+        assert [h["lr"] for h in card["metrics"]["history"]] == pytest.approx(expected_lr)
+    for a, b in zip(straight_model.state_dict().values(), resumed_model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
 @pytest.mark.timeout(240)
 def test_online_mode_distills_with_the_teacher_in_the_worker(ray_session, storage, local_teacher):
     args = ["distill", "--config", DIGITS, *_sets(storage, epochs=3, workers=1),
@@ -75,6 +99,9 @@ def test_online_mode_distills_with_the_teacher_in_the_worker(ray_session, storag
     _, card = load_artifact(resolve_artifact("chosen", storage))
     assert card["distillation"]["mode"] == "online"
     assert card["metrics"]["test_accuracy"] > 0.6
+    # one worker on the session's 2 CPUs trains on 2 torch threads (Ray alone would give it 1)
+    assert card["training"]["workers"] == 1 and card["training"]["threads_per_worker"] == 2
+    assert {h["threads"] for h in card["metrics"]["history"]} == {2}
 
 
 def test_corrupted_teacher_is_a_clear_error_before_training(ray_session, storage, local_teacher, tmp_path, capsys):

@@ -6,6 +6,7 @@ started on loopback, sized for this machine. An already-initialized runtime (tes
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 
 def _set_defaults() -> None:
@@ -28,14 +29,17 @@ def init_ray(address: str = "", *, num_cpus: int | None = None, quiet: bool = Tr
     else:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=True,
                  dashboard_host="127.0.0.1", log_to_driver=not quiet)
-    _quiet_data(ray)
+    configure_data(ray)
     return ray.get_runtime_context()
 
 
-def _quiet_data(ray) -> None:
+def configure_data(ray) -> None:
+    """Ray Data without progress bars, and in order: the same seed gives the same rows in the same
+    order to the workers (cached soft targets come out of a pool of actors), so runs reproduce."""
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+    ctx.execution_options.preserve_order = True
 
 
 def free_local_port(host: str = "127.0.0.1") -> int:
@@ -58,3 +62,52 @@ def cluster_gpus() -> float:
     import ray
 
     return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+# A Tune trial that drives a Ray Train run needs a non-zero CPU for itself (0 is rejected) and
+# leaves the rest to its workers (docs/ray-notes.md, "Ray Tune").
+TRIAL_DRIVER_CPUS = 0.01
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """How a stage trains: ``workers`` Ray Train workers of ``cpus`` CPUs each, ``threads`` torch
+    intra-op threads per worker (= its whole CPUs), on GPUs or not."""
+
+    workers: int
+    cpus: float
+    threads: int
+    use_gpu: bool
+
+
+def plan_workers(requested, *, cpus: float, gpus: float, nodes: int, use_gpu: bool) -> WorkerPlan:
+    """Resolve ``workers`` ("auto" or an int) against the cluster; pure, so it is tested without Ray.
+
+    ``auto``: one worker per GPU when GPUs are asked for and present; otherwise one worker per node,
+    each with every CPU of its node as torch threads. On CPUs, DDP between processes that share a
+    node's cores only adds a gradient all-reduce per step to the same arithmetic (benchmarks/
+    ddp_ceiling.py: 0.57x of one 2-thread process for an MLP, 1.0x at best for a CNN), so threads
+    beat workers there. Each worker gets ``cpus / workers`` CPUs (whole CPUs when there are enough).
+    """
+    gpu = bool(use_gpu and gpus >= 1)
+    if requested == "auto":
+        workers = int(gpus) if gpu else max(1, int(nodes))
+    else:
+        workers = int(requested)
+    share = cpus / workers
+    per_worker = float(int(share)) if share >= 1 else share
+    return WorkerPlan(workers=workers, cpus=per_worker, threads=max(1, int(per_worker)), use_gpu=gpu)
+
+
+def cluster_nodes() -> int:
+    """Alive nodes that offer CPUs (what ``workers: auto`` counts on a CPU cluster)."""
+    import ray
+
+    return max(1, sum(1 for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0))
+
+
+def stage_workers(requested, use_gpu: bool, *, cpus: float | None = None) -> WorkerPlan:
+    """:func:`plan_workers` for the running cluster; ``cpus`` caps the budget (runs sharing the cluster)."""
+    budget = cluster_cpus() if cpus is None else cpus
+    nodes = 1 if cpus is not None else cluster_nodes()
+    return plan_workers(requested, cpus=budget, gpus=cluster_gpus(), nodes=nodes, use_gpu=use_gpu)

@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_common_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=None, help="YAML config (defaults: configs/digits.yaml values)")
+    p.add_argument("--config", default=None, help="YAML recipe (e.g. configs/digits.yaml); keys it leaves out keep the schema's defaults")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted override, e.g. --set distill.temperature=4 (repeatable)")
     p.add_argument("--address", default="", help="Ray address to attach to (default: RAY_ADDRESS or local)")

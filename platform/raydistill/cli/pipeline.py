@@ -119,8 +119,10 @@ def _print_summary(cfg: Config, paths: dict[str, Path], best: dict | None, probe
     d = cfg.distill
     lines = ["", format_table(summary_rows(paths)), ""]
     source = f"from the sweep (val {best['score']:.4f})" if best else "from the config"
+    training = load_card(paths["distilled-student"])["training"]
     lines.append(f"distillation: T={d.temperature:.3g} alpha={d.alpha:.3g} lr={d.lr:.2g} {source}; "
-                 f"{d.workers} Ray Train workers, {d.mode} soft targets")
+                 f"{training['workers']} Ray Train workers x {training['threads_per_worker']} threads, "
+                 f"{d.mode} soft targets")
     if probe:
         state = "still serving" if cfg.pipeline.keep_serving else "shut down"
         lines.append(f"endpoint: {probe['url']}v1/predict ({state}); {probe['requests']} smoke requests, "

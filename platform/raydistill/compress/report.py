@@ -27,6 +27,7 @@ from raydistill.core.config import Config
 from raydistill.core.data import DataBundle
 from raydistill.core.engine import KDSettings, evaluate, fit, predict_logits
 from raydistill.core.models import build_model, count_parameters, quantize_int8
+from raydistill.core.recipe import raw_zero_fill
 
 REPORT_JSON = "report.json"
 
@@ -113,7 +114,8 @@ def _student_artifact(cfg: Config, bundle: DataBundle, teacher_path: Path, teach
     kd = KDSettings(temperature=d.temperature, alpha=d.alpha) if distilled else None
     logits = predict_logits(teacher, bundle.x_train) if distilled else None
     fit(model, bundle.x_train, bundle.y_train, epochs=d.epochs, lr=d.lr, batch_size=d.batch_size,
-        seed=cfg.run.seed, weight_decay=d.weight_decay, kd=kd, teacher_logits=logits)
+        seed=cfg.run.seed, recipe=d, kd=kd, teacher_logits=logits,
+        fill=raw_zero_fill(bundle.normalization, bundle.input_shape[0]))
     test = evaluate(model, bundle.x_test, bundle.y_test)
     kind = "student" if distilled else "baseline"
     extra = {"distillation": {"temperature": d.temperature, "alpha": d.alpha, "mode": "in-process"}} if distilled else {}

@@ -14,21 +14,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from raydistill.core.config.schema import RecipeSection
 from raydistill.core.losses import ensemble_soft_targets, kd_loss_from_probs, soft_targets
+from raydistill.core.recipe import augmented, make_optimizer, make_scheduler
+
+__all__ = ["KDSettings", "make_optimizer", "iterate_batches", "teacher_probs", "run_teachers", "batch_loss",
+           "train_epoch", "predict_logits", "evaluation_sums", "metrics_from_sums", "evaluate", "fit"]
 
 
 @dataclass(frozen=True, kw_only=True)
 class KDSettings:
     """What the distillation step needs besides the batch."""
 
-    temperature: float = 4.0
-    alpha: float = 0.1  # weight of the hard-label CE; 1 - alpha weighs the soft term
+    temperature: float  # from distill.temperature (the config is the one home of defaults)
+    alpha: float  # weight of the hard-label CE; 1 - alpha weighs the soft term
     teacher_weights: tuple[float, ...] = (1.0,)
 
 
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """Adam (Kingma & Ba 2015): a robust default for the MLP/CNN sizes this platform targets."""
-    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
 
 
 def iterate_batches(arrays: Sequence[np.ndarray | torch.Tensor], batch_size: int, *, shuffle: bool,
@@ -58,21 +60,21 @@ def run_teachers(teachers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor
 
 
 def batch_loss(model: nn.Module, batch: tuple[torch.Tensor, ...], *, kd: KDSettings | None,
-               teachers: Sequence[nn.Module] = ()) -> torch.Tensor:
-    """Cross-entropy when ``kd`` is None; else the KD loss against cached (3rd element) or
-    online (``teachers``) teacher logits."""
+               teachers: Sequence[nn.Module] = (), label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy (with ``label_smoothing``) when ``kd`` is None; else the KD loss against cached
+    (3rd element) or online (``teachers``, run on the same possibly augmented ``x``) teacher logits."""
     x, y = batch[0], batch[1]
     logits = model(x)
     if kd is None or kd.alpha == 1.0:
-        return F.cross_entropy(logits, y)
+        return F.cross_entropy(logits, y, label_smoothing=label_smoothing)
     z_t = batch[2] if len(batch) > 2 else run_teachers(teachers, x)
-    return kd_loss_from_probs(logits, teacher_probs(z_t.float(), kd), y,
-                              temperature=kd.temperature, alpha=kd.alpha)
+    return kd_loss_from_probs(logits, teacher_probs(z_t.float(), kd), y, temperature=kd.temperature,
+                              alpha=kd.alpha, label_smoothing=label_smoothing)
 
 
 def train_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]], optimizer: torch.optim.Optimizer,
                 *, kd: KDSettings | None = None, teachers: Sequence[nn.Module] = (),
-                device: torch.device | str = "cpu") -> float:
+                device: torch.device | str = "cpu", label_smoothing: float = 0.0, grad_clip: float = 0.0) -> float:
     """One pass over ``batches``; returns the example-weighted mean loss."""
     model.train()
     for t in teachers:
@@ -80,9 +82,11 @@ def train_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]], o
     total, count = 0.0, 0
     for batch in batches:
         batch = tuple(b.to(device, non_blocking=True) for b in batch)
-        loss = batch_loss(model, batch, kd=kd, teachers=teachers)
+        loss = batch_loss(model, batch, kd=kd, teachers=teachers, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
         total += float(loss.detach()) * len(batch[1])
         count += len(batch[1])
@@ -114,8 +118,12 @@ def evaluation_sums(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]
 
 
 def metrics_from_sums(sums: torch.Tensor) -> dict[str, float]:
+    """Mean loss and accuracy from summed ``[loss, correct, count]``; None for both when count is 0
+    (``data.val_fraction: 0`` leaves no validation split)."""
     loss, correct, count = (float(v) for v in sums)
-    return {"loss": loss / max(count, 1), "accuracy": correct / max(count, 1), "count": int(count)}
+    if count == 0:
+        return {"loss": None, "accuracy": None, "count": 0}
+    return {"loss": loss / count, "accuracy": correct / count, "count": int(count)}
 
 
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, *, batch_size: int = 1024,
@@ -126,12 +134,21 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, *, batch_size: int 
 
 
 def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, lr: float, batch_size: int,
-        seed: int = 0, weight_decay: float = 0.0, kd: KDSettings | None = None,
+        seed: int = 0, recipe: RecipeSection | None = None, kd: KDSettings | None = None,
         teacher_logits: np.ndarray | None = None, teachers: Sequence[nn.Module] = (),
-        device: torch.device | str = "cpu") -> list[float]:
-    """Single-process training loop (benchmarks, federated clients); returns per-epoch losses."""
-    optimizer = make_optimizer(model, lr, weight_decay)
+        fill: tuple[float, ...] | None = None, device: torch.device | str = "cpu") -> list[float]:
+    """Single-process training with ``recipe`` (optimizer, schedule, augmentation; Adam at a constant
+    lr when None): in-process students, benchmarks. Returns per-epoch mean losses."""
+    recipe = recipe or RecipeSection()
+    optimizer = make_optimizer(model, lr, recipe)
+    scheduler = make_scheduler(optimizer, recipe, epochs)
     arrays = [x, y] if teacher_logits is None else [x, y, teacher_logits]
-    return [train_epoch(model, iterate_batches(arrays, batch_size, shuffle=True, seed=seed + epoch),
-                        optimizer, kd=kd, teachers=teachers, device=device)
-            for epoch in range(epochs)]
+    fill = fill if fill is not None else (0.0,) * int(np.shape(x)[1])
+    losses = []
+    for epoch in range(epochs):
+        batches = augmented(iterate_batches(arrays, batch_size, shuffle=True, seed=seed + epoch),
+                            recipe.augment, fill, seed=seed + epoch + 1)
+        losses.append(train_epoch(model, batches, optimizer, kd=kd, teachers=teachers, device=device,
+                                  label_smoothing=recipe.label_smoothing, grad_clip=recipe.grad_clip))
+        scheduler.step()
+    return losses

@@ -12,7 +12,9 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from raydistill.core.engine import KDSettings, evaluation_sums, make_optimizer, metrics_from_sums, train_epoch
+from raydistill.core.config.schema import RecipeSection
+from raydistill.core.engine import KDSettings, evaluation_sums, metrics_from_sums, train_epoch
+from raydistill.core.recipe import augmented, make_optimizer, make_scheduler
 from raydistill.core.models import build_model
 
 Batches = Iterable[tuple[torch.Tensor, ...]]
@@ -31,9 +33,10 @@ class StageSpec:
     input_shape: tuple[int, int, int]
     num_classes: int
     epochs: int
-    lr: float
-    batch_size: int
-    weight_decay: float = 0.0
+    lr: float  # peak learning rate (a Tune trial may replace it)
+    batch_size: int  # per worker
+    recipe: RecipeSection = field(default_factory=RecipeSection)  # optimizer, schedule, augmentation, ...
+    fill: tuple[float, ...] = ()  # normalized raw-zero pixel per channel: the border of a translate
     seed: int = 0
     kd: KDSettings | None = None
 
@@ -48,14 +51,16 @@ class TrainState:
     epoch: int
     history: list[dict]
     resumed_at: list[int] = field(default_factory=list)
+    scheduler: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "optimizer": self.optimizer, "epoch": self.epoch, "history": self.history,
-                "resumed_at": self.resumed_at}
+                "resumed_at": self.resumed_at, "scheduler": self.scheduler}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainState":
-        return cls(d["model"], d["optimizer"], int(d["epoch"]), list(d["history"]), list(d.get("resumed_at", [])))
+        return cls(d["model"], d["optimizer"], int(d["epoch"]), list(d["history"]), list(d.get("resumed_at", [])),
+                   dict(d.get("scheduler", {})))
 
 
 def shuffle_seed(seed: int, epoch: int, *, world: int = 1, rank: int = 0) -> int:
@@ -84,22 +89,30 @@ def run_epochs(spec: StageSpec, *, train_batches: Callable[[int], Batches], val_
     if resume is not None:
         model.load_state_dict(resume.model)
     trained = prepare_model(model)  # DDP wrapper on many ranks; shares parameters with `model`
-    optimizer = make_optimizer(trained, spec.lr, spec.weight_decay)
+    recipe = spec.recipe
+    optimizer = make_optimizer(trained, spec.lr, recipe)
+    scheduler = make_scheduler(optimizer, recipe, spec.epochs)
     state = TrainState({}, {}, 0, [])
     if resume is not None:
         optimizer.load_state_dict(resume.optimizer)
+        scheduler.load_state_dict(resume.scheduler)
         state = TrainState({}, {}, resume.epoch, list(resume.history), resume.resumed_at + [resume.epoch])
+    fill = spec.fill or (0.0,) * spec.input_shape[0]
     for epoch in range(state.epoch, spec.epochs):
         before_epoch(epoch)
         started = time.perf_counter()
-        train_loss = train_epoch(trained, train_batches(epoch), optimizer, kd=spec.kd, teachers=teachers,
-                                 device=device)
+        # augmentation draws are seeded per (seed, epoch): a resumed run sees the same views
+        batches = augmented(train_batches(epoch), recipe.augment, fill, seed=shuffle_seed(spec.seed, epoch) + 1)
+        train_loss = train_epoch(trained, batches, optimizer, kd=spec.kd, teachers=teachers, device=device,
+                                 label_smoothing=recipe.label_smoothing, grad_clip=recipe.grad_clip)
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
         epoch_time = time.perf_counter() - started
         val = metrics_from_sums(reduce_sums(evaluation_sums(model, val_batches(), device)))
         metrics = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val["loss"],
-                   "val_accuracy": val["accuracy"], "epoch_time_s": epoch_time}
+                   "val_accuracy": val["accuracy"], "lr": lr, "epoch_time_s": epoch_time}
         state = TrainState(_cpu_state(model), optimizer.state_dict(), epoch + 1, state.history + [metrics],
-                           state.resumed_at)
+                           state.resumed_at, scheduler.state_dict())
         report(metrics, state)
     return state
 

@@ -39,24 +39,31 @@ class _KDLoss(torch.autograd.Function):
     ops to every step (~8% of a 2 ms MLP step). Here the forward computes the value and the
     closed-form gradient together, and the backward is one multiply:
 
-        dL/dz_s = alpha/B * (softmax(z_s) - onehot(y)) + (1 - alpha) * T/B * (softmax(z_s/T) - p_t)
+        dL/dz_s = alpha/B * (softmax(z_s) - t_y) + (1 - alpha) * T/B * (softmax(z_s/T) - p_t)
 
-    (the T^2 of the loss times the 1/T of d(z_s/T)/dz_s). The teacher side gets no gradient.
+    (the T^2 of the loss times the 1/T of d(z_s/T)/dz_s), where ``t_y = (1 - eps) * onehot(y) + eps/C``
+    is the label-smoothed hard target (``eps = 0``: the one-hot). The teacher side gets no gradient.
     """
 
     @staticmethod
-    def forward(ctx, student_logits, teacher_probs, labels, temperature: float, alpha: float):
+    def forward(ctx, student_logits, teacher_probs, labels, temperature: float, alpha: float, smoothing: float):
         batch, classes = student_logits.shape
         log_q = F.log_softmax(student_logits * (1.0 / temperature), dim=-1)  # (B, C) softened student
         # sum over the batch of KL(p_t || q); kl_div takes log q and p and computes p (log p - log q)
         value = F.kl_div(log_q, teacher_probs, reduction="sum") * ((1.0 - alpha) * temperature**2 / batch)
         log_p = F.log_softmax(student_logits, dim=-1) if alpha > 0.0 else None  # (B, C) for the hard CE
         if log_p is not None:
-            value = torch.add(value, F.nll_loss(log_p, labels), alpha=alpha)
+            hard = F.nll_loss(log_p, labels)
+            if smoothing > 0.0:  # CE against t_y = (1 - eps) onehot + eps/C
+                hard = hard * (1.0 - smoothing) - log_p.mean(dim=-1).mean() * smoothing
+            value = torch.add(value, hard, alpha=alpha)
         if ctx.needs_input_grad[0]:  # a loss only looked at (logits without grad) skips the gradient
             grad = log_q.exp_().sub_(teacher_probs).mul_((1.0 - alpha) * temperature / batch)  # (B, C)
             if log_p is not None:
-                grad.add_(log_p.exp_().sub_(F.one_hot(labels, classes)), alpha=alpha / batch)
+                target = F.one_hot(labels, classes).to(log_p.dtype)
+                if smoothing > 0.0:
+                    target = target * (1.0 - smoothing) + smoothing / classes
+                grad.add_(log_p.exp_().sub_(target), alpha=alpha / batch)
             ctx.save_for_backward(grad)
         return value
 
@@ -64,31 +71,32 @@ class _KDLoss(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
         (grad,) = ctx.saved_tensors
-        return grad * grad_output, None, None, None, None
+        return grad * grad_output, None, None, None, None, None
 
 
 def kd_loss_from_probs(student_logits: torch.Tensor, teacher_probs: torch.Tensor, labels: torch.Tensor,
-                       *, temperature: float, alpha: float) -> torch.Tensor:
+                       *, temperature: float, alpha: float, label_smoothing: float = 0.0) -> torch.Tensor:
     """:func:`kd_loss` with the teacher given as softened probabilities ``(B, C)`` (ensembles).
 
     ``teacher_probs`` is a target: it gets no gradient.
     """
     if alpha >= 1.0:
-        return F.cross_entropy(student_logits, labels)
+        return F.cross_entropy(student_logits, labels, label_smoothing=label_smoothing)
     if student_logits.shape != teacher_probs.shape:
         raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher "
                          f"{tuple(teacher_probs.shape)} must have the same (B, C) shape")
     # KL(p_t || p_s) summed over classes, averaged over the batch; the T^2 factor keeps the soft
     # term's gradient scale independent of T (Hinton et al. 2015, sec. 2).
     return _KDLoss.apply(student_logits, teacher_probs.detach().to(student_logits.dtype), labels,
-                         float(temperature), float(max(alpha, 0.0)))
+                         float(temperature), float(max(alpha, 0.0)), float(label_smoothing))
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-            *, temperature: float, alpha: float) -> torch.Tensor:
+            *, temperature: float, alpha: float, label_smoothing: float = 0.0) -> torch.Tensor:
     """Knowledge-distillation loss (Hinton, Vinyals, Dean 2015).
 
-    ``L = alpha * CE(z_s, y) + (1 - alpha) * T^2 * KL(softmax(z_t/T) || softmax(z_s/T))``
+    ``L = alpha * CE(z_s, t_y) + (1 - alpha) * T^2 * KL(softmax(z_t/T) || softmax(z_s/T))``
+    with ``t_y = (1 - eps) * onehot(y) + eps / C`` (``eps = label_smoothing``, 0 = the plain one-hot)
 
     Parameters
     ----------
@@ -110,6 +118,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
         raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
                          f"{tuple(teacher_logits.shape)} must have the same (B, C) shape")
     if alpha == 1.0:
-        return F.cross_entropy(student_logits, labels)
+        return F.cross_entropy(student_logits, labels, label_smoothing=label_smoothing)
     probs = soft_targets(teacher_logits.detach(), temperature)
-    return kd_loss_from_probs(student_logits, probs, labels, temperature=temperature, alpha=alpha)
+    return kd_loss_from_probs(student_logits, probs, labels, temperature=temperature, alpha=alpha,
+                              label_smoothing=label_smoothing)

@@ -17,13 +17,20 @@ from raydistill.core.registry import Registry
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
 
-def _mlp(input_shape, num_classes, *, hidden: Sequence[int] = (1200, 1200), dropout: float = 0.0) -> nn.Module:
-    """Flatten -> [Linear -> ReLU -> Dropout] per hidden width -> Linear(classes).
+def _mlp(input_shape, num_classes, *, hidden: Sequence[int] = (1200, 1200), dropout: float = 0.0,
+         input_dropout: float = 0.0) -> nn.Module:
+    """Flatten -> [Dropout(input_dropout)] -> [Linear -> ReLU -> Dropout] per hidden width -> Linear(classes).
 
-    Hinton et al. 2015 use 1200-1200 (teacher) and 800-800 (student) on MNIST.
+    Hinton et al. 2015 use 1200-1200 (teacher) and 800-800 (student) on MNIST; their teacher drops
+    hidden units with p=0.5 and input pixels with p=0.2 (Hinton et al. 2012, "Improving neural networks
+    by preventing co-adaptation of feature detectors").
     """
+    if not (0.0 <= dropout < 1.0 and 0.0 <= input_dropout < 1.0):
+        raise ValueError(f"dropout and input_dropout must be in [0, 1), got {dropout} and {input_dropout}")
     c, h, w = input_shape
     layers: list[nn.Module] = [nn.Flatten()]
+    if input_dropout:
+        layers.append(nn.Dropout(input_dropout))
     width = c * h * w
     for units in hidden:
         layers += [nn.Linear(width, int(units)), nn.ReLU()]

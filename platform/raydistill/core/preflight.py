@@ -19,6 +19,9 @@ def _check_model(key: str, name: str, args: dict, bundle: DataBundle) -> None:
 
 def preflight(cfg: Config, stage: str) -> DataBundle:
     """Load the data set and build each model the stage needs once, on the CPU; return the data."""
+    if stage == "tune" and cfg.data.val_fraction == 0:
+        raise ConfigError("data.val_fraction: 0 leaves no validation split, which tune ranks trials on; "
+                          "keep a validation split for the sweep and train the final student with 0")
     if cfg.data.name not in DATASETS:
         raise ConfigError(f"data.name: unknown data set '{cfg.data.name}'; known: {', '.join(DATASETS.names())}")
     try:

@@ -5,6 +5,8 @@ checkpoint -> test accuracy measured once on the driver -> an artifact with its 
 """
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 from typing import Sequence
 
@@ -14,11 +16,13 @@ from ray.train.torch import TorchTrainer
 
 from raydistill.core.artifacts import ArtifactError, load_state, new_artifact_path, stamped_name, resolve_artifact, save_artifact
 from raydistill.core.cards import build_card, parent_entry
-from raydistill.core.config import Config, TeacherRef
+from raydistill.core.config import Config, ModelSpec, TeacherRef
+from raydistill.core.config.schema import RecipeSection
+from raydistill.core.recipe import raw_zero_fill
 from raydistill.core.data import DataBundle, load_data
 from raydistill.core.engine import KDSettings, evaluate
 from raydistill.core.loop import StageSpec, TrainState, build_for_spec, load_train_state
-from raydistill.runtime import cluster_gpus
+from raydistill.runtime import WorkerPlan, cluster_cpus, cluster_gpus, stage_workers
 from raydistill.training.soft_targets import compute_soft_targets, to_ray_dataset
 from raydistill.training.worker import STATE_FILE, train_loop_per_worker
 
@@ -28,17 +32,20 @@ def _use_gpu(cfg: Config) -> bool:
     return bool(cfg.run.use_gpu and cluster_gpus() > 0)
 
 
-def fit_stage(spec: StageSpec, datasets: dict, cfg: Config, *, workers: int, max_failures: int,
+def fit_stage(spec: StageSpec, datasets: dict, cfg: Config, *, plan: WorkerPlan, max_failures: int,
               cached: bool = False, teachers_ref=None, crash_at_epoch: int = -1) -> TrainState:
-    """Run ``spec`` on ``workers`` Ray Train workers; return the final checkpoint's state."""
+    """Run ``spec`` on ``plan.workers`` Ray Train workers of ``plan.cpus`` CPUs and threads each;
+    return the final checkpoint's state."""
     run_name = stamped_name(spec.stage)
     storage = cfg.storage_dir()
-    loop_config = {"spec": spec, "cached": cached, "teachers_ref": teachers_ref, "use_gpu": _use_gpu(cfg),
-                   "verbose": not cfg.run.quiet, "crash_at_epoch": crash_at_epoch,
+    loop_config = {"spec": spec, "cached": cached, "teachers_ref": teachers_ref, "use_gpu": plan.use_gpu,
+                   "threads": plan.threads, "verbose": not cfg.run.quiet, "crash_at_epoch": crash_at_epoch,
                    "crash_marker": str(storage / "faults" / f"{run_name}.crashed")}
+    resources = {"CPU": plan.cpus, **({"GPU": 1} if plan.use_gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config=loop_config, datasets=datasets,
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=loop_config["use_gpu"]),
+        scaling_config=ScalingConfig(num_workers=plan.workers, use_gpu=plan.use_gpu,
+                                     resources_per_worker=resources),
         run_config=RunConfig(name=run_name, storage_path=str(storage / "ray_results"),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
                              failure_config=FailureConfig(max_failures=max_failures)))
@@ -67,17 +74,25 @@ def _datasets(bundle: DataBundle) -> dict:
     return {"train": to_ray_dataset(bundle.x_train, bundle.y_train), "val": to_ray_dataset(bundle.x_val, bundle.y_val)}
 
 
-def train_teacher(cfg: Config, *, seed: int | None = None) -> Path:
+def train_teacher(cfg: Config, *, seed: int | None = None, cpus: float | None = None) -> Path:
     """Train ``cfg.teacher.model`` with Ray Train; returns the teacher artifact's path."""
     seed = cfg.run.seed if seed is None else seed
     bundle = load_data(cfg.data, cfg.run.seed)
     t = cfg.teacher
-    spec = StageSpec(stage="teacher", model_name=t.model.name, model_args=t.model.args,
-                     input_shape=bundle.input_shape, num_classes=bundle.num_classes, epochs=t.epochs,
-                     lr=t.lr, batch_size=t.batch_size, weight_decay=t.weight_decay, seed=seed)
-    state = fit_stage(spec, _datasets(bundle), cfg, workers=t.workers, max_failures=t.max_failures)
-    training = {"workers": t.workers, "lr": t.lr, "batch_size": t.batch_size, "seed": seed}
-    return finish_artifact(spec, state, bundle, cfg, kind="teacher", parents=[], extra={"training": training})
+    spec = recipe_spec("teacher", t, t.model, bundle, seed=seed)
+    plan = stage_workers(t.workers, cfg.run.use_gpu, cpus=cpus)
+    state = fit_stage(spec, _datasets(bundle), cfg, plan=plan, max_failures=t.max_failures)
+    return finish_artifact(spec, state, bundle, cfg, kind="teacher", parents=[],
+                           extra={"training": training_record(t, plan, seed)})
+
+
+def recipe_spec(stage: str, recipe: RecipeSection, model: ModelSpec, bundle: DataBundle, *, seed: int,
+                kd: KDSettings | None = None) -> StageSpec:
+    """The trainer's spec for ``model`` on ``bundle`` with a config section's recipe (teacher or distill)."""
+    return StageSpec(stage=stage, model_name=model.name, model_args=model.args, input_shape=bundle.input_shape,
+                     num_classes=bundle.num_classes, epochs=recipe.epochs, lr=recipe.lr,
+                     batch_size=recipe.batch_size, recipe=recipe, seed=seed, kd=kd,
+                     fill=raw_zero_fill(bundle.normalization, bundle.input_shape[0]))
 
 
 def teacher_refs(cfg: Config) -> list[TeacherRef]:
@@ -109,10 +124,7 @@ def load_teachers(cfg: Config, bundle: DataBundle) -> list[tuple[Path, dict, dic
 
 
 def student_spec(cfg: Config, bundle: DataBundle, *, kd: KDSettings | None, stage: str) -> StageSpec:
-    d = cfg.distill
-    return StageSpec(stage=stage, model_name=d.student.name, model_args=d.student.args,
-                     input_shape=bundle.input_shape, num_classes=bundle.num_classes, epochs=d.epochs, lr=d.lr,
-                     batch_size=d.batch_size, weight_decay=d.weight_decay, seed=cfg.run.seed, kd=kd)
+    return recipe_spec(stage, cfg.distill, cfg.distill.student, bundle, seed=cfg.run.seed, kd=kd)
 
 
 def distill_student(cfg: Config, *, baseline: bool = False) -> Path:
@@ -120,21 +132,22 @@ def distill_student(cfg: Config, *, baseline: bool = False) -> Path:
     (same architecture, epochs and data, plain cross-entropy). Returns the artifact path."""
     d = cfg.distill
     bundle = load_data(cfg.data, cfg.run.seed)
+    plan = stage_workers(d.workers, cfg.run.use_gpu)
     if baseline:
         spec = student_spec(cfg, bundle, kd=None, stage="baseline")
-        state = fit_stage(spec, _datasets(bundle), cfg, workers=d.workers, max_failures=d.max_failures,
+        state = fit_stage(spec, _datasets(bundle), cfg, plan=plan, max_failures=d.max_failures,
                           crash_at_epoch=d.crash_at_epoch)
         return finish_artifact(spec, state, bundle, cfg, kind="baseline", parents=[],
-                               extra={"training": training_record(cfg)})
+                               extra={"training": training_record(d, plan, cfg.run.seed)})
     teachers = load_teachers(cfg, bundle)
     kd = KDSettings(temperature=d.temperature, alpha=d.alpha, teacher_weights=tuple(w for *_, w in teachers))
     spec = student_spec(cfg, bundle, kd=kd, stage="student")
     datasets, teachers_ref = _distill_inputs(cfg, bundle, teachers)
-    state = fit_stage(spec, datasets, cfg, workers=d.workers, max_failures=d.max_failures,
+    state = fit_stage(spec, datasets, cfg, plan=plan, max_failures=d.max_failures,
                       cached=d.mode == "cached", teachers_ref=teachers_ref, crash_at_epoch=d.crash_at_epoch)
     parents = teacher_parents(teachers)
     extra = {"distillation": {"temperature": d.temperature, "alpha": d.alpha, "mode": d.mode},
-             "training": training_record(cfg)}
+             "training": training_record(d, plan, cfg.run.seed)}
     return finish_artifact(spec, state, bundle, cfg, kind="student", parents=parents, extra=extra)
 
 
@@ -152,13 +165,18 @@ def _distill_inputs(cfg: Config, bundle: DataBundle, teachers: Sequence[tuple]) 
     if cfg.distill.mode == "online":
         return datasets, ray.put(pairs)
     datasets["train"] = compute_soft_targets(datasets["train"], pairs, actors=cfg.distill.soft_target_actors,
-                                             use_gpu=_use_gpu(cfg))
+                                             use_gpu=_use_gpu(cfg), cpus=cluster_cpus())
     return datasets, None
 
 
-def training_record(cfg: Config) -> dict:
-    d = cfg.distill
-    return {"workers": d.workers, "epochs": d.epochs, "lr": d.lr, "batch_size": d.batch_size, "seed": cfg.run.seed}
+def training_record(recipe: RecipeSection, plan: WorkerPlan | None, seed: int) -> dict:
+    """The card's ``training`` section: the whole recipe plus how it ran (workers x threads)."""
+    record = {k: v for k, v in dataclasses.asdict(recipe).items() if k in RECIPE_KEYS}
+    record.update(seed=seed, workers=plan.workers if plan else 1, threads_per_worker=plan.threads if plan else None)
+    return record
+
+
+RECIPE_KEYS = tuple(f.name for f in dataclasses.fields(RecipeSection) if f.name not in ("max_failures",))
 
 
 __all__ = ["train_teacher", "distill_student", "fit_stage", "finish_artifact", "load_teachers", "teacher_refs",

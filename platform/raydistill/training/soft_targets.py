@@ -30,7 +30,8 @@ def to_ray_dataset(x: np.ndarray, y: np.ndarray, logits: np.ndarray | None = Non
 class TeacherLogits:
     """Callable class for ``map_batches``: builds the teachers once per actor, adds ``logits``."""
 
-    def __init__(self, teachers: Sequence[tuple[dict, dict]], use_gpu: bool = False):
+    def __init__(self, teachers: Sequence[tuple[dict, dict]], use_gpu: bool = False, threads: int = 1):
+        torch.set_num_threads(max(1, threads))  # Ray gives the actor its CPUs; torch should use them all
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.models = []
@@ -44,16 +45,20 @@ class TeacherLogits:
 
 
 def compute_soft_targets(ds, teachers: Sequence[tuple[dict, dict]], *, actors: int = 1,
-                         use_gpu: bool = False, batch_size: int = 256):
+                         use_gpu: bool = False, cpus: float = 1.0, batch_size: int = 1024):
     """Materialized dataset ``ds`` plus the teachers' logits, computed once.
 
-    ``teachers`` is a list of ``(model card, numpy state dict)``.
+    ``teachers`` is a list of ``(model card, numpy state dict)``. On CPUs the ``actors`` share the
+    cluster's ``cpus``: each gets ``cpus / actors`` (whole CPUs when enough) as torch threads.
     """
     numpy_teachers = [(card, {k: v.numpy() for k, v in state.items()}) for card, state in teachers]
-    resources = {"num_gpus": 1} if use_gpu else {"num_cpus": 1}
+    share = cpus / max(actors, 1)
+    per_actor = float(int(share)) if share >= 1 else share
+    resources = {"num_gpus": 1} if use_gpu else {"num_cpus": per_actor}
     from ray.data import ActorPoolStrategy
 
-    return ds.map_batches(TeacherLogits, fn_constructor_kwargs={"teachers": numpy_teachers, "use_gpu": use_gpu},
+    kwargs = {"teachers": numpy_teachers, "use_gpu": use_gpu, "threads": int(per_actor)}
+    return ds.map_batches(TeacherLogits, fn_constructor_kwargs=kwargs,
                           batch_size=batch_size, compute=ActorPoolStrategy(size=actors), batch_format="numpy",
                           **resources).materialize()
 

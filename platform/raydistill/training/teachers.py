@@ -63,11 +63,13 @@ def train_teachers(cfg: Config, *, cpus: float | None = None) -> list[Path]:
 
     runs = teacher_runs(cfg)
     cpus = cluster_cpus() if cpus is None else cpus
-    slots = parallel_slots(len(runs), cfg.teacher.workers, cpus)
-    print(schedule_message(runs, slots, cfg.teacher.workers, cpus), flush=True)
+    per_run = 1 if cfg.teacher.workers == "auto" else int(cfg.teacher.workers)  # auto: 1 worker, CPUs shared
+    slots = parallel_slots(len(runs), per_run, cpus)
+    print(schedule_message(runs, slots, per_run, cpus), flush=True)
 
     def train_one(run: TeacherRun) -> Path:
-        return train_teacher(replace(cfg, teacher=replace(cfg.teacher, model=run.model)), seed=run.seed)
+        return train_teacher(replace(cfg, teacher=replace(cfg.teacher, model=run.model)), seed=run.seed,
+                             cpus=cpus / slots)
 
     if slots == 1:
         paths = [train_one(r) for r in runs]

@@ -75,6 +75,8 @@ def _online_teachers(teachers_ref, device) -> list[torch.nn.Module]:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Train ``config["spec"]`` on this rank's shards; rank 0 checkpoints after every epoch."""
     spec: StageSpec = config["spec"]
+    # Ray sets OMP_NUM_THREADS from the worker's CPUs (1 when fractional); use exactly what the plan gave
+    torch.set_num_threads(max(1, int(config.get("threads", 1))))
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device() if config.get("use_gpu") else torch.device("cpu")
@@ -83,18 +85,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     val = ShardCache(ray.train.get_dataset_shard("val"), ("x", "y"), world)
 
     def report(metrics: dict, state: TrainState) -> None:
+        metrics["threads"] = torch.get_num_threads()  # evidence the worker used the CPUs it was given
+        epoch = metrics["epoch"]
+        save = epoch % spec.recipe.checkpoint_every == 0 or epoch == spec.epochs
         with tempfile.TemporaryDirectory() as d:
             checkpoint = None
-            if rank == 0:
+            if rank == 0 and save:
                 save_train_state(state, Path(d) / STATE_FILE)
                 checkpoint = ray.train.Checkpoint.from_directory(d)
-                if config.get("verbose"):
-                    print(f"[{spec.stage}] epoch {metrics['epoch']}/{spec.epochs} "
-                          f"train_loss={metrics['train_loss']:.4f} val_acc={metrics['val_accuracy']:.4f}", flush=True)
+            if rank == 0 and config.get("verbose"):
+                val = metrics["val_accuracy"]
+                print(f"[{spec.stage}] epoch {epoch}/{spec.epochs} train_loss={metrics['train_loss']:.4f} "
+                      f"val_acc={'-' if val is None else f'{val:.4f}'}", flush=True)
             ray.train.report(metrics, checkpoint=checkpoint)
 
     run_epochs(spec,
-               train_batches=lambda e: train.batches(spec.batch_size, shuffle=True, seed=shuffle_seed(spec.seed, e, world=world, rank=rank)),
+               train_batches=lambda e: train.batches(spec.batch_size, shuffle=True,
+                                                     seed=shuffle_seed(spec.seed, e, world=world, rank=rank)),
                val_batches=lambda: val.batches(1024, shuffle=False),
                report=report, resume=_resume_state(),
                prepare_model=ray.train.torch.prepare_model,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 from raydistill.core.config import Config, ConfigError
+from raydistill.runtime import TRIAL_DRIVER_CPUS
 
 
 def expected_trials(cfg: Config) -> int:
@@ -20,11 +21,18 @@ def expected_trials(cfg: Config) -> int:
     return n
 
 
-def cpus_per_trial(cfg: Config) -> float:
-    """1 CPU for an in-process trial; 0.01 (driver) + 0.99 per Ray Train worker otherwise
-    (docs/ray-notes.md: a 0-CPU driver is rejected)."""
+def trial_workers(cfg: Config) -> int:
+    """Ray Train workers per trial: ``distill.workers``, with ``auto`` = 1 (an in-process trial; the
+    sweep's parallelism comes from running several trials at once)."""
     w = cfg.distill.workers
-    return 1.0 if w == 1 else 0.01 + 0.99 * w
+    return 1 if w == "auto" else int(w)
+
+
+def cpus_per_trial(cfg: Config) -> float:
+    """1 CPU for an in-process trial; the driver's sliver + the rest per Ray Train worker otherwise
+    (docs/ray-notes.md: a 0-CPU driver is rejected)."""
+    w = trial_workers(cfg)
+    return 1.0 if w == 1 else TRIAL_DRIVER_CPUS + (1.0 - TRIAL_DRIVER_CPUS) * w
 
 
 def concurrency_cap(cfg: Config, cluster_cpus: float) -> int:

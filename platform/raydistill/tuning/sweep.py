@@ -27,7 +27,7 @@ from raydistill.core.config import Config, ConfigError
 from raydistill.tuning.report import (new_sweep_dir, resumed_config, BEST_FILE, CURVES_FILE, HEATMAP_FILE, RESULTS_FILE, best_row, epoch_history,
                           error_message, format_top_table, plot_curves, plot_heatmap, trial_row, write_best_yaml,
                           write_results)
-from raydistill.tuning.space import (check_searcher, concurrency_cap, cpus_per_trial, expected_trials, scheduler_and_searcher,
+from raydistill.tuning.space import (trial_workers, check_searcher, concurrency_cap, cpus_per_trial, expected_trials, scheduler_and_searcher,
                          search_space)
 
 __all__ = ["SweepResult", "run_sweep", "run_tune_cli", "ensure_teacher", "concurrency_cap", "expected_trials",
@@ -90,7 +90,7 @@ def trial_settings(cfg: Config, bundle, teachers, sweep_dir: Path):
     from raydistill.tuning.trial import TrialSettings
 
     spec = dataclasses.replace(student_spec(cfg, bundle, kd=None, stage="student"), epochs=cfg.tune.max_epochs)
-    return TrialSettings(spec=spec, teacher_weights=tuple(w for *_, w in teachers), workers=cfg.distill.workers,
+    return TrialSettings(spec=spec, teacher_weights=tuple(w for *_, w in teachers), workers=trial_workers(cfg),
                          fail_trial=cfg.tune.fail_trial, train_storage=str(sweep_dir / "train"))
 
 
@@ -98,9 +98,10 @@ def trainable(cfg: Config, data: dict, settings):
     """The trial function with its resources and the shared inputs bound (object store, once)."""
     from ray import tune
 
+    from raydistill.runtime import TRIAL_DRIVER_CPUS
     from raydistill.tuning.trial import distill_trial, distill_trial_on_train
 
-    fn, resources = (distill_trial, {"cpu": 1}) if settings.workers == 1 else (distill_trial_on_train, {"cpu": 0.01})
+    fn, resources = (distill_trial, {"cpu": 1}) if settings.workers == 1 else (distill_trial_on_train, {"cpu": TRIAL_DRIVER_CPUS})
     return tune.with_resources(tune.with_parameters(fn, data=data, settings=settings), resources)
 
 
@@ -117,7 +118,7 @@ def build_tuner(cfg: Config, fn, sweep_dir: Path, cap: int, callbacks: Sequence 
     scheduler, searcher = scheduler_and_searcher(cfg)
     tune_config = tune.TuneConfig(metric=t.metric, mode=t.mode, num_samples=t.num_samples, scheduler=scheduler,
                                   search_alg=searcher, max_concurrent_trials=cap,
-                                  reuse_actors=cfg.distill.workers == 1)
+                                  reuse_actors=trial_workers(cfg) == 1)
     run_config = tune.RunConfig(name=sweep_dir.name, storage_path=str(sweep_dir.parent),
                                 failure_config=tune.FailureConfig(max_failures=t.max_retries),
                                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
@@ -171,7 +172,7 @@ def save_chosen(cfg: Config, bundle, teachers, settings, trial, best: dict, swee
     spec = dataclasses.replace(trial_spec(settings, trial.config), epochs=state.epoch)
     best_config = {k: trial.config[k] for k in SEARCHED_KEYS if k in trial.config}
     extra = {"distillation": {"temperature": best["temperature"], "alpha": best["alpha"], "mode": "cached"},
-             "training": {**training_record(cfg), "epochs": state.epoch, "lr": best["lr"]},
+             "training": {**training_record(cfg.distill, None, cfg.run.seed), "epochs": state.epoch, "lr": best["lr"]},
              "tune": {"sweep": str(sweep_dir), "trial_id": trial.trial_id, "best_config": best_config,
                       "metric": cfg.tune.metric, "mode": cfg.tune.mode, "score": best["score"]}}
     path = finish_artifact(spec, state, bundle, cfg, kind="student", parents=teacher_parents(teachers), extra=extra)

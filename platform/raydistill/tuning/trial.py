@@ -122,6 +122,7 @@ def distill_trial_on_train(config: dict, *, data: dict[str, tuple[np.ndarray, ..
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from raydistill.training.soft_targets import to_ray_dataset
+    from raydistill.runtime import TRIAL_DRIVER_CPUS
     from raydistill.training.worker import train_loop_per_worker
 
     spec = trial_spec(settings, config)
@@ -131,7 +132,7 @@ def distill_trial_on_train(config: dict, *, data: dict[str, tuple[np.ndarray, ..
         train_loop_per_worker,
         train_loop_config={"spec": spec, "cached": True, "verbose": False},
         datasets={"train": to_ray_dataset(*data["train"]), "val": to_ray_dataset(*data["val"])},
-        scaling_config=ScalingConfig(num_workers=settings.workers, resources_per_worker={"CPU": 0.99}),
+        scaling_config=ScalingConfig(num_workers=settings.workers, resources_per_worker={"CPU": 1.0 - TRIAL_DRIVER_CPUS}),
         run_config=RunConfig(name=f"trial-{trial_id}", storage_path=settings.train_storage,
                              checkpoint_config=CheckpointConfig(num_to_keep=1),
                              failure_config=FailureConfig(max_failures=0),

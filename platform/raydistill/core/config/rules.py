@@ -44,12 +44,15 @@ def validate(cfg: Any) -> None:
              "must be a filesystem path (on a multi-node cluster: a shared mount such as EFS/NFS at the same "
              f"path on every node), not a URI; got {cfg.run.storage_path!r}")
     _validate_data(cfg)
-    _positive(cfg, "teacher", "epochs", "batch_size", "lr", "workers")
-    _positive(cfg, "distill", "epochs", "batch_size", "lr", "workers", "temperature", "soft_target_actors")
-    _require(cfg.teacher.max_failures >= 0, "teacher.max_failures", "must be >= 0")
-    _require(cfg.distill.max_failures >= 0, "distill.max_failures", "must be >= 0")
+    _validate_recipe(cfg, "teacher")
+    _validate_recipe(cfg, "distill")
+    _positive(cfg, "distill", "temperature", "soft_target_actors")
     _fraction(cfg.distill.alpha, "distill.alpha")
     _one_of(cfg.distill.mode, "distill.mode", ("cached", "online"))
+    _require(not (cfg.distill.mode == "cached" and cfg.distill.augment.active()), "distill.augment",
+             "cached soft targets are the teacher's logits on clean inputs, which an augmented student input "
+             "would no longer match; set distill.mode=online to augment the student (the teacher then sees "
+             "the same augmented batch), or turn distill.augment off")
     for i, ref in enumerate(cfg.distill.teachers):
         _require(bool(ref.artifact), f"distill.teachers[{i}].artifact", "must name a teacher artifact")
         _require(ref.weight > 0, f"distill.teachers[{i}].weight", f"must be > 0, got {ref.weight}")
@@ -62,9 +65,47 @@ def validate(cfg: Any) -> None:
     _validate_compress(cfg)
 
 
+DIGIT_DATA_SETS = ("digits", "mnist")  # a mirrored digit is another digit (or none)
+OPTIMIZERS, SCHEDULERS = ("adam", "adamw", "sgd"), ("none", "cosine", "multistep")
+
+
+def _validate_recipe(cfg: Any, section: str) -> None:
+    """The training recipe keys shared by ``teacher`` and ``distill`` (``core.config.schema.RecipeSection``)."""
+    r = getattr(cfg, section)
+    _positive(cfg, section, "epochs", "batch_size", "lr", "checkpoint_every")
+    _require(r.workers == "auto" or (isinstance(r.workers, int) and not isinstance(r.workers, bool) and r.workers >= 1),
+             f"{section}.workers", f"must be 'auto' or an integer >= 1, got {r.workers!r}")
+    _require(r.max_failures >= 0, f"{section}.max_failures", "must be >= 0")
+    _one_of(r.optimizer, f"{section}.optimizer", OPTIMIZERS)
+    _one_of(r.scheduler, f"{section}.scheduler", SCHEDULERS)
+    _fraction(r.momentum, f"{section}.momentum", high_open=True)
+    _require(not r.nesterov or (r.optimizer == "sgd" and r.momentum > 0), f"{section}.nesterov",
+             "needs optimizer: sgd with momentum > 0")
+    _require(r.weight_decay >= 0, f"{section}.weight_decay", f"must be >= 0, got {r.weight_decay}")
+    _require(r.gamma > 0, f"{section}.gamma", f"must be > 0, got {r.gamma}")
+    _require(0 <= r.warmup_epochs < r.epochs, f"{section}.warmup_epochs",
+             f"must be in [0, epochs), got {r.warmup_epochs} with epochs={r.epochs}")
+    _fraction(r.label_smoothing, f"{section}.label_smoothing", high_open=True)
+    _require(r.grad_clip >= 0, f"{section}.grad_clip", f"must be >= 0 (0 = off), got {r.grad_clip}")
+    if r.scheduler == "multistep":
+        _require(bool(r.milestones) and r.milestones == sorted(set(r.milestones)) and
+                 all(0 < m < r.epochs for m in r.milestones), f"{section}.milestones",
+                 f"multistep needs increasing epochs in (0, {r.epochs}), got {r.milestones}")
+    else:
+        _require(not r.milestones, f"{section}.milestones", f"only used by scheduler: multistep (got {r.scheduler})")
+    _require(r.augment.translate >= 0, f"{section}.augment.translate", f"must be >= 0 px, got {r.augment.translate}")
+    _require(not (r.augment.hflip and cfg.data.name in DIGIT_DATA_SETS), f"{section}.augment.hflip",
+             f"data set '{cfg.data.name}' holds digits, and a mirrored digit is another digit (or none); "
+             "use augment.translate instead")
+
+
 def _validate_data(cfg: Any) -> None:
     d = cfg.data
-    _fraction(d.val_fraction, "data.val_fraction", low_open=True, high_open=True)
+    _require(0 <= d.val_fraction < 1, "data.val_fraction", f"must be in [0, 1), got {d.val_fraction}")
+    if d.val_fraction == 0:  # train on train+val once settings are chosen; nothing may need validation
+        _require(not cfg.pipeline.tune, "data.val_fraction",
+                 "0 leaves no validation split, which the pipeline's sweep ranks trials on; "
+                 "set pipeline.tune=false (or keep a validation split)")
     _fraction(d.test_fraction, "data.test_fraction", low_open=True, high_open=True)
     _require(d.val_fraction + d.test_fraction < 1, "data.val_fraction", "val + test fractions must be < 1")
     _require(d.train_limit >= 0, "data.train_limit", "must be >= 0 (0 = all)")

@@ -1,4 +1,6 @@
-"""The config tree's sections: one typed dataclass per stage (defaults = the digits demo)."""
+"""The config tree's sections: one typed dataclass per stage. These dataclasses are the one home of
+every default; ``configs/*.yaml`` are recipes that override some of them (``configs/digits.yaml`` is the
+embedded demo, not the defaults)."""
 from __future__ import annotations
 
 import dataclasses
@@ -44,18 +46,48 @@ class ModelSpec:
 
 
 @dataclass(kw_only=True)
-class TeacherSection:
+class AugmentSpec:
+    """Seeded augmentation applied on the worker to each training batch's tensors ``(B, C, H, W)``."""
+
+    translate: int = 0  # random shift by up to +-k px, raw-zero fill: Hinton's jitter; = random crop with padding k
+    hflip: bool = False  # random horizontal flip (refused for digit data sets: a flipped digit is another digit)
+
+    def active(self) -> bool:
+        return self.translate > 0 or self.hflip
+
+
+@dataclass(kw_only=True)
+class RecipeSection:
+    """How a model is trained: the same keys (and defaults) for the teacher, the distilled student
+    and the student-alone baseline, so the baseline always gets the distilled student's recipe."""
+
+    epochs: int = 20
+    batch_size: int = 128  # per worker
+    lr: float = 1e-3  # peak learning rate (after warm-up)
+    optimizer: str = "adam"  # adam | adamw | sgd
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
+    weight_decay: float = 0.0
+    decay_norms_and_biases: bool = True  # false: no weight decay on biases and norm layers
+    scheduler: str = "none"  # none | cosine | multistep (per epoch, after warm-up)
+    milestones: list[int] = field(default_factory=list)  # multistep: epochs at which lr *= gamma
+    gamma: float = 0.1
+    warmup_epochs: int = 0  # linear warm-up from lr/(warmup+1) to lr
+    label_smoothing: float = 0.0
+    grad_clip: float = 0.0  # max global grad norm; 0 = off
+    augment: AugmentSpec = field(default_factory=AugmentSpec)
+    workers: Any = "auto"  # "auto" (1 worker per GPU, else 1 multi-threaded worker per node) or an int
+    checkpoint_every: int = 1  # epochs between checkpoints (the last epoch always checkpoints)
+    max_failures: int = 1
+
+
+@dataclass(kw_only=True)
+class TeacherSection(RecipeSection):
     """Training the teacher with Ray Train."""
 
     model: ModelSpec = field(
         default_factory=lambda: ModelSpec(name="mlp", args={"hidden": [1200, 1200], "dropout": 0.5})
     )
-    epochs: int = 40
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    workers: int = 1
-    max_failures: int = 1
     seeds: list[int] = field(default_factory=list)  # several teachers in one call
     models: list[ModelSpec] = field(default_factory=list)  # several architectures; [] = [model]
 
@@ -69,21 +101,15 @@ class TeacherRef:
 
 
 @dataclass(kw_only=True)
-class DistillSection:
-    """Distilling the student with Ray Train."""
+class DistillSection(RecipeSection):
+    """Distilling the student with Ray Train (``baseline`` trains the same student alone with this recipe)."""
 
     student: ModelSpec = field(default_factory=lambda: ModelSpec(name="mlp", args={"hidden": [32]}))
     teacher: str = ""  # teacher artifact dir; "" = the newest teacher under storage_path
     teachers: list[TeacherRef] = field(default_factory=list)  # ensemble; overrides `teacher`
-    temperature: float = 8.0
-    alpha: float = 0.3  # weight of the hard-label CE; 1 - alpha weighs T^2 * KL (see losses.kd_loss)
+    temperature: float = 4.0
+    alpha: float = 0.1  # weight of the hard-label CE; 1 - alpha weighs T^2 * KL (see core.losses.kd_loss)
     mode: str = "cached"  # cached | online
-    epochs: int = 60
-    batch_size: int = 64  # per worker
-    lr: float = 3e-3
-    weight_decay: float = 0.0
-    workers: int = 2
-    max_failures: int = 1
     soft_target_actors: int = 1  # Ray Data actors computing teacher logits
     crash_at_epoch: int = -1  # fault injection: one worker dies once at this epoch (tests)
 

@@ -1,0 +1,109 @@
+"""Training recipes: optimizer, learning-rate schedule and augmentation from a config section. No Ray.
+
+A recipe is the ``RecipeSection`` of the config (``teacher`` or ``distill``); the same functions
+build the teacher's, the distilled student's and the student-alone baseline's training, so the
+baseline always gets exactly the distilled student's recipe.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from raydistill.core.config.schema import AugmentSpec, RecipeSection
+
+_NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
+
+
+def parameter_groups(model: nn.Module, weight_decay: float, decay_norms_and_biases: bool) -> list[dict]:
+    """One group with ``weight_decay``; with ``decay_norms_and_biases=False`` a second group holding
+    biases and norm-layer parameters with no decay (they set scale and offset, not capacity)."""
+    if decay_norms_and_biases or weight_decay == 0:
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+    no_decay = {id(p) for m in model.modules() if isinstance(m, _NORM_TYPES) for p in m.parameters(recurse=False)}
+    no_decay |= {id(p) for name, p in model.named_parameters() if name.endswith("bias")}
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if id(p) not in no_decay], "weight_decay": weight_decay},
+            {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0}]
+
+
+def make_optimizer(model: nn.Module, lr: float, recipe: RecipeSection | None = None) -> torch.optim.Optimizer:
+    """``recipe.optimizer`` over ``model``'s parameters at peak ``lr``; Adam with no decay when no recipe."""
+    recipe = recipe or RecipeSection()
+    groups = parameter_groups(model, recipe.weight_decay, recipe.decay_norms_and_biases)
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    # Adam's weight_decay is L2 added to the gradient (coupled), AdamW's is decoupled (Loshchilov & Hutter 2019)
+    return torch.optim.Adam(groups, lr=lr)
+
+
+def lr_factor(epoch: int, recipe: RecipeSection, epochs: int) -> float:
+    """Multiplier of the peak lr during ``epoch`` (0-based); ``W = warmup_epochs``, ``E = epochs``.
+
+    warm-up (``e < W``): ``(e + 1) / (W + 1)``;  then with ``t = e - W``, ``N = E - W``:
+    ``none``: 1;  ``cosine``: ``(1 + cos(pi * t / N)) / 2`` (SGDR without restarts, Loshchilov & Hutter
+    2017; the last epoch trains at a small but non-zero lr);  ``multistep``: ``gamma ** #{m in
+    milestones : m <= e}`` (milestones count epochs from the start, as in RepDistiller's 150/180/210).
+    """
+    w = recipe.warmup_epochs
+    if epoch < w:
+        return (epoch + 1) / (w + 1)
+    if recipe.scheduler == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * (epoch - w) / max(epochs - w, 1)))
+    if recipe.scheduler == "multistep":
+        return recipe.gamma ** sum(1 for m in recipe.milestones if m <= epoch)
+    return 1.0
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, recipe: RecipeSection | None,
+                   epochs: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-epoch ``LambdaLR`` following :func:`lr_factor`; its state goes into every checkpoint."""
+    recipe = recipe or RecipeSection()
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, recipe, epochs))
+
+
+def raw_zero_fill(normalization: dict | None, channels: int) -> tuple[float, ...]:
+    """The normalized value of a raw-zero pixel per channel, ``-mean_c / std_c``: what a shifted-in
+    border holds (the background of MNIST-like images, the zero padding of a random crop)."""
+    if not normalization:
+        return (0.0,) * channels
+    return tuple(-m / s for m, s in zip(normalization["mean"], normalization["std"]))
+
+
+def augment_batch(x: torch.Tensor, spec: AugmentSpec, fill: tuple[float, ...],
+                  generator: torch.Generator) -> torch.Tensor:
+    """Random translate by up to ``+-spec.translate`` px per example and axis (border = ``fill``),
+    then a random horizontal flip when ``spec.hflip``. ``x`` is ``(B, C, H, W)``; so is the result.
+
+    Translating by ``(dy, dx)`` = padding by ``k`` and cropping at offset ``(k + dy, k + dx)``, so
+    this is also torchvision's ``RandomCrop(H, padding=k)``. Draws come only from ``generator``.
+    """
+    if not spec.active():
+        return x
+    b, c, h, w = x.shape
+    k = spec.translate
+    if k > 0:
+        fill_t = torch.as_tensor(fill, dtype=x.dtype).view(1, c, 1, 1)
+        padded = fill_t.expand(b, c, h + 2 * k, w + 2 * k).clone()  # (B, C, H+2k, W+2k)
+        padded[:, :, k:k + h, k:k + w] = x
+        off = torch.randint(0, 2 * k + 1, (2, b), generator=generator)  # row, column offsets
+        rows = (off[0][:, None] + torch.arange(h))[:, None, :, None]  # (B, 1, H, 1)
+        cols = (off[1][:, None] + torch.arange(w))[:, None, None, :]  # (B, 1, 1, W)
+        x = padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+    if spec.hflip:
+        flip = torch.rand(b, generator=generator) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    return x
+
+
+def augmented(batches, spec: AugmentSpec, fill: tuple[float, ...], seed: int):
+    """``batches`` with :func:`augment_batch` applied to each batch's inputs, seeded by ``seed``."""
+    if not spec.active():
+        yield from batches
+        return
+    generator = torch.Generator().manual_seed(seed)
+    for batch in batches:
+        yield (augment_batch(batch[0], spec, fill, generator), *batch[1:])
