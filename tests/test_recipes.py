@@ -17,7 +17,7 @@ from raydistill.core.config.schema import AugmentSpec, RecipeSection
 from raydistill.core.engine import KDSettings
 from raydistill.core.losses import kd_loss
 from raydistill.core.loop import StageSpec, load_train_state, run_epochs, save_train_state
-from raydistill.core.engine import iterate_batches
+from raydistill.core.engine import iterate_batches, rank_shard
 from raydistill.core.recipe import augment_batch, augmented, lr_factor, make_optimizer, raw_zero_fill
 from raydistill.runtime import plan_workers
 
@@ -193,3 +193,20 @@ def test_worker_plan(requested, cpus, gpus, nodes, use_gpu, expect):
 def test_kd_settings_have_no_defaults_of_their_own():
     with pytest.raises(TypeError):
         KDSettings()  # temperature/alpha come from the config (one home per default)
+
+
+def test_rank_shards_are_equal_length_disjoint_and_aligned():
+    x = np.arange(23 * 2).reshape(23, 2)
+    y = np.arange(23)
+    shards = [rank_shard([x, y], r, 3) for r in range(3)]
+    assert [len(s[1]) for s in shards] == [7, 7, 7]  # 23 // 3 each: DDP steps line up
+    seen = np.concatenate([s[1] for s in shards])
+    assert len(set(seen.tolist())) == 21 and set(seen.tolist()) <= set(range(23))
+    for sx, sy in shards:
+        np.testing.assert_array_equal(sx[:, 0], 2 * sy)  # rows stay paired with their labels
+
+
+def test_soft_target_source_is_checked():
+    with pytest.raises(ConfigError, match=r"distill\.soft_targets"):
+        load_config(DIGITS, ["distill.soft_targets=gpu_magic"])
+    assert load_config(DIGITS, ["distill.soft_targets=ray_data"]).distill.soft_targets == "ray_data"

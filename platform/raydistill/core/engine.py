@@ -6,6 +6,7 @@ Batches are tuples of tensors: ``(x, y)`` with ``x`` ``(B, C, H, W)`` and ``y`` 
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
@@ -18,7 +19,7 @@ from raydistill.core.config.schema import RecipeSection
 from raydistill.core.losses import ensemble_soft_targets, kd_loss_from_probs, soft_targets
 from raydistill.core.recipe import augmented, make_optimizer, make_scheduler
 
-__all__ = ["KDSettings", "make_optimizer", "iterate_batches", "teacher_probs", "run_teachers", "batch_loss",
+__all__ = ["KDSettings", "make_optimizer", "iterate_batches", "read_only_tensors", "rank_shard", "teacher_probs", "run_teachers", "batch_loss",
            "train_epoch", "predict_logits", "evaluation_sums", "metrics_from_sums", "evaluate", "fit"]
 
 
@@ -42,6 +43,22 @@ def iterate_batches(arrays: Sequence[np.ndarray | torch.Tensor], batch_size: int
     for start in range(0, n, batch_size):
         idx = order[start:start + batch_size]
         yield tuple(t[idx] for t in tensors)
+
+
+def read_only_tensors(arrays: Sequence[np.ndarray]) -> list[torch.Tensor]:
+    """Zero-copy tensors over read-only arrays (the object store's): only ever read, since batches
+    are gathered by index, which copies. Silences torch's warning about non-writable arrays."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return [torch.as_tensor(a) for a in arrays]
+
+
+def rank_shard(arrays: Sequence, rank: int, world: int) -> list:
+    """Rank ``rank``'s contiguous share of aligned ``arrays``: ``n // world`` rows from
+    ``rank * (n // world)``, the same length on every rank so DDP's all-reduces line up step for step
+    (at most ``world - 1`` rows are left out, never the same ones twice: ranks reshuffle their own share)."""
+    n = len(arrays[0]) // world
+    return [a[rank * n:(rank + 1) * n] for a in arrays]
 
 
 def teacher_probs(teacher_logits: torch.Tensor, kd: KDSettings) -> torch.Tensor:

@@ -13,32 +13,24 @@ import torch.distributed as dist
 import ray.train
 import ray.train.torch
 
-from raydistill.core.engine import iterate_batches
+from raydistill.core.engine import iterate_batches, rank_shard, read_only_tensors, run_teachers
 from raydistill.core.loop import shuffle_seed, StageSpec, TrainState, load_train_state, run_epochs, save_train_state
 from raydistill.core.artifacts import model_from_state
 
 STATE_FILE = "state.pt"
 
 
-class ShardCache:
-    """This rank's shard of a Ray Dataset, pulled once into tensors and reshuffled per epoch.
+@torch.no_grad()
+def predict_logits(teachers, x: torch.Tensor, *, device, batch_size: int = 1024) -> torch.Tensor:
+    """The teachers' logits ``(N, C)`` (one) or ``(N, K, C)`` (K) for inputs ``x``, in eval mode, on CPU."""
+    return torch.cat([run_teachers(teachers, x[i:i + batch_size].to(device)).cpu()
+                      for i in range(0, len(x), batch_size)])
 
-    Ranks are cut to the same length so that DDP's all-reduces line up step for step.
-    """
 
-    def __init__(self, shard, columns: tuple[str, ...], world_size: int):
-        parts: dict[str, list[torch.Tensor]] = {c: [] for c in columns}
-        for batch in shard.iter_torch_batches(batch_size=4096):
-            for c in columns:
-                parts[c].append(batch[c])
-        self.tensors = [torch.cat(parts[c]) if parts[c] else torch.zeros(0) for c in columns]
-        n = torch.tensor([len(self.tensors[0])])
-        if world_size > 1:
-            dist.all_reduce(n, op=dist.ReduceOp.MIN)
-        self.tensors = [t[: int(n)] for t in self.tensors]
-
-    def batches(self, batch_size: int, *, shuffle: bool, seed: int = 0):
-        return iterate_batches(self.tensors, batch_size, shuffle=shuffle, seed=seed)
+def _shard_tensors(ref, rank: int, world: int) -> list[torch.Tensor]:
+    """This rank's share of the arrays behind ``ref`` (one ``ray.put`` by the driver: zero-copy on
+    this node), as tensors."""
+    return read_only_tensors(rank_shard(ray.get(ref), rank, world))
 
 
 def _sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
@@ -80,9 +72,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device() if config.get("use_gpu") else torch.device("cpu")
-    columns = ("x", "y", "logits") if config.get("cached") else ("x", "y")
-    train = ShardCache(ray.train.get_dataset_shard("train"), columns, world)
-    val = ShardCache(ray.train.get_dataset_shard("val"), ("x", "y"), world)
+    train = _shard_tensors(config["data"]["train"], rank, world)  # (x, y) or (x, y, teacher logits)
+    val = _shard_tensors(config["data"]["val"], rank, world)
+    teachers = _online_teachers(config.get("teachers_ref"), device)
+    if teachers and config.get("cache_logits"):  # cached mode, logits made here: once, for this rank's share
+        train = [*train, predict_logits(teachers, train[0], device=device)]
+        teachers = []
 
     def report(metrics: dict, state: TrainState) -> None:
         metrics["threads"] = torch.get_num_threads()  # evidence the worker used the CPUs it was given
@@ -100,11 +95,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=checkpoint)
 
     run_epochs(spec,
-               train_batches=lambda e: train.batches(spec.batch_size, shuffle=True,
-                                                     seed=shuffle_seed(spec.seed, e, world=world, rank=rank)),
-               val_batches=lambda: val.batches(1024, shuffle=False),
+               train_batches=lambda e: iterate_batches(train, spec.batch_size, shuffle=True,
+                                                       seed=shuffle_seed(spec.seed, e, world=world, rank=rank)),
+               val_batches=lambda: iterate_batches(val, 1024, shuffle=False),
                report=report, resume=_resume_state(),
                prepare_model=ray.train.torch.prepare_model,
                reduce_sums=_sum_over_ranks if world > 1 else (lambda t: t),
                before_epoch=_crash_hook(config.get("crash_at_epoch", -1), config.get("crash_marker", ""), rank, world),
-               teachers=_online_teachers(config.get("teachers_ref"), device), device=device)
+               teachers=teachers, device=device)

@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import re
 import tempfile
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 from ray import tune
 
-from raydistill.core.engine import KDSettings, iterate_batches
+from raydistill.core.engine import KDSettings, iterate_batches, read_only_tensors
 from raydistill.core.loop import shuffle_seed, StageSpec, TrainState, load_train_state, run_epochs, save_train_state
 from raydistill.training.worker import STATE_FILE
 
@@ -85,14 +83,6 @@ def _tune_resume_state() -> TrainState | None:
         return load_train_state(Path(d) / STATE_FILE)
 
 
-def _read_only_tensors(arrays: tuple[np.ndarray, ...]) -> list[torch.Tensor]:
-    """Zero-copy tensors over the object store's read-only arrays (only ever read: batches are
-    gathered by index, which copies). Silences torch's warning about non-writable arrays."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return [torch.as_tensor(a) for a in arrays]
-
-
 def distill_trial(config: dict, *, data: dict[str, tuple[np.ndarray, ...]], settings: TrialSettings) -> None:
     """Function trainable: distill in this process on the shared soft targets.
 
@@ -100,7 +90,7 @@ def distill_trial(config: dict, *, data: dict[str, tuple[np.ndarray, ...]], sett
     ``data["val"]`` is ``(x, y)``; both arrive once per node through the object store.
     """
     spec = trial_spec(settings, config)
-    train, val = _read_only_tensors(data["train"]), _read_only_tensors(data["val"])
+    train, val = read_only_tensors(data["train"]), read_only_tensors(data["val"])
     run_epochs(spec,
                # the same shuffling seeds as a 1-worker `raydistill distill` (rank 0 of world 1)
                train_batches=lambda e: iterate_batches(train, spec.batch_size, shuffle=True,
@@ -121,7 +111,7 @@ def distill_trial_on_train(config: dict, *, data: dict[str, tuple[np.ndarray, ..
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from raydistill.training.soft_targets import to_ray_dataset
+    import ray
     from raydistill.runtime import TRIAL_DRIVER_CPUS
     from raydistill.training.worker import train_loop_per_worker
 
@@ -130,8 +120,8 @@ def distill_trial_on_train(config: dict, *, data: dict[str, tuple[np.ndarray, ..
     trial_id = tune.get_context().get_trial_id()
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"spec": spec, "cached": True, "verbose": False},
-        datasets={"train": to_ray_dataset(*data["train"]), "val": to_ray_dataset(*data["val"])},
+        train_loop_config={"spec": spec, "verbose": False,
+                           "data": {"train": ray.put(tuple(data["train"])), "val": ray.put(tuple(data["val"]))}},
         scaling_config=ScalingConfig(num_workers=settings.workers, resources_per_worker={"CPU": 1.0 - TRIAL_DRIVER_CPUS}),
         run_config=RunConfig(name=f"trial-{trial_id}", storage_path=settings.train_storage,
                              checkpoint_config=CheckpointConfig(num_to_keep=1),

@@ -49,6 +49,7 @@ def validate(cfg: Any) -> None:
     _positive(cfg, "distill", "temperature", "soft_target_actors")
     _fraction(cfg.distill.alpha, "distill.alpha")
     _one_of(cfg.distill.mode, "distill.mode", ("cached", "online"))
+    _one_of(cfg.distill.soft_targets, "distill.soft_targets", ("workers", "ray_data"))
     _require(not (cfg.distill.mode == "cached" and cfg.distill.augment.active()), "distill.augment",
              "cached soft targets are the teacher's logits on clean inputs, which an augmented student input "
              "would no longer match; set distill.mode=online to augment the student (the teacher then sees "

@@ -110,7 +110,8 @@ class DistillSection(RecipeSection):
     temperature: float = 4.0
     alpha: float = 0.1  # weight of the hard-label CE; 1 - alpha weighs T^2 * KL (see core.losses.kd_loss)
     mode: str = "cached"  # cached | online
-    soft_target_actors: int = 1  # Ray Data actors computing teacher logits
+    soft_targets: str = "workers"  # cached mode: workers (each its share, once) | ray_data (an actor pool)
+    soft_target_actors: int = 1  # Ray Data actors computing teacher logits (soft_targets: ray_data)
     crash_at_epoch: int = -1  # fault injection: one worker dies once at this epoch (tests)
 
 

@@ -1,0 +1,91 @@
+"""Does distillation pay on Fashion-MNIST? Teacher, student alone and distilled student with
+configs/fashion_mnist.yaml (the same recipe for the student alone and the distilled student), over
+seeds, through the real Ray Train stages; mean ± std, every seed, and seeds won/lost by KD.
+
+``--engine-from`` adds the rows of today's engine (Adam at a constant lr, no augmentation, no input
+dropout, T=20 alpha=0.1: Hinton's settings) from a ``stage_walltime.py`` JSON line with the same
+nets, seeds and data, so the table shows what the recipe buys.
+
+    .venv/bin/python benchmarks/kd_fashion.py [--seeds 0 1 2] [--engine-from walltime.json]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from raydistill.core.artifacts import load_card
+from raydistill.core.config import load_config
+from raydistill.runtime import init_ray
+from raydistill.training.driver import distill_student, train_teacher
+
+REPO = Path(__file__).resolve().parents[1]
+ROWS = ("teacher", "student alone", "distilled student")
+
+
+def run_seed(cfg, seed: int) -> dict[str, float]:
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, seed=seed))
+    started = time.perf_counter()
+    teacher = train_teacher(cfg)
+    cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, teacher=str(teacher)))
+    alone = distill_student(cfg, baseline=True)
+    student = distill_student(cfg)
+    accs = {name: load_card(p)["metrics"]["test_accuracy"]
+            for name, p in zip(ROWS, (teacher, alone, student))}
+    print(f"seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in accs.items())
+          + f" ({time.perf_counter() - started:.0f} s)", flush=True)
+    return accs
+
+
+def engine_rows(path: str) -> dict[str, dict[int, float]]:
+    """Today's engine, per seed, from stage_walltime.py's last JSON line (its raydistill columns)."""
+    line = [l for l in Path(path).read_text().splitlines() if l.startswith("{")][-1]
+    results = json.loads(line)["results"]
+    names = {"teacher": "teacher", "baseline": "student alone", "distill": "distilled student"}
+    return {f"{names[stage]} (today's engine)": {int(s): r[stage]["raydistill_acc"] for s, r in results.items()}
+            for stage in names}
+
+
+def table(per_seed: dict[str, dict[int, float]], seeds: list[int]) -> None:
+    alone = per_seed.get("student alone")
+    print(f"{'model':<38}{'mean':>8}{'± std':>8}  {'per seed':<26}vs alone (won/lost)")
+    for name, values in per_seed.items():
+        vals = [values[s] for s in seeds if s in values]
+        won = ""
+        if name == "distilled student" and alone:
+            diffs = [values[s] - alone[s] for s in seeds]
+            won = (f"{100 * statistics.mean(diffs):+.2f} pt ({sum(d > 0 for d in diffs)}/"
+                   f"{sum(d < 0 for d in diffs)})")
+        print(f"{name:<38}{statistics.mean(vals):>8.4f}{statistics.pstdev(vals):>8.4f}  "
+              f"{' '.join(f'{v:.4f}' for v in vals):<26}{won}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", default=str(REPO / "configs" / "fashion_mnist.yaml"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--engine-from", default="", help="stage_walltime.py output with the same seeds")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args()
+    storage = tempfile.mkdtemp(prefix="rd-kd-fashion-")
+    cfg = load_config(args.config, [f"data.root={REPO.parent / 'shared' / 'datasets' / 'fashion-mnist'}",
+                                    *args.overrides, f"run.storage_path={storage}", "run.quiet=true"])
+    init_ray(cfg.run.address)
+    runs = {s: run_seed(cfg, s) for s in args.seeds}
+    per_seed = {name: {s: runs[s][name] for s in args.seeds} for name in ROWS}
+    if args.engine_from:
+        per_seed.update(engine_rows(args.engine_from))
+    d = cfg.distill
+    print(f"\nFashion-MNIST test accuracy, seeds {args.seeds}: {Path(args.config).name} "
+          f"(T={d.temperature:g}, alpha={d.alpha:g}, {d.epochs} epochs, {d.scheduler} schedule)")
+    table(per_seed, args.seeds)
+    print(json.dumps({"benchmark": "kd_fashion", "config": args.config, "overrides": args.overrides,
+                      "per_seed": {k: {str(s): v for s, v in vals.items()} for k, vals in per_seed.items()}}))
+
+
+if __name__ == "__main__":
+    main()
