@@ -14,7 +14,7 @@ DIGITS = REPO / "configs" / "digits.yaml"
 def test_default_config_loads_with_documented_values():
     cfg = load_config(DIGITS)
     assert cfg.data.name == "digits"
-    assert cfg.distill.workers == 2
+    assert cfg.distill.workers == "auto" and cfg.distill.batch_size == 128
     assert cfg.teacher.model.args["hidden"] == [1200, 1200]
 
 
@@ -87,3 +87,26 @@ def test_cli_unknown_model_is_a_config_error_naming_the_key():
     assert proc.returncode == 2
     assert "teacher.model.name" in proc.stderr and "unknown model 'resnet18x'" in proc.stderr
     assert "mlp" in proc.stderr  # the known names are listed
+
+
+def test_serve_config_yaml_repeats_the_schema_defaults():
+    """serve/config.yaml is what `serve run` reads; every value it sets must be the serve section's default
+    (the schema is the one home of defaults), so the two ways to deploy cannot drift apart."""
+    import yaml
+
+    from raydistill.core.config import Config, RunSection
+
+    # Prepare: the YAML app and the schema's defaults, read independently.
+    app = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())["applications"][0]
+    deployment = app["deployments"][0]
+    schema = Config().serve
+    # Execute: gather every (key, value) the YAML sets, wherever it sets it.
+    pairs = {**app["args"], **deployment["autoscaling_config"], **deployment["user_config"],
+             "max_ongoing_requests": deployment["max_ongoing_requests"],
+             "num_cpus": deployment["ray_actor_options"]["num_cpus"]}
+    # Assert
+    assert pairs.pop("storage_path") == RunSection().storage_path
+    assert {k: v for k, v in pairs.items()} == {k: getattr(schema, k) for k in pairs}
+    assert app["name"] == schema.app_name and app["route_prefix"] == schema.route_prefix
+    http = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())["http_options"]
+    assert (http["host"], http["port"]) == (schema.host, schema.port)

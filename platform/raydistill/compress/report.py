@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from raydistill.core.artifacts import ArtifactError, WEIGHTS_FILE, stamped_name, load_artifact, new_artifact_path, resolve_artifact, save_artifact
+from raydistill.core.artifacts import ArtifactError, check_fits, WEIGHTS_FILE, stamped_name, load_artifact, new_artifact_path, resolve_artifact, save_artifact
 from raydistill.core.cards import build_card, parent_entry
 from raydistill.compress.methods import (file_bytes, latency_ms, load_sparse_state, make_permanent, nonzero_parameters,
                                prune_global_l1, save_sparse, weight_sparsity)
@@ -71,10 +71,7 @@ def report_dir(cfg: Config) -> Path:
 def _load_checked(path: Path, bundle: DataBundle) -> tuple[nn.Module, dict]:
     """An artifact's model, checked to fit this data set (same class list and input shape)."""
     model, card = load_artifact(path)
-    if card["class_names"] != list(bundle.class_names) or list(card["input_shape"]) != list(bundle.input_shape):
-        raise ArtifactError(f"artifact {path} was trained for classes {card['class_names']} and input "
-                            f"{card['input_shape']}, but data set '{bundle.name}' has {bundle.class_names} "
-                            f"and {list(bundle.input_shape)}")
+    check_fits(card, bundle, what=f"artifact {path}")
     return model, card
 
 

@@ -154,6 +154,14 @@ def model_from_state(card: dict[str, Any], state: dict) -> nn.Module:
     return model.eval()
 
 
+def check_fits(card: dict[str, Any], bundle, *, what: str) -> None:
+    """Raise ArtifactError unless the artifact ``what`` (e.g. ``"teacher <path>"``) was trained for the
+    class list and input shape of data bundle ``bundle``; the message names both."""
+    if card["class_names"] != list(bundle.class_names) or list(card["input_shape"]) != list(bundle.input_shape):
+        raise ArtifactError(f"{what} was trained for classes {card['class_names']} and input {card['input_shape']}, "
+                            f"but data set '{bundle.name}' has {bundle.class_names} and {list(bundle.input_shape)}")
+
+
 def load_artifact(path: Path | str) -> tuple[nn.Module, dict[str, Any]]:
     """Model (eval mode, CPU) and card; raises ArtifactError on any mismatch."""
     state, card = load_state(path)

@@ -71,6 +71,7 @@ class DataBundle:
 DATASETS: Registry[Callable[..., RawData]] = Registry("data set")
 
 
+@DATASETS.register("digits")
 def _load_digits(section) -> RawData:
     from sklearn.datasets import load_digits
 
@@ -79,6 +80,7 @@ def _load_digits(section) -> RawData:
     return RawData(x, digits.target.astype(np.int64), None, None, [str(i) for i in range(10)])
 
 
+@DATASETS.register("synthetic")
 def _load_synthetic(section) -> RawData:
     """Gaussian blobs in pixel space: class k has mean pattern m_k, noise sigma=1."""
     rng = np.random.default_rng(1234)
@@ -160,8 +162,6 @@ def _cifar_loader(name: str, tv_class: str):
     return load
 
 
-DATASETS.register("digits", _load_digits)
-DATASETS.register("synthetic", _load_synthetic)
 DATASETS.register("fashion_mnist", _idx_loader("fashion_mnist", "FashionMNIST", "FashionMNIST", FASHION_CLASSES))
 DATASETS.register("mnist", _idx_loader("mnist", "MNIST", "MNIST", [str(i) for i in range(10)]))
 DATASETS.register("cifar10", _cifar_loader("cifar10", "CIFAR10"))

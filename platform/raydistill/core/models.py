@@ -17,6 +17,7 @@ from raydistill.core.registry import Registry
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
 
+@MODELS.register("mlp")
 def _mlp(input_shape, num_classes, *, hidden: Sequence[int] = (1200, 1200), dropout: float = 0.0,
          input_dropout: float = 0.0) -> nn.Module:
     """Flatten -> [Dropout(input_dropout)] -> [Linear -> ReLU -> Dropout] per hidden width -> Linear(classes).
@@ -58,14 +59,17 @@ def _seed_cnn(input_shape, num_classes, *, channels: Sequence[int], fc: int) -> 
                          nn.Linear(flat, fc), nn.ReLU(), nn.Linear(fc, num_classes))
 
 
+@MODELS.register("seed_teacher")
 def _seed_teacher(input_shape, num_classes) -> nn.Module:
     return _seed_cnn(input_shape, num_classes, channels=(64, 128), fc=512)
 
 
+@MODELS.register("seed_student")
 def _seed_student(input_shape, num_classes) -> nn.Module:
     return _seed_cnn(input_shape, num_classes, channels=(32, 64), fc=128)
 
 
+@MODELS.register("cnn_small")
 def _cnn_small(input_shape, num_classes, *, channels: Sequence[int] = (16, 32), hidden: int = 64) -> nn.Module:
     """Two conv blocks then adaptive average pooling to 2x2, so any H, W >= 4 fits."""
     c = input_shape[0]
@@ -74,6 +78,7 @@ def _cnn_small(input_shape, num_classes, *, channels: Sequence[int] = (16, 32), 
                          nn.Flatten(), nn.Linear(c1 * 4, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
 
 
+@MODELS.register("resnet18")
 def _resnet18(input_shape, num_classes) -> nn.Module:
     """torchvision ResNet-18, random init (no weight download), first conv fit to C channels."""
     import torchvision
@@ -83,6 +88,7 @@ def _resnet18(input_shape, num_classes) -> nn.Module:
     return model
 
 
+@MODELS.register("mobilenet_v3_small")
 def _mobilenet_v3_small(input_shape, num_classes) -> nn.Module:
     """torchvision MobileNetV3-Small, random init, first conv fit to C channels."""
     import torchvision
@@ -91,14 +97,6 @@ def _mobilenet_v3_small(input_shape, num_classes) -> nn.Module:
     first = model.features[0][0]
     model.features[0][0] = nn.Conv2d(input_shape[0], first.out_channels, 3, stride=2, padding=1, bias=False)
     return model
-
-
-MODELS.register("mlp", _mlp)
-MODELS.register("cnn_small", _cnn_small)
-MODELS.register("seed_teacher", _seed_teacher)
-MODELS.register("seed_student", _seed_student)
-MODELS.register("resnet18", _resnet18)
-MODELS.register("mobilenet_v3_small", _mobilenet_v3_small)
 
 
 def build_model(name: str, input_shape: Sequence[int], num_classes: int, args: dict | None = None) -> nn.Module:

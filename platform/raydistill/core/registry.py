@@ -20,7 +20,10 @@ class Registry(Generic[T]):
         self.kind = kind
         self._items: dict[str, T] = {}
 
-    def register(self, name: str, item: T) -> T:
+    def register(self, name: str, item: T | None = None):
+        """``register(name, item)`` adds ``item``; ``@register(name)`` decorates a definition in place."""
+        if item is None:
+            return lambda definition: self.register(name, definition)
         if name in self._items:
             raise ValueError(f"{self.kind} '{name}' is already registered")
         self._items[name] = item

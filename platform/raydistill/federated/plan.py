@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from raydistill.core.artifacts import ArtifactError, load_state, resolve_artifact
+from raydistill.core.artifacts import check_fits, load_state, resolve_artifact
 from raydistill.core.config import Config, ConfigError
 from raydistill.core.data import DataBundle
 from raydistill.core.preflight import preflight
@@ -72,10 +72,7 @@ def _teacher(cfg: Config, bundle: DataBundle) -> tuple[Path, dict, dict] | None:
         return None
     path = resolve_artifact(ref, cfg.storage_dir())
     state, card = load_state(path)
-    if card["class_names"] != list(bundle.class_names) or list(card["input_shape"]) != list(bundle.input_shape):
-        raise ArtifactError(f"federated.client_teacher: {path} was trained for classes {card['class_names']} and "
-                            f"input {card['input_shape']}, but data set '{bundle.name}' has {bundle.class_names} "
-                            f"and {list(bundle.input_shape)}")
+    check_fits(card, bundle, what=f"federated.client_teacher: {path}")
     return path, card, state
 
 

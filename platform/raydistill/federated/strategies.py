@@ -129,6 +129,10 @@ class Strategy(ABC):
         return RoundResult(state, collected, info)
 
 
+STRATEGIES: Registry[type[Strategy]] = Registry("federated strategy")
+
+
+@STRATEGIES.register("fedavg")
 class FedAvg(Strategy):
     """Federated averaging (McMahan et al. 2017): ``w_{t+1} = sum_i (n_i / n) w_i``."""
 
@@ -138,6 +142,7 @@ class FedAvg(Strategy):
         return fedavg(updates)
 
 
+@STRATEGIES.register("fedprox")
 class FedProx(FedAvg):
     """FedProx (Li et al. 2020): clients minimize ``F_i(w) + (mu/2)||w - w_t||^2``; FedAvg on the server."""
 
@@ -147,6 +152,7 @@ class FedProx(FedAvg):
         return replace(super().configure_round(rnd), mu=self.fed.mu)
 
 
+@STRATEGIES.register("feddf")
 class FedDF(FedAvg):
     """FedDF (Lin et al. 2020, "Ensemble distillation for robust model fusion"): after FedAvg the
     server distills the clients' ensemble (their averaged logits, softened at T) into the global
@@ -165,11 +171,6 @@ class FedDF(FedAvg):
                                    epochs=self.fed.distill_epochs, lr=self.fed.distill_lr,
                                    batch_size=max(self.fed.batch_size, 64), seed=ctx.seed + 7919 * rnd, val=ctx.val)
         return to_numpy_state(model.state_dict()), {"distill": history}
-
-
-STRATEGIES: Registry[type[Strategy]] = Registry("federated strategy")
-for _cls in (FedAvg, FedProx, FedDF):
-    STRATEGIES.register(_cls.name, _cls)
 
 
 def make_strategy(fed, context: ServerContext) -> Strategy:

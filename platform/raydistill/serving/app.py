@@ -14,6 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from raydistill.core.artifacts import ArtifactError, load_artifact
+from raydistill.core.config import RunSection, ServeSection
+from raydistill.core.config.schema import QUANTIZE_MODES
 from raydistill.serving.model_runner import is_remote_uri, locate_artifact
 
 
@@ -22,28 +24,31 @@ from raydistill.serving.model_runner import is_remote_uri, locate_artifact
 REPLICA_FIELDS = {"artifact", "storage_path", "max_instances", "max_body_bytes", "auth_token_env", "quantize"}
 
 
+_S = ServeSection()  # the one home of the serving defaults
+
+
 class ServeArgs(BaseModel):
     """Arguments of :func:`app_builder` (the ``args:`` block of ``serve/config.yaml``)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    artifact: str = Field(default="chosen", description="artifact dir, 'chosen', 'latest:<kind>' or a URI "
-                                                        "(s3://, gs://, file://)")
-    storage_path: str = Field(default="runs", description="where 'chosen'/'latest:' are looked up")
-    max_batch_size: int = Field(default=16, ge=1, description="requests per forward pass; 1 = batching off")
-    batch_wait_timeout_s: float = Field(default=0.005, ge=0)
-    max_instances: int = Field(default=256, ge=1, description="instances per request")
-    max_body_bytes: int = Field(default=1_000_000, ge=1)
-    auth_token_env: str = Field(default="", description="env var holding the bearer token; '' = auth off")
-    quantize: Literal["none", "int8"] = "none"
-    min_replicas: int = Field(default=1, ge=1)
-    max_replicas: int = Field(default=2, ge=1)
-    target_ongoing_requests: float = Field(default=2.0, gt=0)
-    upscale_delay_s: float = Field(default=3.0, ge=0)
-    downscale_delay_s: float = Field(default=60.0, ge=0)
-    look_back_period_s: float = Field(default=30.0, gt=0, description="window the autoscaler averages over")
-    max_ongoing_requests: int = Field(default=32, ge=1)
-    num_cpus: float = Field(default=0.5, gt=0)
+    artifact: str = Field(default=_S.artifact, description="artifact dir, 'chosen', 'latest:<kind>' or a URI "
+                                                          "(s3://, gs://, file://)")
+    storage_path: str = Field(default=RunSection().storage_path, description="where 'chosen'/'latest:' are looked up")
+    max_batch_size: int = Field(default=_S.max_batch_size, ge=1, description="requests per forward pass; 1 = batching off")
+    batch_wait_timeout_s: float = Field(default=_S.batch_wait_timeout_s, ge=0)
+    max_instances: int = Field(default=_S.max_instances, ge=1, description="instances per request")
+    max_body_bytes: int = Field(default=_S.max_body_bytes, ge=1)
+    auth_token_env: str = Field(default=_S.auth_token_env, description="env var holding the bearer token; '' = auth off")
+    quantize: Literal[QUANTIZE_MODES] = _S.quantize
+    min_replicas: int = Field(default=_S.min_replicas, ge=1)
+    max_replicas: int = Field(default=_S.max_replicas, ge=1)
+    target_ongoing_requests: float = Field(default=_S.target_ongoing_requests, gt=0)
+    upscale_delay_s: float = Field(default=_S.upscale_delay_s, ge=0)
+    downscale_delay_s: float = Field(default=_S.downscale_delay_s, ge=0)
+    look_back_period_s: float = Field(default=_S.look_back_period_s, gt=0, description="window the autoscaler averages over")
+    max_ongoing_requests: int = Field(default=_S.max_ongoing_requests, ge=1)
+    num_cpus: float = Field(default=_S.num_cpus, gt=0)
 
     @model_validator(mode="after")
     def _replica_range(self) -> "ServeArgs":

@@ -22,13 +22,8 @@ from raydistill.serving.ingress import active_ingress, enable_ingress
 def serve_args(cfg: Config, artifact_ref: str | None = None) -> ServeArgs:
     """``ServeArgs`` from the ``serve`` config section (and ``run.storage_path``)."""
     s = cfg.serve
-    return ServeArgs(
-        artifact=artifact_ref or s.artifact, storage_path=str(cfg.storage_dir()),
-        max_batch_size=s.max_batch_size, batch_wait_timeout_s=s.batch_wait_timeout_s,
-        max_instances=s.max_instances, max_body_bytes=s.max_body_bytes, auth_token_env=s.auth_token_env,
-        quantize=s.quantize, min_replicas=s.min_replicas, max_replicas=s.max_replicas,
-        target_ongoing_requests=s.target_ongoing_requests, upscale_delay_s=s.upscale_delay_s,
-        downscale_delay_s=s.downscale_delay_s, max_ongoing_requests=s.max_ongoing_requests, num_cpus=s.num_cpus)
+    same_name = {k: getattr(s, k) for k in ServeArgs.model_fields if k not in ("artifact", "storage_path")}
+    return ServeArgs(artifact=artifact_ref or s.artifact, storage_path=str(cfg.storage_dir()), **same_name)
 
 
 def serve_is_running() -> bool:

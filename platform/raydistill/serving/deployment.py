@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
+from raydistill.core.config import ServeSection
 from raydistill.core.version import __version__
 from raydistill.serving.service import HEALTH_ROUTE, MODEL_ROUTE, PREDICT_ROUTE, PredictionService
 
@@ -25,16 +26,19 @@ app = FastAPI(title="raydistill student", version=__version__,
               description="A distilled student model over HTTP (Ray Serve). POST raw pixels to /v1/predict.")
 
 
+_S = ServeSection()  # the one home of the serving defaults (reconfigure() changes them at run time)
+
+
 class BatchSettings(BaseModel):
     """``user_config`` of the deployment."""
 
     model_config = ConfigDict(extra="forbid")
 
-    max_batch_size: int = Field(default=16, ge=1)
-    batch_wait_timeout_s: float = Field(default=0.005, ge=0)
+    max_batch_size: int = Field(default=_S.max_batch_size, ge=1)
+    batch_wait_timeout_s: float = Field(default=_S.batch_wait_timeout_s, ge=0)
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32,
+@serve.deployment(ray_actor_options={"num_cpus": _S.num_cpus}, max_ongoing_requests=_S.max_ongoing_requests,
                   logging_config={"enable_access_log": False})
 @serve.ingress(app)
 class StudentDeployment:
@@ -85,7 +89,7 @@ class StudentDeployment:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.service.runner.predict_proba, x)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    @serve.batch(max_batch_size=_S.max_batch_size, batch_wait_timeout_s=_S.batch_wait_timeout_s)
     async def _batched_forward(self, xs: list[np.ndarray]) -> list[np.ndarray]:
         """One forward pass over ``concat(xs)`` ``(sum N_i, C, H, W)``, split back per request."""
         bounds = np.cumsum([len(x) for x in xs])[:-1]

@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from raydistill.core.artifacts import ArtifactError, load_artifact, resolve_artifact
+from raydistill.core.config.schema import QUANTIZE_MODES
 from raydistill.core.data import normalize
 from raydistill.core.models import quantize_int8
 from raydistill.serving.validation import InputSpec
 
-QUANTIZE_MODES = ("none", "int8")
 
 
 def is_remote_uri(ref: str) -> bool:

@@ -14,7 +14,7 @@ import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from raydistill.core.artifacts import ArtifactError, load_state, new_artifact_path, stamped_name, resolve_artifact, save_artifact
+from raydistill.core.artifacts import ArtifactError, check_fits, load_state, new_artifact_path, stamped_name, resolve_artifact, save_artifact
 from raydistill.core.cards import build_card, parent_entry
 from raydistill.core.config import Config, ModelSpec, TeacherRef
 from raydistill.core.config.schema import RecipeSection
@@ -120,10 +120,7 @@ def load_teachers(cfg: Config, bundle: DataBundle) -> list[tuple[Path, dict, dic
             raise ArtifactError(f"teachers {first_path} and {path} have different class lists "
                                 f"({first_card['class_names']} vs {card['class_names']}); "
                                 f"an ensemble's teachers must share one class list")
-        if card["class_names"] != list(bundle.class_names) or list(card["input_shape"]) != list(bundle.input_shape):
-            raise ArtifactError(f"teacher {path} was trained for classes {card['class_names']} and input "
-                                f"{card['input_shape']}, but data set '{bundle.name}' has {bundle.class_names} "
-                                f"and {list(bundle.input_shape)}")
+        check_fits(card, bundle, what=f"teacher {path}")
         loaded.append((path, card, state, ref.weight))
     return loaded
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from raydistill.core.config.schema import QUANTIZE_MODES
+
 
 class ConfigError(ValueError):
     """A configuration key or value is wrong; the message names the dotted key."""
@@ -174,12 +176,13 @@ def _validate_serve(cfg: Any) -> None:
               "target_ongoing_requests")
     _require(s.batch_wait_timeout_s >= 0, "serve.batch_wait_timeout_s", "must be >= 0")
     _positive(cfg, "serve", "max_ongoing_requests")
+    _positive(cfg, "serve", "look_back_period_s")
     for name in ("upscale_delay_s", "downscale_delay_s"):
         _require(getattr(s, name) >= 0, f"serve.{name}", f"must be >= 0, got {getattr(s, name)}")
     _require(bool(s.app_name.strip()), "serve.app_name", "must not be empty")
     _require(1 <= s.min_replicas <= s.max_replicas, "serve.min_replicas",
              f"need 1 <= min_replicas <= max_replicas, got {s.min_replicas}, {s.max_replicas}")
-    _one_of(s.quantize, "serve.quantize", ("none", "int8"))
+    _one_of(s.quantize, "serve.quantize", QUANTIZE_MODES)
     _one_of(s.ingress, "serve.ingress", ("proxy", "haproxy"))
     _require(s.route_prefix.startswith("/"), "serve.route_prefix", "must start with '/'")
 

@@ -168,6 +168,9 @@ class FederatedSection:
     model: ModelSpec = field(default_factory=lambda: ModelSpec(name="mlp", args={"hidden": [64]}))
 
 
+QUANTIZE_MODES = ("none", "int8")  # int8 = dynamic INT8 of the Linear layers (core.models.quantize_int8)
+
+
 @dataclass(kw_only=True)
 class ServeSection:
     """The HTTP endpoint."""
@@ -181,12 +184,13 @@ class ServeSection:
     max_instances: int = 256
     max_body_bytes: int = 1_000_000
     auth_token_env: str = ""  # name of the env var holding the bearer token; "" = no auth
-    quantize: str = "none"  # none | int8
+    quantize: str = "none"  # one of QUANTIZE_MODES
     min_replicas: int = 1
     max_replicas: int = 2
     target_ongoing_requests: float = 2.0
     upscale_delay_s: float = 3.0
     downscale_delay_s: float = 60.0
+    look_back_period_s: float = 30.0  # window the autoscaler averages ongoing requests over
     max_ongoing_requests: int = 32  # per replica; >= max_batch_size so batches can fill
     num_cpus: float = 0.5
     app_name: str = "raydistill"  # Serve application name; redeploying under it is a rolling update
