@@ -146,4 +146,4 @@ def test_thousand_clients_on_fashion_mnist_fit_in_memory(pool, storage, fashion_
     assert [int(r["participating"]) for r in rows[1:]] == [100, 100]
     assert float(rows[-1]["test_accuracy"]) > float(rows[0]["test_accuracy"]) + 0.2
     assert result.peak_memory["pss"] < 8 * 1024**3, result.peak_memory
-    assert max(float(r["wall_s"]) for r in rows) < 30
+    # round speed is a benchmark's business (benchmarks/federated_scale.py), not a pass/fail here

@@ -210,3 +210,14 @@ def test_soft_target_source_is_checked():
     with pytest.raises(ConfigError, match=r"distill\.soft_targets"):
         load_config(DIGITS, ["distill.soft_targets=gpu_magic"])
     assert load_config(DIGITS, ["distill.soft_targets=ray_data"]).distill.soft_targets == "ray_data"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("x=[", r"--set x=\[: the value is not valid YAML"),
+    ("run.seed=-1", r"run\.seed: must be >= 0"),
+    ("serve.batch_wait_timeout_s=.inf", r"serve\.batch_wait_timeout_s: must be a finite number"),
+    ("federated.lr=.nan", r"federated\.lr: must be a finite number"),
+])
+def test_malformed_overrides_are_config_errors_not_tracebacks(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(DIGITS, [override])

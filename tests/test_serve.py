@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import threading
-import time
 from types import SimpleNamespace
 
 import httpx
@@ -247,27 +246,25 @@ def test_config_yaml_deploys_and_batching_changes_at_run_time_without_restart(se
     assert len(before) == 1 and after == before  # reconfigure(), not a restart
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(240)
 def test_redeploy_to_a_new_version_under_load_fails_no_request(served, tmp_path_factory):
     from raydistill.serving.deploy import deploy
 
     new = make_local_artifact(tmp_path_factory.mktemp("student-v2"), epochs=2, seed=1)
     cfg = load_config(None, [f"serve.port={served.port}", f"serve.app_name={APP}", "serve.max_instances=64",
                              "serve.max_body_bytes=50000", "run.quiet=true"])
-    stop = threading.Event()
-    loader = {}
-    thread = threading.Thread(target=lambda: loader.update(result=run_load(
-        served.url, {"instances": [ONE]}, threads=2, max_requests=5000, max_seconds=60, stop=stop)))
+    stop, result = threading.Event(), LoadResult()
+    thread = threading.Thread(target=run_load, args=(served.url, {"instances": [ONE]}), kwargs=dict(
+        threads=2, max_requests=5000, max_seconds=90, stop=stop, result=result))
     thread.start()
-    time.sleep(1.0)
+    assert wait_until(lambda: result.total >= 20, timeout_s=30)  # traffic is flowing before the rollout
 
     url = deploy(cfg, str(new))  # returns when the new version is RUNNING
     switched = wait_until(lambda: post(served.url, json={"instances": [ONE]}).json()["model"]["version"] == new.name,
-                          timeout_s=20)
-    time.sleep(1.0)
+                          timeout_s=60)
+    wait_until(lambda: result.versions[new.name] >= 20, timeout_s=30)  # the load itself reached the new version
     stop.set()
     thread.join(30)
-    result = loader["result"]
 
     assert url == served.url and switched
     assert result.failed == 0, result.errors[:5]
@@ -275,7 +272,7 @@ def test_redeploy_to_a_new_version_under_load_fails_no_request(served, tmp_path_
     served.artifact = new
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(240)
 def test_autoscaling_goes_from_one_to_two_replicas_under_load_and_back(served):
     # 4 clients, each request held ~0.1 s in the batch queue: ~4 ongoing requests against a target
     # of 1 per replica, at ~40 req/s. Serve's proxy pushes its metrics every 10 s (default), so
@@ -287,10 +284,10 @@ def test_autoscaling_goes_from_one_to_two_replicas_under_load_and_back(served):
     stop = threading.Event()
     loader = {}
     thread = threading.Thread(target=lambda: loader.update(result=run_load(
-        served.url, {"instances": [ONE]}, threads=4, max_requests=1500, max_seconds=25, stop=stop)))
+        served.url, {"instances": [ONE]}, threads=4, max_requests=3000, max_seconds=60, stop=stop)))
     thread.start()
 
-    scaled_up = wait_until(lambda: running_replicas() >= 2, timeout_s=25)
+    scaled_up = wait_until(lambda: running_replicas() >= 2, timeout_s=60)  # an event, with a generous hard cap
     stop.set()
     thread.join(30)
     scaled_down = wait_until(lambda: running_replicas() == 1, timeout_s=40)
@@ -298,7 +295,7 @@ def test_autoscaling_goes_from_one_to_two_replicas_under_load_and_back(served):
     print(f"autoscaling: {loader['result'].total} requests, {loader['result'].failed} failed")
     assert scaled_up, deployment_status()
     assert loader["result"].failed == 0, loader["result"].errors[:5]
-    assert 100 <= loader["result"].total <= 1500
+    assert 100 <= loader["result"].total <= 3000
     assert scaled_down, deployment_status()
 
 
@@ -313,7 +310,7 @@ def test_a_killed_replica_is_replaced_with_few_failures_during_and_none_after(se
     thread = threading.Thread(target=run_load, args=(served.url, {"instances": [ONE]}), kwargs=dict(
         threads=4, max_requests=3000, max_seconds=45, stop=stop, result=during))
     thread.start()
-    time.sleep(1.5)
+    assert wait_until(lambda: during.total >= 50, timeout_s=30)  # under load before the kill
 
     ray.kill(ray.get_actor(victim.name, namespace="serve"), no_restart=True)
     replaced = wait_until(lambda: running_replicas() == 2 and victim.actor_id not in

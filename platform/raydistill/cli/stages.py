@@ -12,7 +12,7 @@ from raydistill.runtime import init_ray
 def start(cfg: Config, stage: str):
     """Preflight (no Ray), then start or attach to Ray. Returns the data bundle."""
     bundle = preflight(cfg, stage)
-    init_ray(cfg.run.address, quiet=cfg.run.quiet)
+    init_ray(cfg.run.address, quiet=cfg.run.quiet, dashboard=stage == "pipeline")  # the pipeline also tunes
     return bundle
 
 

@@ -6,6 +6,7 @@ and how a checkpoint is reported, so the same code runs on one process or many.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -119,6 +120,18 @@ def run_epochs(spec: StageSpec, *, train_batches: Callable[[int], Batches], val_
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+STATE_FILE = "state.pt"  # the TrainState inside every checkpoint directory (Ray Train's and Tune's)
+
+
+def state_from_checkpoint(checkpoint) -> TrainState | None:
+    """The TrainState in a Ray Train/Tune ``Checkpoint`` (anything with ``as_directory()``), or None
+    when there is none yet (a fresh run); duck-typed, so this module stays Ray-free."""
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        return load_train_state(Path(d) / STATE_FILE)
 
 
 def save_train_state(state: TrainState, path) -> None:

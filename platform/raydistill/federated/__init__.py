@@ -1,8 +1,8 @@
-"""Federated clients emulated with Ray actors: FedAvg, FedProx, FedDF and client-side KD.
+"""federated: clients emulated with Ray actors: FedAvg, FedProx, FedDF and client-side KD.
 
-Ray-free modules (import without starting or importing Ray): ``partition``, ``aggregate``,
-``client``, ``strategies``, ``rounds``, ``plan``, ``report``, ``memory``. The Ray side lives in
-``actors``, ``dispatch`` and ``server`` and is imported only when a run starts.
+Ray-free (import without Ray): ``partition``, ``aggregate``, ``client``, ``strategies``, ``rounds``,
+``plan``, ``report``, ``memory``; the Ray edge (``actors``, ``dispatch``, ``server``) is imported only
+when a run starts. May import ``raydistill.core`` and ``raydistill.runtime``.
 """
 from __future__ import annotations
 

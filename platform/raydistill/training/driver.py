@@ -21,10 +21,10 @@ from raydistill.core.config.schema import RecipeSection
 from raydistill.core.recipe import raw_zero_fill
 from raydistill.core.data import DataBundle, load_data
 from raydistill.core.engine import KDSettings, evaluate
-from raydistill.core.loop import StageSpec, TrainState, build_for_spec, load_train_state
+from raydistill.core.loop import STATE_FILE, StageSpec, TrainState, build_for_spec, load_train_state
 from raydistill.runtime import WorkerPlan, cluster_cpus, cluster_gpus, stage_workers
 from raydistill.training.soft_targets import compute_soft_targets, soft_target_arrays, to_ray_dataset
-from raydistill.training.worker import STATE_FILE, train_loop_per_worker
+from raydistill.training.worker import train_loop_per_worker
 
 
 def _use_gpu(cfg: Config) -> bool:

@@ -14,10 +14,10 @@ import ray.train
 import ray.train.torch
 
 from raydistill.core.engine import iterate_batches, rank_shard, read_only_tensors, run_teachers
-from raydistill.core.loop import shuffle_seed, StageSpec, TrainState, load_train_state, run_epochs, save_train_state
+from raydistill.core.loop import (STATE_FILE, StageSpec, TrainState, run_epochs, save_train_state, shuffle_seed,
+                                  state_from_checkpoint)
 from raydistill.core.artifacts import model_from_state
 
-STATE_FILE = "state.pt"
 
 
 @torch.no_grad()
@@ -36,14 +36,6 @@ def _shard_tensors(ref, rank: int, world: int) -> list[torch.Tensor]:
 def _sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
-
-
-def _resume_state() -> TrainState | None:
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as d:
-        return load_train_state(Path(d) / STATE_FILE)
 
 
 def _crash_hook(crash_at_epoch: int, marker: str, rank: int, world: int):
@@ -98,7 +90,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                train_batches=lambda e: iterate_batches(train, spec.batch_size, shuffle=True,
                                                        seed=shuffle_seed(spec.seed, e, world=world, rank=rank)),
                val_batches=lambda: iterate_batches(val, 1024, shuffle=False),
-               report=report, resume=_resume_state(),
+               report=report, resume=state_from_checkpoint(ray.train.get_checkpoint()),
                prepare_model=ray.train.torch.prepare_model,
                reduce_sums=_sum_over_ranks if world > 1 else (lambda t: t),
                before_epoch=_crash_hook(config.get("crash_at_epoch", -1), config.get("crash_marker", ""), rank, world),

@@ -21,8 +21,8 @@ import numpy as np
 from ray import tune
 
 from raydistill.core.engine import KDSettings, iterate_batches, read_only_tensors
-from raydistill.core.loop import shuffle_seed, StageSpec, TrainState, load_train_state, run_epochs, save_train_state
-from raydistill.training.worker import STATE_FILE
+from raydistill.core.loop import (STATE_FILE, StageSpec, TrainState, load_train_state, run_epochs, save_train_state,
+                                  shuffle_seed, state_from_checkpoint)
 
 SEARCHED_KEYS = ("temperature", "alpha", "lr")
 
@@ -75,14 +75,6 @@ def _report_to_tune(metrics: dict, state: TrainState) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
 
-def _tune_resume_state() -> TrainState | None:
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as d:
-        return load_train_state(Path(d) / STATE_FILE)
-
-
 def distill_trial(config: dict, *, data: dict[str, tuple[np.ndarray, ...]], settings: TrialSettings) -> None:
     """Function trainable: distill in this process on the shared soft targets.
 
@@ -96,7 +88,7 @@ def distill_trial(config: dict, *, data: dict[str, tuple[np.ndarray, ...]], sett
                train_batches=lambda e: iterate_batches(train, spec.batch_size, shuffle=True,
                                                        seed=shuffle_seed(spec.seed, e)),
                val_batches=lambda: iterate_batches(val, 1024, shuffle=False),
-               report=_report_to_tune, resume=_tune_resume_state(),
+               report=_report_to_tune, resume=state_from_checkpoint(tune.get_checkpoint()),
                before_epoch=_fault_hook(settings))
 
 

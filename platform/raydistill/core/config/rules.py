@@ -45,6 +45,7 @@ def validate(cfg: Any) -> None:
     _require("://" not in cfg.run.storage_path, "run.storage_path",
              "must be a filesystem path (on a multi-node cluster: a shared mount such as EFS/NFS at the same "
              f"path on every node), not a URI; got {cfg.run.storage_path!r}")
+    _require(cfg.run.seed >= 0, "run.seed", f"must be >= 0 (numpy seeds are unsigned), got {cfg.run.seed}")
     _validate_data(cfg)
     _validate_recipe(cfg, "teacher")
     _validate_recipe(cfg, "distill")
