@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from raydistill.core.models import build_model, count_parameters
+from .models import build_model, count_parameters
 
 WEIGHTS_FILE = "weights.pt"
 CARD_FILE = "model.json"
@@ -44,7 +44,7 @@ def library_versions() -> dict[str, str]:
 
     import numpy
 
-    from raydistill.core.version import __version__
+    from .version import __version__
 
     versions = {"python": _platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__}
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from raydistill.core.data import DataBundle
+from .data import DataBundle
 
 
 def parent_entry(path: Path | str, card: dict, **extra: Any) -> dict:

@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from raydistill.core.registry import Registry
+from .registry import Registry
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]

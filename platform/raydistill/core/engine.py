@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raydistill.core.config.schema import RecipeSection
-from raydistill.core.losses import ensemble_soft_targets, kd_loss_from_probs, soft_targets
-from raydistill.core.recipe import augmented, make_optimizer, make_scheduler
+from .config.schema import RecipeSection
+from .losses import ensemble_soft_targets, kd_loss_from_probs, soft_targets
+from .recipe import augmented, make_optimizer, make_scheduler
 
 __all__ = ["KDSettings", "make_optimizer", "iterate_batches", "read_only_tensors", "rank_shard", "teacher_probs", "run_teachers", "batch_loss",
            "train_epoch", "predict_logits", "evaluation_sums", "metrics_from_sums", "evaluate", "fit"]

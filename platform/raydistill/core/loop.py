@@ -13,10 +13,10 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from raydistill.core.config.schema import RecipeSection
-from raydistill.core.engine import KDSettings, evaluation_sums, metrics_from_sums, train_epoch
-from raydistill.core.recipe import augmented, make_optimizer, make_scheduler
-from raydistill.core.models import build_model
+from .config.schema import RecipeSection
+from .engine import KDSettings, evaluation_sums, metrics_from_sums, train_epoch
+from .recipe import augmented, make_optimizer, make_scheduler
+from .models import build_model
 
 Batches = Iterable[tuple[torch.Tensor, ...]]
 

@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from raydistill.core.registry import Registry
+from .registry import Registry
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 

@@ -2,10 +2,10 @@
 any Ray work so that bad input fails in a second, with the dotted key in the message."""
 from __future__ import annotations
 
-from raydistill.core.config import Config, ConfigError
-from raydistill.core.data import DATASETS, DataBundle, load_data
-from raydistill.core.models import MODELS, build_model
-from raydistill.core.registry import UnknownNameError
+from .config import Config, ConfigError
+from .data import DATASETS, DataBundle, load_data
+from .models import MODELS, build_model
+from .registry import UnknownNameError
 
 
 def _check_model(key: str, name: str, args: dict, bundle: DataBundle) -> None:

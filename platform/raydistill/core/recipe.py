@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from raydistill.core.config.schema import AugmentSpec, RecipeSection
+from .config.schema import AugmentSpec, RecipeSection
 
 _NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
 

@@ -2,9 +2,9 @@
 ``rules`` (range checks naming the dotted key), ``loading`` (YAML + ``--set`` overrides).
 Ray-free; imports nothing else from raydistill.
 """
-from raydistill.core.config.loading import config_from_dict, load_config, parse_override, save_config
-from raydistill.core.config.rules import ConfigError, validate
-from raydistill.core.config.schema import (CompressSection, Config, DataSection, DistillSection, FederatedSection,
+from .loading import config_from_dict, load_config, parse_override, save_config
+from .rules import ConfigError, validate
+from .schema import (CompressSection, Config, DataSection, DistillSection, FederatedSection,
                                            ModelSpec, PipelineSection, RunSection, ServeSection, TeacherRef,
                                            TeacherSection, TuneSection)
 

@@ -15,11 +15,11 @@ from typing import Any
 
 import yaml
 
-from raydistill.core.config.rules import ConfigError, validate
+from .rules import ConfigError, validate
 
 __all__ = ["load_config", "config_from_dict", "save_config", "parse_override"]
 
-from raydistill.core.config.schema import Config
+from .schema import Config
 
 
 # --- building and checking -----------------------------------------------------------------

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from raydistill.core.config.schema import QUANTIZE_MODES
+from .schema import QUANTIZE_MODES
 
 
 class ConfigError(ValueError):
