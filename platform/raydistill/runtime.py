@@ -107,9 +107,15 @@ def plan_workers(requested, *, cpus: float, gpus: float, nodes: int, use_gpu: bo
         workers = int(gpus) if gpu else max(1, int(nodes))
     else:
         workers = int(requested)
-    share = cpus / workers
-    per_worker = float(int(share)) if share >= 1 else share
+    per_worker = cpu_share(cpus, workers)
     return WorkerPlan(workers=workers, cpus=per_worker, threads=max(1, int(per_worker)), use_gpu=gpu)
+
+
+def cpu_share(cpus: float, parts: int) -> float:
+    """``cpus / parts``, rounded down to whole CPUs when there is at least one each (Ray schedules
+    whole CPUs best), else the fraction; what each worker or actor asks Ray for."""
+    share = cpus / max(parts, 1)
+    return float(int(share)) if share >= 1 else share
 
 
 def cluster_nodes() -> int:

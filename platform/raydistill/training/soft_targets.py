@@ -12,6 +12,7 @@ import torch
 
 from raydistill.core.artifacts import model_from_state
 from raydistill.core.engine import run_teachers
+from raydistill.runtime import cpu_share
 
 
 def to_ray_dataset(x: np.ndarray, y: np.ndarray, logits: np.ndarray | None = None):
@@ -52,8 +53,7 @@ def compute_soft_targets(ds, teachers: Sequence[tuple[dict, dict]], *, actors: i
     cluster's ``cpus``: each gets ``cpus / actors`` (whole CPUs when enough) as torch threads.
     """
     numpy_teachers = [(card, {k: v.numpy() for k, v in state.items()}) for card, state in teachers]
-    share = cpus / max(actors, 1)
-    per_actor = float(int(share)) if share >= 1 else share
+    per_actor = cpu_share(cpus, actors)
     resources = {"num_gpus": 1} if use_gpu else {"num_cpus": per_actor}
     from ray.data import ActorPoolStrategy
 
