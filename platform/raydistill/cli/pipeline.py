@@ -100,15 +100,15 @@ def run_pipeline(cfg: Config, args=None) -> dict:
     from raydistill.training.driver import distill_student, train_teacher
 
     bundle = start(cfg, "pipeline")
-    teacher = train_teacher(cfg)
+    teacher = train_teacher(cfg, bundle=bundle)
     cfg = _with_distill(cfg, teacher=str(teacher), teachers=[])
     best = sweep_best(cfg) if cfg.pipeline.tune else None
     if best is not None:
         cfg = _with_distill(cfg, temperature=float(best["temperature"]), alpha=float(best["alpha"]),
                             lr=float(best["lr"]))
-    student = distill_student(cfg)
+    student = distill_student(cfg, bundle=bundle)
     mark_chosen(student, cfg.storage_dir())
-    baseline = distill_student(cfg, baseline=True)
+    baseline = distill_student(cfg, baseline=True, bundle=bundle)
     paths = {"teacher": teacher, "student-alone": baseline, "distilled-student": student}
     probe = serve_and_probe(cfg, student, bundle) if cfg.pipeline.serve else None
     _print_summary(cfg, paths, best, probe)

@@ -10,7 +10,8 @@ from raydistill.runtime import init_ray
 
 
 def start(cfg: Config, stage: str):
-    """Preflight (no Ray), then start or attach to Ray. Returns the data bundle."""
+    """Preflight (no Ray), then start or attach to Ray. Returns the data bundle preflight loaded,
+    which the stage trains on (the data set is read once per command)."""
     bundle = preflight(cfg, stage)
     init_ray(cfg.run.address, quiet=cfg.run.quiet, dashboard=stage == "pipeline")  # the pipeline also tunes
     return bundle
@@ -29,8 +30,7 @@ def run_teacher(cfg: Config, args=None) -> list[Path]:
     Ray Train runs when the cluster's CPUs allow (``teachers.train_teachers``)."""
     from raydistill.training.teachers import train_teachers
 
-    start(cfg, "teacher")
-    paths = train_teachers(cfg)
+    paths = train_teachers(cfg, bundle=start(cfg, "teacher"))
     for p in paths:
         print(describe_artifact(p), flush=True)
     return paths
@@ -40,8 +40,7 @@ def run_distill(cfg: Config, args=None) -> Path:
     """Distill the student and mark it chosen (the default that ``serve`` deploys)."""
     from raydistill.training.driver import distill_student
 
-    start(cfg, "distill")
-    path = distill_student(cfg)
+    path = distill_student(cfg, bundle=start(cfg, "distill"))
     mark_chosen(path, cfg.storage_dir())
     print(describe_artifact(path), flush=True)
     return path
@@ -50,7 +49,6 @@ def run_distill(cfg: Config, args=None) -> Path:
 def run_baseline(cfg: Config, args=None) -> Path:
     from raydistill.training.driver import distill_student
 
-    start(cfg, "baseline")
-    path = distill_student(cfg, baseline=True)
+    path = distill_student(cfg, baseline=True, bundle=start(cfg, "baseline"))
     print(describe_artifact(path), flush=True)
     return path

@@ -79,10 +79,12 @@ def _datasets(bundle: DataBundle, train: tuple | None = None) -> dict:
     return {"train": ray.put(train or (bundle.x_train, bundle.y_train)), "val": ray.put((bundle.x_val, bundle.y_val))}
 
 
-def train_teacher(cfg: Config, *, seed: int | None = None, cpus: float | None = None) -> Path:
-    """Train ``cfg.teacher.model`` with Ray Train; returns the teacher artifact's path."""
+def train_teacher(cfg: Config, *, seed: int | None = None, cpus: float | None = None,
+                  bundle: DataBundle | None = None) -> Path:
+    """Train ``cfg.teacher.model`` with Ray Train; returns the teacher artifact's path. ``bundle``:
+    the data preflight already loaded (``load_data(cfg.data, cfg.run.seed)``), so it is read once."""
     seed = cfg.run.seed if seed is None else seed
-    bundle = load_data(cfg.data, cfg.run.seed)
+    bundle = load_data(cfg.data, cfg.run.seed) if bundle is None else bundle
     t = cfg.teacher
     spec = recipe_spec("teacher", t, t.model, bundle, seed=seed)
     plan = stage_workers(t.workers, cfg.run.use_gpu, cpus=cpus)
@@ -129,11 +131,12 @@ def student_spec(cfg: Config, bundle: DataBundle, *, kd: KDSettings | None, stag
     return recipe_spec(stage, cfg.distill, cfg.distill.student, bundle, seed=cfg.run.seed, kd=kd)
 
 
-def distill_student(cfg: Config, *, baseline: bool = False) -> Path:
+def distill_student(cfg: Config, *, baseline: bool = False, bundle: DataBundle | None = None) -> Path:
     """Distill ``cfg.distill.student`` from the teacher(s); ``baseline=True`` trains it alone
-    (same architecture, epochs and data, plain cross-entropy). Returns the artifact path."""
+    (same architecture, epochs and data, plain cross-entropy). Returns the artifact path.
+    ``bundle`` as in :func:`train_teacher`."""
     d = cfg.distill
-    bundle = load_data(cfg.data, cfg.run.seed)
+    bundle = load_data(cfg.data, cfg.run.seed) if bundle is None else bundle
     plan = stage_workers(d.workers, cfg.run.use_gpu)
     if baseline:
         spec = student_spec(cfg, bundle, kd=None, stage="baseline")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from raydistill.core.config import Config, ModelSpec
+from raydistill.core.data import DataBundle
 
 
 @dataclass(frozen=True)
@@ -53,10 +54,11 @@ def schedule_message(runs: list[TeacherRun], slots: int, workers: int, cpus: flo
             f"{workers} worker(s) at a time)")
 
 
-def train_teachers(cfg: Config, *, cpus: float | None = None) -> list[Path]:
+def train_teachers(cfg: Config, *, cpus: float | None = None, bundle: DataBundle | None = None) -> list[Path]:
     """Train every teacher run (parallel when CPUs allow); returns artifact paths in run order.
 
-    Ray must be initialized (``stages.start``). ``cpus`` defaults to the cluster's CPU count.
+    Ray must be initialized (``stages.start``). ``cpus`` defaults to the cluster's CPU count;
+    ``bundle`` is the data preflight loaded (``driver.train_teacher``).
     """
     from raydistill.runtime import cluster_cpus
     from raydistill.training.driver import train_teacher
@@ -69,7 +71,7 @@ def train_teachers(cfg: Config, *, cpus: float | None = None) -> list[Path]:
 
     def train_one(run: TeacherRun) -> Path:
         return train_teacher(replace(cfg, teacher=replace(cfg.teacher, model=run.model)), seed=run.seed,
-                             cpus=cpus / slots)
+                             cpus=cpus / slots, bundle=bundle)
 
     if slots == 1:
         paths = [train_one(r) for r in runs]
