@@ -58,7 +58,7 @@ def test_unknown_names_list_the_known_ones():
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32)])
-@pytest.mark.parametrize("name", ["mlp", "cnn_small", "seed_teacher", "seed_student", "resnet18", "mobilenet_v3_small"])
+@pytest.mark.parametrize("name", ["mlp", "cnn", "cnn_small", "seed_teacher", "seed_student", "resnet18", "mobilenet_v3_small"])
 def test_every_model_fits_every_input_size(name, shape):
     model = build_model(name, shape, 10, {"hidden": [32]} if name == "mlp" else None).eval()
     out = model(torch.randn(2, *shape))
@@ -73,6 +73,15 @@ def test_seed_pair_matches_the_paper_layout():
     assert convs == [64, 128] and fcs == [512, 10]
     assert [m.out_channels for m in student.modules() if isinstance(m, torch.nn.Conv2d)] == [32, 64]
     assert count_parameters(student) < count_parameters(teacher) / 4
+
+
+@pytest.mark.parametrize("channels, fc, shape", [((32, 64), 128, (1, 28, 28)), ((8, 16), 24, (3, 32, 32))])
+def test_cnn_parameter_count_matches_the_written_formula(channels, fc, shape):
+    c, h, w = shape
+    c0, c1 = channels
+    expected = (9 * c * c0 + c0) + (9 * c0 * c1 + c1) + (c1 * (h // 4) * (w // 4) + 1) * fc + (fc + 1) * 10
+    model = build_model("cnn", shape, 10, {"channels": list(channels), "fc": fc})
+    assert count_parameters(model) == expected
 
 
 def test_bad_model_arguments_are_reported():

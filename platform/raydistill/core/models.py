@@ -59,6 +59,15 @@ def _seed_cnn(input_shape, num_classes, *, channels: Sequence[int], fc: int) -> 
                          nn.Linear(flat, fc), nn.ReLU(), nn.Linear(fc, num_classes))
 
 
+@MODELS.register("cnn")
+def _cnn(input_shape, num_classes, *, channels: Sequence[int] = (32, 64), fc: int = 128) -> nn.Module:
+    """Two 3x3 conv + pool blocks and one hidden fc layer, sized by ``channels`` and ``fc``.
+
+    Parameters: ``9*c*c0 + c0 + 9*c0*c1 + c1 + (c1*(H//4)*(W//4) + 1)*fc + (fc + 1)*classes``.
+    """
+    return _seed_cnn(input_shape, num_classes, channels=channels, fc=fc)
+
+
 @MODELS.register("seed_teacher")
 def _seed_teacher(input_shape, num_classes) -> nn.Module:
     return _seed_cnn(input_shape, num_classes, channels=(64, 128), fc=512)
