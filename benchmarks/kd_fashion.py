@@ -2,11 +2,12 @@
 configs/fashion_mnist.yaml (the same recipe for the student alone and the distilled student), over
 seeds, through the real Ray Train stages; mean ± std, every seed, and seeds won/lost by KD.
 
-``--engine-from`` adds the rows of today's engine (Adam at a constant lr, no augmentation, no input
-dropout, T=20 alpha=0.1: Hinton's settings) from a ``stage_walltime.py`` JSON line with the same
-nets, seeds and data, so the table shows what the recipe buys.
+``--engine-from`` adds the rows of the old engine (Hinton's MLP pair, Adam at a constant lr, no
+augmentation, T=20 alpha=0.1) from ``stage_walltime.py`` logs of the same seeds and data, so the
+table shows what the recipe buys.
 
-    .venv/bin/python benchmarks/kd_fashion.py [--seeds 0 1 2] [--engine-from walltime.json]
+    .venv/bin/python benchmarks/kd_fashion.py [--seeds 0 1 2] \
+        [--engine-from benchmarks/results/stage_walltime_seed*.txt]
 """
 from __future__ import annotations
 
@@ -41,13 +42,17 @@ def run_seed(cfg, seed: int) -> dict[str, float]:
     return accs
 
 
-def engine_rows(path: str) -> dict[str, dict[int, float]]:
-    """Today's engine, per seed, from stage_walltime.py's last JSON line (its raydistill columns)."""
-    line = [l for l in Path(path).read_text().splitlines() if l.startswith("{")][-1]
-    results = json.loads(line)["results"]
+def engine_rows(paths: list[str]) -> dict[str, dict[int, float]]:
+    """The old engine, per seed, from the last JSON line of each stage_walltime.py log (its raydistill
+    columns: MLP teacher, Adam at a constant lr, no augmentation, T=20 alpha=0.1)."""
     names = {"teacher": "teacher", "baseline": "student alone", "distill": "distilled student"}
-    return {f"{names[stage]} (today's engine)": {int(s): r[stage]["raydistill_acc"] for s, r in results.items()}
-            for stage in names}
+    rows: dict[str, dict[int, float]] = {f"{n} (old engine, MLP teacher)": {} for n in names.values()}
+    for path in paths:
+        line = [l for l in Path(path).read_text().splitlines() if l.startswith("{")][-1]
+        for seed, r in json.loads(line)["results"].items():
+            for stage, name in names.items():
+                rows[f"{name} (old engine, MLP teacher)"][int(seed)] = r[stage]["raydistill_acc"]
+    return rows
 
 
 def table(per_seed: dict[str, dict[int, float]], seeds: list[int]) -> None:
@@ -55,6 +60,8 @@ def table(per_seed: dict[str, dict[int, float]], seeds: list[int]) -> None:
     print(f"{'model':<38}{'mean':>8}{'± std':>8}  {'per seed':<26}vs alone (won/lost)")
     for name, values in per_seed.items():
         vals = [values[s] for s in seeds if s in values]
+        if not vals:
+            continue
         won = ""
         if name == "distilled student" and alone:
             diffs = [values[s] - alone[s] for s in seeds]
@@ -68,13 +75,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", default=str(REPO / "configs" / "fashion_mnist.yaml"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--engine-from", default="", help="stage_walltime.py output with the same seeds")
+    parser.add_argument("--engine-from", nargs="*", default=[], help="stage_walltime.py logs (same seeds)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     storage = tempfile.mkdtemp(prefix="rd-kd-fashion-")
     cfg = load_config(args.config, [f"data.root={REPO.parent / 'shared' / 'datasets' / 'fashion-mnist'}",
                                     *args.overrides, f"run.storage_path={storage}", "run.quiet=true"])
-    init_ray(cfg.run.address)
+    init_ray(cfg.run.address, dashboard=False)
     runs = {s: run_seed(cfg, s) for s in args.seeds}
     per_seed = {name: {s: runs[s][name] for s in args.seeds} for name in ROWS}
     if args.engine_from:
