@@ -83,3 +83,48 @@ def test_missing_card_and_chosen_pointer(tmp_path, local_student):
         resolve_artifact("chosen", tmp_path)
     mark_chosen(local_student, tmp_path)
     assert resolve_artifact("chosen", tmp_path) == local_student.resolve()
+
+
+def _strict_json(text: str):
+    """json.loads that refuses NaN/Infinity (what browsers, Starlette and most parsers do)."""
+    def refuse(token):
+        raise ValueError(f"non-standard JSON constant {token}")
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_never_saved_and_an_existing_artifact_survives(local_student, tmp_path, bad):
+    model, card = load_artifact(local_student)
+    target = _copy(local_student, tmp_path / "student-keep")
+    before = (target / "weights.pt").read_bytes()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    name = list(state)[2]
+    state[name].view(-1)[5] = bad
+    with pytest.raises(ArtifactError, match=f"NaN or infinite weights in {name}"):
+        save_artifact(target, state, card)
+    assert (target / "weights.pt").read_bytes() == before  # nothing was replaced
+    assert [p.name for p in tmp_path.iterdir()] == ["student-keep"]  # and no temp dir left behind
+
+
+def test_an_artifact_with_non_finite_weights_on_disk_is_refused_at_load(local_student, tmp_path):
+    # Written by an older version, or by hand with a matching hash: loading still refuses it.
+    from raydistill.core.artifacts import sha256_file
+
+    art = _copy(local_student, tmp_path / "d")
+    state = torch.load(art / "weights.pt", weights_only=True)
+    first = next(k for k, v in state.items() if v.is_floating_point())
+    state[first][0] = float("nan")
+    torch.save(state, art / "weights.pt")
+    card = load_card(art)
+    card["weights_sha256"] = sha256_file(art / "weights.pt")
+    (art / "model.json").write_text(json.dumps(card))
+    with pytest.raises(ArtifactError, match=f"NaN or infinite weights in {first}"):
+        load_artifact(art)
+
+
+def test_non_finite_card_numbers_are_stored_as_null(local_student, tmp_path):
+    model, card = load_artifact(local_student)
+    card = dict(card, metrics={"test_accuracy": 0.5, "history": [{"loss": float("nan"), "acc": float("-inf")}]})
+    path = save_artifact(tmp_path / "student-nan", model, card)
+    stored = _strict_json((path / "model.json").read_text())  # strict JSON: no NaN token in the file
+    assert stored["metrics"] == {"test_accuracy": 0.5, "history": [{"loss": None, "acc": None}]}

@@ -267,6 +267,23 @@ def test_too_few_clients_stops_the_run_and_keeps_the_last_good_state():
     assert all(np.array_equal(out.state[k], again.state[k]) for k in out.state)
 
 
+def test_bad_client_updates_are_refused_and_the_round_goes_on():
+    # Round 2: client 0 sends NaN weights, client 1 a wrongly shaped tensor, client 2 claims a million
+    # examples. Independent reference: the same run where clients 0 and 1 simply fail in round 2 and
+    # client 2 is honest. Refusing an update must equal dropping that client; the weight n_i must be
+    # the partition size the server assigned, whatever the client claims.
+    bad = FaultPlan(poison_in=frozenset({(2, 0)}), misshape_in=frozenset({(2, 1)}), overclaim_in=frozenset({(2, 2)}))
+    out = _run_in_process(faults=bad)
+    reference = _run_in_process(faults=FaultPlan(raise_in=frozenset({(2, 0), (2, 1)})))
+    assert out.error is None and [r.status for r in out.records] == ["ok"] * 5
+    assert all(np.array_equal(out.state[k], reference.state[k]) for k in out.state)
+    assert all(np.isfinite(v).all() for v in out.state.values())
+    rejected = out.records[2].details["rejected"]
+    assert set(rejected) == {"0", "1"}
+    assert "NaN" in rejected["0"] and "shape" in rejected["1"]
+    assert out.records[2].participating == 3 and out.records[2].dropped == 2
+
+
 def test_failure_prob_drops_clients_deterministically():
     a = _run_in_process("federated.rounds=3", faults=FaultPlan(failure_prob=0.4, seed=0))
     b = _run_in_process("federated.rounds=3", faults=FaultPlan(failure_prob=0.4, seed=0))

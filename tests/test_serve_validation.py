@@ -270,3 +270,20 @@ def test_ingress_flags_are_set_only_for_haproxy_and_unknown_kinds_name_the_key(m
     assert active_ingress({"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"}) == "proxy"  # needs both flags
     with pytest.raises(ValueError, match="serve.ingress: must be one of"):
         enable_ingress("nginx")
+
+
+def test_served_card_is_strict_json_even_when_an_old_card_holds_nan(local_student, tmp_path):
+    # Cards written before NaN was refused (e.g. a failed federated round's loss): GET /v1/model must
+    # still be valid JSON, so the non-finite numbers go out as null.
+    import json
+    import shutil
+
+    from raydistill.serving.model_runner import ModelRunner
+
+    art = shutil.copytree(local_student, tmp_path / "student-old")
+    card = json.loads((art / "model.json").read_text())
+    card["metrics"]["history"] = [{"train_loss": float("nan"), "val_accuracy": 0.9}]
+    (art / "model.json").write_text(json.dumps(card))  # json.dumps writes the NaN token
+    served = ModelRunner.from_artifact(str(art)).served_card()
+    text = json.dumps(served, allow_nan=False)  # raises if any NaN/inf is left
+    assert json.loads(text)["metrics"]["history"] == [{"train_loss": None, "val_accuracy": 0.9}]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 import platform as _platform
 import shutil
@@ -76,11 +77,39 @@ def _write_json_atomic(path: Path, payload: Any) -> None:
     os.replace(tmp, path)
 
 
+def non_finite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors in ``state`` holding a NaN or an infinity."""
+    return [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()
+            and not bool(torch.isfinite(v).all())]
+
+
+def _refuse_non_finite(state: dict[str, torch.Tensor], what: str) -> None:
+    bad = non_finite_tensors(state)
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise ArtifactError(f"{what} has NaN or infinite weights in {', '.join(bad[:3])}{more}: training "
+                            f"diverged (try a lower lr, or grad_clip); a broken model is never saved or loaded")
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (JSON ``null``), recursively: cards
+    must stay strict JSON (a NaN loss of a failed round would make every reader choke)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def save_artifact(path: Path | str, model: nn.Module | dict[str, torch.Tensor], card: dict[str, Any]) -> Path:
     """Write weights + card to ``path`` atomically; returns ``path``.
 
     ``card`` must hold ``architecture`` (``{"name", "args"}``), ``input_shape`` and
     ``class_names``; this adds ``weights_sha256``, ``parameters``, ``versions``, ``created``.
+    Weights with a NaN or an infinity are refused before anything is written (ArtifactError);
+    non-finite numbers in the card are stored as ``null``.
     """
     path = Path(path)
     for key in ("architecture", "input_shape", "class_names"):
@@ -88,6 +117,7 @@ def save_artifact(path: Path | str, model: nn.Module | dict[str, torch.Tensor], 
             raise ArtifactError(f"model card for {path} lacks '{key}'")
     state = model.state_dict() if isinstance(model, nn.Module) else model
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    _refuse_non_finite(state, f"the model for {path.name}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     tmp.mkdir()
@@ -99,7 +129,7 @@ def save_artifact(path: Path | str, model: nn.Module | dict[str, torch.Tensor], 
         full.setdefault("versions", library_versions())
         full.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
         full["path"] = str(path)
-        (tmp / CARD_FILE).write_text(json.dumps(full, indent=2))
+        (tmp / CARD_FILE).write_text(json.dumps(json_safe(full), indent=2, allow_nan=False))
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
@@ -139,6 +169,7 @@ def load_state(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[str, Any
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated or not a torch file
         raise ArtifactError(f"cannot read {weights}: {exc}") from exc
+    _refuse_non_finite(state, f"artifact {path}")
     return state, card
 
 

@@ -44,12 +44,17 @@ class FaultPlan:
 
     Each set holds ``(round, client_id)`` pairs. ``raise_in`` raises
     :class:`InjectedClientError`; ``crash_in`` kills the process running the client
-    (``os._exit``, an actor death); ``slow_in`` sleeps ``slow_s`` seconds first (a straggler).
+    (``os._exit``, an actor death); ``slow_in`` sleeps ``slow_s`` seconds first (a straggler);
+    ``poison_in`` sends NaN weights, ``misshape_in`` a tensor of the wrong shape and
+    ``overclaim_in`` claims a million examples (a faulty or malicious client's update).
     """
 
     raise_in: frozenset = frozenset()
     crash_in: frozenset = frozenset()
     slow_in: frozenset = frozenset()
+    poison_in: frozenset = frozenset()
+    misshape_in: frozenset = frozenset()
+    overclaim_in: frozenset = frozenset()
     slow_s: float = 3600.0
     failure_prob: float = 0.0
     seed: int = 0
@@ -65,6 +70,15 @@ class FaultPlan:
         draw = np.random.default_rng([self.seed, rnd, cid, 0xFA]).random()
         if (rnd, cid) in self.raise_in or draw < self.failure_prob:
             raise InjectedClientError(f"injected failure of client {cid} in round {rnd}")
+
+    def tamper(self, rnd: int, cid: int, state: dict[str, np.ndarray], n: int) -> tuple[dict[str, np.ndarray], int]:
+        """The update client ``cid`` sends in round ``rnd``: ``(state, n)`` unless planned otherwise."""
+        first = next(iter(state))
+        if (rnd, cid) in self.poison_in:
+            state = {**state, first: np.full_like(state[first], np.nan)}
+        if (rnd, cid) in self.misshape_in:
+            state = {**state, first: state[first][..., :-1]}
+        return state, (1_000_000 if (rnd, cid) in self.overclaim_in else n)
 
 
 @dataclass(frozen=True)
@@ -124,4 +138,7 @@ def run_client_task(task: ClientTask, model: nn.Module, global_state: Mapping, p
         faults.apply(task.round, task.client_id, in_own_process=in_own_process)
     x, y = pool_x[task.indices], pool_y[task.indices]  # copies: (n_i, C, H, W), (n_i,)
     state, loss = train_client(model, global_state, x, y, spec, seed=task.seed, teachers=teachers)
-    return ClientUpdate(task.client_id, state, len(task.indices), loss, time.perf_counter() - start)
+    n = len(task.indices)
+    if faults is not None:
+        state, n = faults.tamper(task.round, task.client_id, state, n)
+    return ClientUpdate(task.client_id, state, n, loss, time.perf_counter() - start)

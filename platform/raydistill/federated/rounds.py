@@ -70,6 +70,7 @@ def make_tasks(rnd: int, client_ids: Sequence[int], partitions: Sequence[np.ndar
 def _record(rnd: int, collected: Collected, metrics: Mapping, wall: float, *, status: str = "ok",
             info: dict | None = None) -> RoundRecord:
     details = {"failed_ids": collected.failed, "crashed_ids": collected.crashed, "late_ids": collected.late,
+               "rejected": {str(k): v for k, v in collected.rejected.items()},
                "weight_fetches": sum(bool(u.metrics.get("fetched_weights")) for u in collected.updates),
                **(info or {})}
     return RoundRecord(rnd, collected.sampled, len(collected.updates), collected.dropped, len(collected.failed),

@@ -7,6 +7,7 @@ Round t, as :meth:`Strategy.run_round` runs it::
     clients  = sample_clients(t)                       # fraction of C, seeded by (seed, t)
     spec     = configure_round(t)                      # what every client does locally
     updates  = execute(t, w_t, tasks, spec)            # [(w_i, n_i)], dropped clients counted
+    updates  = screen_updates(updates, w_t, tasks)      # wrong keys/shapes, NaN/inf: rejected; n_i = |D_i|
     if len(updates) < min_clients: raise TooFewClientsError
     w        = aggregate(t, updates)                   # FedAvg: sum_i (n_i / n) w_i
     w_{t+1}  = after_aggregate(t, w, updates)          # FedDF: ensemble distillation
@@ -26,7 +27,7 @@ from raydistill.federated.aggregate import State, Update, distill_ensemble, ense
 from raydistill.federated.client import ClientTask, ClientUpdate, LocalSpec
 
 __all__ = ["ServerContext", "Collected", "RoundResult", "TooFewClientsError", "Strategy", "FedAvg", "FedProx",
-           "FedDF", "STRATEGIES", "make_strategy", "clients_per_round"]
+           "FedDF", "STRATEGIES", "make_strategy", "clients_per_round", "screen_updates", "update_problem"]
 
 
 @dataclass(kw_only=True)
@@ -49,13 +50,14 @@ class Collected:
     failed: list[int] = field(default_factory=list)  # the client raised
     crashed: list[int] = field(default_factory=list)  # its actor died
     late: list[int] = field(default_factory=list)  # missed the round deadline
+    rejected: dict[int, str] = field(default_factory=dict)  # client id -> why its update was refused
     bytes_sent: int = 0
     bytes_received: int = 0
     actors_replaced: int = 0
 
     @property
     def dropped(self) -> int:
-        return len(self.failed) + len(self.crashed) + len(self.late)
+        return len(self.failed) + len(self.crashed) + len(self.late) + len(self.rejected)
 
 
 @dataclass
@@ -74,10 +76,48 @@ class TooFewClientsError(RuntimeError):
             f"round {rnd}: only {len(collected.updates)} of {collected.sampled} sampled clients reported "
             f"(federated.min_clients={min_clients}); dropped: {len(collected.failed)} raised, "
             f"{len(collected.crashed)} lost with their actor, {len(collected.late)} missed the "
-            f"deadline; the last good global model is kept")
+            f"deadline, {len(collected.rejected)} sent an update that was refused; the last good global "
+            f"model is kept")
 
 
 Execute = Callable[[int, State, Sequence[ClientTask], LocalSpec], Collected]
+
+
+def update_problem(update: ClientUpdate, global_state: State) -> str | None:
+    """Why ``update`` cannot be aggregated with ``global_state``, or None: it must carry exactly the
+    global model's keys, each with the same shape, and only finite numbers."""
+    keys, expected = set(update.state), set(global_state)
+    if keys != expected:
+        missing, extra = sorted(expected - keys), sorted(keys - expected)
+        return f"keys differ from the global model (missing {missing[:3]}, unexpected {extra[:3]})"
+    for key, value in update.state.items():
+        array, reference = np.asarray(value), np.asarray(global_state[key])
+        if array.shape != reference.shape:
+            return f"{key} has shape {list(array.shape)}, the global model has {list(reference.shape)}"
+        if not np.issubdtype(array.dtype, np.number):
+            return f"{key} is not numeric ({array.dtype})"
+        if np.issubdtype(array.dtype, np.inexact) and not np.isfinite(array).all():
+            return f"{key} holds NaN or infinite values"
+    return None
+
+
+def screen_updates(collected: Collected, global_state: State, tasks: Sequence[ClientTask]) -> Collected:
+    """Keep the updates that can be aggregated; move the others to ``collected.rejected``.
+
+    A client's weight is the size of the partition the server gave it (``n_i = len(task.indices)``),
+    never the count it reports; an update from a client that was not sampled is refused.
+    """
+    sizes = {t.client_id: len(t.indices) for t in tasks}
+    kept = []
+    for update in collected.updates:
+        problem = ("was not sampled this round" if update.client_id not in sizes
+                   else update_problem(update, global_state))
+        if problem:
+            collected.rejected[update.client_id] = problem
+        else:
+            kept.append(replace(update, num_examples=sizes[update.client_id]))
+    collected.updates = kept
+    return collected
 
 
 def clients_per_round(num_clients: int, fraction: float) -> int:
@@ -121,7 +161,7 @@ class Strategy(ABC):
     def run_round(self, rnd: int, global_state: State, tasks: Sequence[ClientTask], execute: Execute) -> RoundResult:
         """Configure, execute, check ``min_clients``, aggregate, post-process (module docstring)."""
         spec = self.configure_round(rnd)
-        collected = execute(rnd, global_state, tasks, spec)
+        collected = screen_updates(execute(rnd, global_state, tasks, spec), global_state, tasks)
         if len(collected.updates) < self.fed.min_clients:
             raise TooFewClientsError(rnd, collected, self.fed.min_clients)
         state = self.aggregate(rnd, [(u.state, u.num_examples) for u in collected.updates])

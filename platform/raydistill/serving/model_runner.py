@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from raydistill.core.artifacts import ArtifactError, load_artifact, resolve_artifact
+from raydistill.core.artifacts import ArtifactError, json_safe, load_artifact, resolve_artifact
 from raydistill.core.config.schema import QUANTIZE_MODES
 from raydistill.core.data import normalize
 from raydistill.core.models import quantize_int8
@@ -96,8 +96,9 @@ class ModelRunner:
                 "sha256": self.card["weights_sha256"], "quantize": self.quantize}
 
     def served_card(self) -> dict[str, Any]:
-        """The artifact's card plus a ``serving`` section (quantization, where it was loaded from)."""
-        return {**self.card, "serving": dict(self.serving)}
+        """The artifact's card plus a ``serving`` section (quantization, where it was loaded from);
+        non-finite numbers (cards written before they were refused) as ``null``, so it is valid JSON."""
+        return json_safe({**self.card, "serving": dict(self.serving)})
 
     @torch.inference_mode()
     def predict_proba(self, x_raw: np.ndarray) -> np.ndarray:
