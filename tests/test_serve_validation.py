@@ -118,6 +118,14 @@ def test_json_object_is_returned_as_is():
     assert parse_json_body(b' {"instances": [1]} ') == {"instances": [1]}
 
 
+@pytest.mark.parametrize("body", [b'{"instances": [[[' + b"1" * 5000 + b']]]}', b'{"instances": [[1]], "top_k": '
+                                  + b"9" * 4301 + b"}"])
+def test_integers_beyond_pythons_digit_limit_are_a_400_not_a_500(body):
+    err = error_of(parse_json_body, body)
+
+    assert err.status == 400 and "not usable JSON" in err.message and len(err.message) < 200
+
+
 # --- model runner and the bare HTTP app (no Ray) ------------------------------------------------
 
 

@@ -112,6 +112,10 @@ def parse_json_body(raw: bytes) -> dict:
                                 f"column {exc.colno})") from None
     except RecursionError:
         raise RequestError(400, "request body is not usable JSON: nested too deeply") from None
+    except RequestError:  # from _reject_constant (a ValueError too)
+        raise
+    except ValueError as exc:  # e.g. an integer beyond Python's int-digit limit (4,300 digits)
+        raise RequestError(400, f"request body is not usable JSON: {str(exc)[:120]}") from None
     if not isinstance(payload, dict):
         raise RequestError(422, f'body must be a JSON object like {{"instances": [...]}}, got a JSON '
                                 f"{_json_type(payload)}")
