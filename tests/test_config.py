@@ -110,3 +110,23 @@ def test_serve_config_yaml_repeats_the_schema_defaults():
     assert app["name"] == schema.app_name and app["route_prefix"] == schema.route_prefix
     http = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())["http_options"]
     assert (http["host"], http["port"]) == (schema.host, schema.port)
+
+
+@pytest.mark.parametrize("sets, error_key", [
+    (["serve.host=0.0.0.0"], "serve.host"),
+    (["serve.host=10.0.0.5"], "serve.host"),
+    (["serve.host=0.0.0.0", "serve.auth_token_env=RAYDISTILL_TOKEN"], None),
+    (["serve.host=0.0.0.0", "serve.allow_unauthenticated_public=true"], None),
+    (["serve.host=localhost"], None),
+    (["serve.allowed_hosts=[]"], "serve.allowed_hosts"),
+])
+def test_public_bind_without_auth_is_refused_unless_asked_for(sets, error_key):
+    from raydistill.core.config import ConfigError, load_config
+
+    if error_key is None:
+        load_config(str(DIGITS), sets)
+        return
+    with pytest.raises(ConfigError, match=error_key.replace(".", r"\.")) as info:
+        load_config(str(DIGITS), sets)
+    if error_key == "serve.host":
+        assert "serve.auth_token_env" in str(info.value) and "allow_unauthenticated_public" in str(info.value)

@@ -252,7 +252,7 @@ def test_bare_app_answers_and_refuses_like_the_served_one(local_student, raw_dig
 
     async def calls():
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://bare") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8001") as client:
             return [await client.post("/v1/predict", json=payload, headers=good),
                     await client.post("/v1/predict", json=payload),
                     await client.post("/v1/predict", json=payload, headers={"authorization": "Bearer nope"}),
@@ -265,6 +265,35 @@ def test_bare_app_answers_and_refuses_like_the_served_one(local_student, raw_dig
     assert missing.status_code == wrong.status_code == 401
     assert missing.headers["www-authenticate"] == "Bearer" and "missing bearer token" in missing.json()["detail"]
     assert big.status_code == 413 and health.status_code == 200
+
+
+@pytest.mark.parametrize("host, status", [("127.0.0.1:8000", 200), ("LOCALHOST", 200), ("[::1]:8000", 200),
+                                          ("evil.example", 400), ("evil.example:8000", 400), ("127.0.0.1.evil", 400),
+                                          ("", 400)])
+def test_host_header_outside_the_allow_list_is_refused(local_student, host, status):
+    # DNS rebinding: a page on evil.example resolving to 127.0.0.1 sends Host: evil.example.
+    from raydistill.serving.app import ServeArgs
+    from raydistill.serving.bare import build_bare_app
+
+    app = build_bare_app(ServeArgs(artifact=str(local_student)).model_dump())
+
+    async def get(path):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            return await client.get(path, headers={"host": host})
+
+    card = asyncio.run(get("/v1/model"))
+    assert card.status_code == status
+    if status == 400:
+        assert "serve.allowed_hosts" in card.json()["detail"] and "weights_sha256" not in card.text
+
+
+def test_host_allow_list_star_answers_any_host(local_student):
+    from raydistill.serving.service import PredictionService
+
+    service = PredictionService.from_settings({"artifact": str(local_student), "max_instances": 4,
+                                               "max_body_bytes": 1000, "allowed_hosts": ["*"]})
+    service.check_host("anything.example:1")  # no RequestError
 
 
 def test_ingress_flags_are_set_only_for_haproxy_and_unknown_kinds_name_the_key(monkeypatch):
@@ -295,3 +324,14 @@ def test_served_card_is_strict_json_even_when_an_old_card_holds_nan(local_studen
     served = ModelRunner.from_artifact(str(art)).served_card()
     text = json.dumps(served, allow_nan=False)  # raises if any NaN/inf is left
     assert json.loads(text)["metrics"]["history"] == [{"train_loss": None, "val_accuracy": 0.9}]
+
+
+@pytest.mark.parametrize("host, expect_added", [("10.1.2.3", True), ("127.0.0.1", False), ("0.0.0.0", False)])
+def test_raydistill_serve_always_answers_the_name_it_binds(host, expect_added):
+    from raydistill.core.config import load_config
+    from raydistill.serving.deploy import serve_args
+
+    args = serve_args(load_config("configs/digits.yaml", [f"serve.host={host}", "serve.auth_token_env=RAYDISTILL_TOKEN"]))
+
+    defaults = ["127.0.0.1", "localhost", "[::1]"]
+    assert args.allowed_hosts == (defaults + [host] if expect_added else defaults)

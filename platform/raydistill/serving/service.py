@@ -74,7 +74,8 @@ def _error(description: str) -> dict:
 PREDICT_ROUTE: dict[str, Any] = {
     "summary": "Classify raw-pixel inputs",
     "response_model": PredictResponse,
-    "responses": {400: _error("body is not JSON"), 401: _error("missing or wrong bearer token"),
+    "responses": {401: _error("missing or wrong bearer token"),
+                  400: _error("body is not JSON, or the Host header is not in serve.allowed_hosts"),
                   413: _error("body over max_body_bytes, or more than max_instances instances"),
                   415: _error("Content-Type is not application/json"),
                   422: _error("JSON of the wrong form: missing/empty instances, wrong shape, non-numeric, "
@@ -83,7 +84,8 @@ PREDICT_ROUTE: dict[str, Any] = {
         "application/json": {"schema": PredictBody.model_json_schema()}}}},
 }
 MODEL_ROUTE: dict[str, Any] = {"summary": "The served model card",
-                               "responses": {401: _error("missing or wrong bearer token")}}
+                               "responses": {400: _error("the Host header is not in serve.allowed_hosts"),
+                                             401: _error("missing or wrong bearer token")}}
 HEALTH_ROUTE: dict[str, Any] = {"summary": "Liveness: 200 when the model is loaded"}
 
 
@@ -101,6 +103,15 @@ def read_auth_token(env_name: str) -> str | None:
     return token
 
 
+def host_name(header: str | None) -> str:
+    """The host part of a ``Host`` header, lower-cased, without the port: ``"LocalHost:8000"`` ->
+    ``"localhost"``, ``"[::1]:8000"`` -> ``"[::1]"``."""
+    host = (header or "").strip().lower()
+    if host.startswith("["):
+        return host[:host.find("]") + 1] if "]" in host else host
+    return host.split(":", 1)[0]
+
+
 def error_response(exc: RequestError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
     return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=headers)
@@ -110,8 +121,9 @@ class PredictionService:
     """Auth, limits, validation and response shaping around a :class:`ModelRunner`."""
 
     def __init__(self, runner: ModelRunner, *, max_instances: int, max_body_bytes: int,
-                 auth_token: str | None = None) -> None:
+                 auth_token: str | None = None, allowed_hosts: tuple[str, ...] = ("*",)) -> None:
         self.runner = runner
+        self.allowed_hosts = {h.lower() for h in allowed_hosts}
         self.spec = runner.input_spec(max_instances)
         self.max_body_bytes = max_body_bytes
         self._token = auth_token.encode() if auth_token else None
@@ -123,7 +135,21 @@ class PredictionService:
         runner = ModelRunner.from_artifact(settings["artifact"], storage_path=settings.get("storage_path", "runs"),
                                            quantize=settings.get("quantize", "none"))
         return cls(runner, max_instances=settings["max_instances"], max_body_bytes=settings["max_body_bytes"],
-                   auth_token=token)
+                   auth_token=token, allowed_hosts=tuple(settings.get("allowed_hosts") or ("*",)))
+
+    def check_host(self, header: str | None) -> None:
+        """400 unless the ``Host`` header (port stripped) is in ``allowed_hosts`` (or that holds ``*``)."""
+        if "*" in self.allowed_hosts:
+            return
+        name = host_name(header)
+        if name not in self.allowed_hosts:
+            raise RequestError(400, f"Host header {header!r} is not served here; allowed: "
+                                    f"{', '.join(sorted(self.allowed_hosts))} (serve.allowed_hosts)")
+
+    def check_request(self, request: Request) -> None:
+        """Host allow-list, then bearer auth: what every route checks first."""
+        self.check_host(request.headers.get("host"))
+        self.authorize(request.headers.get("authorization"))
 
     def authorize(self, header: str | None) -> None:
         """``Authorization: Bearer <token>`` compared in constant time (``hmac.compare_digest``)."""
@@ -150,7 +176,7 @@ class PredictionService:
     async def predict(self, request: Request, infer: Infer) -> JSONResponse:
         """Full ``POST /v1/predict``: every bad input becomes its 4xx :func:`error_response`."""
         try:
-            self.authorize(request.headers.get("authorization"))
+            self.check_request(request)
             parsed = parse_predict_request(await self.read_body(request), self.spec)
         except RequestError as exc:
             return error_response(exc)
@@ -160,7 +186,7 @@ class PredictionService:
 
     def model_card(self, request: Request) -> JSONResponse:
         try:
-            self.authorize(request.headers.get("authorization"))
+            self.check_request(request)
         except RequestError as exc:
             return error_response(exc)
         return JSONResponse(self.runner.served_card())

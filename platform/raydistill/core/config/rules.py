@@ -10,6 +10,9 @@ class ConfigError(ValueError):
     """A configuration key or value is wrong; the message names the dotted key."""
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
 def _require(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {message}")
@@ -186,6 +189,13 @@ def _validate_serve(cfg: Any) -> None:
     _one_of(s.quantize, "serve.quantize", QUANTIZE_MODES)
     _one_of(s.ingress, "serve.ingress", ("proxy", "haproxy"))
     _require(s.route_prefix.startswith("/"), "serve.route_prefix", "must start with '/'")
+    _require(bool(s.allowed_hosts) and all(isinstance(h, str) and h.strip() for h in s.allowed_hosts),
+             "serve.allowed_hosts", f"must be a non-empty list of host names (or [\"*\"]), got {s.allowed_hosts}")
+    public = s.host not in LOOPBACK_HOSTS
+    _require(not public or bool(s.auth_token_env) or s.allow_unauthenticated_public, "serve.host",
+             f"{s.host} is reachable from other machines and serve.auth_token_env is empty, so anyone who can "
+             f"reach it could use the model; set serve.auth_token_env to the env var holding a bearer token, or "
+             f"set serve.allow_unauthenticated_public=true to expose it without auth on purpose")
 
 
 def _validate_compress(cfg: Any) -> None:

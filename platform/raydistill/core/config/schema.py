@@ -184,6 +184,10 @@ class ServeSection:
     max_instances: int = 256
     max_body_bytes: int = 1_000_000
     auth_token_env: str = ""  # name of the env var holding the bearer token; "" = no auth
+    # Host header values answered (with or without :port); others get 400 (DNS rebinding against a
+    # loopback server). "*" answers any host. serve.host is added by `raydistill serve`.
+    allowed_hosts: list[str] = field(default_factory=lambda: ["127.0.0.1", "localhost", "[::1]"])
+    allow_unauthenticated_public: bool = False  # a non-loopback host without auth is refused unless true
     quantize: str = "none"  # one of QUANTIZE_MODES
     min_replicas: int = 1
     max_replicas: int = 2
