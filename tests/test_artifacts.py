@@ -128,3 +128,17 @@ def test_non_finite_card_numbers_are_stored_as_null(local_student, tmp_path):
     path = save_artifact(tmp_path / "student-nan", model, card)
     stored = _strict_json((path / "model.json").read_text())  # strict JSON: no NaN token in the file
     assert stored["metrics"] == {"test_accuracy": 0.5, "history": [{"loss": None, "acc": None}]}
+
+
+@pytest.mark.parametrize("content", ["", "{", "[]", '{"path": ""}', '{"other": 1}'])
+def test_a_damaged_chosen_pointer_is_a_clear_error(tmp_path, content):
+    (tmp_path / "artifacts").mkdir()
+    (tmp_path / "artifacts" / "CHOSEN").write_text(content)
+    with pytest.raises(ArtifactError, match="chosen-student pointer .* (is damaged|names no artifact)"):
+        resolve_artifact("chosen", tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["../../x", "students", ""])
+def test_latest_accepts_only_known_kinds(tmp_path, kind):
+    with pytest.raises(ArtifactError, match="unknown artifact kind .* known: teacher, student, baseline, federated"):
+        resolve_artifact(f"latest:{kind}", tmp_path)

@@ -335,3 +335,26 @@ def test_raydistill_serve_always_answers_the_name_it_binds(host, expect_added):
 
     defaults = ["127.0.0.1", "localhost", "[::1]"]
     assert args.allowed_hosts == (defaults + [host] if expect_added else defaults)
+
+
+@pytest.mark.parametrize("raw, shown", [
+    ("/home/ann/runs/artifacts/student/student-1", "student-1"),
+    ("s3://AKIAKEY:s3cret@bucket/models/student-1/", "student-1"),
+    ("s3://AKIAKEY:s3cret@bucket", "s3://..."),
+    ("C:\\Users\\ann\\runs\\student-2", "student-2"),
+    ("digits-student-mlp", "digits-student-mlp"),
+])
+def test_paths_and_uris_are_cut_to_their_last_part(raw, shown):
+    from raydistill.serving.model_runner import redact_paths
+
+    assert redact_paths({"a": [{"path": raw}]}) == {"a": [{"path": shown}]}
+
+
+def test_served_card_holds_no_absolute_path(local_student):
+    import json
+
+    from raydistill.serving.model_runner import ModelRunner
+
+    text = json.dumps(ModelRunner.from_artifact(str(local_student)).served_card())
+    assert str(local_student.parent) not in text and '"/' not in text
+    assert local_student.name in text  # the version is still named

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import io
 import json
 import math
 import os
@@ -66,9 +67,19 @@ def stamped_name(prefix: str) -> str:
     return f"{prefix}-{stamp}-{uuid.uuid4().hex[:4]}"
 
 
+ARTIFACT_KINDS = ("teacher", "student", "baseline", "federated")  # what the stages write
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in ARTIFACT_KINDS:
+        raise ArtifactError(f"unknown artifact kind {kind!r}; known: {', '.join(ARTIFACT_KINDS)} "
+                            f"(e.g. latest:student)")
+    return kind
+
+
 def new_artifact_path(storage_dir: Path | str, kind: str) -> Path:
     """``<storage>/artifacts/<kind>/<kind>-<UTC time>-<4 hex>``: sortable and unique."""
-    return artifacts_root(storage_dir) / kind / stamped_name(kind)
+    return artifacts_root(storage_dir) / _check_kind(kind) / stamped_name(kind)
 
 
 def _write_json_atomic(path: Path, payload: Any) -> None:
@@ -161,12 +172,13 @@ def load_state(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[str, Any
     weights = path / WEIGHTS_FILE
     if not weights.is_file():
         raise ArtifactError(f"artifact {path} has no {WEIGHTS_FILE}")
-    actual = sha256_file(weights)
+    data = weights.read_bytes()  # read once: the bytes that were hashed are the bytes loaded
+    actual = hashlib.sha256(data).hexdigest()
     if actual != card.get("weights_sha256"):
         raise ArtifactError(f"sha256 mismatch for {weights}: card says {card.get('weights_sha256')}, "
                             f"file has {actual}; the artifact is corrupted or was tampered with")
     try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated or not a torch file
         raise ArtifactError(f"cannot read {weights}: {exc}") from exc
     _refuse_non_finite(state, f"artifact {path}")
@@ -222,6 +234,18 @@ def mark_chosen(path: Path | str, storage_dir: Path | str) -> None:
     _write_json_atomic(root / CHOSEN_FILE, {"path": str(Path(path).resolve())})
 
 
+def _chosen_path(pointer: Path) -> Path:
+    """The path recorded in a CHOSEN pointer file; an empty or damaged pointer is an ArtifactError."""
+    try:
+        recorded = json.loads(pointer.read_text())["path"]
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"the chosen-student pointer {pointer} is damaged ({type(exc).__name__}); "
+                            f"run distill again, or serve an artifact by path") from None
+    if not isinstance(recorded, str) or not recorded:
+        raise ArtifactError(f"the chosen-student pointer {pointer} names no artifact; run distill again")
+    return Path(recorded)
+
+
 def resolve_artifact(ref: str, storage_dir: Path | str) -> Path:
     """``"chosen"`` -> the chosen student; ``"latest:<kind>"`` -> newest of that kind;
     anything else is a path."""
@@ -229,9 +253,9 @@ def resolve_artifact(ref: str, storage_dir: Path | str) -> Path:
         pointer = artifacts_root(storage_dir) / CHOSEN_FILE
         if not pointer.is_file():
             raise ArtifactError(f"no chosen student yet: {pointer} is missing (run tune or distill first)")
-        return Path(json.loads(pointer.read_text())["path"])
+        return _chosen_path(pointer)
     if ref.startswith("latest:"):
-        kind = ref.split(":", 1)[1]
+        kind = _check_kind(ref.split(":", 1)[1])
         found = list_artifacts(storage_dir, kind)
         if not found:
             raise ArtifactError(f"no '{kind}' artifact under {artifacts_root(storage_dir) / kind}")

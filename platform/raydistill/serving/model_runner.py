@@ -49,6 +49,25 @@ def locate_artifact(ref: str, storage_path: str) -> Path:
     return resolve_artifact(ref, storage_path).resolve()
 
 
+def redact_paths(value: Any) -> Any:
+    """``value`` with each string that is an absolute path or a URI replaced by its last component
+    (``/home/ann/runs/artifacts/student/student-1`` -> ``student-1``,
+    ``s3://key:secret@bucket/a/student-1`` -> ``student-1``), recursively."""
+    if isinstance(value, str):
+        if "://" in value:  # drop scheme and host (and any credentials in it), keep the last path part
+            scheme, rest = value.split("://", 1)
+            path = rest.split("/", 1)[1] if "/" in rest else ""
+            return path.rstrip("/").rsplit("/", 1)[-1] or f"{scheme}://..."
+        if value.startswith(("/", "~", "\\")) or (len(value) > 2 and value[1:3] in (":\\", ":/")):
+            return value.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
+        return value
+    if isinstance(value, dict):
+        return {k: redact_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_paths(v) for v in value]
+    return value
+
+
 @dataclass
 class ModelRunner:
     """A loaded student ready to answer: model, card, and what the server adds to the card."""
@@ -97,8 +116,10 @@ class ModelRunner:
 
     def served_card(self) -> dict[str, Any]:
         """The artifact's card plus a ``serving`` section (quantization, where it was loaded from);
-        non-finite numbers (cards written before they were refused) as ``null``, so it is valid JSON."""
-        return json_safe({**self.card, "serving": dict(self.serving)})
+        non-finite numbers (cards written before they were refused) as ``null``, so it is valid JSON,
+        and every filesystem path or URI cut to its last component (no user names, mount points or
+        credentials leave the server; the sha256 values still pin each artifact)."""
+        return redact_paths(json_safe({**self.card, "serving": dict(self.serving)}))
 
     @torch.inference_mode()
     def predict_proba(self, x_raw: np.ndarray) -> np.ndarray:
