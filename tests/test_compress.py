@@ -132,3 +132,15 @@ def test_int8_quantization_keeps_predictions_close_and_latency_restores_threads(
     threads = torch.get_num_threads()
     assert latency_ms(quantized, digits.x_test, batch=500, repeats=2, threads=1) > 0  # 500 > test rows: tiled
     assert torch.get_num_threads() == threads
+
+
+def test_report_distils_online_when_the_config_says_so(local_teacher, storage, digits):
+    # distill.mode=online with jitter: the teacher must label each jittered batch (cached logits are of
+    # clean images, which the rules refuse to pair with student augmentation).
+    rc = main(["compress-report", "--config", DIGITS, "--artifact", str(local_teacher),
+               *_tiny(storage, "distill.mode=online", "distill.augment.translate=1")])
+    rows = {r["name"]: r for r in json.loads((_report_dir(storage) / "report.json").read_text())["rows"]}
+    card = load_card(os.path.dirname(rows["distilled-student"]["file"]))
+    assert rc == 0 and card["distillation"]["mode"] == "online (in-process)"
+    assert evaluate(load_row_model(_report_dir(storage), "distilled-student"), digits.x_test,
+                    digits.y_test)["accuracy"] == rows["distilled-student"]["accuracy"]

@@ -101,7 +101,8 @@ def _kd_method(card: dict) -> str:
 def _student_artifact(cfg: Config, bundle: DataBundle, teacher_path: Path, teacher_card: dict, teacher: nn.Module,
                       out_dir: Path, *, distilled: bool) -> Path:
     """Reuse ``compress.student``/``compress.baseline`` when set; else train ``distill.student``
-    in-process (same init and batches for both; KD from the teacher's logits, computed once)."""
+    in-process (same init and batches for both; KD as ``distill.mode`` says: the teacher's logits
+    computed once (cached), or the teacher run on each augmented batch (online))."""
     ref = cfg.compress.student if distilled else cfg.compress.baseline
     if ref:
         return resolve_artifact(ref, cfg.storage_dir())
@@ -109,13 +110,15 @@ def _student_artifact(cfg: Config, bundle: DataBundle, teacher_path: Path, teach
     torch.manual_seed(cfg.run.seed)
     model = build_model(d.student.name, bundle.input_shape, bundle.num_classes, d.student.args)
     kd = KDSettings(temperature=d.temperature, alpha=d.alpha) if distilled else None
-    logits = predict_logits(teacher, bundle.x_train) if distilled else None
+    online = distilled and d.mode == "online"
+    logits = predict_logits(teacher, bundle.x_train) if distilled and not online else None
     fit(model, bundle.x_train, bundle.y_train, epochs=d.epochs, lr=d.lr, batch_size=d.batch_size,
-        seed=cfg.run.seed, recipe=d, kd=kd, teacher_logits=logits,
+        seed=cfg.run.seed, recipe=d, kd=kd, teacher_logits=logits, teachers=[teacher] if online else (),
         fill=raw_zero_fill(bundle.normalization, bundle.input_shape[0]))
     test = evaluate(model, bundle.x_test, bundle.y_test)
     kind = "student" if distilled else "baseline"
-    extra = {"distillation": {"temperature": d.temperature, "alpha": d.alpha, "mode": "in-process"}} if distilled else {}
+    extra = ({"distillation": {"temperature": d.temperature, "alpha": d.alpha, "mode": f"{d.mode} (in-process)"}}
+             if distilled else {})
     card = build_card(kind=kind, model_name=d.student.name, model_args=d.student.args, bundle=bundle,
                       seed=cfg.run.seed, metrics={"test_accuracy": test["accuracy"], "test_loss": test["loss"],
                                                   "val_accuracy": None, "epochs": d.epochs, "history": []},
