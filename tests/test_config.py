@@ -109,7 +109,7 @@ def test_serve_config_yaml_repeats_the_schema_defaults():
     assert {k: v for k, v in pairs.items()} == {k: getattr(schema, k) for k in pairs}
     assert app["name"] == schema.app_name and app["route_prefix"] == schema.route_prefix
     http = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())["http_options"]
-    assert (http["host"], http["port"]) == (schema.host, schema.port)
+    assert (http["host"], http["port"], http["request_timeout_s"]) == (schema.host, schema.port, schema.request_timeout_s)
 
 
 @pytest.mark.parametrize("sets, error_key", [

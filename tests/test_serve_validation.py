@@ -358,3 +358,45 @@ def test_served_card_holds_no_absolute_path(local_student):
     text = json.dumps(ModelRunner.from_artifact(str(local_student)).served_card())
     assert str(local_student.parent) not in text and '"/' not in text
     assert local_student.name in text  # the version is still named
+
+
+def _asgi_post(app, chunks_then_hang: list[bytes], *, disconnect: bool = False) -> tuple[int, dict]:
+    """POST /v1/predict straight through ASGI: send ``chunks`` (more_body=True), then either hang
+    (a trickling client that never finishes) or disconnect. Returns (status, JSON body)."""
+    import json
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/v1/predict", "raw_path": b"/v1/predict", "query_string": b"",
+             "root_path": "", "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 5555),
+             "headers": [(b"host", b"127.0.0.1:8000"), (b"content-type", b"application/json")]}
+    pending = list(chunks_then_hang)
+    never = asyncio.Event()
+
+    async def receive():
+        if pending:
+            return {"type": "http.request", "body": pending.pop(0), "more_body": True}
+        if disconnect:
+            return {"type": "http.disconnect"}
+        await never.wait()  # the client stalls: no more bytes, no end of body
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, json.loads(body)
+
+
+def test_a_body_that_never_finishes_gets_408_and_a_disconnect_a_quiet_400(local_student):
+    from raydistill.serving.app import ServeArgs
+    from raydistill.serving.bare import build_bare_app
+
+    app = build_bare_app(ServeArgs(artifact=str(local_student), body_timeout_s=0.2).model_dump())
+
+    status, body = _asgi_post(app, [b'{"instances": [[['])
+    assert status == 408 and "body_timeout_s=0.2" in body["detail"]
+    status, body = _asgi_post(app, [b'{"instances": '], disconnect=True)
+    assert status == 400 and "disconnected" in body["detail"]

@@ -22,7 +22,7 @@ from raydistill.serving.model_runner import is_remote_uri, locate_artifact
 # What a replica's constructor receives. Batching travels in user_config and autoscaling in the
 # deployment options, so changing those is a light update that does not restart replicas.
 REPLICA_FIELDS = {"artifact", "storage_path", "max_instances", "max_body_bytes", "auth_token_env", "quantize",
-                  "allowed_hosts"}
+                  "allowed_hosts", "body_timeout_s"}
 
 
 _S = ServeSection()  # the one home of the serving defaults
@@ -40,6 +40,8 @@ class ServeArgs(BaseModel):
     batch_wait_timeout_s: float = Field(default=_S.batch_wait_timeout_s, ge=0)
     max_instances: int = Field(default=_S.max_instances, ge=1, description="instances per request")
     max_body_bytes: int = Field(default=_S.max_body_bytes, ge=1)
+    body_timeout_s: float = Field(default=_S.body_timeout_s, gt=0,
+                                  description="seconds to receive the whole body; slower clients get 408")
     auth_token_env: str = Field(default=_S.auth_token_env, description="env var holding the bearer token; '' = auth off")
     allowed_hosts: list[str] = Field(default_factory=lambda: list(_S.allowed_hosts), min_length=1,
                                      description="Host header values answered; others get 400; '*' = any")

@@ -100,7 +100,8 @@ def _start_and_run(cfg: Config, app) -> str:
     from ray import serve
 
     s = cfg.serve
-    serve.start(http_options={"host": s.host, "port": s.port}, logging_config={"enable_access_log": False})
+    serve.start(http_options={"host": s.host, "port": s.port, "request_timeout_s": s.request_timeout_s},
+                logging_config={"enable_access_log": False})
     serve.run(app, name=s.app_name, route_prefix=s.route_prefix)
     return proxy_url(s.host, s.port, s.route_prefix)
 

@@ -8,6 +8,7 @@ The pydantic models below only document the API in the generated OpenAPI (``/doc
 """
 from __future__ import annotations
 
+import asyncio
 import hmac
 import os
 from typing import Any, Awaitable, Callable
@@ -15,6 +16,7 @@ from typing import Any, Awaitable, Callable
 import numpy as np
 from fastapi import Request
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 from pydantic import BaseModel, Field
 
 from raydistill.core.config.rules import ConfigError
@@ -76,6 +78,7 @@ PREDICT_ROUTE: dict[str, Any] = {
     "response_model": PredictResponse,
     "responses": {401: _error("missing or wrong bearer token"),
                   400: _error("body is not JSON, or the Host header is not in serve.allowed_hosts"),
+                  408: _error("body not fully received within body_timeout_s"),
                   413: _error("body over max_body_bytes, or more than max_instances instances"),
                   415: _error("Content-Type is not application/json"),
                   422: _error("JSON of the wrong form: missing/empty instances, wrong shape, non-numeric, "
@@ -121,8 +124,10 @@ class PredictionService:
     """Auth, limits, validation and response shaping around a :class:`ModelRunner`."""
 
     def __init__(self, runner: ModelRunner, *, max_instances: int, max_body_bytes: int,
-                 auth_token: str | None = None, allowed_hosts: tuple[str, ...] = ("*",)) -> None:
+                 auth_token: str | None = None, allowed_hosts: tuple[str, ...] = ("*",),
+                 body_timeout_s: float = 10.0) -> None:
         self.runner = runner
+        self.body_timeout_s = body_timeout_s
         self.allowed_hosts = {h.lower() for h in allowed_hosts}
         self.spec = runner.input_spec(max_instances)
         self.max_body_bytes = max_body_bytes
@@ -135,7 +140,8 @@ class PredictionService:
         runner = ModelRunner.from_artifact(settings["artifact"], storage_path=settings.get("storage_path", "runs"),
                                            quantize=settings.get("quantize", "none"))
         return cls(runner, max_instances=settings["max_instances"], max_body_bytes=settings["max_body_bytes"],
-                   auth_token=token, allowed_hosts=tuple(settings.get("allowed_hosts") or ("*",)))
+                   auth_token=token, allowed_hosts=tuple(settings.get("allowed_hosts") or ("*",)),
+                   body_timeout_s=float(settings.get("body_timeout_s", 10.0)))
 
     def check_host(self, header: str | None) -> None:
         """400 unless the ``Host`` header (port stripped) is in ``allowed_hosts`` (or that holds ``*``)."""
@@ -162,15 +168,27 @@ class PredictionService:
             raise RequestError(401, "invalid bearer token")
 
     async def read_body(self, request: Request) -> bytes:
-        """The body, refused with 413 as soon as the declared or received size passes the limit."""
+        """The body, refused with 413 as soon as the declared or received size passes the limit, and
+        with 408 when it has not fully arrived within ``body_timeout_s`` (a trickling client must not
+        hold a replica slot); a client that hangs up mid-body is a 400 nobody reads."""
         check_declared_length(request.headers.get("content-length"), self.max_body_bytes)
         check_content_type(request.headers.get("content-type"))
-        chunks, received = [], 0
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > self.max_body_bytes:
-                raise RequestError(413, body_too_large_message(received, self.max_body_bytes))
-            chunks.append(chunk)
+        chunks: list[bytes] = []
+
+        async def receive() -> None:
+            received = 0
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > self.max_body_bytes:
+                    raise RequestError(413, body_too_large_message(received, self.max_body_bytes))
+                chunks.append(chunk)
+
+        try:
+            await asyncio.wait_for(receive(), timeout=self.body_timeout_s)
+        except asyncio.TimeoutError:
+            raise RequestError(408, f"request body not received within body_timeout_s={self.body_timeout_s:g} s") from None
+        except ClientDisconnect:
+            raise RequestError(400, "client disconnected before sending the whole body") from None
         return b"".join(chunks)
 
     async def predict(self, request: Request, infer: Infer) -> JSONResponse:

@@ -184,6 +184,8 @@ def _validate_serve(cfg: Any) -> None:
     for name in ("upscale_delay_s", "downscale_delay_s"):
         _require(getattr(s, name) >= 0, f"serve.{name}", f"must be >= 0, got {getattr(s, name)}")
     _require(bool(s.app_name.strip()), "serve.app_name", "must not be empty")
+    for name in ("body_timeout_s", "request_timeout_s"):
+        _require(getattr(s, name) > 0, f"serve.{name}", f"must be > 0 seconds, got {getattr(s, name)}")
     _require(1 <= s.min_replicas <= s.max_replicas, "serve.min_replicas",
              f"need 1 <= min_replicas <= max_replicas, got {s.min_replicas}, {s.max_replicas}")
     _one_of(s.quantize, "serve.quantize", QUANTIZE_MODES)

@@ -183,6 +183,8 @@ class ServeSection:
     batch_wait_timeout_s: float = 0.005
     max_instances: int = 256
     max_body_bytes: int = 1_000_000
+    body_timeout_s: float = 10.0  # a request body not fully received by then gets 408 (slow-body clients)
+    request_timeout_s: float = 60.0  # Serve's end-to-end limit per HTTP request (http_options)
     auth_token_env: str = ""  # name of the env var holding the bearer token; "" = no auth
     # Host header values answered (with or without :port); others get 400 (DNS rebinding against a
     # loopback server). "*" answers any host. serve.host is added by `raydistill serve`.
