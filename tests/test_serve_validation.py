@@ -400,3 +400,36 @@ def test_a_body_that_never_finishes_gets_408_and_a_disconnect_a_quiet_400(local_
     assert status == 408 and "body_timeout_s=0.2" in body["detail"]
     status, body = _asgi_post(app, [b'{"instances": '], disconnect=True)
     assert status == 400 and "disconnected" in body["detail"]
+
+
+def test_a_model_that_answers_nan_is_unhealthy_and_refuses_predictions(local_student, tmp_path, raw_digits):
+    # Finite weights (so the artifact saves and loads) whose activations overflow float32: every
+    # output would be NaN. /healthz must say so (503) and /v1/predict must answer 503, not 500s.
+    from raydistill.core.artifacts import save_artifact
+    from raydistill.serving.app import ServeArgs
+    from raydistill.serving.bare import build_bare_app
+
+    model, card = load_artifact(local_student)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    biases = [k for k in state if k.endswith("bias")]
+    weights = [k for k in state if k.endswith("weight")]
+    state[biases[0]].fill_(3e38)  # finite, and so is every weight...
+    state[weights[1]].fill_(1.0)  # ...but the next layer sums 32 x 3e38 = inf, and softmax(inf) = NaN
+    broken = save_artifact(tmp_path / "student-overflow", state, card)
+    app = build_bare_app(ServeArgs(artifact=str(broken)).model_dump())
+
+    async def calls():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            return (await client.get("/healthz"),
+                    await client.post("/v1/predict", json={"instances": raw_digits[0][:1].tolist()}))
+
+    health, predict = asyncio.run(calls())
+    assert health.status_code == 503 and predict.status_code == 503
+    assert "NaN or infinite" in predict.json()["detail"]
+    # the untouched student is healthy (the probe is not simply failing)
+    ok = build_bare_app(ServeArgs(artifact=str(local_student)).model_dump())
+    async def ok_health():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=ok), base_url="http://127.0.0.1") as c:
+            return await c.get("/healthz")
+    assert asyncio.run(ok_health()).status_code == 200

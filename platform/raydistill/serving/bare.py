@@ -31,7 +31,7 @@ def build_bare_app(settings: dict[str, Any]) -> FastAPI:
         return service.model_card(request)
 
     @app.get("/healthz", **HEALTH_ROUTE)
-    async def healthz() -> dict[str, Any]:
+    async def healthz() -> JSONResponse:
         return service.health()
 
     return app

@@ -9,6 +9,7 @@ restart); ``max_batch_size: 1`` turns batching off (requests go straight to the 
 # No `from __future__ import annotations` here: Serve's class-based FastAPI views read the
 # route methods' annotations as objects (a string "Request" would become a query parameter).
 import asyncio
+import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -67,8 +68,16 @@ class StudentDeployment:
         return self.service.model_card(request)
 
     @app.get("/healthz", **HEALTH_ROUTE)
-    async def healthz(self) -> dict[str, Any]:
-        return {**self.service.health(), "batching": self.batch.model_dump()}
+    async def healthz(self) -> JSONResponse:
+        response = self.service.health()
+        if response.status_code != 200:
+            return response
+        return JSONResponse({**json.loads(response.body), "batching": self.batch.model_dump()})
+
+    def check_health(self) -> None:
+        """Serve's replica health check: a model that answers NaN/inf is unhealthy (Serve replaces it)."""
+        if not self.service.healthy:
+            raise RuntimeError("the model's probe forward pass is not finite")
 
     async def _infer(self, x: np.ndarray) -> np.ndarray:
         """``(N, C, H, W)`` raw pixels -> ``(N, K)`` probabilities.

@@ -106,6 +106,13 @@ class ModelRunner:
     def class_names(self) -> list[str]:
         return list(self.card["class_names"])
 
+    def probe_is_finite(self) -> bool:
+        """One forward pass on a blank input ``(1, C, H, W)`` of zeros: are all probabilities finite?
+        Weights are finite by construction (artifacts refuse NaN/inf); this catches a model whose
+        activations overflow (e.g. float32 weights near 1e38), which would answer nothing but NaN."""
+        probs = self.predict_proba(np.zeros((1, *self.input_shape), dtype=np.float32))
+        return bool(np.isfinite(probs).all())
+
     def input_spec(self, max_instances: int) -> InputSpec:
         return InputSpec(self.input_shape, len(self.class_names), max_instances)
 

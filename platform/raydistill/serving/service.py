@@ -79,6 +79,7 @@ PREDICT_ROUTE: dict[str, Any] = {
     "responses": {401: _error("missing or wrong bearer token"),
                   400: _error("body is not JSON, or the Host header is not in serve.allowed_hosts"),
                   408: _error("body not fully received within body_timeout_s"),
+                  503: _error("the model answers NaN/inf (see /healthz)"),
                   413: _error("body over max_body_bytes, or more than max_instances instances"),
                   415: _error("Content-Type is not application/json"),
                   422: _error("JSON of the wrong form: missing/empty instances, wrong shape, non-numeric, "
@@ -89,7 +90,8 @@ PREDICT_ROUTE: dict[str, Any] = {
 MODEL_ROUTE: dict[str, Any] = {"summary": "The served model card",
                                "responses": {400: _error("the Host header is not in serve.allowed_hosts"),
                                              401: _error("missing or wrong bearer token")}}
-HEALTH_ROUTE: dict[str, Any] = {"summary": "Liveness: 200 when the model is loaded"}
+HEALTH_ROUTE: dict[str, Any] = {"summary": "Liveness: 200 when the model is loaded and answers finite numbers",
+                                "responses": {503: _error("the model's probe forward pass was not finite")}}
 
 
 # --- behaviour ----------------------------------------------------------------------------------
@@ -128,6 +130,7 @@ class PredictionService:
                  body_timeout_s: float = 10.0) -> None:
         self.runner = runner
         self.body_timeout_s = body_timeout_s
+        self.healthy = runner.probe_is_finite()  # once per replica: the model is fixed while it lives
         self.allowed_hosts = {h.lower() for h in allowed_hosts}
         self.spec = runner.input_spec(max_instances)
         self.max_body_bytes = max_body_bytes
@@ -195,6 +198,7 @@ class PredictionService:
         """Full ``POST /v1/predict``: every bad input becomes its 4xx :func:`error_response`."""
         try:
             self.check_request(request)
+            self.require_healthy()
             parsed = parse_predict_request(await self.read_body(request), self.spec)
         except RequestError as exc:
             return error_response(exc)
@@ -209,5 +213,16 @@ class PredictionService:
             return error_response(exc)
         return JSONResponse(self.runner.served_card())
 
-    def health(self) -> dict[str, Any]:
-        return {"status": "ok", "model": self.runner.model_info()}
+    def require_healthy(self) -> None:
+        """503 when the loaded model's probe forward pass was not finite (see ``ModelRunner``)."""
+        if not self.healthy:
+            raise RequestError(503, "the served model answers NaN or infinite probabilities on a blank input; "
+                                    "it cannot predict (redeploy a working artifact)")
+
+    def health(self) -> JSONResponse:
+        """``/healthz``: 200 with the model's identity, or 503 when the probe failed."""
+        try:
+            self.require_healthy()
+        except RequestError as exc:
+            return error_response(exc)
+        return JSONResponse({"status": "ok", "model": self.runner.model_info()})
