@@ -142,3 +142,23 @@ def test_a_damaged_chosen_pointer_is_a_clear_error(tmp_path, content):
 def test_latest_accepts_only_known_kinds(tmp_path, kind):
     with pytest.raises(ArtifactError, match="unknown artifact kind .* known: teacher, student, baseline, federated"):
         resolve_artifact(f"latest:{kind}", tmp_path)
+
+
+def test_saving_over_an_artifact_replaces_it_whole_and_killed_saves_are_cleaned_up(local_student, tmp_path):
+    import os
+    import time
+
+    model, card = load_artifact(local_student)
+    target = tmp_path / "student-x"
+    save_artifact(target, model, dict(card, name="first"))
+    stale = tmp_path / ".student-y.dead.tmp"  # what a kill -9 mid-save leaves behind
+    stale.mkdir()
+    hour_and_a_bit = time.time() - 3700
+    os.utime(stale, (hour_and_a_bit, hour_and_a_bit))
+    in_flight = tmp_path / ".student-z.live.tmp"  # a save running right now in another process
+    in_flight.mkdir()
+
+    save_artifact(target, model, dict(card, name="second"))
+
+    assert load_card(target)["name"] == "second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".student-z.live.tmp", "student-x"]

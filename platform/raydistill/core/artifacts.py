@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .files import fsync_tree, remove_stale_temps, swap_in, write_json_atomic
 from .models import build_model, count_parameters
 
 WEIGHTS_FILE = "weights.pt"
@@ -82,12 +83,6 @@ def new_artifact_path(storage_dir: Path | str, kind: str) -> Path:
     return artifacts_root(storage_dir) / _check_kind(kind) / stamped_name(kind)
 
 
-def _write_json_atomic(path: Path, payload: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False))
-    os.replace(tmp, path)
-
-
 def non_finite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
     """Names of the floating-point tensors in ``state`` holding a NaN or an infinity."""
     return [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()
@@ -141,13 +136,14 @@ def save_artifact(path: Path | str, model: nn.Module | dict[str, torch.Tensor], 
         full.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
         full["path"] = str(path)
         (tmp / CARD_FILE).write_text(json.dumps(json_safe(full), indent=2, allow_nan=False))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        fsync_tree(tmp)
+        swap_in(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    remove_stale_temps(path.parent)
     return path
+
 
 
 def _is_parameter_key(key: str, state: dict) -> bool:
@@ -231,7 +227,7 @@ def mark_chosen(path: Path | str, storage_dir: Path | str) -> None:
     """Record ``path`` as the chosen student (what ``serve`` deploys by default)."""
     root = artifacts_root(storage_dir)
     root.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(root / CHOSEN_FILE, {"path": str(Path(path).resolve())})
+    write_json_atomic(root / CHOSEN_FILE, {"path": str(Path(path).resolve())})
 
 
 def _chosen_path(pointer: Path) -> Path:
