@@ -25,7 +25,7 @@ from _ray_head import REPO, RayHead, start_head, stop_head, wait_for_log, wait_f
 from conftest import free_port, make_local_artifact, tiny_overrides
 from raydistill.cli import commands as cli
 from raydistill.core.artifacts import load_artifact, resolve_artifact
-from raydistill.core.config import load_config
+from raydistill.core.config import ConfigError, load_config
 from raydistill.cli.job import (JOB_CONFIG_ENV, job_storage_path, job_submission_id, run_job, storage_root,
                              workers_miss_checkout)
 
@@ -104,6 +104,19 @@ def test_relative_storage_goes_under_the_storage_root_only_inside_a_job(tmp_path
     assert job_storage_path(absolute, job) == tmp_path / "abs"
     assert storage_root({}) == Path("~/raydistill").expanduser().resolve()
     assert job_submission_id(job) == "raysubmit_abc" and job_submission_id({}) == ""
+
+
+@pytest.mark.parametrize("path", ["../outside", "runs/../../outside", "a/../../.."])
+def test_a_relative_storage_path_cannot_leave_the_storage_root_in_a_job(tmp_path, path, capsys):
+    job = {**JOB_ENV, "RAYDISTILL_STORAGE_ROOT": str(tmp_path / "root")}
+    cfg = load_config(REPO / "configs" / "digits.yaml", [f"run.storage_path={path}"])
+    with pytest.raises(ConfigError, match="run.storage_path: .* leaves RAYDISTILL_STORAGE_ROOT"):
+        job_storage_path(cfg, job)
+    assert job_storage_path(load_config(REPO / "configs" / "digits.yaml", ["run.storage_path=a/../b"]), job) == \
+        tmp_path / "root" / "b"  # staying inside is fine
+    assert run_job("teacher", ["--config", "configs/digits.yaml", "--set", f"run.storage_path={path}"], job) == 2
+    assert "leaves RAYDISTILL_STORAGE_ROOT" in capsys.readouterr().err
+    assert not (tmp_path / "outside").exists()
 
 
 def test_missing_runtime_env_is_detected(tmp_path):

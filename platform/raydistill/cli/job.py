@@ -18,11 +18,12 @@ import contextlib
 import io
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Mapping
 
 from raydistill.cli import commands as cli
-from raydistill.core.config import Config
+from raydistill.core.config import Config, ConfigError
 
 STORAGE_ROOT_ENV = "RAYDISTILL_STORAGE_ROOT"
 DEFAULT_STORAGE_ROOT = "~/raydistill"
@@ -67,7 +68,12 @@ def job_storage_path(cfg: Config, env: Mapping[str, str] = os.environ) -> Path:
     raw = Path(os.path.expanduser(cfg.run.storage_path))
     if raw.is_absolute() or not in_ray_job(env):
         return cfg.storage_dir()
-    return storage_root(env) / raw
+    root = storage_root(env)
+    inside = (root / raw).resolve()
+    if not inside.is_relative_to(root):
+        raise ConfigError(f"run.storage_path: {cfg.run.storage_path!r} leaves {STORAGE_ROOT_ENV} ({root}) inside a "
+                          f"job; use a path below it, or an absolute path")
+    return inside
 
 
 def workers_miss_checkout(env: Mapping[str, str] = os.environ, cwd: Path | None = None) -> bool:
@@ -115,7 +121,11 @@ def run_job(stage: str, argv: list[str], env: Mapping[str, str] = os.environ) ->
     from raydistill import __file__ as package_file
 
     cfg = quiet_config(stage, argv)
-    storage = job_storage_path(cfg, env) if cfg else None
+    try:
+        storage = job_storage_path(cfg, env) if cfg else None
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
     # A later --set wins, so this pins the path without touching the user's own arguments.
     extra = ["--set", f"run.storage_path={json.dumps(str(storage))}"] if storage and in_ray_job(env) else []
     print(f"[raydistill job] stage={stage} job={job_submission_id(env) or '-'} "
