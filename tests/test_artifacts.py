@@ -153,8 +153,8 @@ def test_saving_over_an_artifact_replaces_it_whole_and_killed_saves_are_cleaned_
     save_artifact(target, model, dict(card, name="first"))
     stale = tmp_path / ".student-y.dead.tmp"  # what a kill -9 mid-save leaves behind
     stale.mkdir()
-    hour_and_a_bit = time.time() - 3700
-    os.utime(stale, (hour_and_a_bit, hour_and_a_bit))
+    a_day_and_a_bit = time.time() - 86400 - 600
+    os.utime(stale, (a_day_and_a_bit, a_day_and_a_bit))
     in_flight = tmp_path / ".student-z.live.tmp"  # a save running right now in another process
     in_flight.mkdir()
 
@@ -162,3 +162,10 @@ def test_saving_over_an_artifact_replaces_it_whole_and_killed_saves_are_cleaned_
 
     assert load_card(target)["name"] == "second"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".student-z.live.tmp", "student-x"]
+
+
+def test_a_model_with_non_finite_test_metrics_is_not_saved(local_student, tmp_path):
+    model, card = load_artifact(local_student)
+    with pytest.raises(ArtifactError, match="test_loss=nan"):
+        save_artifact(tmp_path / "student-bad", model, dict(card, metrics={"test_accuracy": 0.1, "test_loss": float("nan")}))
+    assert list(tmp_path.iterdir()) == []

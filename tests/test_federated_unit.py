@@ -281,7 +281,8 @@ def test_bad_client_updates_are_refused_and_the_round_goes_on():
     rejected = out.records[2].details["rejected"]
     assert set(rejected) == {"0", "1"}
     assert "NaN" in rejected["0"] and "shape" in rejected["1"]
-    assert out.records[2].participating == 3 and out.records[2].dropped == 2
+    assert out.records[2].participating == 3 and out.records[2].dropped == 2 and out.records[2].rejected == 2
+    assert "rejected" in out.records[2].row()  # a column of rounds.csv
 
 
 def test_failure_prob_drops_clients_deterministically():

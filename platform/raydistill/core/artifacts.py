@@ -124,6 +124,11 @@ def save_artifact(path: Path | str, model: nn.Module | dict[str, torch.Tensor], 
     state = model.state_dict() if isinstance(model, nn.Module) else model
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     _refuse_non_finite(state, f"the model for {path.name}")
+    for key in ("test_accuracy", "test_loss"):
+        value = (card.get("metrics") or {}).get(key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ArtifactError(f"the {card.get('kind', 'model')} for {path.name} has {key}={value}: it predicts "
+                                f"NaN or infinity on the test split, so it is not saved")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     tmp.mkdir()

@@ -51,7 +51,7 @@ def swap_in(tmp: Path, path: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-STALE_TEMP_S = 3600.0  # a hidden .tmp dir this old is a save that was killed (kill -9), not one in flight
+STALE_TEMP_S = 86400.0  # a hidden .tmp dir a day old is a save that was killed (kill -9), not one in flight
 
 
 def remove_stale_temps(folder: Path) -> None:

@@ -19,7 +19,7 @@ from raydistill.federated.strategies import Collected, Strategy, TooFewClientsEr
 
 __all__ = ["RoundRecord", "RoundsOutcome", "make_tasks", "run_rounds", "InProcessExecutor", "CSV_COLUMNS"]
 
-CSV_COLUMNS = ["round", "sampled", "participating", "dropped", "failed", "crashed", "late", "test_accuracy",
+CSV_COLUMNS = ["round", "sampled", "participating", "dropped", "failed", "crashed", "late", "rejected", "test_accuracy",
                "test_loss", "bytes_sent", "bytes_received", "wall_s", "actors_replaced", "peak_rss_mb",
                "peak_pss_mb", "status"]
 
@@ -35,6 +35,7 @@ class RoundRecord:
     failed: int = 0
     crashed: int = 0
     late: int = 0
+    rejected: int = 0  # updates refused by strategies.screen_updates (reasons in details["rejected"])
     test_accuracy: float = float("nan")
     test_loss: float = float("nan")
     bytes_sent: int = 0
@@ -74,7 +75,8 @@ def _record(rnd: int, collected: Collected, metrics: Mapping, wall: float, *, st
                "weight_fetches": sum(bool(u.metrics.get("fetched_weights")) for u in collected.updates),
                **(info or {})}
     return RoundRecord(rnd, collected.sampled, len(collected.updates), collected.dropped, len(collected.failed),
-                       len(collected.crashed), len(collected.late), float(metrics.get("accuracy", float("nan"))),
+                       len(collected.crashed), len(collected.late), len(collected.rejected),
+                       float(metrics.get("accuracy", float("nan"))),
                        float(metrics.get("loss", float("nan"))), collected.bytes_sent, collected.bytes_received,
                        round(wall, 4), collected.actors_replaced, status=status, details=details)
 

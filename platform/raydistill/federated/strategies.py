@@ -85,7 +85,7 @@ Execute = Callable[[int, State, Sequence[ClientTask], LocalSpec], Collected]
 
 def update_problem(update: ClientUpdate, global_state: State) -> str | None:
     """Why ``update`` cannot be aggregated with ``global_state``, or None: it must carry exactly the
-    global model's keys, each with the same shape, and only finite numbers."""
+    global model's keys, each with the same shape and dtype, and only finite numbers."""
     keys, expected = set(update.state), set(global_state)
     if keys != expected:
         missing, extra = sorted(expected - keys), sorted(keys - expected)
@@ -94,8 +94,8 @@ def update_problem(update: ClientUpdate, global_state: State) -> str | None:
         array, reference = np.asarray(value), np.asarray(global_state[key])
         if array.shape != reference.shape:
             return f"{key} has shape {list(array.shape)}, the global model has {list(reference.shape)}"
-        if not np.issubdtype(array.dtype, np.number):
-            return f"{key} is not numeric ({array.dtype})"
+        if array.dtype != reference.dtype:
+            return f"{key} has dtype {array.dtype}, the global model has {reference.dtype}"
         if np.issubdtype(array.dtype, np.inexact) and not np.isfinite(array).all():
             return f"{key} holds NaN or infinite values"
     return None
