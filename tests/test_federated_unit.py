@@ -331,8 +331,8 @@ def test_bad_federations_fail_before_ray_starts(overrides, match, tmp_path):
 
 
 def test_strategy_registry_names_and_helpful_miss():
-    assert STRATEGIES.names() == ["fedavg", "feddf", "fedprox"]
-    with pytest.raises(KeyError, match="known: fedavg, feddf, fedprox"):
+    assert STRATEGIES.names() == ["fedavg", "feddf", "fedmedian", "fedprox", "fedtrimmedavg"]
+    with pytest.raises(KeyError, match="known: fedavg, feddf, fedmedian, fedprox, fedtrimmedavg"):
         STRATEGIES.get("fedsgd")
 
 
@@ -351,3 +351,34 @@ def test_pool_size_from_cpus_memory_and_request():
 def test_tree_memory_counts_this_process():
     mem = tree_memory()
     assert mem["processes"] >= 1 and mem["rss"] > 50 * 1024**2 and 0 < mem["pss"] <= mem["rss"]
+
+
+def test_median_and_trimmed_mean_match_the_written_formulas():
+    from raydistill.federated.aggregate import fedmedian, fedtrimmedavg
+
+    values = [1.0, 2.0, 100.0, -50.0, 3.0]  # one entry, five clients, two of them extreme
+    updates = [({"w": np.array([[v, 2 * v]], np.float32), "n": np.array(i, np.int64)}, 10) for i, v in enumerate(values)]
+    median = fedmedian(updates)
+    trimmed = fedtrimmedavg(updates, 0.2)  # b = floor(0.2 * 5) = 1 cut from each end
+    assert median["w"].tolist() == [[2.0, 4.0]] and median["w"].dtype == np.float32
+    assert trimmed["w"].tolist() == [[(1.0 + 2.0 + 3.0) / 3, (2.0 + 4.0 + 6.0) / 3]]
+    assert median["n"] == 2 and trimmed["n"] == 2 and median["n"].dtype == np.int64
+    assert fedtrimmedavg(updates, 0.0)["w"][0, 0] == pytest.approx(sum(values) / 5)
+
+
+def test_robust_aggregators_resist_a_sign_flipping_client_that_breaks_fedavg():
+    # 10 clients, client 3 sends -100 x its weights every round (finite and well shaped: screening
+    # cannot catch it). Median and trimmed mean must stay near the clean FedAvg run; FedAvg must not.
+    attack = FaultPlan(flip_in=frozenset((r, 3) for r in range(1, 11)))
+    sets = ("federated.clients=10", "federated.partition=iid", "federated.rounds=10")
+    clean = _run_in_process(*sets).records[-1].test_accuracy
+    attacked = {s: _run_in_process(*sets, f"federated.strategy={s}", faults=attack).records[-1].test_accuracy
+                for s in ("fedavg", "fedmedian", "fedtrimmedavg")}
+    assert attacked["fedmedian"] >= clean - 0.02 and attacked["fedtrimmedavg"] >= clean - 0.02
+    assert attacked["fedavg"] < clean - 0.2
+
+
+@pytest.mark.parametrize("value", ["0.5", "-0.1", ".nan"])
+def test_trim_fraction_is_checked(value):
+    with pytest.raises(ConfigError, match="federated.trim_fraction"):
+        load_config(DIGITS, [f"federated.trim_fraction={value}"])

@@ -17,7 +17,7 @@ from raydistill.core.engine import KDSettings, evaluate, iterate_batches, make_o
 State = Mapping[str, "np.ndarray | torch.Tensor"]
 Update = tuple[State, int]
 
-__all__ = ["fedavg", "state_nbytes", "to_numpy_state", "to_torch_state", "proximal_term", "proximal_pull",
+__all__ = ["fedavg", "fedmedian", "fedtrimmedavg", "state_nbytes", "to_numpy_state", "to_torch_state", "proximal_term", "proximal_pull",
            "ensemble_logits", "distill_ensemble"]
 
 
@@ -67,6 +67,36 @@ def fedavg(updates: Sequence[Update]) -> dict[str, np.ndarray]:
             acc += (n / total) * np.asarray(state[key], dtype=np.float64)
         averaged[key] = (np.rint(acc) if np.issubdtype(first.dtype, np.integer) else acc).astype(first.dtype)
     return averaged
+
+
+def _stacked(updates: Sequence[Update], key: str) -> np.ndarray:
+    """``(K, *shape)`` float64: entry ``key`` of every update, stacked."""
+    return np.stack([np.asarray(state[key], dtype=np.float64) for state, _ in updates])
+
+
+def _cast_like(values: np.ndarray, like: np.ndarray) -> np.ndarray:
+    return (np.rint(values) if np.issubdtype(like.dtype, np.integer) else values).astype(like.dtype)
+
+
+def fedmedian(updates: Sequence[Update]) -> dict[str, np.ndarray]:
+    """Coordinate-wise median of the clients' weights (Yin et al. 2018), unweighted: for every entry
+    ``w[j] = median_i w_i[j]``. Robust to a minority of arbitrary updates."""
+    if not updates:
+        raise ValueError("fedmedian needs at least one update")
+    first = updates[0][0]
+    return {k: _cast_like(np.median(_stacked(updates, k), axis=0), np.asarray(first[k])) for k in first}
+
+
+def fedtrimmedavg(updates: Sequence[Update], trim_fraction: float) -> dict[str, np.ndarray]:
+    """Coordinate-wise trimmed mean (Yin et al. 2018): per entry, sort the K client values, drop the
+    ``b = floor(trim_fraction * K)`` smallest and largest, average the ``K - 2b`` left (unweighted)."""
+    if not updates:
+        raise ValueError("fedtrimmedavg needs at least one update")
+    k = len(updates)
+    b = int(trim_fraction * k)
+    first = updates[0][0]
+    return {key: _cast_like(np.sort(_stacked(updates, key), axis=0)[b:k - b].mean(axis=0), np.asarray(first[key]))
+            for key in first}
 
 
 def proximal_term(params: Sequence[torch.Tensor], global_params: Sequence[torch.Tensor], mu: float) -> torch.Tensor:

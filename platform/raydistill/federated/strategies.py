@@ -23,11 +23,12 @@ from torch import nn
 
 from raydistill.core.engine import KDSettings
 from raydistill.core.registry import Registry
-from raydistill.federated.aggregate import State, Update, distill_ensemble, ensemble_logits, fedavg, to_numpy_state, to_torch_state
+from raydistill.federated.aggregate import (State, Update, distill_ensemble, ensemble_logits, fedavg, fedmedian,
+                                           fedtrimmedavg, to_numpy_state, to_torch_state)
 from raydistill.federated.client import ClientTask, ClientUpdate, LocalSpec
 
 __all__ = ["ServerContext", "Collected", "RoundResult", "TooFewClientsError", "Strategy", "FedAvg", "FedProx",
-           "FedDF", "STRATEGIES", "make_strategy", "clients_per_round", "screen_updates", "update_problem"]
+           "FedMedian", "FedTrimmedAvg", "FedDF", "STRATEGIES", "make_strategy", "clients_per_round", "screen_updates", "update_problem"]
 
 
 @dataclass(kw_only=True)
@@ -190,6 +191,28 @@ class FedProx(FedAvg):
 
     def configure_round(self, rnd: int) -> LocalSpec:
         return replace(super().configure_round(rnd), mu=self.fed.mu)
+
+
+@STRATEGIES.register("fedmedian")
+class FedMedian(Strategy):
+    """Coordinate-wise median of the client weights (Flower's ``FedMedian``): a few clients sending
+    scaled or sign-flipped weights cannot drag the global model."""
+
+    name = "fedmedian"
+
+    def aggregate(self, rnd: int, updates: Sequence[Update]) -> dict[str, np.ndarray]:
+        return fedmedian(updates)
+
+
+@STRATEGIES.register("fedtrimmedavg")
+class FedTrimmedAvg(Strategy):
+    """Coordinate-wise trimmed mean, ``federated.trim_fraction`` cut from each end (Flower's
+    ``FedTrimmedAvg``)."""
+
+    name = "fedtrimmedavg"
+
+    def aggregate(self, rnd: int, updates: Sequence[Update]) -> dict[str, np.ndarray]:
+        return fedtrimmedavg(updates, self.fed.trim_fraction)
 
 
 @STRATEGIES.register("feddf")

@@ -155,7 +155,8 @@ def _validate_tune(cfg: Any) -> None:
 
 def _validate_federated(cfg: Any) -> None:
     f = cfg.federated
-    _one_of(f.strategy, "federated.strategy", ("fedavg", "fedprox", "feddf"))
+    _one_of(f.strategy, "federated.strategy", ("fedavg", "fedprox", "feddf", "fedmedian", "fedtrimmedavg"))
+    _require(0.0 <= f.trim_fraction < 0.5, "federated.trim_fraction", f"must be in [0, 0.5), got {f.trim_fraction}")
     _one_of(f.partition, "federated.partition", ("iid", "dirichlet"))
     _fraction(f.fraction, "federated.fraction", low_open=True)
     _require(f.dirichlet_alpha > 0, "federated.dirichlet_alpha", f"must be > 0, got {f.dirichlet_alpha}")

@@ -142,7 +142,7 @@ class TuneSection:
 class FederatedSection:
     """Emulated federated clients on Ray actors."""
 
-    strategy: str = "fedavg"  # fedavg | fedprox | feddf
+    strategy: str = "fedavg"  # fedavg | fedprox | feddf | fedmedian | fedtrimmedavg
     clients: int = 10
     rounds: int = 10
     fraction: float = 1.0
@@ -151,6 +151,7 @@ class FederatedSection:
     lr: float = 0.05
     optimizer: str = "sgd"  # local optimizer, fresh each round: sgd | adam
     mu: float = 0.01  # FedProx proximal weight
+    trim_fraction: float = 0.1  # FedTrimmedAvg: fraction of clients cut from each end, per coordinate
     partition: str = "dirichlet"  # iid | dirichlet
     dirichlet_alpha: float = 0.5
     min_partition_size: int = 2
