@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import threading
+from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
@@ -152,8 +153,16 @@ def test_model_endpoint_serves_the_artifacts_card_and_docs_describe_the_api(serv
     docs = httpx.get(f"{served.url}docs")
 
     serving = card.pop("serving")
-    assert card == load_card(served.artifact)
-    assert serving["quantize"] == "none" and serving["path"] == str(served.artifact.resolve())
+
+    def last_part(value):  # the on-disk card with each absolute path cut to its name, by hand
+        if isinstance(value, dict):
+            return {k: last_part(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [last_part(v) for v in value]
+        return Path(value).name if isinstance(value, str) and value.startswith("/") else value
+
+    assert card == last_part(load_card(served.artifact))  # the full card stays on disk; no paths go out
+    assert serving["quantize"] == "none" and serving["path"] == served.artifact.name
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
     predict = openapi["paths"]["/v1/predict"]["post"]
     assert "instances" in predict["requestBody"]["content"]["application/json"]["schema"]["properties"]
