@@ -316,6 +316,9 @@ def test_two_parallel_teachers_then_cached_ensemble_distillation_records_weighte
     from raydistill.training.driver import distill_student
 
     # Prepare + Execute: 2 teachers as parallel Ray Train runs (2 CPUs, 1 worker each).
+    from raydistill.cli.console import attach_console
+
+    attach_console()  # as the CLI does: the schedule line is logged, the console shows it
     base = tiny_overrides(storage, epochs=2, workers=1)
     paths = train_teachers(load_config(DIGITS, base + ["teacher.seeds=[0, 1]"]))
     schedule = capsys.readouterr().out

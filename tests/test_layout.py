@@ -81,3 +81,23 @@ def test_platform_is_not_a_package_and_no_flat_prefix_modules_remain():
     assert not (PACKAGE.parent / "__init__.py").exists()  # would shadow the stdlib `platform`
     flat = sorted(p.stem for p in PACKAGE.glob("*.py"))
     assert flat == ["__init__", "runtime"]
+
+
+def test_library_modules_log_instead_of_printing():
+    # The CLI owns the console (cli/console.py); everything else logs through its module logger.
+    offenders = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
+                 if p.parent.name != "cli" and "print(" in p.read_text()]
+    assert offenders == []
+
+
+def test_the_console_sends_info_to_stdout_and_warnings_to_stderr(capsys):
+    import logging
+
+    from raydistill.cli.console import attach_console
+
+    attach_console()
+    attach_console()  # idempotent: one line per record, not two
+    logging.getLogger("raydistill.tuning.sweep").info("tune: 4 trials")
+    logging.getLogger("raydistill.serving.deploy").warning("ingress not in effect")
+    captured = capsys.readouterr()
+    assert captured.out == "tune: 4 trials\n" and captured.err == "ingress not in effect\n"

@@ -78,6 +78,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from raydistill.cli.console import attach_console
+
+    attach_console()  # the library logs; the CLI decides where lines go
     args = build_parser().parse_args(argv)
     try:
         cfg = config_from_args(args)

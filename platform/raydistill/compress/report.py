@@ -10,6 +10,8 @@ batch size. No Ray: every model here fits one process.
 """
 from __future__ import annotations
 
+import logging
+
 import datetime as _dt
 import json
 import warnings
@@ -28,6 +30,8 @@ from raydistill.core.data import DataBundle
 from raydistill.core.engine import KDSettings, evaluate, fit, predict_logits
 from raydistill.core.models import build_model, count_parameters, quantize_int8
 from raydistill.core.recipe import raw_zero_fill
+
+logger = logging.getLogger(__name__)
 
 REPORT_JSON = "report.json"
 
@@ -57,8 +61,8 @@ def run_compress_cli(cfg: Config, args) -> Path:
     out_dir = report_dir(cfg)
     rows = build_report(cfg, teacher_path, bundle, out_dir)
     write_report(rows, out_dir, meta=_meta(cfg, bundle, teacher_path))
-    print(markdown_table(rows), flush=True)
-    print(f"\ncompress-report: {out_dir} (report.md, report.csv, report.png, report.json)", flush=True)
+    logger.info(markdown_table(rows))
+    logger.info(f"\ncompress-report: {out_dir} (report.md, report.csv, report.png, report.json)")
     return out_dir
 
 

@@ -6,9 +6,10 @@
 """
 from __future__ import annotations
 
+import logging
+
 import json
 import math
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,6 +31,8 @@ from raydistill.federated.plan import FederatedPlan, prepare_federated
 from raydistill.federated.report import RoundsCsv, new_run_dir, plot_accuracy, write_federated_artifact
 from raydistill.federated.rounds import RoundRecord, run_rounds
 from raydistill.federated.strategies import ServerContext, make_strategy
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["FederatedResult", "FederatedRunError", "run_federated", "run_federated_cli", "central_reference"]
 
@@ -120,9 +123,9 @@ def _progress(cfg, csv_file: RoundsCsv, memory: PeakMemory) -> Callable[[RoundRe
         record.peak_rss_mb, record.peak_pss_mb = round(window["rss"] / MB, 1), round(window["pss"] / MB, 1)
         csv_file.append(record)
         if not cfg.run.quiet:
-            print(f"round {record.round:>3}/{cfg.federated.rounds}: {record.participating}/{record.sampled} clients "
+            logger.info(f"round {record.round:>3}/{cfg.federated.rounds}: {record.participating}/{record.sampled} clients "
                   f"({record.dropped} dropped) test_accuracy={record.test_accuracy:.4f} "
-                  f"loss={record.test_loss:.4f} {record.wall_s:.2f}s [{record.status}]", flush=True)
+                  f"loss={record.test_loss:.4f} {record.wall_s:.2f}s [{record.status}]")
 
     return on_round
 
@@ -158,7 +161,7 @@ def run_federated(cfg, *, faults: FaultPlan | None = None, pool: ActorPool | Non
     run_dir = new_run_dir(cfg.storage_dir(), cfg.run.name, cfg.federated.strategy)
     (run_dir / "partition.txt").write_text(plan.summary + "\n")
     if not cfg.run.quiet:
-        print(plan.summary, flush=True)
+        logger.info(plan.summary)
     clock.lap("ray_init_s")
     with PeakMemory() as memory:
         owned = pool is None
@@ -231,10 +234,10 @@ def run_federated_cli(cfg, args=None) -> int | None:
     try:
         result = run_federated(cfg)
     except FederatedRunError as exc:
-        print(f"error: {exc}\nrun dir: {exc.run_dir}", file=sys.stderr, flush=True)
+        logger.error(f"error: {exc}\nrun dir: {exc.run_dir}")
         return 1
-    print(f"\nfederated artifact: {result.artifact}\nrun dir: {result.run_dir} (rounds.csv, accuracy.png)\n"
+    logger.info(f"\nfederated artifact: {result.artifact}\nrun dir: {result.run_dir} (rounds.csv, accuracy.png)\n"
           f"final test accuracy {result.final_accuracy:.4f} vs central {result.central['accuracy']:.4f} "
           f"({result.central['epochs']} epochs); actors={result.actors} "
-          f"peak session PSS {result.peak_memory['pss'] / MB:,.0f} MB", flush=True)
+          f"peak session PSS {result.peak_memory['pss'] / MB:,.0f} MB")
     return None

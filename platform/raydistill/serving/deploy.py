@@ -6,6 +6,8 @@ what it started: the app, Serve if it was not running before, Ray if it started 
 """
 from __future__ import annotations
 
+import logging
+
 import os
 import signal
 import threading
@@ -17,6 +19,8 @@ from raydistill.core.config import Config
 from raydistill.runtime import init_ray
 from raydistill.serving.app import ServeArgs, build_app
 from raydistill.serving.ingress import active_ingress, enable_ingress
+
+logger = logging.getLogger(__name__)
 
 
 def serve_args(cfg: Config, artifact_ref: str | None = None) -> ServeArgs:
@@ -89,8 +93,8 @@ def prepare_ingress(cfg: Config) -> str:
         enable_ingress(wanted)
     active = active_ingress()
     if active != wanted:
-        print(f"serve.ingress={wanted} is not in effect (Ray was already running or is remote; start it with "
-              f"the flags in raydistill.serving.ingress.INGRESS_FLAGS['{wanted}']); using {active}", flush=True)
+        logger.warning(f"serve.ingress={wanted} is not in effect (Ray was already running or is remote; start it with "
+              f"the flags in raydistill.serving.ingress.INGRESS_FLAGS['{wanted}']); using {active}")
     return active
 
 
@@ -113,10 +117,10 @@ def _print_banner(cfg: Config, artifact_ref: str | None, url: str) -> None:
         from raydistill.core.artifacts import resolve_artifact
 
         card = load_card(resolve_artifact(args.artifact, args.storage_path))
-    print(f"serving {card.get('name', args.artifact)} ({Path(card.get('path', args.artifact)).name}, "
+    logger.info(f"serving {card.get('name', args.artifact)} ({Path(card.get('path', args.artifact)).name}, "
           f"sha256 {card.get('weights_sha256', '?')[:12]}, quantize={args.quantize})\n"
           f"  POST {url}v1/predict   GET {url}v1/model   GET {url}healthz   docs: {url}docs\n"
-          "Ctrl-C to stop", flush=True)
+          "Ctrl-C to stop")
 
 
 class StopSignals:
@@ -160,7 +164,7 @@ def stop(app_name: str, *, shutdown_serve: bool, shutdown_ray: bool) -> None:
         serve.delete(app_name)
     if shutdown_ray:
         ray.shutdown()
-    print(f"stopped {app_name}", flush=True)
+    logger.info(f"stopped {app_name}")
 
 
 def run_serve_cli(cfg: Config, args=None) -> str:

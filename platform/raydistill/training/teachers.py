@@ -6,12 +6,16 @@ an ordinary teacher stage (``train.train_teacher``) and writes its own artifact.
 """
 from __future__ import annotations
 
+import logging
+
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from raydistill.core.config import Config, ModelSpec
 from raydistill.core.data import DataBundle
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,7 @@ def train_teachers(cfg: Config, *, cpus: float | None = None, bundle: DataBundle
     cpus = cluster_cpus() if cpus is None else cpus
     per_run = 1 if cfg.teacher.workers == "auto" else int(cfg.teacher.workers)  # auto: 1 worker, CPUs shared
     slots = parallel_slots(len(runs), per_run, cpus)
-    print(schedule_message(runs, slots, per_run, cpus), flush=True)
+    logger.info(schedule_message(runs, slots, per_run, cpus))
 
     def train_one(run: TeacherRun) -> Path:
         return train_teacher(replace(cfg, teacher=replace(cfg.teacher, model=run.model)), seed=run.seed,
@@ -79,7 +83,7 @@ def train_teachers(cfg: Config, *, cpus: float | None = None, bundle: DataBundle
         with ThreadPoolExecutor(max_workers=slots, thread_name_prefix="teacher") as pool:
             paths = list(pool.map(train_one, runs))  # map keeps run order; re-raises a run's error
     if len(paths) > 1:
-        print(f"distill from all of them with: --set '{ensemble_override(paths)}'", flush=True)
+        logger.info(f"distill from all of them with: --set '{ensemble_override(paths)}'")
     return paths
 
 

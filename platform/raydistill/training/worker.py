@@ -2,6 +2,8 @@
 workers that cannot import the train function hang ``fit()`` for good, see docs/ray-notes.md)."""
 from __future__ import annotations
 
+import logging
+
 import os
 import tempfile
 from pathlib import Path
@@ -17,6 +19,8 @@ from raydistill.core.engine import iterate_batches, rank_shard, read_only_tensor
 from raydistill.core.loop import (STATE_FILE, StageSpec, TrainState, run_epochs, save_train_state, shuffle_seed,
                                   state_from_checkpoint)
 from raydistill.core.artifacts import model_from_state
+
+logger = logging.getLogger(__name__)
 
 
 
@@ -59,6 +63,9 @@ def _online_teachers(teachers_ref, device) -> list[torch.nn.Module]:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Train ``config["spec"]`` on this rank's shards; rank 0 checkpoints after every epoch."""
     spec: StageSpec = config["spec"]
+    if config.get("verbose") and not logger.handlers:  # this process has no console of its own; Ray logs its stdout
+        logger.addHandler(logging.StreamHandler())
+        logger.setLevel(logging.INFO)
     # Ray sets OMP_NUM_THREADS from the worker's CPUs (1 when fractional); use exactly what the plan gave
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
     ctx = ray.train.get_context()
@@ -82,8 +89,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 checkpoint = ray.train.Checkpoint.from_directory(d)
             if rank == 0 and config.get("verbose"):
                 val = metrics["val_accuracy"]
-                print(f"[{spec.stage}] epoch {epoch}/{spec.epochs} train_loss={metrics['train_loss']:.4f} "
-                      f"val_acc={'-' if val is None else f'{val:.4f}'}", flush=True)
+                logger.info(f"[{spec.stage}] epoch {epoch}/{spec.epochs} train_loss={metrics['train_loss']:.4f} "
+                      f"val_acc={'-' if val is None else f'{val:.4f}'}")
             ray.train.report(metrics, checkpoint=checkpoint)
 
     run_epochs(spec,

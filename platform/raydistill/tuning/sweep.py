@@ -14,6 +14,8 @@ A sweep lives in ``<storage>/tune/<run.name>-<time>-<hex>/`` next to Tune's own 
 """
 from __future__ import annotations
 
+import logging
+
 import dataclasses
 import json
 import os
@@ -29,6 +31,8 @@ from raydistill.tuning.report import (new_sweep_dir, resumed_config, BEST_FILE, 
                           write_results)
 from raydistill.tuning.space import (trial_workers, check_searcher, concurrency_cap, cpus_per_trial, expected_trials, scheduler_and_searcher,
                          search_space)
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["SweepResult", "run_sweep", "run_tune_cli", "ensure_teacher", "concurrency_cap", "expected_trials",
            "check_searcher", "search_space"]
@@ -68,7 +72,7 @@ def ensure_teacher(cfg: Config) -> Config:
         from raydistill.training.driver import train_teacher
 
         preflight(cfg, "teacher")
-        print(f"tune: no teacher under {storage}; training one first", flush=True)
+        logger.info(f"tune: no teacher under {storage}; training one first")
         train_teacher(cfg)
     path = resolve_artifact(teacher_refs(cfg)[0].artifact, storage)
     return dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, teacher=str(path.resolve())))
@@ -223,8 +227,8 @@ def start_sweep(cfg: Config):
     init_ray(cfg.run.address, quiet=cfg.run.quiet)
     cpus = cluster_cpus()
     cap = concurrency_cap(cfg, cpus)
-    print(f"tune: {expected_trials(cfg)} trials, at most {cap} at a time (cluster CPUs {cpus:g}, "
-          f"{cpus_per_trial(cfg):.2f} CPU per trial, distill.workers={cfg.distill.workers})", flush=True)
+    logger.info(f"tune: {expected_trials(cfg)} trials, at most {cap} at a time (cluster CPUs {cpus:g}, "
+          f"{cpus_per_trial(cfg):.2f} CPU per trial, distill.workers={cfg.distill.workers})")
     return bundle, cap
 
 
@@ -237,8 +241,8 @@ def finish_sweep(cfg: Config, bundle, teachers, settings, sweep_dir: Path, timin
     if best is None:
         write_results(rows, sweep_dir)
         why = "interrupted" if interrupted else "finished, but no trial succeeded"
-        print(f"tune: sweep {why}; {len(rows)} trial(s) in {sweep_dir / RESULTS_FILE}"
-              + (f"\nresume with: raydistill tune --resume {sweep_dir}" if interrupted else ""), flush=True)
+        logger.info(f"tune: sweep {why}; {len(rows)} trial(s) in {sweep_dir / RESULTS_FILE}"
+              + (f"\nresume with: raydistill tune --resume {sweep_dir}" if interrupted else ""))
         return SweepResult(sweep_dir, rows, interrupted=interrupted, timings=timings)
     artifact = save_chosen(cfg, bundle, teachers, settings, trials[best["trial_id"]], best, sweep_dir)
     best.update(chosen=True, test_accuracy=load_card(artifact)["metrics"]["test_accuracy"])
@@ -257,14 +261,14 @@ def finish_sweep(cfg: Config, bundle, teachers, settings, sweep_dir: Path, timin
 def _print_summary(cfg: Config, rows: list[dict], best: dict, artifact: Path, sweep_dir: Path,
                    timings: dict) -> None:
     t = cfg.tune
-    print("\n" + format_top_table(rows, mode=t.mode, k=t.top_k, metric=t.metric), flush=True)
-    print(f"\nchosen student: {artifact}\n  trial {best['trial_id']}: T={best['temperature']:.3f} "
+    logger.info("\n" + format_top_table(rows, mode=t.mode, k=t.top_k, metric=t.metric))
+    logger.info(f"\nchosen student: {artifact}\n  trial {best['trial_id']}: T={best['temperature']:.3f} "
           f"alpha={best['alpha']:.3f} lr={best['lr']:.2e} {t.metric}={best['score']:.4f} "
           f"test_accuracy={best['test_accuracy']:.4f}\n"
           f"time: soft targets {timings['soft_targets_s']:.1f} s, trials {timings['trials_s']:.1f} s, "
           f"chosen student + report {timings['report_s']:.1f} s\n"
           f"sweep files in {sweep_dir}: {RESULTS_FILE} {HEATMAP_FILE} {CURVES_FILE} {BEST_FILE} {SUMMARY_FILE}\n"
-          f"run the best config: raydistill distill --config {sweep_dir / BEST_FILE}", flush=True)
+          f"run the best config: raydistill distill --config {sweep_dir / BEST_FILE}")
 
 
 def _already_finished(sweep_dir: Path) -> SweepResult:
@@ -272,7 +276,7 @@ def _already_finished(sweep_dir: Path) -> SweepResult:
 
     summary = json.loads((sweep_dir / SUMMARY_FILE).read_text())
     rows = pd.read_csv(sweep_dir / RESULTS_FILE, dtype={"error": str}).fillna({"error": ""}).to_dict("records")
-    print(f"tune: sweep {sweep_dir} already finished; chosen student {summary['artifact']}", flush=True)
+    logger.info(f"tune: sweep {sweep_dir} already finished; chosen student {summary['artifact']}")
     return SweepResult(sweep_dir, rows, best=summary["best"], artifact=Path(summary["artifact"]),
                        timings=summary.get("timings", {}))
 
