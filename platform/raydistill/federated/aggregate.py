@@ -65,7 +65,7 @@ def fedavg(updates: Sequence[Update]) -> dict[str, np.ndarray]:
         acc = np.zeros(first.shape, dtype=np.float64)
         for state, n in updates:
             acc += (n / total) * np.asarray(state[key], dtype=np.float64)
-        averaged[key] = (np.rint(acc) if np.issubdtype(first.dtype, np.integer) else acc).astype(first.dtype)
+        averaged[key] = _cast_like(acc, first)
     return averaged
 
 
