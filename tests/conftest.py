@@ -96,3 +96,12 @@ def local_teacher(tmp_path_factory) -> Path:
     """A trained digits teacher artifact (in-process MLP 256-256, seconds)."""
     return make_local_artifact(tmp_path_factory.mktemp("teacher"), kind="teacher",
                                model_args={"hidden": [256, 256]}, epochs=8)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def console():
+    """Library messages reach stdout/stderr as they do under the CLI, whatever test ran first
+    (``raydistill.cli.commands.main`` attaches the same handlers)."""
+    from raydistill.cli.console import attach_console
+
+    attach_console()

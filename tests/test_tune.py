@@ -112,6 +112,18 @@ def test_report_helpers_pick_the_best_finished_trial_and_the_exception_line():
     assert epoch_history(progress)["val_accuracy"].tolist() == [0.1, 0.25, 0.3]  # resumed epoch kept once
 
 
+def test_a_progress_log_restarted_past_its_gap_is_filled_from_the_trials_own_record():
+    from raydistill.tuning.report import fill_history, missing_epochs
+
+    progress = pd.DataFrame({"epoch": [3, 4], "val_accuracy": [0.3, 0.4]})  # Tune's log lost epochs 1-2
+    record = [{"epoch": e, "val_accuracy": e / 10 + 0.01} for e in (1, 2, 3, 4)]  # the checkpoint's history
+    assert missing_epochs(progress) == [1, 2] and missing_epochs(progress.iloc[:0]) == []
+    filled = fill_history(progress, record)
+    assert filled["epoch"].tolist() == [1, 2, 3, 4]
+    assert filled["val_accuracy"].tolist() == pytest.approx([0.11, 0.21, 0.3, 0.4])  # logged rows kept
+    assert fill_history(filled, record) is filled  # nothing missing: unchanged
+
+
 # --- Ray tests ---------------------------------------------------------------------------------
 
 
@@ -204,16 +216,21 @@ def test_best_yaml_loads_and_runs_a_distill(sweep):
 
 
 class InterruptAfterTrials(tune.Callback):
-    """Sends this process SIGUSR1 (Tune's "stop and save state" signal, like Ctrl+C) once
-    ``n`` trials have completed; a marker keeps it from firing again after the restore."""
+    """Sends this process SIGUSR1 (Tune's "stop and save state" signal, like Ctrl+C) at the first
+    result after ``n`` trials have completed, i.e. after Tune has logged that epoch but before it
+    has registered the epoch's checkpoint (the narrowest window); a marker keeps it from firing
+    again after the restore."""
 
     def __init__(self, n: int, marker: Path):
         self.n, self.marker, self.completed = n, Path(marker), 0
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.completed += 1
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
         if self.completed >= self.n and not self.marker.exists():
-            self.marker.write_text(f"interrupted after {self.completed} trials\n")
+            self.marker.write_text(f"interrupted after {self.completed} trials, at {trial.trial_id} "
+                                   f"epoch {result['epoch']}\n")
             os.kill(os.getpid(), signal.SIGUSR1)
 
 
@@ -243,15 +260,34 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_session
     assert (frame["status"] == "TERMINATED").all() and (frame["epochs_run"] == 3).all()
     for tid, before in progress.items():
         assert _progress_file(first.sweep_dir, tid).read_bytes() == before, f"trial {tid} was rerun"
+    cut_trial, cut_epoch = _interrupted_at(storage / "interrupted")
     for tid in frame["trial_id"]:
-        epochs = pd.read_csv(_progress_file(first.sweep_dir, tid))["epoch"]
-        assert epochs.tolist() == [1, 2, 3]  # resumed from its checkpoint, no epoch twice
+        state = _final_state(first.sweep_dir, tid)
+        assert [h["epoch"] for h in state.history] == [1, 2, 3]
+        row = frame.set_index("trial_id").loc[tid]
+        assert row["best_val_accuracy"] == pytest.approx(max(h["val_accuracy"] for h in state.history))
+    # the trial cut between its epoch's result and Tune's save resumed after that epoch, not before it
+    assert _final_state(first.sweep_dir, cut_trial).resumed_at == [cut_epoch]
     assert sorted(zip(frame["temperature"], frame["alpha"])) == sorted((t, a) for t in (2.0, 8.0) for a in (0.3, 0.6, 0.9))
     assert (first.sweep_dir / "best.yaml").is_file() and (first.sweep_dir / "sweep.json").is_file()
     results = (first.sweep_dir / "results.csv").read_bytes()
     assert main(["tune", "--resume", str(first.sweep_dir)]) == 0  # finished: reported again, nothing rerun
     assert "already finished" in capsys.readouterr().out
     assert (first.sweep_dir / "results.csv").read_bytes() == results
+
+
+def _interrupted_at(marker: Path) -> tuple[str, int]:
+    """(trial id, epoch) written by :class:`InterruptAfterTrials` when it fired."""
+    words = marker.read_text().split()
+    return words[words.index("at") + 1], int(words[words.index("epoch") + 1])
+
+
+def _final_state(sweep_dir: Path, trial_id: str):
+    """The state in a trial's newest checkpoint directory (its history holds every epoch it ran)."""
+    from raydistill.tuning.trial import load_trial_state
+
+    (trial_dir,) = sweep_dir.glob(f"*_{trial_id}_*")
+    return load_trial_state(max(trial_dir.glob("checkpoint_*")))
 
 
 def _progress_file(sweep_dir: Path, trial_id: str) -> Path:

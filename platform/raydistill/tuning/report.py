@@ -61,6 +61,25 @@ def epoch_history(progress: pd.DataFrame | None) -> pd.DataFrame:
     return progress.dropna(subset=["epoch"]).drop_duplicates("epoch", keep="last").sort_values("epoch")
 
 
+def missing_epochs(history: pd.DataFrame) -> list[int]:
+    """Epochs ``1 .. last`` that ``history`` lacks (Tune restarts a trial's progress log when the
+    trial resumes past Tune's last registered checkpoint; see ``tuning.trial.resume_state``)."""
+    if len(history) == 0:
+        return []
+    seen = {int(e) for e in history["epoch"]}
+    return [e for e in range(1, max(seen) + 1) if e not in seen]
+
+
+def fill_history(history: pd.DataFrame, checkpoint_history: Sequence[dict]) -> pd.DataFrame:
+    """``history`` plus the epochs it lacks, taken from the trial's own record (the metric dicts
+    its checkpoint keeps, one per epoch); rows ``history`` has are kept as they are."""
+    gaps = set(missing_epochs(history))
+    extra = [row for row in checkpoint_history if int(row.get("epoch", 0)) in gaps]
+    if not extra:
+        return history
+    return pd.concat([history, pd.DataFrame(extra)], ignore_index=True).sort_values("epoch").reset_index(drop=True)
+
+
 def best_row(rows: Sequence[dict], mode: str) -> dict | None:
     """The finished trial with the best ``score`` (``mode`` = max | min); None if none finished."""
     done = [r for r in rows if r["status"] == "TERMINATED" and not math.isnan(r["score"])]

@@ -27,7 +27,7 @@ from typing import Sequence
 from raydistill.core.artifacts import ArtifactError, list_artifacts, load_card, mark_chosen, resolve_artifact
 from raydistill.core.config import Config, ConfigError
 from raydistill.tuning.report import (new_sweep_dir, resumed_config, BEST_FILE, CURVES_FILE, HEATMAP_FILE, RESULTS_FILE, best_row, epoch_history,
-                          error_message, format_top_table, plot_curves, plot_heatmap, trial_row, write_best_yaml,
+                          fill_history, missing_epochs, error_message, format_top_table, plot_curves, plot_heatmap, trial_row, write_best_yaml,
                           write_results)
 from raydistill.tuning.space import (trial_workers, check_searcher, concurrency_cap, cpus_per_trial, expected_trials, scheduler_and_searcher,
                          search_space)
@@ -141,6 +141,8 @@ def collect_rows(cfg: Config, sweep_dir: Path) -> tuple[list[dict], dict, dict]:
     rows, histories, trials = [], {}, {}
     for trial in analysis.trials:
         history = epoch_history(frames.get(trial.trial_id))
+        if missing_epochs(history) and trial.checkpoint is not None:
+            history = fill_history(history, best_state(trial).history)
         last = trial.last_result or {}
         rows.append(trial_row(trial_id=trial.trial_id, trial_index=trial_index(trial.trial_id), status=trial.status,
                               config=trial.config, default_lr=cfg.distill.lr, history=history,

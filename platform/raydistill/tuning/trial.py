@@ -12,6 +12,7 @@ Two trainables, both on the shared epoch loop (:func:`raydistill.core.loop.run_e
 """
 from __future__ import annotations
 
+import logging
 import re
 import tempfile
 from dataclasses import dataclass, replace
@@ -25,6 +26,7 @@ from raydistill.core.loop import (STATE_FILE, StageSpec, TrainState, load_train_
                                   shuffle_seed, state_from_checkpoint)
 
 SEARCHED_KEYS = ("temperature", "alpha", "lr")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,6 +77,37 @@ def _report_to_tune(metrics: dict, state: TrainState) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
 
+def resume_state() -> TrainState | None:
+    """The newest state this trial has: the checkpoint Tune restored it from, or a newer one the
+    trial already wrote to its storage that Tune had not yet registered.
+
+    Tune handles a reported checkpoint in two steps (the result, then the save); a sweep stopped
+    between them restores the trial from the older checkpoint, and would run that epoch twice.
+    """
+    candidates = [state_from_checkpoint(tune.get_checkpoint()), _newest_persisted_state()]
+    return max((s for s in candidates if s is not None), key=lambda s: s.epoch, default=None)
+
+
+def _newest_persisted_state() -> TrainState | None:
+    """The highest-numbered ``checkpoint_*`` in the trial's storage that loads (a partly written
+    one is skipped with a warning), or None."""
+    import pyarrow.fs as pafs
+
+    storage = tune.get_context().get_storage()
+    if storage is None:
+        return None
+    fs, trial_path = storage.storage_filesystem, storage.trial_fs_path
+    infos = fs.get_file_info(pafs.FileSelector(trial_path, allow_not_found=True))
+    dirs = sorted((i.path for i in infos if i.type == pafs.FileType.Directory
+                   and re.fullmatch(r"checkpoint_\d+", i.base_name)), reverse=True)
+    for path in dirs:
+        try:
+            return state_from_checkpoint(tune.Checkpoint(path, filesystem=fs))
+        except Exception as exc:  # noqa: BLE001 - a damaged checkpoint falls back to an older one
+            logger.warning("trial checkpoint %s is unreadable (%s); trying an older one", path, exc)
+    return None
+
+
 def distill_trial(config: dict, *, data: dict[str, tuple[np.ndarray, ...]], settings: TrialSettings) -> None:
     """Function trainable: distill in this process on the shared soft targets.
 
@@ -88,7 +121,7 @@ def distill_trial(config: dict, *, data: dict[str, tuple[np.ndarray, ...]], sett
                train_batches=lambda e: iterate_batches(train, spec.batch_size, shuffle=True,
                                                        seed=shuffle_seed(spec.seed, e)),
                val_batches=lambda: iterate_batches(val, 1024, shuffle=False),
-               report=_report_to_tune, resume=state_from_checkpoint(tune.get_checkpoint()),
+               report=_report_to_tune, resume=resume_state(),
                before_epoch=_fault_hook(settings))
 
 
