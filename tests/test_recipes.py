@@ -188,6 +188,21 @@ def test_valid_recipes_load():
 def test_worker_plan(requested, cpus, gpus, nodes, use_gpu, expect):
     plan = plan_workers(requested, cpus=cpus, gpus=gpus, nodes=nodes, use_gpu=use_gpu)
     assert (plan.workers, plan.cpus, plan.threads, plan.use_gpu) == expect
+    assert not plan.in_process  # a cluster (local=False) always gets worker actors
+
+
+@pytest.mark.parametrize("requested,cpus,gpus,nodes,use_gpu,in_process", [
+    ("auto", 2, 0, 1, False, True),  # this laptop alone: Ray Train's local mode, every core as threads
+    ("auto", 16, 4, 1, False, True),  # GPUs present but not asked for
+    ("auto", 16, 4, 1, True, False),  # GPUs asked for: one worker actor per GPU
+    ("auto", 32, 0, 2, False, False),  # two nodes: one worker per node
+    (1, 2, 0, 1, False, False),  # an explicit worker count keeps worker actors (restarted if they die)
+])
+def test_worker_plan_on_this_machine_alone(requested, cpus, gpus, nodes, use_gpu, in_process):
+    plan = plan_workers(requested, cpus=cpus, gpus=gpus, nodes=nodes, use_gpu=use_gpu, local=True)
+    assert plan.in_process == in_process
+    if in_process:
+        assert (plan.workers, plan.cpus, plan.threads, plan.use_gpu) == (1, float(cpus), cpus, False)
 
 
 def test_kd_settings_have_no_defaults_of_their_own():

@@ -6,15 +6,32 @@ from pathlib import Path
 from raydistill.core.artifacts import load_card, mark_chosen
 from raydistill.core.config import Config
 from raydistill.core.preflight import preflight
-from raydistill.runtime import init_ray
+from raydistill.runtime import init_ray, runs_in_process
 
 
 def start(cfg: Config, stage: str):
-    """Preflight (no Ray), then start or attach to Ray. Returns the data bundle preflight loaded,
-    which the stage trains on (the data set is read once per command)."""
+    """Preflight (no Ray), then start or attach to Ray unless the stage trains in this process alone
+    (:func:`needs_ray`). Returns the data bundle preflight loaded, which the stage trains on (the
+    data set is read once per command)."""
     bundle = preflight(cfg, stage)
-    init_ray(cfg.run.address, quiet=cfg.run.quiet, dashboard=stage == "pipeline")  # the pipeline also tunes
+    if needs_ray(cfg, stage):
+        init_ray(cfg.run.address, quiet=cfg.run.quiet, dashboard=stage == "pipeline")  # the pipeline also tunes
     return bundle
+
+
+def needs_ray(cfg: Config, stage: str) -> bool:
+    """False for one ``workers: auto`` training run on this machine alone (Ray Train's local mode:
+    no runtime to start); several teachers, cached soft targets by Ray Data, clusters, GPUs and
+    every other stage need one."""
+    from raydistill.training.teachers import teacher_runs
+
+    if stage == "teacher":
+        return len(teacher_runs(cfg)) > 1 or not runs_in_process(cfg.teacher.workers, cfg.run.use_gpu, cfg.run.address)
+    if stage in ("baseline", "distill"):
+        d = cfg.distill
+        ray_data = stage == "distill" and d.mode == "cached" and d.soft_targets == "ray_data"
+        return ray_data or not runs_in_process(d.workers, cfg.run.use_gpu, cfg.run.address)
+    return True
 
 
 def describe_artifact(path: Path) -> str:

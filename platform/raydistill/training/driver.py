@@ -23,6 +23,7 @@ from raydistill.core.data import DataBundle, load_data
 from raydistill.core.engine import KDSettings, evaluate
 from raydistill.core.loop import STATE_FILE, StageSpec, TrainState, build_for_spec, load_train_state
 from raydistill.runtime import WorkerPlan, cluster_cpus, cluster_gpus, stage_workers
+from raydistill.training.in_process import fit_in_process
 from raydistill.training.soft_targets import compute_soft_targets, soft_target_arrays, to_ray_dataset
 from raydistill.training.worker import train_loop_per_worker
 
@@ -34,8 +35,9 @@ def _use_gpu(cfg: Config) -> bool:
 
 def fit_stage(spec: StageSpec, data: dict, cfg: Config, *, plan: WorkerPlan, max_failures: int,
               teachers_ref=None, crash_at_epoch: int = -1) -> TrainState:
-    """Run ``spec`` on ``plan.workers`` Ray Train workers of ``plan.cpus`` CPUs and threads each;
-    ``data`` maps ``train``/``val`` to object refs of aligned arrays. Returns the final checkpoint's state."""
+    """Run ``spec`` on ``plan.workers`` Ray Train workers of ``plan.cpus`` CPUs and threads each, or
+    in this process (``plan.in_process``); ``data`` maps ``train``/``val`` to aligned arrays (object
+    refs of them for workers). Returns the final checkpoint's state."""
     run_name = stamped_name(spec.stage)
     storage = cfg.storage_dir()
     cache_logits = spec.kd is not None and cfg.distill.mode == "cached"
@@ -43,6 +45,8 @@ def fit_stage(spec: StageSpec, data: dict, cfg: Config, *, plan: WorkerPlan, max
                    "use_gpu": plan.use_gpu,
                    "threads": plan.threads, "verbose": not cfg.run.quiet, "crash_at_epoch": crash_at_epoch,
                    "crash_marker": str(storage / "faults" / f"{run_name}.crashed")}
+    if plan.in_process:
+        return fit_in_process(loop_config, run_dir=storage / "ray_results" / run_name, max_failures=max_failures)
     resources = {"CPU": plan.cpus, **({"GPU": 1} if plan.use_gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config=loop_config,
@@ -72,23 +76,34 @@ def finish_artifact(spec: StageSpec, state: TrainState, bundle: DataBundle, cfg:
     return save_artifact(new_artifact_path(cfg.storage_dir(), kind), model, card)
 
 
-def _datasets(bundle: DataBundle, train: tuple | None = None) -> dict:
-    """The splits as object refs, put once: every worker on a node reads the same shared-memory copy
-    and slices its rank's share (measured: Ray Data's streaming split added three coordinator actors,
-    ~10 s of start-up and CPU time beside the workers on a 2-core node)."""
-    return {"train": ray.put(train or (bundle.x_train, bundle.y_train)), "val": ray.put((bundle.x_val, bundle.y_val))}
+def _datasets(bundle: DataBundle, plan: WorkerPlan, train: tuple | None = None) -> dict:
+    """The splits for the train loop. For workers, object refs put once: every worker on a node reads
+    the same shared-memory copy and slices its rank's share (measured: Ray Data's streaming split added
+    three coordinator actors, ~10 s of start-up and CPU time beside the workers on a 2-core node)."""
+    splits = {"train": train or (bundle.x_train, bundle.y_train), "val": (bundle.x_val, bundle.y_val)}
+    return _shared(splits, plan)
+
+
+def _shared(value, plan: WorkerPlan):
+    """``value`` as the train loop receives it: itself in process, else through the object store."""
+    if plan.in_process:
+        return value
+    if isinstance(value, dict):
+        return {k: ray.put(v) for k, v in value.items()}
+    return ray.put(value)
 
 
 def train_teacher(cfg: Config, *, seed: int | None = None, cpus: float | None = None,
-                  bundle: DataBundle | None = None) -> Path:
+                  bundle: DataBundle | None = None, in_process: bool = True) -> Path:
     """Train ``cfg.teacher.model`` with Ray Train; returns the teacher artifact's path. ``bundle``:
-    the data preflight already loaded (``load_data(cfg.data, cfg.run.seed)``), so it is read once."""
+    the data preflight already loaded (``load_data(cfg.data, cfg.run.seed)``), so it is read once;
+    ``in_process=False`` keeps ``workers: auto`` on worker actors (teacher runs side by side)."""
     seed = cfg.run.seed if seed is None else seed
     bundle = load_data(cfg.data, cfg.run.seed) if bundle is None else bundle
     t = cfg.teacher
     spec = recipe_spec("teacher", t, t.model, bundle, seed=seed)
-    plan = stage_workers(t.workers, cfg.run.use_gpu, cpus=cpus)
-    state = fit_stage(spec, _datasets(bundle), cfg, plan=plan, max_failures=t.max_failures)
+    plan = stage_workers(t.workers, cfg.run.use_gpu, cpus=cpus, address=cfg.run.address, in_process=in_process)
+    state = fit_stage(spec, _datasets(bundle, plan), cfg, plan=plan, max_failures=t.max_failures)
     return finish_artifact(spec, state, bundle, cfg, kind="teacher", parents=[],
                            extra={"training": training_record(t, plan, seed)})
 
@@ -137,17 +152,17 @@ def distill_student(cfg: Config, *, baseline: bool = False, bundle: DataBundle |
     ``bundle`` as in :func:`train_teacher`."""
     d = cfg.distill
     bundle = load_data(cfg.data, cfg.run.seed) if bundle is None else bundle
-    plan = stage_workers(d.workers, cfg.run.use_gpu)
+    plan = stage_workers(d.workers, cfg.run.use_gpu, address=cfg.run.address)
     if baseline:
         spec = student_spec(cfg, bundle, kd=None, stage="baseline")
-        state = fit_stage(spec, _datasets(bundle), cfg, plan=plan, max_failures=d.max_failures,
+        state = fit_stage(spec, _datasets(bundle, plan), cfg, plan=plan, max_failures=d.max_failures,
                           crash_at_epoch=d.crash_at_epoch)
         return finish_artifact(spec, state, bundle, cfg, kind="baseline", parents=[],
                                extra={"training": training_record(d, plan, cfg.run.seed)})
     teachers = load_teachers(cfg, bundle)
     kd = KDSettings(temperature=d.temperature, alpha=d.alpha, teacher_weights=tuple(w for *_, w in teachers))
     spec = student_spec(cfg, bundle, kd=kd, stage="student")
-    datasets, teachers_ref = _distill_inputs(cfg, bundle, teachers)
+    datasets, teachers_ref = _distill_inputs(cfg, bundle, teachers, plan)
     state = fit_stage(spec, datasets, cfg, plan=plan, max_failures=d.max_failures,
                       teachers_ref=teachers_ref, crash_at_epoch=d.crash_at_epoch)
     parents = teacher_parents(teachers)
@@ -163,22 +178,25 @@ def teacher_parents(teachers: Sequence[tuple]) -> list[dict]:
     return [parent_entry(p, card, weight=w, normalized_weight=w / total) for p, card, _, w in teachers]
 
 
-def _distill_inputs(cfg: Config, bundle: DataBundle, teachers: Sequence[tuple]) -> tuple[dict, object]:
-    """Online, or cached with ``distill.soft_targets=workers``: the inputs, and the teacher weights in the
-    object store (cached: each worker computes its share's logits once, before epoch 1). Cached with
-    ``ray_data``: soft targets once by a Ray Data actor pool, ``x, y, logits`` into the object store."""
+def _distill_inputs(cfg: Config, bundle: DataBundle, teachers: Sequence[tuple],
+                    plan: WorkerPlan) -> tuple[dict, object]:
+    """Online, or cached with ``distill.soft_targets=workers``: the inputs, and the teacher weights
+    (through the object store for workers; cached: each worker computes its share's logits once,
+    before epoch 1). Cached with ``ray_data``: soft targets once by a Ray Data actor pool, then
+    ``x, y, logits`` as the inputs."""
     pairs = [(card, state) for _, card, state, _ in teachers]
     if cfg.distill.mode == "online" or cfg.distill.soft_targets == "workers":
-        return _datasets(bundle), ray.put(pairs)
+        return _datasets(bundle, plan), _shared(pairs, plan)
     soft = compute_soft_targets(to_ray_dataset(bundle.x_train, bundle.y_train), pairs,
                                 actors=cfg.distill.soft_target_actors, use_gpu=_use_gpu(cfg), cpus=cluster_cpus())
-    return _datasets(bundle, train=soft_target_arrays(soft)), None
+    return _datasets(bundle, plan, train=soft_target_arrays(soft)), None
 
 
 def training_record(recipe: RecipeSection, plan: WorkerPlan | None, seed: int) -> dict:
     """The card's ``training`` section: the whole recipe plus how it ran (workers x threads)."""
     record = {k: v for k, v in dataclasses.asdict(recipe).items() if k in RECIPE_KEYS}
-    record.update(seed=seed, workers=plan.workers if plan else 1, threads_per_worker=plan.threads if plan else None)
+    record.update(seed=seed, workers=plan.workers if plan else 1, threads_per_worker=plan.threads if plan else None,
+                  in_process=bool(plan and plan.in_process))
     return record
 
 

@@ -61,21 +61,22 @@ def schedule_message(runs: list[TeacherRun], slots: int, workers: int, cpus: flo
 def train_teachers(cfg: Config, *, cpus: float | None = None, bundle: DataBundle | None = None) -> list[Path]:
     """Train every teacher run (parallel when CPUs allow); returns artifact paths in run order.
 
-    Ray must be initialized (``stages.start``). ``cpus`` defaults to the cluster's CPU count;
+    Several runs need Ray (``stages.start``); one ``workers: auto`` run on this machine trains in
+    process. ``cpus`` defaults to the cluster's CPU count;
     ``bundle`` is the data preflight loaded (``driver.train_teacher``).
     """
-    from raydistill.runtime import cluster_cpus
+    from raydistill.runtime import available_cpus
     from raydistill.training.driver import train_teacher
 
     runs = teacher_runs(cfg)
-    cpus = cluster_cpus() if cpus is None else cpus
+    cpus = available_cpus() if cpus is None else cpus
     per_run = 1 if cfg.teacher.workers == "auto" else int(cfg.teacher.workers)  # auto: 1 worker, CPUs shared
     slots = parallel_slots(len(runs), per_run, cpus)
     logger.info(schedule_message(runs, slots, per_run, cpus))
 
     def train_one(run: TeacherRun) -> Path:
         return train_teacher(replace(cfg, teacher=replace(cfg.teacher, model=run.model)), seed=run.seed,
-                             cpus=cpus / slots, bundle=bundle)
+                             cpus=cpus / slots, bundle=bundle, in_process=len(runs) == 1)
 
     if slots == 1:
         paths = [train_one(r) for r in runs]

@@ -19,6 +19,7 @@ from raydistill.core.engine import iterate_batches, rank_shard, read_only_tensor
 from raydistill.core.loop import (STATE_FILE, StageSpec, TrainState, run_epochs, save_train_state, shuffle_seed,
                                   state_from_checkpoint)
 from raydistill.core.artifacts import model_from_state
+from raydistill.training.in_process import keep_checkpoint, newest_state
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +32,15 @@ def predict_logits(teachers, x: torch.Tensor, *, device, batch_size: int = 1024)
                       for i in range(0, len(x), batch_size)])
 
 
+def _resolve(value):
+    """An object ref's value (worker actors), or the value itself (in process: no object store)."""
+    return ray.get(value) if isinstance(value, ray.ObjectRef) else value
+
+
 def _shard_tensors(ref, rank: int, world: int) -> list[torch.Tensor]:
     """This rank's share of the arrays behind ``ref`` (one ``ray.put`` by the driver: zero-copy on
-    this node), as tensors."""
-    return read_only_tensors(rank_shard(ray.get(ref), rank, world))
+    this node; or the arrays themselves in process), as tensors."""
+    return read_only_tensors(rank_shard(_resolve(ref), rank, world))
 
 
 def _sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
@@ -42,13 +48,16 @@ def _sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _crash_hook(crash_at_epoch: int, marker: str, rank: int, world: int):
-    """Fault injection for tests: the last rank dies once, at ``crash_at_epoch``."""
+def _crash_hook(crash_at_epoch: int, marker: str, rank: int, world: int, *, in_process: bool = False):
+    """Fault injection for tests: the last rank dies once, at ``crash_at_epoch`` (in process, where
+    dying would end the command, it raises instead)."""
 
     def before_epoch(epoch: int) -> None:
         if epoch == crash_at_epoch and rank == world - 1 and marker and not os.path.exists(marker):
             Path(marker).parent.mkdir(parents=True, exist_ok=True)
             Path(marker).write_text(f"crashed at epoch {epoch}\n")
+            if in_process:
+                raise RuntimeError(f"fault injection: the loop fails before epoch {epoch + 1} (distill.crash_at_epoch)")
             os._exit(1)
 
     return before_epoch
@@ -57,13 +66,22 @@ def _crash_hook(crash_at_epoch: int, marker: str, rank: int, world: int):
 def _online_teachers(teachers_ref, device) -> list[torch.nn.Module]:
     if teachers_ref is None:
         return []
-    return [model_from_state(card, state).to(device) for card, state in ray.get(teachers_ref)]
+    return [model_from_state(card, state).to(device) for card, state in _resolve(teachers_ref)]
+
+
+def _resume(run_dir: Path | None) -> TrainState | None:
+    """Where to start: the checkpoint Ray Train restored this worker with, or in process the newest
+    one kept by an earlier attempt (local mode starts every attempt without one)."""
+    if run_dir is not None:
+        return newest_state(run_dir)
+    return state_from_checkpoint(ray.train.get_checkpoint())
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Train ``config["spec"]`` on this rank's shards; rank 0 checkpoints after every epoch."""
     spec: StageSpec = config["spec"]
-    if config.get("verbose") and not logger.handlers:  # this process has no console of its own; Ray logs its stdout
+    run_dir = Path(config["run_dir"]) if config.get("run_dir") else None  # set in process (in_process.py)
+    if config.get("verbose") and run_dir is None and not logger.handlers:  # a worker has no console; Ray logs its stdout
         logger.addHandler(logging.StreamHandler())
         logger.setLevel(logging.INFO)
     # Ray sets OMP_NUM_THREADS from the worker's CPUs (1 when fractional); use exactly what the plan gave
@@ -82,23 +100,28 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics["threads"] = torch.get_num_threads()  # evidence the worker used the CPUs it was given
         epoch = metrics["epoch"]
         save = epoch % spec.recipe.checkpoint_every == 0 or epoch == spec.epochs
+        if rank == 0 and config.get("verbose"):
+            val = metrics["val_accuracy"]
+            logger.info(f"[{spec.stage}] epoch {epoch}/{spec.epochs} train_loss={metrics['train_loss']:.4f} "
+                        f"val_acc={'-' if val is None else f'{val:.4f}'}")
+        if run_dir is not None:  # local mode keeps no checkpoint of its own
+            kept = keep_checkpoint(state, run_dir) if save else None
+            ray.train.report(metrics, checkpoint=kept and ray.train.Checkpoint.from_directory(str(kept)))
+            return
         with tempfile.TemporaryDirectory() as d:
             checkpoint = None
             if rank == 0 and save:
                 save_train_state(state, Path(d) / STATE_FILE)
                 checkpoint = ray.train.Checkpoint.from_directory(d)
-            if rank == 0 and config.get("verbose"):
-                val = metrics["val_accuracy"]
-                logger.info(f"[{spec.stage}] epoch {epoch}/{spec.epochs} train_loss={metrics['train_loss']:.4f} "
-                      f"val_acc={'-' if val is None else f'{val:.4f}'}")
             ray.train.report(metrics, checkpoint=checkpoint)
 
     run_epochs(spec,
                train_batches=lambda e: iterate_batches(train, spec.batch_size, shuffle=True,
                                                        seed=shuffle_seed(spec.seed, e, world=world, rank=rank)),
                val_batches=lambda: iterate_batches(val, 1024, shuffle=False),
-               report=report, resume=state_from_checkpoint(ray.train.get_checkpoint()),
+               report=report, resume=_resume(run_dir),
                prepare_model=ray.train.torch.prepare_model,
                reduce_sums=_sum_over_ranks if world > 1 else (lambda t: t),
-               before_epoch=_crash_hook(config.get("crash_at_epoch", -1), config.get("crash_marker", ""), rank, world),
+               before_epoch=_crash_hook(config.get("crash_at_epoch", -1), config.get("crash_marker", ""), rank, world,
+                                        in_process=run_dir is not None),
                teachers=teachers, device=device)

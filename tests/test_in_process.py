@@ -1,0 +1,89 @@
+"""`workers: auto` on this machine alone: Ray Train's local mode in the driver, with the
+checkpoints and retries this package adds (training/in_process.py). No Ray runtime is started."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from raydistill.core.config import load_config
+from raydistill.core.data import load_data
+from raydistill.core.loop import TrainState
+from raydistill.training.in_process import checkpoints, fit_in_process, keep_checkpoint, newest_state
+
+from conftest import REPO
+
+DIGITS = REPO / "configs" / "digits.yaml"
+
+
+def _state(epoch: int) -> TrainState:
+    return TrainState({"w": torch.full((2,), float(epoch))}, {}, epoch, [{"epoch": e} for e in range(1, epoch + 1)])
+
+
+def test_kept_checkpoints_are_the_newest_two_and_a_partial_one_is_never_read(tmp_path):
+    for epoch in (1, 2, 3, 4):
+        keep_checkpoint(_state(epoch), tmp_path)
+    (tmp_path / ".checkpoint_000005.partial").mkdir()  # a write cut short by a crash
+    (tmp_path / "checkpoint_notanumber").mkdir()
+    assert [p.name for p in checkpoints(tmp_path)] == ["checkpoint_000003", "checkpoint_000004"]
+    state = newest_state(tmp_path)
+    assert state.epoch == 4 and torch.equal(state.model["w"], torch.tensor([4.0, 4.0]))
+    assert newest_state(tmp_path / "none") is None
+
+
+def _loop_config(tmp_path, *overrides: str, crash_at_epoch: int = -1) -> dict:
+    from raydistill.training.driver import student_spec
+
+    cfg = load_config(DIGITS, ["distill.epochs=4", "distill.optimizer=sgd", "distill.lr=0.05",
+                               "distill.scheduler=cosine", "distill.warmup_epochs=1", *overrides])
+    bundle = load_data(cfg.data, cfg.run.seed)
+    return {"spec": student_spec(cfg, bundle, kd=None, stage="baseline"),
+            "data": {"train": (bundle.x_train, bundle.y_train), "val": (bundle.x_val, bundle.y_val)},
+            "threads": 1, "verbose": False, "crash_at_epoch": crash_at_epoch,
+            "crash_marker": str(tmp_path / "faults" / "crashed")}
+
+
+def test_a_failed_attempt_resumes_from_its_checkpoint_and_ends_with_the_uninterrupted_weights(tmp_path):
+    # Execute: the same run straight, and failing once before epoch 3 with one retry allowed.
+    straight = fit_in_process(_loop_config(tmp_path), run_dir=tmp_path / "straight", max_failures=0)
+    resumed = fit_in_process(_loop_config(tmp_path, crash_at_epoch=2), run_dir=tmp_path / "resumed", max_failures=1)
+    # Assert: it failed once, restarted from epoch 2's checkpoint (not from 0), and optimizer,
+    # schedule and shuffles carried on: the written lr schedule and the same weights.
+    assert "crashed at epoch 2" in (tmp_path / "faults" / "crashed").read_text()
+    assert straight.resumed_at == [] and resumed.resumed_at == [2]
+    expected_lr = [0.05 * 0.5, *(0.05 * 0.5 * (1 + math.cos(math.pi * t / 3)) for t in range(3))]
+    for state in (straight, resumed):
+        assert [h["epoch"] for h in state.history] == [1, 2, 3, 4]
+        assert [h["lr"] for h in state.history] == pytest.approx(expected_lr)
+    for name, weight in straight.model.items():
+        assert torch.allclose(weight, resumed.model[name], atol=1e-6), name
+
+
+def test_without_retries_the_failure_reaches_the_caller(tmp_path):
+    with pytest.raises(RuntimeError, match="fault injection"):
+        fit_in_process(_loop_config(tmp_path, crash_at_epoch=1), run_dir=tmp_path / "run", max_failures=0)
+    assert [p.name for p in checkpoints(tmp_path / "run")] == ["checkpoint_000001"]  # what it got done is kept
+
+
+def test_baseline_command_trains_in_process_without_starting_ray(tmp_path):
+    # Execute: the real command, as a user on a laptop runs it (no cluster address).
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_TMPDIR"] = str(tmp_path / "ray")
+    proc = subprocess.run([sys.executable, "-m", "raydistill.cli.commands", "baseline", "--config", str(DIGITS),
+                           "--set", f"run.storage_path={tmp_path / 'runs'}", "--set", "distill.epochs=2"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    # Assert: trained, epochs logged once each, no Ray runtime started, card says how it ran
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("[baseline] epoch 1/2") == 1 and "baseline artifact:" in proc.stdout
+    assert "Started a local Ray instance" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "ray").exists()  # Ray writes its session there when it starts
+    (card_path,) = (tmp_path / "runs" / "artifacts" / "baseline").glob("*/model.json")
+    training = json.loads(card_path.read_text())["training"]
+    expected_threads = len(os.sched_getaffinity(0))
+    assert training["in_process"] is True and training["workers"] == 1
+    assert training["threads_per_worker"] == expected_threads
