@@ -7,7 +7,7 @@ augmentation, T=20 alpha=0.1) from ``stage_walltime.py`` logs of the same seeds 
 table shows what the recipe buys.
 
     .venv/bin/python benchmarks/kd_fashion.py [--seeds 0 1 2] \
-        [--engine-from benchmarks/results/stage_walltime_seed*.txt]
+        [--engine-from benchmarks/results/stage_walltime_seeds012.txt]
 """
 from __future__ import annotations
 

@@ -75,11 +75,13 @@ def test_baseline_command_trains_in_process_without_starting_ray(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAY_TMPDIR"] = str(tmp_path / "ray")
     proc = subprocess.run([sys.executable, "-m", "raydistill.cli.commands", "baseline", "--config", str(DIGITS),
-                           "--set", f"run.storage_path={tmp_path / 'runs'}", "--set", "distill.epochs=2"],
+                           "--set", f"run.storage_path={tmp_path / 'runs'}", "--set", "distill.epochs=2",
+                           "--set", "data.val_fraction=0", "--set", "pipeline.tune=false"],
                           capture_output=True, text=True, timeout=300, env=env)
     # Assert: trained, epochs logged once each, no Ray runtime started, card says how it ran
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("[baseline] epoch 1/2") == 1 and "baseline artifact:" in proc.stdout
+    assert "val_accuracy=- " in proc.stdout  # no validation split: no made-up 0.0000
     assert "Started a local Ray instance" not in proc.stdout + proc.stderr
     assert not (tmp_path / "ray").exists()  # Ray writes its session there when it starts
     (card_path,) = (tmp_path / "runs" / "artifacts" / "baseline").glob("*/model.json")
@@ -87,3 +89,13 @@ def test_baseline_command_trains_in_process_without_starting_ray(tmp_path):
     expected_threads = len(os.sched_getaffinity(0))
     assert training["in_process"] is True and training["workers"] == 1
     assert training["threads_per_worker"] == expected_threads
+
+
+def test_epoch_lines_are_the_first_the_last_and_one_per_tenth():
+    from raydistill.training.worker import worth_a_line
+
+    lines = [e for e in range(1, 61) if worth_a_line(e, 60)]
+    assert lines == [1, 6, 12, 18, 24, 30, 36, 42, 48, 54, 60]  # floor(10 e / 60) steps at multiples of 6
+    assert [e for e in range(1, 11) if worth_a_line(e, 10)] == list(range(1, 11))
+    assert [e for e in range(1, 4) if worth_a_line(e, 3)] == [1, 2, 3]
+    assert [e for e in range(1, 201) if worth_a_line(e, 200)] == [1, *range(20, 201, 20)]

@@ -69,6 +69,13 @@ def _online_teachers(teachers_ref, device) -> list[torch.nn.Module]:
     return [model_from_state(card, state).to(device) for card, state in _resolve(teachers_ref)]
 
 
+def worth_a_line(epoch: int, epochs: int, parts: int = 10) -> bool:
+    """Whether epoch ``epoch`` (1-based) of ``epochs`` gets a console line: the first, the last, and
+    each one that crosses another ``1/parts`` of the run (``floor(parts * e / E)`` grows), so a
+    60-epoch stage prints 11 lines and a 10-epoch one every epoch."""
+    return epoch in (1, epochs) or (parts * epoch) // epochs > (parts * (epoch - 1)) // epochs
+
+
 def _resume(run_dir: Path | None) -> TrainState | None:
     """Where to start: the checkpoint Ray Train restored this worker with, or in process the newest
     one kept by an earlier attempt (local mode starts every attempt without one)."""
@@ -100,7 +107,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics["threads"] = torch.get_num_threads()  # evidence the worker used the CPUs it was given
         epoch = metrics["epoch"]
         save = epoch % spec.recipe.checkpoint_every == 0 or epoch == spec.epochs
-        if rank == 0 and config.get("verbose"):
+        if rank == 0 and config.get("verbose") and worth_a_line(epoch, spec.epochs):
             val = metrics["val_accuracy"]
             logger.info(f"[{spec.stage}] epoch {epoch}/{spec.epochs} train_loss={metrics['train_loss']:.4f} "
                         f"val_acc={'-' if val is None else f'{val:.4f}'}")
