@@ -41,6 +41,8 @@ def test_override_parses_yaml_values_and_keeps_siblings():
     ("run.use_gpu=maybe", "run.use_gpu"),
     ("run.storage_path=s3://bucket/runs", "run.storage_path"),
     ("serve.ingress=nginx", "serve.ingress"),
+    ("run.tracking=maybe", "run.tracking"),
+    ("run.tracking_uri=/tmp/mlruns", "run.tracking_uri"),
 ])
 def test_bad_override_names_the_key(override, key):
     with pytest.raises(ConfigError) as err:
@@ -130,3 +132,21 @@ def test_public_bind_without_auth_is_refused_unless_asked_for(sets, error_key):
         load_config(str(DIGITS), sets)
     if error_key == "serve.host":
         assert "serve.auth_token_env" in str(info.value) and "allow_unauthenticated_public" in str(info.value)
+
+
+@pytest.mark.parametrize("uri, ok", [
+    ("", True), ("http://mlflow.example:5000", True), ("https://mlflow.example", True),
+    ("sqlite:////shared/runs/mlflow.db", True), ("postgresql://user@db/mlflow", True), ("databricks", True),
+    ("mlruns", False), ("/shared/mlruns", False), ("http://mlflow.example:5000 ", False), ("sqlite:///a b.db", False),
+])
+def test_tracking_uri_is_empty_or_a_uri_with_a_scheme(uri, ok):
+    from raydistill.core.config import Config, validate
+
+    cfg = Config()
+    cfg.run.tracking_uri = uri
+    if ok:
+        validate(cfg)
+        return
+    with pytest.raises(ConfigError, match=r"run\.tracking_uri") as info:
+        validate(cfg)
+    assert "sqlite:///" in str(info.value) and repr(uri) in str(info.value)

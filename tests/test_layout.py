@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "platform" / "raydistill"
-STAGE_PACKAGES = ["core", "core/config", "training", "tuning", "federated", "serving", "compress", "cli"]
+STAGE_PACKAGES = ["core", "core/config", "training", "tuning", "federated", "serving", "compress", "tracking", "cli"]
 # Modules outside core that must import without Ray: the pure halves of the stage packages.
 PURE_OUTSIDE_CORE = [
     "raydistill", "raydistill.federated", "raydistill.federated.partition", "raydistill.federated.aggregate",
@@ -19,6 +19,7 @@ PURE_OUTSIDE_CORE = [
     "raydistill.serving.model_runner", "raydistill.serving.bare", "raydistill.compress",
     "raydistill.compress.report", "raydistill.compress.methods", "raydistill.compress.output",
     "raydistill.tuning", "raydistill.tuning.report", "raydistill.tuning.space", "raydistill.training",
+    "raydistill.tracking", "raydistill.tracking.records", "raydistill.tracking.store", "raydistill.tracking.runs",
 ]
 
 
@@ -44,20 +45,22 @@ def test_ray_free_modules_never_import_ray_even_when_saving_and_loading_an_artif
         f"path = save_artifact({str(tmp_path / 'a')!r}, build_model('mlp', (1, 2, 2), 2, {{'hidden': [4]}}), card)\n"
         "model, saved = load_artifact(path)\n"
         "print(json.dumps({'ray': sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')),\n"
+        "                  'mlflow': sorted(m for m in sys.modules if m == 'mlflow' or m.startswith('mlflow.')),\n"
         "                  'versions': saved['versions']}))\n")
     # Execute
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    # Assert: no ray module at all, yet the card still records Ray's version (from package metadata).
+    # Assert: no ray module at all, yet the card still records Ray's version (from package metadata);
+    # mlflow is imported only when a tracked run starts.
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout.strip().splitlines()[-1])
-    assert report["ray"] == []
+    assert report["ray"] == [] and report["mlflow"] == []
     assert report["versions"]["ray"].startswith("2.")
     assert len(modules) > 20  # the walk found the core
 
 
 def test_core_never_imports_a_stage_package():
     stage_roots = ("raydistill.training", "raydistill.tuning", "raydistill.federated", "raydistill.serving",
-                   "raydistill.compress", "raydistill.cli", "raydistill.runtime")
+                   "raydistill.compress", "raydistill.tracking", "raydistill.cli", "raydistill.runtime")
     offenders = []
     for path in (PACKAGE / "core").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):

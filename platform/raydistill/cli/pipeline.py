@@ -2,7 +2,8 @@
 
 teacher (Ray Train) -> T x alpha sweep (Ray Tune, ASHA) -> distill the best config with N workers
 (Ray Train, cached soft targets from Ray Data) -> the same student alone (baseline) -> deploy the
-chosen student (Ray Serve) -> smoke requests over HTTP -> one summary table.
+chosen student (Ray Serve) -> smoke requests over HTTP -> one summary table. In MLflow: one parent run
+with a child run per stage (the sweep's trials below its own), the chosen student as ``champion``.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from raydistill.core.artifacts import load_card, mark_chosen
 from raydistill.core.config import Config
 from raydistill.core.data import DataBundle
 from raydistill.cli.stages import start
+from raydistill.tracking import Tracker
 
 
 def summary_rows(paths: dict[str, Path]) -> list[dict]:
@@ -48,14 +50,15 @@ def _with_distill(cfg: Config, **changes) -> Config:
     return dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, **changes))
 
 
-def sweep_best(cfg: Config) -> dict:
-    """Run the sweep with 1-worker trials; return the best row (T, alpha, lr, score, ...)."""
+def sweep_best(cfg: Config, tracker: Tracker | None = None):
+    """Run the sweep with 1-worker trials (tracked under ``tracker``'s open run); return its
+    :class:`~raydistill.tuning.sweep.SweepResult`, whose ``best`` row holds T, alpha, lr, score, ..."""
     from raydistill.tuning.sweep import run_sweep
 
-    result = run_sweep(_with_distill(cfg, workers=1))
+    result = run_sweep(_with_distill(cfg, workers=1), tracker=tracker)
     if result.best is None:
         raise RuntimeError(f"the sweep in {result.sweep_dir} produced no successful trial")
-    return result.best
+    return result
 
 
 def raw_pixels(bundle: DataBundle, n: int) -> list:
@@ -100,18 +103,31 @@ def run_pipeline(cfg: Config, args=None) -> dict:
     from raydistill.training.driver import distill_student, train_teacher
 
     bundle = start(cfg, "pipeline")
-    teacher = train_teacher(cfg, bundle=bundle)
-    cfg = _with_distill(cfg, teacher=str(teacher), teachers=[])
-    best = sweep_best(cfg) if cfg.pipeline.tune else None
-    if best is not None:
-        cfg = _with_distill(cfg, temperature=float(best["temperature"]), alpha=float(best["alpha"]),
-                            lr=float(best["lr"]))
-    student = distill_student(cfg, bundle=bundle)
-    mark_chosen(student, cfg.storage_dir())
-    baseline = distill_student(cfg, baseline=True, bundle=bundle)
-    paths = {"teacher": teacher, "student-alone": baseline, "distilled-student": student}
-    probe = serve_and_probe(cfg, student, bundle) if cfg.pipeline.serve else None
-    _print_summary(cfg, paths, best, probe)
+    tracker = Tracker.from_config(cfg)
+    with tracker.stage(cfg, "pipeline") as top:
+        with tracker.stage(cfg, "teacher") as run:
+            teacher = train_teacher(cfg, bundle=bundle)
+            run.log_artifact(teacher)
+        cfg = _with_distill(cfg, teacher=str(teacher), teachers=[])
+        sweep = sweep_best(cfg, tracker) if cfg.pipeline.tune else None
+        best = sweep.best if sweep is not None else None
+        if best is not None:
+            cfg = _with_distill(cfg, temperature=float(best["temperature"]), alpha=float(best["alpha"]),
+                                lr=float(best["lr"]))
+        with tracker.stage(cfg, "distill") as run:
+            student = distill_student(cfg, bundle=bundle)
+            mark_chosen(student, cfg.storage_dir())
+            run.log_artifact(student)
+            lineage = {"sweep": sweep.sweep_dir, "trial": best["trial_id"]} if sweep is not None else {}
+            run.register_champion(student, **lineage)  # the card knows its teacher; the sweep is named here
+        with tracker.stage(cfg, "baseline") as run:
+            baseline = distill_student(cfg, baseline=True, bundle=bundle)
+            run.log_artifact(baseline)
+        paths = {"teacher": teacher, "student-alone": baseline, "distilled-student": student}
+        probe = serve_and_probe(cfg, student, bundle) if cfg.pipeline.serve else None
+        if probe:
+            top.log(metrics=[(f"smoke_{k}", float(probe[k]), 0) for k in ("p50_ms", "max_ms", "correct")])
+        _print_summary(cfg, paths, best, probe)
     return {"paths": paths, "best": best, "probe": probe}
 
 

@@ -1,4 +1,5 @@
-"""Stage entry points shared by the CLI and ``jobs/``: check input, start Ray, run, print."""
+"""Stage entry points shared by the CLI and ``jobs/``: check input, start Ray, run, print; each stage is
+one MLflow run (``raydistill.tracking``), and the chosen student becomes the registry's ``champion``."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,6 +8,7 @@ from raydistill.core.artifacts import load_card, mark_chosen
 from raydistill.core.config import Config
 from raydistill.core.preflight import preflight
 from raydistill.runtime import init_ray, runs_in_process
+from raydistill.tracking import Tracker
 
 
 def start(cfg: Config, stage: str):
@@ -35,11 +37,14 @@ def needs_ray(cfg: Config, stage: str) -> bool:
 
 
 def describe_artifact(path: Path) -> str:
+    """Two lines: where the artifact is, and its model, size, accuracies (``-`` for a run without a
+    validation split) and the start of its weights' sha256."""
     card = load_card(path)
     m = card["metrics"]
+    val = m.get("val_accuracy")
     return (f"{card['kind']} artifact: {path}\n  model={card['architecture']['name']} "
             f"params={card['parameters']:,} test_accuracy={m['test_accuracy']:.4f} "
-            f"val_accuracy={m.get('val_accuracy') or 0:.4f} sha256={card['weights_sha256'][:12]}")
+            f"val_accuracy={'-' if val is None else f'{val:.4f}'} sha256={card['weights_sha256'][:12]}")
 
 
 def run_teacher(cfg: Config, args=None) -> list[Path]:
@@ -47,9 +52,12 @@ def run_teacher(cfg: Config, args=None) -> list[Path]:
     Ray Train runs when the cluster's CPUs allow (``teachers.train_teachers``)."""
     from raydistill.training.teachers import train_teachers
 
-    paths = train_teachers(cfg, bundle=start(cfg, "teacher"))
-    for p in paths:
-        print(describe_artifact(p), flush=True)
+    bundle = start(cfg, "teacher")
+    with Tracker.from_config(cfg).stage(cfg, "teacher") as run:
+        paths = train_teachers(cfg, bundle=bundle)
+        for p in paths:
+            print(describe_artifact(p), flush=True)
+        run.log_artifacts(paths)
     return paths
 
 
@@ -57,15 +65,23 @@ def run_distill(cfg: Config, args=None) -> Path:
     """Distill the student and mark it chosen (the default that ``serve`` deploys)."""
     from raydistill.training.driver import distill_student
 
-    path = distill_student(cfg, bundle=start(cfg, "distill"))
-    mark_chosen(path, cfg.storage_dir())
-    print(describe_artifact(path), flush=True)
+    bundle = start(cfg, "distill")
+    with Tracker.from_config(cfg).stage(cfg, "distill") as run:
+        path = distill_student(cfg, bundle=bundle)
+        mark_chosen(path, cfg.storage_dir())
+        print(describe_artifact(path), flush=True)
+        run.log_artifact(path)
+        run.register_champion(path)
     return path
 
 
 def run_baseline(cfg: Config, args=None) -> Path:
+    """Train the distill section's student alone (no teacher) with the same recipe: the baseline."""
     from raydistill.training.driver import distill_student
 
-    path = distill_student(cfg, baseline=True, bundle=start(cfg, "baseline"))
-    print(describe_artifact(path), flush=True)
+    bundle = start(cfg, "baseline")
+    with Tracker.from_config(cfg).stage(cfg, "baseline") as run:
+        path = distill_student(cfg, baseline=True, bundle=bundle)
+        print(describe_artifact(path), flush=True)
+        run.log_artifact(path)
     return path

@@ -2,7 +2,7 @@
 
 Ray-free (import without Ray): ``partition``, ``aggregate``, ``client``, ``strategies``, ``rounds``,
 ``plan``, ``report``, ``memory``; the Ray edge (``actors``, ``dispatch``, ``server``) is imported only
-when a run starts. May import ``raydistill.core`` and ``raydistill.runtime``.
+when a run starts. May import ``raydistill.core``, ``raydistill.runtime`` and ``raydistill.tracking``.
 """
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 ``run_federated(cfg)`` is the library entry point; ``raydistill federated --config ...`` calls
 :func:`run_federated_cli`. Files written under ``<storage>/federated/<run>/``: ``rounds.csv``,
 ``accuracy.png``, ``partition.txt``, ``summary.json``, ``artifact.json`` (the artifact's path).
+The CLI's run is one MLflow run with the global model's metrics per round (``raydistill.tracking``).
 """
 from __future__ import annotations
 
@@ -230,14 +231,25 @@ def _finish(plan, outcome, central, run_dir: Path, peak: dict, actors: int, cloc
 
 
 def run_federated_cli(cfg, args=None) -> int | None:
-    """``raydistill federated``: run, print where things went; exit 1 if a round failed."""
-    try:
-        result = run_federated(cfg)
-    except FederatedRunError as exc:
-        logger.error(f"error: {exc}\nrun dir: {exc.run_dir}")
-        return 1
+    """``raydistill federated``: run, print where things went, track it (per-round metrics from the
+    artifact's card); exit 1 if a round failed (the run is then FAILED, with the last good model)."""
+    from raydistill.tracking import Tracker
+
+    with Tracker.from_config(cfg).stage(cfg, "federated") as run:
+        try:
+            result = run_federated(cfg)
+        except FederatedRunError as exc:
+            logger.error(f"error: {exc}\nrun dir: {exc.run_dir}")
+            run.log_artifact(exc.artifact)
+            run.status = "FAILED"
+            return 1
+        run.log_artifact(result.artifact)
+        _print_result(result)
+    return None
+
+
+def _print_result(result: FederatedResult) -> None:
     logger.info(f"\nfederated artifact: {result.artifact}\nrun dir: {result.run_dir} (rounds.csv, accuracy.png)\n"
           f"final test accuracy {result.final_accuracy:.4f} vs central {result.central['accuracy']:.4f} "
           f"({result.central['epochs']} epochs); actors={result.actors} "
           f"peak session PSS {result.peak_memory['pss'] / MB:,.0f} MB")
-    return None

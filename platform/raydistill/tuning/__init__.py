@@ -2,5 +2,5 @@
 
 ``sweep`` (driver: Tuner, resume, chosen student), ``space`` (search space, concurrency cap; pure),
 ``trial`` (one trial's training), ``report`` (results table, heatmap, curves, best.yaml; pure).
-May import ``raydistill.core``, ``raydistill.runtime`` and ``raydistill.training``.
+May import ``raydistill.core``, ``raydistill.runtime``, ``raydistill.training`` and ``raydistill.tracking``.
 """

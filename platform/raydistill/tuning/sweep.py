@@ -11,6 +11,7 @@ Flow of :func:`run_sweep`::
 
 A sweep lives in ``<storage>/tune/<run.name>-<time>-<hex>/`` next to Tune's own state, so
 ``raydistill tune --resume <dir>`` (``Tuner.restore``) finishes it without rerunning finished trials.
+In MLflow a sweep is one run with a child run per trial; the chosen student is the ``champion``.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from typing import Sequence
 
 from raydistill.core.artifacts import ArtifactError, list_artifacts, load_card, mark_chosen, resolve_artifact
 from raydistill.core.config import Config, ConfigError
+from raydistill.tracking import Tracker
 from raydistill.tuning.report import (new_sweep_dir, resumed_config, BEST_FILE, CURVES_FILE, HEATMAP_FILE, RESULTS_FILE, best_row, epoch_history,
                           fill_history, missing_epochs, error_message, format_top_table, plot_curves, plot_heatmap, trial_row, write_best_yaml,
                           write_results)
@@ -54,6 +56,7 @@ class SweepResult:
     artifact: Path | None = None
     interrupted: bool = False
     timings: dict = dataclasses.field(default_factory=dict)  # seconds per phase
+    histories: dict = dataclasses.field(default_factory=dict)  # per-epoch table of each trial, by trial id
 
 
 # --- inputs shared by every trial ------------------------------------------------------------
@@ -189,9 +192,11 @@ def save_chosen(cfg: Config, bundle, teachers, settings, trial, best: dict, swee
 # --- entry points ----------------------------------------------------------------------------
 
 
-def run_sweep(cfg: Config, resume_dir: str | Path | None = None, *, callbacks: Sequence = ()) -> SweepResult:
+def run_sweep(cfg: Config, resume_dir: str | Path | None = None, *, callbacks: Sequence = (),
+              tracker: Tracker | None = None) -> SweepResult:
     """Run (or resume) the sweep and finish it: see the module docstring. ``callbacks`` are
-    extra ``ray.tune.Callback`` objects (kept in the sweep's state, so also active on resume)."""
+    extra ``ray.tune.Callback`` objects (kept in the sweep's state, so also active on resume);
+    ``tracker`` holds the MLflow run to nest the sweep's run under (the pipeline's)."""
     from ray import tune
 
     from raydistill.training.driver import load_teachers
@@ -207,15 +212,18 @@ def run_sweep(cfg: Config, resume_dir: str | Path | None = None, *, callbacks: S
     teachers = load_teachers(cfg, bundle)
     sweep_dir = sweep_dir or new_sweep_dir(cfg)
     settings = trial_settings(cfg, bundle, teachers, sweep_dir)
-    clock = time.perf_counter()
-    fn = trainable(cfg, shared_inputs(cfg, bundle, teachers), settings)
-    timings = {"soft_targets_s": time.perf_counter() - clock}
-    tuner = (tune.Tuner.restore(str(sweep_dir), trainable=fn, resume_errored=False) if resume_dir
-             else build_tuner(cfg, fn, sweep_dir, cap, callbacks))
-    clock = time.perf_counter()
-    tuner.fit()
-    timings["trials_s"] = time.perf_counter() - clock
-    return finish_sweep(cfg, bundle, teachers, settings, sweep_dir, timings)
+    with (tracker or Tracker.from_config(cfg)).stage(cfg, "tune") as run:
+        clock = time.perf_counter()
+        fn = trainable(cfg, shared_inputs(cfg, bundle, teachers), settings)
+        timings = {"soft_targets_s": time.perf_counter() - clock}
+        tuner = (tune.Tuner.restore(str(sweep_dir), trainable=fn, resume_errored=False) if resume_dir
+                 else build_tuner(cfg, fn, sweep_dir, cap, callbacks))
+        clock = time.perf_counter()
+        tuner.fit()
+        timings["trials_s"] = time.perf_counter() - clock
+        result = finish_sweep(cfg, bundle, teachers, settings, sweep_dir, timings)
+        run.log_sweep(result)
+    return result
 
 
 def start_sweep(cfg: Config):
@@ -245,7 +253,7 @@ def finish_sweep(cfg: Config, bundle, teachers, settings, sweep_dir: Path, timin
         why = "interrupted" if interrupted else "finished, but no trial succeeded"
         logger.info(f"tune: sweep {why}; {len(rows)} trial(s) in {sweep_dir / RESULTS_FILE}"
               + (f"\nresume with: raydistill tune --resume {sweep_dir}" if interrupted else ""))
-        return SweepResult(sweep_dir, rows, interrupted=interrupted, timings=timings)
+        return SweepResult(sweep_dir, rows, interrupted=interrupted, timings=timings, histories=histories)
     artifact = save_chosen(cfg, bundle, teachers, settings, trials[best["trial_id"]], best, sweep_dir)
     best.update(chosen=True, test_accuracy=load_card(artifact)["metrics"]["test_accuracy"])
     write_results(rows, sweep_dir)
@@ -257,7 +265,7 @@ def finish_sweep(cfg: Config, bundle, teachers, settings, sweep_dir: Path, timin
                "timings": timings}
     (sweep_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     _print_summary(cfg, rows, best, artifact, sweep_dir, timings)
-    return SweepResult(sweep_dir, rows, best=best, artifact=artifact, timings=timings)
+    return SweepResult(sweep_dir, rows, best=best, artifact=artifact, timings=timings, histories=histories)
 
 
 def _print_summary(cfg: Config, rows: list[dict], best: dict, artifact: Path, sweep_dir: Path,

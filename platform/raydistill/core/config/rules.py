@@ -49,6 +49,7 @@ def validate(cfg: Any) -> None:
              "must be a filesystem path (on a multi-node cluster: a shared mount such as EFS/NFS at the same "
              f"path on every node), not a URI; got {cfg.run.storage_path!r}")
     _require(cfg.run.seed >= 0, "run.seed", f"must be >= 0 (numpy seeds are unsigned), got {cfg.run.seed}")
+    _validate_tracking_uri(cfg.run.tracking_uri)
     _validate_data(cfg)
     _validate_recipe(cfg, "teacher")
     _validate_recipe(cfg, "distill")
@@ -70,6 +71,14 @@ def validate(cfg: Any) -> None:
     _validate_serve(cfg)
     _require(cfg.pipeline.smoke_requests >= 1, "pipeline.smoke_requests", "must be >= 1")
     _validate_compress(cfg)
+
+
+def _validate_tracking_uri(uri: str) -> None:
+    """Empty (the local store under run.storage_path) or an MLflow tracking URI with a scheme: a bare
+    path would select MLflow's legacy file store (maintenance mode since MLflow 3; sqlite is the default)."""
+    _require(uri == "" or uri == "databricks" or ("://" in uri and uri == uri.strip() and " " not in uri),
+             "run.tracking_uri", "must be \"\" (sqlite:///<run.storage_path>/mlflow.db) or a tracking URI with "
+             f"a scheme, such as http://mlflow.example:5000 or sqlite:////abs/path/mlflow.db; got {uri!r}")
 
 
 DIGIT_DATA_SETS = ("digits", "mnist")  # a mirrored digit is another digit (or none)

@@ -20,6 +20,8 @@ class RunSection:
     address: str = ""  # "" = RAY_ADDRESS or a new local runtime; "auto" or ray://... to attach
     use_gpu: bool = False  # use a GPU when set and one is present
     quiet: bool = False  # fewer progress lines
+    tracking: bool = True  # MLflow: params, per-epoch metrics, artifact sha256, the champion (raydistill.tracking)
+    tracking_uri: str = ""  # "" = sqlite:///<storage_path>/mlflow.db; or a team server (http://host:5000)
 
 
 @dataclass(kw_only=True)
