@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -244,12 +245,19 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_session
     cfg = tune_config(storage, "tune.scheduler=none", "tune.max_epochs=3", "tune.grace_period=1",
                       "tune.temperature_search=grid",
                       "tune.temperature=[2, 8]", "tune.alpha_search=grid", "tune.alpha=[0.3, 0.6, 0.9]",
-                      "tune.num_samples=1", teacher=local_teacher)
+                      "tune.num_samples=1", "run.quiet=false", teacher=local_teacher)
     first = run_sweep(cfg, callbacks=[InterruptAfterTrials(2, storage / "interrupted")])
     assert first.interrupted and first.artifact is None
-    assert "resume with: raydistill tune --resume" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "resume with: raydistill tune --resume" in out
     finished = {r["trial_id"]: r for r in first.rows if r["status"] == "TERMINATED"}
     assert 2 <= len(finished) < 6
+    # one line per finished trial, counted, with the best score so far (Tune's own tables are off)
+    lines = re.findall(r"^tune: trial (\d+)/6 (\S+) .* \(best (\d\.\d+)\)$", out, re.M)
+    assert [int(n) for n, _, _ in lines] == list(range(1, len(finished) + 1))
+    assert {tid for _, tid, _ in lines} == set(finished)
+    assert float(lines[-1][2]) == pytest.approx(max(r["score"] for r in finished.values()), abs=5e-5)
+    assert "Trial Status" not in out and "TERMINATED" not in out
     progress = {tid: _progress_file(first.sweep_dir, tid).read_bytes() for tid in finished}
     # Execute: resume through the CLI
     code = main(["tune", "--resume", str(first.sweep_dir), "--set", "run.quiet=true"])
@@ -313,3 +321,14 @@ def test_multi_worker_trials_run_ray_train_inside_the_trial(ray_session, storage
     bundle = load_data(cfg.data, cfg.run.seed)
     assert evaluate(model, bundle.x_test, bundle.y_test)["accuracy"] == pytest.approx(card["metrics"]["test_accuracy"])
     assert card["metrics"]["epochs"] == 2 and card["tune"]["trial_id"] == row["trial_id"]
+
+
+def test_trial_lines_carry_the_count_the_point_and_the_best_so_far():
+    from raydistill.tuning.progress import better, trial_line
+
+    assert better(0.9, None, "max") == 0.9 and better(None, 0.9, "max") == 0.9
+    assert better(0.8, 0.9, "max") == 0.9 and better(0.8, 0.9, "min") == 0.8
+    line = trial_line(3, 8, "a1b2c_00002", {"temperature": 4.0213, "alpha": 0.31125}, "val_accuracy", 0.96527, 0.97222)
+    assert line == "tune: trial 3/8 a1b2c_00002 T=4.02 alpha=0.311 val_accuracy=0.9653 (best 0.9722)"
+    with_lr = trial_line(1, 2, "x_00000", {"temperature": 2.0, "alpha": 0.5, "lr": 0.003}, "val_loss", None, None)
+    assert with_lr == "tune: trial 1/2 x_00000 T=2 alpha=0.5 lr=3.00e-03 val_loss=-"

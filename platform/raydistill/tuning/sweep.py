@@ -28,6 +28,7 @@ from typing import Sequence
 from raydistill.core.artifacts import ArtifactError, list_artifacts, load_card, mark_chosen, resolve_artifact
 from raydistill.core.config import Config, ConfigError
 from raydistill.tracking import Tracker
+from raydistill.tuning.progress import progress_callbacks
 from raydistill.tuning.report import (new_sweep_dir, resumed_config, BEST_FILE, CURVES_FILE, HEATMAP_FILE, RESULTS_FILE, best_row, epoch_history,
                           fill_history, missing_epochs, error_message, format_top_table, plot_curves, plot_heatmap, trial_row, write_best_yaml,
                           write_results)
@@ -129,7 +130,7 @@ def build_tuner(cfg: Config, fn, sweep_dir: Path, cap: int, callbacks: Sequence 
     run_config = tune.RunConfig(name=sweep_dir.name, storage_path=str(sweep_dir.parent),
                                 failure_config=tune.FailureConfig(max_failures=t.max_retries),
                                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                                callbacks=list(callbacks), verbose=0 if cfg.run.quiet else 1)
+                                callbacks=[*callbacks, *progress_callbacks(cfg)], verbose=0)
     return tune.Tuner(fn, param_space=search_space(cfg), tune_config=tune_config, run_config=run_config)
 
 
