@@ -5,6 +5,8 @@ exit code 2.
 """
 from __future__ import annotations
 
+import logging
+
 import argparse
 import sys
 from typing import Callable
@@ -20,6 +22,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "baseline": ("raydistill.cli.stages:run_baseline", "train the student alone (no teacher), the baseline"),
     "pipeline": ("raydistill.cli.pipeline:run_pipeline", "teacher -> distill -> baseline, with a summary table"),
 }
+
+logger = logging.getLogger(__name__)
 
 
 def register_stage(name: str, target: str, help_text: str) -> None:
@@ -86,10 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)
         result = _resolve(STAGES[args.stage][0])(cfg, args)
     except (ConfigError, DataError, ArtifactError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        logger.error(f"error: {exc}")
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        logger.error("interrupted")
         return 130
     return 0 if result is None or result is True or not isinstance(result, int) else int(result)
 

@@ -14,11 +14,12 @@ module only adds the storage rule, one banner line and one footer line saying wh
 """
 from __future__ import annotations
 
+import logging
+
 import contextlib
 import io
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Mapping
 
@@ -30,6 +31,8 @@ DEFAULT_STORAGE_ROOT = "~/raydistill"
 # Set by Ray's job supervisor for the entrypoint process only (runtime env + metadata as JSON).
 JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 RUNTIME_ENV_HINT = "--runtime-env jobs/runtime_env.yaml"
+
+logger = logging.getLogger(__name__)
 
 
 def in_ray_job(env: Mapping[str, str] = os.environ) -> bool:
@@ -99,8 +102,8 @@ def serve_and_exit(cfg: Config, args=None) -> str:
 
     ref = getattr(args, "artifact", "") or cfg.serve.artifact
     url = deploy(cfg, ref, blocking=False)
-    print(f"serving {ref} at {url}\n  POST {url}v1/predict   GET {url}v1/model\n"
-          f"  the app keeps running after this job; remove it with `serve delete {cfg.serve.app_name}`", flush=True)
+    logger.info(f"serving {ref} at {url}\n  POST {url}v1/predict   GET {url}v1/model\n"
+                f"  the app keeps running after this job; remove it with `serve delete {cfg.serve.app_name}`")
     return url
 
 
@@ -119,23 +122,25 @@ def _job_targets():
 def run_job(stage: str, argv: list[str], env: Mapping[str, str] = os.environ) -> int:
     """Run ``raydistill <stage> argv`` as a job entry point; returns the CLI's exit code."""
     from raydistill import __file__ as package_file
+    from raydistill.cli.console import attach_console
 
+    attach_console()  # these lines go to the job's log before the CLI starts
     cfg = quiet_config(stage, argv)
     try:
         storage = job_storage_path(cfg, env) if cfg else None
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        logger.error(f"error: {exc}")
         return 2
     # A later --set wins, so this pins the path without touching the user's own arguments.
     extra = ["--set", f"run.storage_path={json.dumps(str(storage))}"] if storage and in_ray_job(env) else []
-    print(f"[raydistill job] stage={stage} job={job_submission_id(env) or '-'} "
-          f"raydistill={Path(package_file).parent} storage={storage or '?'}", flush=True)
+    logger.info(f"[raydistill job] stage={stage} job={job_submission_id(env) or '-'} "
+                f"raydistill={Path(package_file).parent} storage={storage or '?'}")
     if workers_miss_checkout(env):
-        print(f"[raydistill job] warning: PYTHONPATH lacks this working dir's platform/, so Ray workers import "
-              f"the raydistill installed on each node; submit with {RUNTIME_ENV_HINT}", flush=True)
+        logger.warning(f"[raydistill job] warning: PYTHONPATH lacks this working dir's platform/, so Ray workers "
+                       f"import the raydistill installed on each node; submit with {RUNTIME_ENV_HINT}")
     with _job_targets():
         code = cli.main([stage, *argv, *extra])
-    print(f"[raydistill job] stage={stage} exit={code} results under {storage or '?'}", flush=True)
+    logger.info(f"[raydistill job] stage={stage} exit={code} results under {storage or '?'}")
     return code
 
 

@@ -7,6 +7,8 @@ with a child run per stage (the sweep's trials below its own), the chosen studen
 """
 from __future__ import annotations
 
+import logging
+
 import dataclasses
 import statistics
 import time
@@ -19,6 +21,8 @@ from raydistill.core.config import Config
 from raydistill.core.data import DataBundle
 from raydistill.cli.stages import start
 from raydistill.tracking import Tracker
+
+logger = logging.getLogger(__name__)
 
 
 def summary_rows(paths: dict[str, Path]) -> list[dict]:
@@ -145,4 +149,4 @@ def _print_summary(cfg: Config, paths: dict[str, Path], best: dict | None, probe
                      f"{probe['correct']} correct, p50 {probe['p50_ms']:.1f} ms, max {probe['max_ms']:.1f} ms")
     lines.append(f"chosen student: {paths['distilled-student']}")
     lines.append(f"artifacts under: {cfg.storage_dir() / 'artifacts'}")
-    print("\n".join(lines), flush=True)
+    logger.info("\n".join(lines))

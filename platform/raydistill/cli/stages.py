@@ -2,6 +2,8 @@
 one MLflow run (``raydistill.tracking``), and the chosen student becomes the registry's ``champion``."""
 from __future__ import annotations
 
+import logging
+
 from pathlib import Path
 
 from raydistill.core.artifacts import load_card, mark_chosen
@@ -9,6 +11,8 @@ from raydistill.core.config import Config
 from raydistill.core.preflight import preflight
 from raydistill.runtime import init_ray, runs_in_process
 from raydistill.tracking import Tracker
+
+logger = logging.getLogger(__name__)
 
 
 def start(cfg: Config, stage: str):
@@ -56,7 +60,7 @@ def run_teacher(cfg: Config, args=None) -> list[Path]:
     with Tracker.from_config(cfg).stage(cfg, "teacher") as run:
         paths = train_teachers(cfg, bundle=bundle)
         for p in paths:
-            print(describe_artifact(p), flush=True)
+            logger.info(describe_artifact(p))
         run.log_artifacts(paths)
     return paths
 
@@ -69,7 +73,7 @@ def run_distill(cfg: Config, args=None) -> Path:
     with Tracker.from_config(cfg).stage(cfg, "distill") as run:
         path = distill_student(cfg, bundle=bundle)
         mark_chosen(path, cfg.storage_dir())
-        print(describe_artifact(path), flush=True)
+        logger.info(describe_artifact(path))
         run.log_artifact(path)
         run.register_champion(path)
     return path
@@ -82,6 +86,6 @@ def run_baseline(cfg: Config, args=None) -> Path:
     bundle = start(cfg, "baseline")
     with Tracker.from_config(cfg).stage(cfg, "baseline") as run:
         path = distill_student(cfg, baseline=True, bundle=bundle)
-        print(describe_artifact(path), flush=True)
+        logger.info(describe_artifact(path))
         run.log_artifact(path)
     return path
