@@ -6,7 +6,8 @@ and ``ray.train.get_context`` working as in a worker, but without the Train cont
 actors, a worker process or even a Ray runtime. What local mode does not do, done here:
 
 * checkpoints: each report's state is kept under ``run_dir/checkpoint_<epoch>`` (the newest two),
-  written to a temporary name and renamed, so a partly written one is never picked up;
+  written to a temporary name and swapped in (``core.files.swap_in``), so a partly written one
+  is never picked up;
 * failures: an exception in the loop is retried up to ``max_failures`` times, each attempt
   resuming from the newest kept checkpoint (a worker group restarts its workers the same way; a
   process that dies outright takes the command with it: use ``workers: 1`` for that).
@@ -16,9 +17,11 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
+from raydistill.core.files import swap_in
 from raydistill.core.loop import STATE_FILE, TrainState, load_train_state, save_train_state
 
 logger = logging.getLogger(__name__)
@@ -32,12 +35,10 @@ def keep_checkpoint(state: TrainState, run_dir: Path) -> Path:
     drop all but the newest :data:`KEEP`; returns the new directory."""
     run_dir.mkdir(parents=True, exist_ok=True)
     final = run_dir / f"checkpoint_{state.epoch:06d}"
-    partial = run_dir / f".{final.name}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
+    partial = run_dir / f".{final.name}.{uuid.uuid4().hex}.tmp"
     partial.mkdir()
     save_train_state(state, partial / STATE_FILE)
-    shutil.rmtree(final, ignore_errors=True)
-    partial.rename(final)
+    swap_in(partial, final)  # the artifacts' mechanism: a complete checkpoint at every instant
     for old in checkpoints(run_dir)[:-KEEP]:
         shutil.rmtree(old, ignore_errors=True)
     return final
