@@ -36,6 +36,34 @@ def test_kept_checkpoints_are_the_newest_two_and_a_partial_one_is_never_read(tmp
     assert newest_state(tmp_path / "none") is None
 
 
+def test_a_restarted_worker_resumes_from_the_newest_persisted_checkpoint_not_only_the_registered_one(tmp_path):
+    # Prepare: a Train v2 run directory (timestamp names) with epochs 1 and 2 persisted, a newer
+    # epoch-3 directory whose state file was cut short, and Ray's own files beside them.
+    import pyarrow.fs as pafs
+
+    from raydistill.core.loop import STATE_FILE, save_train_state
+    from raydistill.training.resume import newest_of, newest_persisted_state
+
+    run = tmp_path / "ray_results" / "distill-run"
+    for name, epoch in (("checkpoint_2026-12-02_08-10-11.100000", 1), ("checkpoint_2026-12-02_08-10-12.200000", 2)):
+        (run / name).mkdir(parents=True)
+        save_train_state(_state(epoch), run / name / STATE_FILE)
+    (run / "checkpoint_2026-12-02_08-10-13.300000").mkdir()
+    (run / "checkpoint_2026-12-02_08-10-13.300000" / STATE_FILE).write_bytes(b"PK\x03\x04 cut short")
+    (run / "checkpoint_manager_snapshot.json").write_text("{}")
+
+    class Storage:  # the two attributes Ray's storage context exposes to a worker
+        storage_filesystem = pafs.LocalFileSystem()
+        experiment_fs_path = str(run)
+
+    # Execute and assert: the unreadable newest falls back to epoch 2, which beats a registered epoch 1.
+    found = newest_persisted_state(Storage())
+    assert found.epoch == 2 and torch.equal(found.model["w"], torch.tensor([2.0, 2.0]))
+    assert newest_of(_state(1), found).epoch == 2 and newest_of(None, None) is None
+    Storage.experiment_fs_path = str(tmp_path / "no-such-run")
+    assert newest_persisted_state(Storage()) is None and newest_persisted_state(None) is None
+
+
 def _loop_config(tmp_path, *overrides: str, crash_at_epoch: int = -1) -> dict:
     from raydistill.training.driver import student_spec
 

@@ -20,6 +20,7 @@ from raydistill.core.loop import (STATE_FILE, StageSpec, TrainState, run_epochs,
                                   state_from_checkpoint)
 from raydistill.core.artifacts import model_from_state
 from raydistill.training.in_process import keep_checkpoint, newest_state
+from raydistill.training.resume import newest_of, newest_persisted_state
 
 logger = logging.getLogger(__name__)
 
@@ -77,11 +78,13 @@ def worth_a_line(epoch: int, epochs: int, parts: int = 10) -> bool:
 
 
 def _resume(run_dir: Path | None) -> TrainState | None:
-    """Where to start: the checkpoint Ray Train restored this worker with, or in process the newest
-    one kept by an earlier attempt (local mode starts every attempt without one)."""
+    """Where to start: in process, the newest checkpoint kept by an earlier attempt (local mode starts
+    every attempt without one); in a worker group, the newer of the checkpoint Ray Train restored
+    this worker with and the newest one already on the run's storage (training/resume.py)."""
     if run_dir is not None:
         return newest_state(run_dir)
-    return state_from_checkpoint(ray.train.get_checkpoint())
+    return newest_of(state_from_checkpoint(ray.train.get_checkpoint()),
+                     newest_persisted_state(ray.train.get_context().get_storage()))
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:

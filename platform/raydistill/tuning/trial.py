@@ -24,6 +24,7 @@ from ray import tune
 from raydistill.core.engine import KDSettings, iterate_batches, read_only_tensors
 from raydistill.core.loop import (STATE_FILE, StageSpec, TrainState, load_train_state, run_epochs, save_train_state,
                                   shuffle_seed, state_from_checkpoint)
+from raydistill.training.resume import newest_of, newest_persisted_state
 
 SEARCHED_KEYS = ("temperature", "alpha", "lr")
 logger = logging.getLogger(__name__)
@@ -84,28 +85,8 @@ def resume_state() -> TrainState | None:
     Tune handles a reported checkpoint in two steps (the result, then the save); a sweep stopped
     between them restores the trial from the older checkpoint, and would run that epoch twice.
     """
-    candidates = [state_from_checkpoint(tune.get_checkpoint()), _newest_persisted_state()]
-    return max((s for s in candidates if s is not None), key=lambda s: s.epoch, default=None)
-
-
-def _newest_persisted_state() -> TrainState | None:
-    """The highest-numbered ``checkpoint_*`` in the trial's storage that loads (a partly written
-    one is skipped with a warning), or None."""
-    import pyarrow.fs as pafs
-
-    storage = tune.get_context().get_storage()
-    if storage is None:
-        return None
-    fs, trial_path = storage.storage_filesystem, storage.trial_fs_path
-    infos = fs.get_file_info(pafs.FileSelector(trial_path, allow_not_found=True))
-    dirs = sorted((i.path for i in infos if i.type == pafs.FileType.Directory
-                   and re.fullmatch(r"checkpoint_\d+", i.base_name)), reverse=True)
-    for path in dirs:
-        try:
-            return state_from_checkpoint(tune.Checkpoint(path, filesystem=fs))
-        except Exception as exc:  # noqa: BLE001 - a damaged checkpoint falls back to an older one
-            logger.warning("trial checkpoint %s is unreadable (%s); trying an older one", path, exc)
-    return None
+    return newest_of(state_from_checkpoint(tune.get_checkpoint()),
+                     newest_persisted_state(tune.get_context().get_storage()))
 
 
 def distill_trial(config: dict, *, data: dict[str, tuple[np.ndarray, ...]], settings: TrialSettings) -> None:
