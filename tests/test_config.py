@@ -43,10 +43,17 @@ def test_override_parses_yaml_values_and_keeps_siblings():
     ("serve.ingress=nginx", "serve.ingress"),
     ("run.tracking=maybe", "run.tracking"),
     ("run.tracking_uri=/tmp/mlruns", "run.tracking_uri"),
+    ("distill.method=crd", "distill.method"),
+    ("distill.method=kd+dkd", "distill.method"),
+    ("distill.dkd_alpha=-1", "distill.dkd_alpha"),
+    ("distill.dkd_beta=.nan", "distill.dkd_beta"),
+    ("distill.dkd_warmup_epochs=-2", "distill.dkd_warmup_epochs"),
+    ("distill.dkd_warmup_epochs=2.5", "distill.dkd_warmup_epochs"),
+    ("distill.method=dkd distill.dkd_alpha=0 distill.dkd_beta=0", "distill.dkd_beta"),
 ])
 def test_bad_override_names_the_key(override, key):
     with pytest.raises(ConfigError) as err:
-        load_config(DIGITS, [override])
+        load_config(DIGITS, override.split(" "))
     assert key in str(err.value)
 
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from raydistill.core.artifacts import ArtifactError, check_fits, WEIGHTS_FILE, stamped_name, load_artifact, new_artifact_path, resolve_artifact, save_artifact
-from raydistill.core.cards import build_card, parent_entry
+from raydistill.core.cards import build_card, distillation_record, parent_entry
 from raydistill.compress.methods import (file_bytes, latency_ms, load_sparse_state, make_permanent, nonzero_parameters,
                                prune_global_l1, save_sparse, weight_sparsity)
 from raydistill.core.config import Config
@@ -113,7 +113,7 @@ def _student_artifact(cfg: Config, bundle: DataBundle, teacher_path: Path, teach
     d = cfg.distill
     torch.manual_seed(cfg.run.seed)
     model = build_model(d.student.name, bundle.input_shape, bundle.num_classes, d.student.args)
-    kd = KDSettings(temperature=d.temperature, alpha=d.alpha) if distilled else None
+    kd = KDSettings.for_distill(d) if distilled else None
     online = distilled and d.mode == "online"
     logits = predict_logits(teacher, bundle.x_train) if distilled and not online else None
     fit(model, bundle.x_train, bundle.y_train, epochs=d.epochs, lr=d.lr, batch_size=d.batch_size,
@@ -121,7 +121,7 @@ def _student_artifact(cfg: Config, bundle: DataBundle, teacher_path: Path, teach
         fill=raw_zero_fill(bundle.normalization, bundle.input_shape[0]))
     test = evaluate(model, bundle.x_test, bundle.y_test)
     kind = "student" if distilled else "baseline"
-    extra = ({"distillation": {"temperature": d.temperature, "alpha": d.alpha, "mode": f"{d.mode} (in-process)"}}
+    extra = ({"distillation": {**distillation_record(d), "mode": f"{d.mode} (in-process)"}}
              if distilled else {})
     card = build_card(kind=kind, model_name=d.student.name, model_args=d.student.args, bundle=bundle,
                       seed=cfg.run.seed, metrics={"test_accuracy": test["accuracy"], "test_loss": test["loss"],

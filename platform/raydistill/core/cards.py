@@ -27,3 +27,12 @@ def build_card(*, kind: str, model_name: str, model_args: dict, bundle: DataBund
         "parents": parents or [],
         **extra,
     }
+
+
+def distillation_record(d: Any) -> dict:
+    """The card's ``distillation`` section for a ``distill`` config section ``d``: T, alpha, mode, the
+    method, and DKD's weights and warm-up when the method is DKD."""
+    record = {"temperature": d.temperature, "alpha": d.alpha, "mode": d.mode, "method": d.method}
+    if d.method.startswith("dkd"):
+        record.update(dkd_alpha=d.dkd_alpha, dkd_beta=d.dkd_beta, dkd_warmup_epochs=d.dkd_warmup_epochs)
+    return record

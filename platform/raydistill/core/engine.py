@@ -17,6 +17,7 @@ from torch import nn
 
 from .config.schema import RecipeSection
 from .losses import ensemble_soft_targets, kd_loss_from_probs, soft_targets
+from .methods import Method, parse_method, soft_term, standardize, warmup_weight
 from .recipe import augmented, make_optimizer, make_scheduler
 
 __all__ = ["KDSettings", "make_optimizer", "iterate_batches", "read_only_tensors", "rank_shard", "teacher_probs", "run_teachers", "batch_loss",
@@ -30,6 +31,23 @@ class KDSettings:
     temperature: float  # from distill.temperature (the config is the one home of defaults)
     alpha: float  # weight of the hard-label CE; 1 - alpha weighs the soft term
     teacher_weights: tuple[float, ...] = (1.0,)
+    method: Method = Method()  # distill.method (core.methods): kd | dkd, optionally +lskd
+    dkd_alpha: float = 1.0
+    dkd_beta: float = 8.0
+    warmup_epochs: int = 0  # the soft term's linear warm-up (distill.dkd_warmup_epochs)
+
+    @classmethod
+    def for_distill(cls, d, *, teacher_weights: Sequence[float] = (1.0,), temperature: float | None = None,
+                    alpha: float | None = None) -> "KDSettings":
+        """What a ``distill`` config section asks for (``temperature``/``alpha`` given: a Tune trial's point)."""
+        return cls(temperature=float(d.temperature if temperature is None else temperature),
+                   alpha=float(d.alpha if alpha is None else alpha), teacher_weights=tuple(teacher_weights),
+                   method=parse_method(d.method), dkd_alpha=d.dkd_alpha, dkd_beta=d.dkd_beta,
+                   warmup_epochs=d.dkd_warmup_epochs)
+
+    def soft_weight(self, epoch: int) -> float:
+        """``(1 - alpha) * w(epoch)``: the soft term's weight in epoch ``epoch`` (1-based)."""
+        return (1.0 - self.alpha) * warmup_weight(epoch, self.warmup_epochs)
 
 
 
@@ -62,7 +80,10 @@ def rank_shard(arrays: Sequence, rank: int, world: int) -> list:
 
 
 def teacher_probs(teacher_logits: torch.Tensor, kd: KDSettings) -> torch.Tensor:
-    """Softened teacher probabilities ``(B, C)`` from logits ``(B, C)`` or ``(B, K, C)``."""
+    """Softened teacher probabilities ``(B, C)`` from logits ``(B, C)`` or ``(B, K, C)`` (each
+    teacher's logits z-scored first under ``+lskd``)."""
+    if kd.method.standardize:
+        teacher_logits = standardize(teacher_logits)
     if teacher_logits.dim() == 2:
         return soft_targets(teacher_logits, kd.temperature)
     per_teacher = [teacher_logits[:, k] for k in range(teacher_logits.shape[1])]
@@ -77,29 +98,37 @@ def run_teachers(teachers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor
 
 
 def batch_loss(model: nn.Module, batch: tuple[torch.Tensor, ...], *, kd: KDSettings | None,
-               teachers: Sequence[nn.Module] = (), label_smoothing: float = 0.0) -> torch.Tensor:
-    """Cross-entropy (with ``label_smoothing``) when ``kd`` is None; else the KD loss against cached
-    (3rd element) or online (``teachers``, run on the same possibly augmented ``x``) teacher logits."""
+               teachers: Sequence[nn.Module] = (), label_smoothing: float = 0.0, epoch: int = 1) -> torch.Tensor:
+    """Cross-entropy (with ``label_smoothing``) when ``kd`` is None; else
+    ``alpha * CE + (1 - alpha) * w(epoch) * D`` (core.methods) against cached (3rd element) or online
+    (``teachers``, run on the same possibly augmented ``x``) teacher logits; ``epoch`` is 1-based."""
     x, y = batch[0], batch[1]
     logits = model(x)
     if kd is None or kd.alpha == 1.0:
         return F.cross_entropy(logits, y, label_smoothing=label_smoothing)
     z_t = batch[2] if len(batch) > 2 else run_teachers(teachers, x)
-    return kd_loss_from_probs(logits, teacher_probs(z_t.float(), kd), y, temperature=kd.temperature,
-                              alpha=kd.alpha, label_smoothing=label_smoothing)
+    probs = teacher_probs(z_t.float(), kd)
+    if kd.method == Method() and kd.warmup_epochs <= 0:  # Hinton's KD: one fused autograd node (losses._KDLoss)
+        return kd_loss_from_probs(logits, probs, y, temperature=kd.temperature, alpha=kd.alpha,
+                                  label_smoothing=label_smoothing)
+    soft = soft_term(kd.method, logits, probs, y, kd.temperature, dkd_alpha=kd.dkd_alpha, dkd_beta=kd.dkd_beta)
+    hard = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+    return kd.alpha * hard + kd.soft_weight(epoch) * soft
 
 
 def train_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]], optimizer: torch.optim.Optimizer,
                 *, kd: KDSettings | None = None, teachers: Sequence[nn.Module] = (),
-                device: torch.device | str = "cpu", label_smoothing: float = 0.0, grad_clip: float = 0.0) -> float:
-    """One pass over ``batches``; returns the example-weighted mean loss."""
+                device: torch.device | str = "cpu", label_smoothing: float = 0.0, grad_clip: float = 0.0,
+                epoch: int = 1) -> float:
+    """One pass over ``batches`` (epoch ``epoch``, 1-based: a soft term's warm-up); returns the
+    example-weighted mean loss."""
     model.train()
     for t in teachers:
         t.eval()
     total, count = 0.0, 0
     for batch in batches:
         batch = tuple(b.to(device, non_blocking=True) for b in batch)
-        loss = batch_loss(model, batch, kd=kd, teachers=teachers, label_smoothing=label_smoothing)
+        loss = batch_loss(model, batch, kd=kd, teachers=teachers, label_smoothing=label_smoothing, epoch=epoch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip > 0:
@@ -166,6 +195,7 @@ def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, lr: floa
         batches = augmented(iterate_batches(arrays, batch_size, shuffle=True, seed=seed + epoch),
                             recipe.augment, fill, seed=seed + epoch + 1)
         losses.append(train_epoch(model, batches, optimizer, kd=kd, teachers=teachers, device=device,
-                                  label_smoothing=recipe.label_smoothing, grad_clip=recipe.grad_clip))
+                                  label_smoothing=recipe.label_smoothing, grad_clip=recipe.grad_clip,
+                                  epoch=epoch + 1))
         scheduler.step()
     return losses

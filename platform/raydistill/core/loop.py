@@ -105,7 +105,8 @@ def run_epochs(spec: StageSpec, *, train_batches: Callable[[int], Batches], val_
         # augmentation draws are seeded per (seed, epoch): a resumed run sees the same views
         batches = augmented(train_batches(epoch), recipe.augment, fill, seed=shuffle_seed(spec.seed, epoch) + 1)
         train_loss = train_epoch(trained, batches, optimizer, kd=spec.kd, teachers=teachers, device=device,
-                                 label_smoothing=recipe.label_smoothing, grad_clip=recipe.grad_clip)
+                                 label_smoothing=recipe.label_smoothing, grad_clip=recipe.grad_clip,
+                                 epoch=epoch + 1)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         epoch_time = time.perf_counter() - started

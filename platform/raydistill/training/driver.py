@@ -15,7 +15,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from raydistill.core.artifacts import ArtifactError, check_fits, load_state, new_artifact_path, stamped_name, resolve_artifact, save_artifact
-from raydistill.core.cards import build_card, parent_entry
+from raydistill.core.cards import build_card, distillation_record, parent_entry
 from raydistill.core.config import Config, ModelSpec, TeacherRef
 from raydistill.core.config.schema import RecipeSection
 from raydistill.core.recipe import raw_zero_fill
@@ -160,13 +160,13 @@ def distill_student(cfg: Config, *, baseline: bool = False, bundle: DataBundle |
         return finish_artifact(spec, state, bundle, cfg, kind="baseline", parents=[],
                                extra={"training": training_record(d, plan, cfg.run.seed)})
     teachers = load_teachers(cfg, bundle)
-    kd = KDSettings(temperature=d.temperature, alpha=d.alpha, teacher_weights=tuple(w for *_, w in teachers))
+    kd = KDSettings.for_distill(d, teacher_weights=[w for *_, w in teachers])
     spec = student_spec(cfg, bundle, kd=kd, stage="student")
     datasets, teachers_ref = _distill_inputs(cfg, bundle, teachers, plan)
     state = fit_stage(spec, datasets, cfg, plan=plan, max_failures=d.max_failures,
                       teachers_ref=teachers_ref, crash_at_epoch=d.crash_at_epoch)
     parents = teacher_parents(teachers)
-    extra = {"distillation": {"temperature": d.temperature, "alpha": d.alpha, "mode": d.mode},
+    extra = {"distillation": distillation_record(d),
              "training": training_record(d, plan, cfg.run.seed)}
     return finish_artifact(spec, state, bundle, cfg, kind="student", parents=parents, extra=extra)
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Sequence
 
 from raydistill.core.artifacts import ArtifactError, list_artifacts, load_card, mark_chosen, resolve_artifact
+from raydistill.core.cards import distillation_record
 from raydistill.core.config import Config, ConfigError
 from raydistill.tracking import Tracker
 from raydistill.tuning.progress import progress_callbacks
@@ -91,15 +92,6 @@ def shared_inputs(cfg: Config, bundle, teachers) -> dict:
     soft = compute_soft_targets(to_ray_dataset(bundle.x_train, bundle.y_train), pairs,
                                 actors=cfg.distill.soft_target_actors)
     return {"train": soft_target_arrays(soft), "val": (bundle.x_val, bundle.y_val)}
-
-
-def trial_settings(cfg: Config, bundle, teachers, sweep_dir: Path):
-    from raydistill.training.driver import student_spec
-    from raydistill.tuning.trial import TrialSettings
-
-    spec = dataclasses.replace(student_spec(cfg, bundle, kd=None, stage="student"), epochs=cfg.tune.max_epochs)
-    return TrialSettings(spec=spec, teacher_weights=tuple(w for *_, w in teachers), workers=trial_workers(cfg),
-                         fail_trial=cfg.tune.fail_trial, train_storage=str(sweep_dir / "train"))
 
 
 def trainable(cfg: Config, data: dict, settings):
@@ -181,7 +173,8 @@ def save_chosen(cfg: Config, bundle, teachers, settings, trial, best: dict, swee
     state = best_state(trial)
     spec = dataclasses.replace(trial_spec(settings, trial.config), epochs=state.epoch)
     best_config = {k: trial.config[k] for k in SEARCHED_KEYS if k in trial.config}
-    extra = {"distillation": {"temperature": best["temperature"], "alpha": best["alpha"], "mode": "cached"},
+    extra = {"distillation": {**distillation_record(cfg.distill), "temperature": best["temperature"],
+                              "alpha": best["alpha"], "mode": "cached"},
              "training": {**training_record(cfg.distill, None, cfg.run.seed), "epochs": state.epoch, "lr": best["lr"]},
              "tune": {"sweep": str(sweep_dir), "trial_id": trial.trial_id, "best_config": best_config,
                       "metric": cfg.tune.metric, "mode": cfg.tune.mode, "score": best["score"]}}
@@ -201,6 +194,7 @@ def run_sweep(cfg: Config, resume_dir: str | Path | None = None, *, callbacks: S
     from ray import tune
 
     from raydistill.training.driver import load_teachers
+    from raydistill.tuning.trial import trial_settings
 
     sweep_dir = Path(resume_dir).expanduser().resolve() if resume_dir else None
     cfg = resumed_config(cfg, sweep_dir) if sweep_dir else cfg

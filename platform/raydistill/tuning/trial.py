@@ -44,10 +44,22 @@ class TrialSettings:
     train_storage: str = ""  # where Ray Train runs of multi-worker trials keep checkpoints
 
 
+def trial_settings(cfg, bundle, teachers, sweep_dir: Path) -> TrialSettings:
+    """What every trial of a sweep of ``cfg`` shares: the student's recipe and ``distill``'s method, over
+    ``tune.max_epochs``; ``teachers`` as ``training.driver.load_teachers`` returns them."""
+    from raydistill.training.driver import student_spec
+    from raydistill.tuning.space import trial_workers
+
+    spec = replace(student_spec(cfg, bundle, kd=KDSettings.for_distill(cfg.distill), stage="student"),
+                   epochs=cfg.tune.max_epochs)
+    return TrialSettings(spec=spec, teacher_weights=tuple(w for *_, w in teachers), workers=trial_workers(cfg),
+                         fail_trial=cfg.tune.fail_trial, train_storage=str(sweep_dir / "train"))
+
+
 def trial_spec(settings: TrialSettings, config: dict) -> StageSpec:
     """The student spec for one point of the search space (``lr`` falls back to ``distill.lr``)."""
-    kd = KDSettings(temperature=float(config["temperature"]), alpha=float(config["alpha"]),
-                    teacher_weights=settings.teacher_weights)
+    kd = replace(settings.spec.kd or KDSettings(temperature=1.0, alpha=1.0), temperature=float(config["temperature"]),
+                 alpha=float(config["alpha"]), teacher_weights=settings.teacher_weights)
     return replace(settings.spec, kd=kd, lr=float(config.get("lr", settings.spec.lr)))
 
 

@@ -1,6 +1,7 @@
 """Range rules for the config tree: each failure names the dotted key and the allowed range."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .schema import QUANTIZE_MODES
@@ -55,6 +56,7 @@ def validate(cfg: Any) -> None:
     _validate_recipe(cfg, "distill")
     _positive(cfg, "distill", "temperature", "soft_target_actors")
     _fraction(cfg.distill.alpha, "distill.alpha")
+    _validate_method(cfg.distill)
     _one_of(cfg.distill.mode, "distill.mode", ("cached", "online"))
     _one_of(cfg.distill.soft_targets, "distill.soft_targets", ("workers", "ray_data"))
     _require(not (cfg.distill.mode == "cached" and cfg.distill.augment.active()), "distill.augment",
@@ -71,6 +73,19 @@ def validate(cfg: Any) -> None:
     _validate_serve(cfg)
     _require(cfg.pipeline.smoke_requests >= 1, "pipeline.smoke_requests", "must be >= 1")
     _validate_compress(cfg)
+
+
+def _validate_method(d: Any) -> None:
+    """``distill.method`` and its knobs (core.methods)."""
+    from raydistill.core.methods import CHOICES, parse_method
+
+    _one_of(d.method, "distill.method", CHOICES)
+    for name in ("dkd_alpha", "dkd_beta"):
+        value = getattr(d, name)
+        _require(math.isfinite(value) and value >= 0, f"distill.{name}", f"must be a finite number >= 0, got {value}")
+    _require(d.dkd_warmup_epochs >= 0, "distill.dkd_warmup_epochs", f"must be >= 0, got {d.dkd_warmup_epochs}")
+    _require(parse_method(d.method).base != "dkd" or d.dkd_alpha + d.dkd_beta > 0, "distill.dkd_beta",
+             "dkd_alpha and dkd_beta are both 0, so the distillation term vanishes; give either a weight > 0")
 
 
 def _validate_tracking_uri(uri: str) -> None:
