@@ -46,6 +46,8 @@ def tune_config(storage: Path, *extra: str, teacher: Path | None = None):
     ("tune.lr=[0.01, 0.001]", "tune.lr"),
     ("tune.grace_period=999", "tune.grace_period"),  # > tune.max_epochs
     ("tune.metric=accuracy", "tune.metric"),
+    ("tune.method=[kd, crd]", "tune.method"),
+    ("tune.method=[dkd, dkd]", "tune.method"),
 ])
 def test_bad_search_space_is_a_config_error_naming_the_key(storage, override, key):
     # Prepare / Execute / Assert
@@ -63,6 +65,16 @@ def test_grid_with_a_non_positive_temperature_or_alpha_outside_unit_interval_is_
 def test_optuna_with_a_grid_is_rejected(storage):
     with pytest.raises(ConfigError, match=r"tune\.searcher"):
         tune_config(storage, "tune.searcher=optuna", "tune.temperature_search=grid", "tune.temperature=[2, 4]")
+
+
+def test_a_method_axis_is_a_grid_that_multiplies_the_trials(storage):
+    from raydistill.tuning.space import expected_trials, search_space
+
+    cfg = tune_config(storage, "tune.num_samples=3", "tune.method=[kd, dkd, kd+lskd]")
+    assert expected_trials(cfg) == 9
+    assert search_space(cfg)["method"] == {"grid_search": ["kd", "dkd", "kd+lskd"]}
+    with pytest.raises(ConfigError, match=r"tune\.searcher"):
+        tune_config(storage, "tune.searcher=optuna", "tune.method=[kd, dkd]")
 
 
 def test_optuna_missing_gives_an_install_hint(storage, monkeypatch):
@@ -130,12 +142,12 @@ def test_a_progress_log_restarted_past_its_gap_is_filled_from_the_trials_own_rec
 
 @pytest.fixture(scope="module")
 def sweep(ray_session, tmp_path_factory):
-    """One 6-trial ASHA sweep on digits whose trial #2 always raises; no teacher in storage
-    yet, so the sweep trains one first."""
+    """One 6-trial ASHA sweep on digits (3 samples x 2 methods) whose trial #2 always raises; no
+    teacher in storage yet, so the sweep trains one first."""
     from raydistill.tuning.sweep import run_sweep
 
     storage = tmp_path_factory.mktemp("tune") / "runs"
-    cfg = tune_config(storage, "tune.num_samples=6", "tune.max_epochs=4", "tune.grace_period=1",
+    cfg = tune_config(storage, "tune.num_samples=3", "tune.method=[kd, dkd+lskd]", "tune.max_epochs=4", "tune.grace_period=1",
                       "tune.reduction_factor=2", "tune.fail_trial=2", "tune.max_retries=1", "tune.top_k=3")
     return cfg, run_sweep(cfg)
 
@@ -156,6 +168,7 @@ def test_sweep_writes_one_row_per_trial_and_reports_the_failing_trial(sweep):
     assert done["final_val_accuracy"].between(0, 1).all()
     assert (done["best_val_accuracy"] >= done["final_val_accuracy"]).all()
     assert done["temperature"].between(1, 20).all() and done["alpha"].between(0, 1).all()
+    assert frame["method"].value_counts().to_dict() == {"kd": 3, "dkd+lskd": 3}  # the grid axis
     best = done.loc[done["final_val_accuracy"].idxmax()]
     assert frame["chosen"].sum() == 1 and bool(frame.loc[best.name, "chosen"])
     assert result.best["trial_id"] == best["trial_id"]
@@ -194,6 +207,7 @@ def test_chosen_student_loads_and_its_test_accuracy_matches_card_and_table(sweep
     assert card["tune"]["sweep"] == str(result.sweep_dir) and card["tune"]["trial_id"] == chosen["trial_id"]
     assert card["tune"]["best_config"]["temperature"] == pytest.approx(chosen["temperature"])
     assert card["tune"]["best_config"]["alpha"] == pytest.approx(chosen["alpha"])
+    assert card["tune"]["best_config"]["method"] == chosen["method"] == card["distillation"]["method"]
     teacher = Path(cfg.storage_dir()) / "artifacts" / "teacher"
     assert [Path(p["path"]).parent for p in card["parents"]] == [teacher] and card["parents"][0]["kind"] == "teacher"
 
@@ -208,10 +222,12 @@ def test_best_yaml_loads_and_runs_a_distill(sweep):
     best = load_config(result.sweep_dir / "best.yaml")
     assert best.distill.temperature == pytest.approx(result.best["temperature"])
     assert best.distill.alpha == pytest.approx(result.best["alpha"])
+    assert best.distill.method == result.best["method"]
     assert Path(best.distill.teacher).is_dir()
     quick = load_config(result.sweep_dir / "best.yaml", ["distill.epochs=1", "distill.workers=1"])
     card = load_card(distill_student(quick))
     assert card["distillation"]["temperature"] == pytest.approx(result.best["temperature"])
+    assert card["distillation"]["method"] == result.best["method"]
     assert card["parents"][0]["path"] == best.distill.teacher
     assert 0 < card["metrics"]["test_accuracy"] <= 1
 

@@ -22,6 +22,7 @@ def trial_line(done: int, total: int, trial_id: str, config: dict, metric: str, 
                best: float | None) -> str:
     """``tune: trial 3/8 a1b2c_00002 T=4.02 alpha=0.311 val_accuracy=0.9653 (best 0.9722)``."""
     lr = f" lr={config['lr']:.2e}" if "lr" in config else ""
+    lr += f" method={config['method']}" if "method" in config else ""
     shown = "-" if score is None else f"{score:.4f}"
     tail = "" if best is None else f" (best {best:.4f})"
     return (f"tune: trial {done}/{total} {trial_id} T={config['temperature']:.3g} alpha={config['alpha']:.3g}{lr} "

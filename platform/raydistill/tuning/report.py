@@ -18,7 +18,7 @@ from raydistill.core.config import Config, ConfigError, config_from_dict, load_c
 SWEEP_CONFIG_FILE = "sweep.yaml"  # the sweep's own config, saved before any trial
 
 RESULTS_FILE, HEATMAP_FILE, CURVES_FILE, BEST_FILE = "results.csv", "heatmap.png", "curves.png", "best.yaml"
-COLUMNS = ["trial_id", "trial_index", "status", "temperature", "alpha", "lr", "final_val_accuracy",
+COLUMNS = ["trial_id", "trial_index", "status", "method", "temperature", "alpha", "lr", "final_val_accuracy",
            "best_val_accuracy", "final_val_loss", "score", "epochs_run", "early_stopped", "wall_time_s",
            "retries", "chosen", "test_accuracy", "error"]
 
@@ -33,6 +33,7 @@ def error_message(trace: str | None) -> str:
 
 
 def trial_row(*, trial_id: str, trial_index: int | None, status: str, config: dict, default_lr: float,
+              default_method: str,
               history: pd.DataFrame, metric: str, max_epochs: int, wall_time_s: float, retries: int,
               error: str) -> dict:
     """One ``results.csv`` row. ``history`` has one row per epoch (columns ``epoch``,
@@ -41,6 +42,7 @@ def trial_row(*, trial_id: str, trial_index: int | None, status: str, config: di
     epochs_run = int(last["epoch"]) if last is not None else 0
     return {
         "trial_id": trial_id, "trial_index": trial_index, "status": status,
+        "method": str(config.get("method", default_method)),
         "temperature": float(config["temperature"]), "alpha": float(config["alpha"]),
         "lr": float(config.get("lr", default_lr)),
         "final_val_accuracy": float(last["val_accuracy"]) if last is not None else math.nan,
@@ -101,23 +103,27 @@ def format_top_table(rows: Sequence[dict], *, mode: str, k: int, metric: str) ->
     done = sorted((r for r in rows if r["status"] == "TERMINATED" and not math.isnan(r["score"])),
                   key=lambda r: r["score"], reverse=(mode == "max"))
     failed = [r for r in rows if r["status"] == "ERROR"]
-    header = (f"{'rank':>4}  {'trial':<12}{'T':>7}{'alpha':>7}{'lr':>9}{metric:>14}{'best val':>10}"
+    header = (f"{'rank':>4}  {'trial':<12}{'method':>9}{'T':>7}{'alpha':>7}{'lr':>9}{metric:>14}{'best val':>10}"
               f"{'epochs':>7}{'stopped':>8}{'time s':>8}  status")
     lines = [header, "-" * len(header)]
     for rank, r in enumerate(done[:k], 1):
-        lines.append(f"{rank:>4}  {r['trial_id']:<12}{r['temperature']:>7.2f}{r['alpha']:>7.3f}{r['lr']:>9.2e}"
+        lines.append(f"{rank:>4}  {r['trial_id']:<12}{r['method']:>9}{r['temperature']:>7.2f}{r['alpha']:>7.3f}{r['lr']:>9.2e}"
                      f"{r['score']:>14.4f}{r['best_val_accuracy']:>10.4f}{r['epochs_run']:>7}"
                      f"{'yes' if r['early_stopped'] else 'no':>8}{r['wall_time_s']:>8.1f}  "
                      f"{r['status']}{'  <- chosen' if r['chosen'] else ''}")
     for r in failed:
-        lines.append(f"{'-':>4}  {r['trial_id']:<12}{r['temperature']:>7.2f}{r['alpha']:>7.3f}{r['lr']:>9.2e}"
+        lines.append(f"{'-':>4}  {r['trial_id']:<12}{r['method']:>9}{r['temperature']:>7.2f}{r['alpha']:>7.3f}{r['lr']:>9.2e}"
                      f"{'':>14}{'':>10}{r['epochs_run']:>7}{'':>8}{r['wall_time_s']:>8.1f}  ERROR: {r['error']}")
     return "\n".join(lines)
 
 
+_MARKERS = ("s", "o", "D", "^", "v")  # one per method in a sweep over tune.method
+
+
 def plot_heatmap(rows: Sequence[dict], best: dict, path: Path) -> Path:
-    """Final val accuracy over the (T, alpha) plane: one marker per trial, the best starred,
-    failed trials as grey crosses. T is on a log axis when the range spans a factor >= 4."""
+    """Final val accuracy over the (T, alpha) plane: one marker per trial (its shape: the trial's
+    ``distill.method`` when a sweep compares several), the best starred, failed trials as grey
+    crosses. T is on a log axis when the range spans a factor >= 4."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -126,14 +132,21 @@ def plot_heatmap(rows: Sequence[dict], best: dict, path: Path) -> Path:
     ok = [r for r in rows if not math.isnan(r["final_val_accuracy"]) and r["status"] != "ERROR"]
     bad = [r for r in rows if r["status"] == "ERROR"]
     fig, ax = plt.subplots(figsize=(6.4, 5.2))
-    points = ax.scatter([r["temperature"] for r in ok], [r["alpha"] for r in ok], s=260, marker="s",
-                        c=[r["final_val_accuracy"] for r in ok], cmap="viridis", edgecolors="k")
-    fig.colorbar(points, ax=ax, label="final val accuracy")
+    accuracies = [r["final_val_accuracy"] for r in ok] or [0.0]
+    methods = sorted({r["method"] for r in ok})
+    for i, method in enumerate(methods):
+        mine = [r for r in ok if r["method"] == method]
+        points = ax.scatter([r["temperature"] for r in mine], [r["alpha"] for r in mine], s=260,
+                            marker=_MARKERS[i % len(_MARKERS)], c=[r["final_val_accuracy"] for r in mine],
+                            cmap="viridis", vmin=min(accuracies), vmax=max(accuracies), edgecolors="k",
+                            label=method if len(methods) > 1 else None)
+    if methods:
+        fig.colorbar(points, ax=ax, label="final val accuracy")
     if bad:
         ax.scatter([r["temperature"] for r in bad], [r["alpha"] for r in bad], marker="x", c="grey", s=80,
                    label="failed")
     ax.scatter([best["temperature"]], [best["alpha"]], marker="*", s=420, c="red", edgecolors="k",
-               label=f"best: T={best['temperature']:.2f}, alpha={best['alpha']:.2f} ({best['score']:.3f})")
+               label=f"best: {best['method']} T={best['temperature']:.2f}, alpha={best['alpha']:.2f} ({best['score']:.3f})")
     temps = [r["temperature"] for r in rows]
     if min(temps) > 0 and max(temps) / min(temps) >= 4:
         ax.set_xscale("log")
@@ -178,7 +191,7 @@ def plot_curves(histories: dict[str, pd.DataFrame], rows: Sequence[dict], *, k: 
 
 def best_config(cfg: Config, best: dict, *, teacher: str) -> Config:
     """A complete distill config with the best trial's values (and the sweep's teacher) filled in."""
-    distill = dataclasses.replace(cfg.distill, temperature=best["temperature"], alpha=best["alpha"],
+    distill = dataclasses.replace(cfg.distill, method=best["method"], temperature=best["temperature"], alpha=best["alpha"],
                                   lr=best["lr"], epochs=int(best["epochs_run"]),
                                   teacher=teacher if not cfg.distill.teachers else cfg.distill.teacher)
     run = dataclasses.replace(cfg.run, storage_path=str(cfg.storage_dir()))

@@ -13,12 +13,12 @@ from raydistill.runtime import TRIAL_DRIVER_CPUS
 
 
 def expected_trials(cfg: Config) -> int:
-    """``num_samples`` x the size of each grid axis (how many trials Tune will create)."""
+    """``num_samples`` x the size of each grid axis, methods included (how many trials Tune will create)."""
     t = cfg.tune
     n = t.num_samples
     n *= len(t.temperature) if t.temperature_search == "grid" else 1
     n *= len(t.alpha) if t.alpha_search == "grid" else 1
-    return n
+    return n * max(1, len(t.method))
 
 
 def trial_workers(cfg: Config) -> int:
@@ -62,7 +62,8 @@ def check_searcher(cfg: Config) -> None:
 
 
 def search_space(cfg: Config) -> dict:
-    """Tune's ``param_space``: T log-uniform/uniform/grid, alpha uniform/grid, optional log-uniform lr."""
+    """Tune's ``param_space``: T log-uniform/uniform/grid, alpha uniform/grid, optional log-uniform lr,
+    optional grid of ``distill.method`` names (a categorical axis: every method gets the same T/alpha budget)."""
     from ray import tune
 
     t = cfg.tune
@@ -72,6 +73,8 @@ def search_space(cfg: Config) -> dict:
              "alpha": tune.grid_search(list(t.alpha)) if t.alpha_search == "grid" else tune.uniform(*t.alpha)}
     if t.lr:
         space["lr"] = tune.loguniform(*t.lr)
+    if t.method:
+        space["method"] = tune.grid_search(list(t.method))
     return space
 
 

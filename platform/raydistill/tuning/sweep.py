@@ -141,7 +141,8 @@ def collect_rows(cfg: Config, sweep_dir: Path) -> tuple[list[dict], dict, dict]:
             history = fill_history(history, best_state(trial).history)
         last = trial.last_result or {}
         rows.append(trial_row(trial_id=trial.trial_id, trial_index=trial_index(trial.trial_id), status=trial.status,
-                              config=trial.config, default_lr=cfg.distill.lr, history=history,
+                              config=trial.config, default_lr=cfg.distill.lr,
+                              default_method=cfg.distill.method, history=history,
                               metric=cfg.tune.metric, max_epochs=cfg.tune.max_epochs,
                               wall_time_s=last.get("time_total_s", 0.0), retries=trial.num_failures,
                               error=error_message(trial.get_error()) if trial.status == "ERROR" else ""))
@@ -173,7 +174,8 @@ def save_chosen(cfg: Config, bundle, teachers, settings, trial, best: dict, swee
     state = best_state(trial)
     spec = dataclasses.replace(trial_spec(settings, trial.config), epochs=state.epoch)
     best_config = {k: trial.config[k] for k in SEARCHED_KEYS if k in trial.config}
-    extra = {"distillation": {**distillation_record(cfg.distill), "temperature": best["temperature"],
+    extra = {"distillation": {**distillation_record(dataclasses.replace(cfg.distill, method=best["method"])),
+                              "temperature": best["temperature"],
                               "alpha": best["alpha"], "mode": "cached"},
              "training": {**training_record(cfg.distill, None, cfg.run.seed), "epochs": state.epoch, "lr": best["lr"]},
              "tune": {"sweep": str(sweep_dir), "trial_id": trial.trial_id, "best_config": best_config,

@@ -22,11 +22,12 @@ import numpy as np
 from ray import tune
 
 from raydistill.core.engine import KDSettings, iterate_batches, read_only_tensors
+from raydistill.core.methods import parse_method
 from raydistill.core.loop import (STATE_FILE, StageSpec, TrainState, load_train_state, run_epochs, save_train_state,
                                   shuffle_seed, state_from_checkpoint)
 from raydistill.training.resume import newest_of, newest_persisted_state
 
-SEARCHED_KEYS = ("temperature", "alpha", "lr")
+SEARCHED_KEYS = ("temperature", "alpha", "lr", "method")
 logger = logging.getLogger(__name__)
 
 
@@ -57,9 +58,11 @@ def trial_settings(cfg, bundle, teachers, sweep_dir: Path) -> TrialSettings:
 
 
 def trial_spec(settings: TrialSettings, config: dict) -> StageSpec:
-    """The student spec for one point of the search space (``lr`` falls back to ``distill.lr``)."""
+    """The student spec for one point of the search space (``lr`` and ``method`` fall back to ``distill``'s)."""
     kd = replace(settings.spec.kd or KDSettings(temperature=1.0, alpha=1.0), temperature=float(config["temperature"]),
                  alpha=float(config["alpha"]), teacher_weights=settings.teacher_weights)
+    if "method" in config:  # a sweep over tune.method
+        kd = replace(kd, method=parse_method(config["method"]))
     return replace(settings.spec, kd=kd, lr=float(config.get("lr", settings.spec.lr)))
 
 

@@ -163,6 +163,11 @@ def _validate_tune(cfg: Any) -> None:
                      f"a {search} range needs [low, high] with low < high, got {values}")
     if t.lr:
         _require(len(t.lr) == 2 and 0 < t.lr[0] < t.lr[1], "tune.lr", f"needs [low, high], 0 < low < high; got {t.lr}")
+    from raydistill.core.methods import CHOICES
+
+    for name in t.method:
+        _one_of(name, "tune.method", CHOICES)
+    _require(len(set(t.method)) == len(t.method), "tune.method", f"must not repeat a method, got {t.method}")
     _one_of(t.scheduler, "tune.scheduler", ("asha", "none"))
     _one_of(t.searcher, "tune.searcher", ("random", "optuna"))
     _one_of(t.mode, "tune.mode", ("max", "min"))
@@ -172,8 +177,8 @@ def _validate_tune(cfg: Any) -> None:
     _require(t.top_k >= 1, "tune.top_k", f"must be >= 1, got {t.top_k}")
     _require(t.fail_trial >= -1, "tune.fail_trial", "must be -1 (off) or a trial index >= 0")
     if t.searcher == "optuna":
-        _require("grid" not in (t.temperature_search, t.alpha_search), "tune.searcher",
-                 "optuna samples ranges; use temperature_search/alpha_search other than grid")
+        _require("grid" not in (t.temperature_search, t.alpha_search) and not t.method, "tune.searcher",
+                 "optuna samples ranges; use temperature_search/alpha_search other than grid and no tune.method grid")
         _require(t.fail_trial == -1, "tune.fail_trial", "works with the random searcher only")
 
 

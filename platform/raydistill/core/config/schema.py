@@ -131,6 +131,7 @@ class TuneSection:
     alpha: list[float] = field(default_factory=lambda: [0.0, 1.0])
     alpha_search: str = "uniform"  # uniform | grid
     lr: list[float] = field(default_factory=list)  # [] = keep distill.lr; [lo, hi] = loguniform
+    method: list[str] = field(default_factory=list)  # [] = keep distill.method; else one grid axis of methods
     scheduler: str = "asha"  # asha | none
     searcher: str = "random"  # random | optuna
     grace_period: int = 3
