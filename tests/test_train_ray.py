@@ -29,9 +29,16 @@ def test_pipeline_command_runs_every_stage_and_prints_the_summary(ray_session, s
              f"serve.port={free_port()}"]
     rc = main(["pipeline", "--config", DIGITS, *_sets(storage, epochs=3, workers=2),
                *[a for o in extra for a in ("--set", o)]])
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     # Assert: the table names all three models, the sweep chose T/alpha, the endpoint answered.
     assert rc == 0
+    # a console a person reads: no Ray bookkeeping lines (run.verbose brings them back), and short
+    console = captured.out + captured.err
+    for noise in ("TrainingReport(", "Checkpoint successfully created", "Configuration for experiment",
+                  "Started Serve in namespace", "Creating initial MLflow database tables", "execution finished in"):
+        assert noise not in console
+    assert len(console.splitlines()) <= 60, console
     for row in ("teacher", "student-alone", "distilled-student", "compression"):
         assert row in out
     assert "from the sweep" in out and "2 Ray Train workers" in out

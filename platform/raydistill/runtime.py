@@ -14,6 +14,9 @@ def _set_defaults() -> None:
     # checkpoint cost ~2 s on small jobs (docs/ray-notes.md: 43.9 s -> 24.6 s for 10 epochs).
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    # Tune's output engine draws a "Configuration for experiment" box even at verbose=0; the legacy
+    # one prints nothing at verbose=0, and the sweep logs its own line per trial (tuning/progress.py)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 
 def init_ray(address: str = "", *, num_cpus: int | None = None, quiet: bool = True, dashboard: bool = True):
@@ -53,6 +56,11 @@ def configure_data(ray) -> None:
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     ctx.execution_options.preserve_order = True
+    # Ray Data warns once per process that the bars it was told to hide are hidden; mark that one
+    # message as already logged (its log_once key), nothing else
+    from ray.util.debug import log_once
+
+    log_once("ray_data_progress_manager_disabled")
 
 
 def free_local_port(host: str = "127.0.0.1") -> int:

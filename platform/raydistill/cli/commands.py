@@ -65,6 +65,8 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted override, e.g. --set distill.temperature=4 (repeatable)")
     p.add_argument("--address", default="", help="Ray address to attach to (default: RAY_ADDRESS or local)")
+    p.add_argument("--verbose", action="store_true",
+                   help="also show Ray's, Serve's and MLflow's own INFO logs (same as --set run.verbose=true)")
 
 
 def _resolve(target: str) -> Callable:
@@ -78,16 +80,19 @@ def config_from_args(args: argparse.Namespace) -> Config:
     overrides = list(args.overrides)
     if args.address:
         overrides.append(f"run.address={args.address}")
+    if getattr(args, "verbose", False):
+        overrides.append("run.verbose=true")
     return load_config(args.config, overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from raydistill.cli.console import attach_console
+    from raydistill.cli.console import attach_console, quiet_libraries
 
     attach_console()  # the library logs; the CLI decides where lines go
     args = build_parser().parse_args(argv)
     try:
         cfg = config_from_args(args)
+        quiet_libraries(cfg.run.verbose)
         result = _resolve(STAGES[args.stage][0])(cfg, args)
     except (ConfigError, DataError, ArtifactError) as exc:
         logger.error(f"error: {exc}")

@@ -24,6 +24,31 @@ class _CurrentStream(logging.StreamHandler):
         pass
 
 
+# Libraries whose INFO lines are bookkeeping a user does not act on ("Checkpoint successfully created
+# at ...", "Started Serve in namespace ...", "Creating initial MLflow database tables"): WARNING and
+# above only, unless run.verbose. Errors always reach the console.
+LIBRARY_LOGGERS = ("ray.train", "ray.tune", "ray.tune.tune", "ray.serve", "ray.data._internal.execution.streaming_executor",
+                   "mlflow.store.db.utils")
+
+
+def _below_warning(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING
+
+
+def quiet_libraries(verbose: bool = False) -> None:
+    """Drop records below WARNING from :data:`LIBRARY_LOGGERS` in this process (``verbose``: keep
+    them); idempotent, and in effect before or after those libraries are imported. Each logger gets
+    the level (for its children) and a filter (importing Ray Serve resets ``ray.serve``'s level to
+    INFO; filters survive that)."""
+    for name in LIBRARY_LOGGERS:
+        library = logging.getLogger(name)
+        library.setLevel(logging.NOTSET if verbose else logging.WARNING)
+        if verbose:
+            library.removeFilter(_below_warning)
+        elif _below_warning not in library.filters:
+            library.addFilter(_below_warning)
+
+
 def attach_console(level: int = logging.INFO) -> None:
     """Plain ``%(message)s`` lines: below WARNING to stdout, WARNING and above to stderr. Idempotent."""
     root = logging.getLogger("raydistill")

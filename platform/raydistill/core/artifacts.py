@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -194,7 +195,8 @@ def build_from_card(card: dict[str, Any]) -> nn.Module:
 def model_from_state(card: dict[str, Any], state: dict) -> nn.Module:
     """The card's architecture with ``state`` loaded (tensors or numpy arrays), in eval mode."""
     model = build_from_card(card)
-    model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
+    # numpy arrays from the object store are read-only: copy them (load_state_dict copies anyway)
+    model.load_state_dict({k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.array(v)) for k, v in state.items()})
     return model.eval()
 
 

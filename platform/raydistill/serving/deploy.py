@@ -105,7 +105,7 @@ def _start_and_run(cfg: Config, app) -> str:
 
     s = cfg.serve
     serve.start(http_options={"host": s.host, "port": s.port, "request_timeout_s": s.request_timeout_s},
-                logging_config={"enable_access_log": False})
+                logging_config={"enable_access_log": False, "log_level": "INFO" if cfg.run.verbose else "WARNING"})
     serve.run(app, name=s.app_name, route_prefix=s.route_prefix)
     return proxy_url(s.host, s.port, s.route_prefix)
 
@@ -154,11 +154,15 @@ class StopSignals:
 
 
 def stop(app_name: str, *, shutdown_serve: bool, shutdown_ray: bool) -> None:
-    """Remove our application; shut Serve and Ray down too when this process started them."""
+    """Remove our application; shut Serve and Ray down too when this process started them.
+
+    With Ray going down as well, the app is deleted (its replicas drain) and ``ray.shutdown`` ends the
+    Serve controller with the runtime: ``serve.shutdown`` first races its own controller kill against
+    the controller's graceful-shutdown task, which the raylet reports as a failed task."""
     import ray
     from ray import serve
 
-    if shutdown_serve:
+    if shutdown_serve and not shutdown_ray:
         serve.shutdown()
     else:
         serve.delete(app_name)

@@ -43,7 +43,8 @@ def fit_stage(spec: StageSpec, data: dict, cfg: Config, *, plan: WorkerPlan, max
     cache_logits = spec.kd is not None and cfg.distill.mode == "cached"
     loop_config = {"spec": spec, "data": data, "teachers_ref": teachers_ref, "cache_logits": cache_logits,
                    "use_gpu": plan.use_gpu,
-                   "threads": plan.threads, "verbose": not cfg.run.quiet, "crash_at_epoch": crash_at_epoch,
+                   "threads": plan.threads, "verbose": not cfg.run.quiet, "ray_logs": cfg.run.verbose,
+                   "crash_at_epoch": crash_at_epoch,
                    "crash_marker": str(storage / "faults" / f"{run_name}.crashed")}
     if plan.in_process:
         return fit_in_process(loop_config, run_dir=storage / "ray_results" / run_name, max_failures=max_failures)

@@ -40,7 +40,7 @@ class TeacherLogits:
             self.models.append(model_from_state(card, state).to(self.device))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        x = torch.as_tensor(batch["x"], dtype=torch.float32, device=self.device)
+        x = torch.from_numpy(np.array(batch["x"], dtype=np.float32)).to(self.device)  # a writable copy
         batch["logits"] = run_teachers(self.models, x).cpu().numpy()  # (B, C) or (B, K, C)
         return batch
 

@@ -94,6 +94,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if config.get("verbose") and run_dir is None and not logger.handlers:  # a worker has no console; Ray logs its stdout
         logger.addHandler(logging.StreamHandler())
         logger.setLevel(logging.INFO)
+    if not config.get("ray_logs"):  # "Checkpoint successfully created at ..." per report, unless run.verbose
+        logging.getLogger("ray.train").setLevel(logging.WARNING)
     # Ray sets OMP_NUM_THREADS from the worker's CPUs (1 when fractional); use exactly what the plan gave
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
     ctx = ray.train.get_context()

@@ -43,6 +43,7 @@ class TrialSettings:
     workers: int = 1
     fail_trial: int = -1  # fault injection: the trial with this creation index raises
     train_storage: str = ""  # where Ray Train runs of multi-worker trials keep checkpoints
+    ray_logs: bool = False  # run.verbose: Ray Train's INFO lines ("Checkpoint successfully created ...") too
 
 
 def trial_settings(cfg, bundle, teachers, sweep_dir: Path) -> TrialSettings:
@@ -54,7 +55,8 @@ def trial_settings(cfg, bundle, teachers, sweep_dir: Path) -> TrialSettings:
     spec = replace(student_spec(cfg, bundle, kd=KDSettings.for_distill(cfg.distill), stage="student"),
                    epochs=cfg.tune.max_epochs)
     return TrialSettings(spec=spec, teacher_weights=tuple(w for *_, w in teachers), workers=trial_workers(cfg),
-                         fail_trial=cfg.tune.fail_trial, train_storage=str(sweep_dir / "train"))
+                         fail_trial=cfg.tune.fail_trial, train_storage=str(sweep_dir / "train"),
+                         ray_logs=cfg.run.verbose)
 
 
 def trial_spec(settings: TrialSettings, config: dict) -> StageSpec:
@@ -111,6 +113,8 @@ def distill_trial(config: dict, *, data: dict[str, tuple[np.ndarray, ...]], sett
     ``data["val"]`` is ``(x, y)``; both arrive once per node through the object store.
     """
     spec = trial_spec(settings, config)
+    if not settings.ray_logs:  # Tune logs "Checkpoint successfully created at ..." per epoch otherwise
+        logging.getLogger("ray.train").setLevel(logging.WARNING)
     train, val = read_only_tensors(data["train"]), read_only_tensors(data["val"])
     run_epochs(spec,
                # the same shuffling seeds as a 1-worker `raydistill distill` (rank 0 of world 1)
@@ -141,7 +145,7 @@ def distill_trial_on_train(config: dict, *, data: dict[str, tuple[np.ndarray, ..
     trial_id = tune.get_context().get_trial_id()
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"spec": spec, "verbose": False,
+        train_loop_config={"spec": spec, "verbose": False, "ray_logs": settings.ray_logs,
                            "data": {"train": ray.put(tuple(data["train"])), "val": ray.put(tuple(data["val"]))}},
         scaling_config=ScalingConfig(num_workers=settings.workers, resources_per_worker={"CPU": 1.0 - TRIAL_DRIVER_CPUS}),
         run_config=RunConfig(name=f"trial-{trial_id}", storage_path=settings.train_storage,

@@ -20,6 +20,7 @@ class RunSection:
     address: str = ""  # "" = RAY_ADDRESS or a new local runtime; "auto" or ray://... to attach
     use_gpu: bool = False  # use a GPU when set and one is present
     quiet: bool = False  # fewer progress lines
+    verbose: bool = False  # Ray's, Serve's and MLflow's own INFO logs on the console too (--verbose)
     tracking: bool = True  # MLflow: params, per-epoch metrics, artifact sha256, the champion (raydistill.tracking)
     tracking_uri: str = ""  # "" = sqlite:///<storage_path>/mlflow.db; or a team server (http://host:5000)
 
