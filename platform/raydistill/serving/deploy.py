@@ -154,15 +154,11 @@ class StopSignals:
 
 
 def stop(app_name: str, *, shutdown_serve: bool, shutdown_ray: bool) -> None:
-    """Remove our application; shut Serve and Ray down too when this process started them.
-
-    With Ray going down as well, the app is deleted (its replicas drain) and ``ray.shutdown`` ends the
-    Serve controller with the runtime: ``serve.shutdown`` first races its own controller kill against
-    the controller's graceful-shutdown task, which the raylet reports as a failed task."""
+    """Remove our application; shut Serve and Ray down too when this process started them."""
     import ray
     from ray import serve
 
-    if shutdown_serve and not shutdown_ray:
+    if shutdown_serve:
         serve.shutdown()
     else:
         serve.delete(app_name)
