@@ -58,11 +58,65 @@ def test_unknown_names_list_the_known_ones():
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32)])
-@pytest.mark.parametrize("name", ["mlp", "cnn", "cnn_small", "seed_teacher", "seed_student", "resnet18", "mobilenet_v3_small"])
+@pytest.mark.parametrize("name", ["mlp", "cnn", "cnn_small", "seed_teacher", "seed_student", "resnet18", "mobilenet_v3_small",
+                                  "resnet8x4", "resnet20", "wrn_16_2"])
 def test_every_model_fits_every_input_size(name, shape):
     model = build_model(name, shape, 10, {"hidden": [32]} if name == "mlp" else None).eval()
     out = model(torch.randn(2, *shape))
     assert out.shape == (2, 10)
+
+
+# Parameter counts as the papers' tables give them (millions; CIFAR-100 heads unless noted, 2 decimals,
+# truncated in some tables): RepDistiller / CRD (Tian et al. 2020) Table 1; ResNet-110 (1.7M) from He et
+# al. 2016 (CIFAR-10: 1.73); WRN-28-10 (36.5M) from Zagoruyko & Komodakis 2016 (CIFAR-10).
+PUBLISHED_MILLIONS = [("resnet8x4", 100, 1.23), ("resnet32x4", 100, 7.43), ("resnet20", 100, 0.28),
+                      ("resnet56", 100, 0.86), ("resnet110", 10, 1.73), ("wrn_16_2", 100, 0.70),
+                      ("wrn_40_2", 100, 2.25), ("wrn_28_10", 10, 36.5)]
+
+
+@pytest.mark.parametrize("name, classes, millions", PUBLISHED_MILLIONS)
+def test_cifar_pairs_have_the_published_parameter_counts(name, classes, millions):
+    precision = 0.01 if millions < 10 else 0.05  # 36.5 is given to one decimal
+    assert abs(count_parameters(build_model(name, (3, 32, 32), classes)) / 1e6 - millions) < precision
+
+
+def test_resnet20_parameters_match_the_written_architecture():
+    # He et al. 2016 sec. 4.2 with 1x1-conv + BN shortcuts, counted by hand: a 3x3 stem to 16 + BN,
+    # three stages of 3 blocks (two 3x3 convs + two BNs each), two projection shortcuts, a 64 -> 10 linear.
+    def conv(cin, cout, k=3):
+        return cin * cout * k * k
+
+    def bn(c):
+        return 2 * c
+
+    stem = conv(3, 16) + bn(16)
+    stage1 = 3 * (2 * conv(16, 16) + 2 * bn(16))
+    stage2 = conv(16, 32) + conv(32, 32) + 2 * bn(32) + 2 * (2 * conv(32, 32) + 2 * bn(32)) + conv(16, 32, 1) + bn(32)
+    stage3 = conv(32, 64) + conv(64, 64) + 2 * bn(64) + 2 * (2 * conv(64, 64) + 2 * bn(64)) + conv(32, 64, 1) + bn(64)
+    assert count_parameters(build_model("resnet20", (3, 32, 32), 10)) == stem + stage1 + stage2 + stage3 + 64 * 10 + 10
+
+
+@pytest.mark.parametrize("name, stem, side", [("resnet18", "auto", 32), ("resnet18", "imagenet", 8),
+                                             ("resnet8x4", None, 32), ("wrn_16_2", None, 32)])
+def test_small_inputs_keep_their_resolution_through_the_stem(name, stem, side):
+    # The first residual stage sees a 32x32 map for a 32x32 image, unless the ImageNet stem is asked for.
+    model = build_model(name, (3, 32, 32), 10, {"stem": stem} if stem else None).eval()
+    seen = []
+    first_block = next(m for m in model.modules() if type(m).__name__ in ("BasicBlock", "_Basic", "_WideBasic"))
+    first_block.register_forward_hook(lambda mod, inp, out: seen.append(tuple(inp[0].shape[-2:])))
+    model(torch.randn(1, 3, 32, 32))
+    assert seen[0] == (side, side)
+
+
+def test_bad_depth_or_stem_is_a_clear_error():
+    from raydistill.core.cifar_models import cifar_resnet, wide_resnet
+
+    with pytest.raises(ValueError, match="depth 6n \\+ 2"):
+        cifar_resnet((3, 32, 32), 10, depth=21)
+    with pytest.raises(ValueError, match="depth 6n \\+ 4"):
+        wide_resnet((3, 32, 32), 10, depth=17, widen=2)
+    with pytest.raises(ValueError, match="stem must be"):
+        build_model("resnet18", (3, 32, 32), 10, {"stem": "tiny"})
 
 
 def test_seed_pair_matches_the_paper_layout():

@@ -87,24 +87,42 @@ def _cnn_small(input_shape, num_classes, *, channels: Sequence[int] = (16, 32), 
                          nn.Flatten(), nn.Linear(c1 * 4, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
 
 
+SMALL_INPUT_PX = 64  # stem "auto": images at most this large get the small-input stem
+
+
+def _small_stem(input_shape, stem: str) -> bool:
+    """Whether ``stem`` ("auto" | "small" | "imagenet") means the small-input stem for ``(C, H, W)``."""
+    if stem not in ("auto", "small", "imagenet"):
+        raise ValueError(f"stem must be auto, small or imagenet, got {stem!r}")
+    return stem == "small" or (stem == "auto" and max(input_shape[1:]) <= SMALL_INPUT_PX)
+
+
 @MODELS.register("resnet18")
-def _resnet18(input_shape, num_classes) -> nn.Module:
-    """torchvision ResNet-18, random init (no weight download), first conv fit to C channels."""
+def _resnet18(input_shape, num_classes, *, stem: str = "auto") -> nn.Module:
+    """torchvision ResNet-18, random init (no weight download), first conv fit to C channels. The
+    ImageNet stem (7x7 stride 2 + max-pool) cuts a 32x32 image to 8x8 before the first block; the
+    small-input stem (3x3 stride 1, no max-pool: the CIFAR variant) keeps 32x32."""
     import torchvision
 
     model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
-    model.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=7, stride=2, padding=3, bias=False)
+    if _small_stem(input_shape, stem):
+        model.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    else:
+        model.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=7, stride=2, padding=3, bias=False)
     return model
 
 
 @MODELS.register("mobilenet_v3_small")
-def _mobilenet_v3_small(input_shape, num_classes) -> nn.Module:
-    """torchvision MobileNetV3-Small, random init, first conv fit to C channels."""
+def _mobilenet_v3_small(input_shape, num_classes, *, stem: str = "auto") -> nn.Module:
+    """torchvision MobileNetV3-Small, random init, first conv fit to C channels (stride 1 instead of 2
+    with the small-input stem)."""
     import torchvision
 
     model = torchvision.models.mobilenet_v3_small(weights=None, num_classes=num_classes)
     first = model.features[0][0]
-    model.features[0][0] = nn.Conv2d(input_shape[0], first.out_channels, 3, stride=2, padding=1, bias=False)
+    stride = 1 if _small_stem(input_shape, stem) else 2
+    model.features[0][0] = nn.Conv2d(input_shape[0], first.out_channels, 3, stride=stride, padding=1, bias=False)
     return model
 
 
@@ -140,3 +158,6 @@ def quantize_int8(model: nn.Module) -> nn.Module:
         from torch.ao.quantization import quantize_dynamic
 
         return quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
+
+
+from . import cifar_models  # noqa: E402,F401  (registers resnet8x4, resnet32x4, resnet20/56, wrn_16_2, wrn_40_2, ...)
