@@ -44,6 +44,7 @@ def test_override_parses_yaml_values_and_keeps_siblings():
     ("run.tracking=maybe", "run.tracking"),
     ("run.tracking_uri=/tmp/mlruns", "run.tracking_uri"),
     ("distill.method=crd", "distill.method"),
+    ("serve.auth_token_env=T serve.auth_token_file=/run/secrets/token", "serve.auth_token_file"),
     ("distill.method=kd+dkd", "distill.method"),
     ("distill.dkd_alpha=-1", "distill.dkd_alpha"),
     ("distill.dkd_beta=.nan", "distill.dkd_beta"),

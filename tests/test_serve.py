@@ -171,12 +171,20 @@ def test_model_endpoint_serves_the_artifacts_card_and_docs_describe_the_api(serv
 
 
 @pytest.mark.timeout(90)
-def test_bearer_auth_when_a_token_env_is_set(served, monkeypatch):
-    from ray import serve
+def test_bearer_auth_from_a_token_file_and_the_token_is_nowhere_in_serves_state(served, tmp_path):
+    import json
 
-    monkeypatch.setenv("RAYDISTILL_TEST_TOKEN", "tok-123")
-    run_app(serve_args(served.artifact, auth_token_env="RAYDISTILL_TEST_TOKEN", max_replicas=1),
+    from ray import serve
+    from ray.serve.context import _get_global_client
+
+    # Prepare: the token in a 0600 file the replicas read where they run (nothing secret in the config).
+    token_file = tmp_path / "token"
+    token_file.write_text("tok-123\n")
+    token_file.chmod(0o600)
+    run_app(serve_args(served.artifact, auth_token_file=str(token_file), max_replicas=1),
             name="secure", route_prefix="/secure")
+    # What Ray shows about the running apps (the dashboard's Serve API returns the same details)
+    details = json.dumps(_get_global_client().get_serve_details(), default=str)
     secure = f"http://127.0.0.1:{served.port}/secure/"
     body = {"instances": [ONE]}
     try:
@@ -195,6 +203,7 @@ def test_bearer_auth_when_a_token_env_is_set(served, monkeypatch):
     assert missing.headers["www-authenticate"] == "Bearer"
     assert right.status_code == card_with.status_code == health.status_code == 200
     assert open_app.status_code == 200  # auth is per application: the main one has none
+    assert "secure" in details and str(token_file) in details and "tok-123" not in details
 
 
 @pytest.mark.timeout(60)

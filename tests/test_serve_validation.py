@@ -240,6 +240,50 @@ def test_auth_token_env_set_but_missing_refuses_to_start(local_student, monkeypa
                                          "max_body_bytes": 1000, "auth_token_env": "RAYDISTILL_NO_SUCH_TOKEN"})
 
 
+@pytest.mark.parametrize("mode, content, message", [(0o644, "s3cret\n", "mode 644, readable by others; run: chmod 600"),
+                                                    (0o600, " \n", "is empty"), (None, "", "cannot be read")])
+def test_a_token_file_that_others_can_read_or_that_is_empty_or_missing_refuses_to_start(
+        local_student, tmp_path, mode, content, message):
+    from raydistill.core.config import ConfigError
+    from raydistill.serving.service import PredictionService
+
+    token_file = tmp_path / "token"
+    if mode is not None:
+        token_file.write_text(content)
+        token_file.chmod(mode)
+    with pytest.raises(ConfigError, match=f"serve.auth_token_file: {token_file}.*{message}"):
+        PredictionService.from_settings({"artifact": str(local_student), "max_instances": 4, "max_body_bytes": 1000,
+                                         "auth_token_file": str(token_file)})
+
+
+def test_a_0600_token_file_turns_bearer_auth_on(local_student, raw_digits, tmp_path):
+    from raydistill.serving.app import ServeArgs
+    from raydistill.serving.bare import build_bare_app
+
+    token_file = tmp_path / "token"
+    token_file.write_text("f1le-t0ken\n")
+    token_file.chmod(0o600)
+    app = build_bare_app(ServeArgs(artifact=str(local_student), auth_token_file=str(token_file)).model_dump())
+    payload = {"instances": raw_digits[0][:1].tolist()}
+
+    async def calls():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8001") as client:
+            return [await client.post("/v1/predict", json=payload, headers={"authorization": "Bearer f1le-t0ken"}),
+                    await client.post("/v1/predict", json=payload)]
+
+    ok, missing = asyncio.run(calls())
+    assert ok.status_code == 200 and missing.status_code == 401
+
+
+def test_the_token_never_travels_in_the_deployment_options(monkeypatch):
+    from raydistill.serving.app import ServeArgs, deployment_options
+
+    monkeypatch.setenv("RAYDISTILL_UNIT_TOKEN", "s3cret-in-env")
+    options = deployment_options(ServeArgs(auth_token_env="RAYDISTILL_UNIT_TOKEN"))
+    assert "s3cret-in-env" not in repr(options) and "runtime_env" not in options["ray_actor_options"]
+
+
 def test_bare_app_answers_and_refuses_like_the_served_one(local_student, raw_digits, monkeypatch):
     from raydistill.serving.app import ServeArgs
     from raydistill.serving.bare import build_bare_app

@@ -8,7 +8,6 @@ it again when it loads it.
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -21,7 +20,8 @@ from raydistill.serving.model_runner import is_remote_uri, locate_artifact
 
 # What a replica's constructor receives. Batching travels in user_config and autoscaling in the
 # deployment options, so changing those is a light update that does not restart replicas.
-REPLICA_FIELDS = {"artifact", "storage_path", "max_instances", "max_body_bytes", "auth_token_env", "quantize",
+REPLICA_FIELDS = {"artifact", "storage_path", "max_instances", "max_body_bytes", "auth_token_env", "auth_token_file",
+                  "quantize",
                   "allowed_hosts", "body_timeout_s"}
 
 
@@ -42,7 +42,10 @@ class ServeArgs(BaseModel):
     max_body_bytes: int = Field(default=_S.max_body_bytes, ge=1)
     body_timeout_s: float = Field(default=_S.body_timeout_s, gt=0,
                                   description="seconds to receive the whole body; slower clients get 408")
-    auth_token_env: str = Field(default=_S.auth_token_env, description="env var holding the bearer token; '' = auth off")
+    auth_token_env: str = Field(default=_S.auth_token_env, description="env var holding the bearer token where the "
+                                                                      "replicas run; '' = auth off")
+    auth_token_file: str = Field(default=_S.auth_token_file, description="absolute path (on every node) of a file "
+                                                                        "holding the bearer token, mode 0600")
     allowed_hosts: list[str] = Field(default_factory=lambda: list(_S.allowed_hosts), min_length=1,
                                      description="Host header values answered; others get 400; '*' = any")
     quantize: Literal[QUANTIZE_MODES] = _S.quantize
@@ -80,10 +83,9 @@ def verified_artifact(args: ServeArgs) -> str:
 
 def deployment_options(args: ServeArgs) -> dict[str, Any]:
     """Autoscaling, batching (``user_config``, changeable at run time) and per-replica resources."""
+    # No runtime_env carrying the token: Ray shows deployment options to anyone who can read the
+    # dashboard. Replicas read serve.auth_token_env / serve.auth_token_file where they run.
     actor_options: dict[str, Any] = {"num_cpus": args.num_cpus}
-    token = os.environ.get(args.auth_token_env) if args.auth_token_env else None
-    if token:  # hand the caller's token to the replicas; on a shared cluster set it on the nodes instead
-        actor_options["runtime_env"] = {"env_vars": {args.auth_token_env: token}}
     return {
         "autoscaling_config": {"min_replicas": args.min_replicas, "max_replicas": args.max_replicas,
                                "target_ongoing_requests": args.target_ongoing_requests,

@@ -29,6 +29,8 @@ def serve_args(cfg: Config, artifact_ref: str | None = None) -> ServeArgs:
     same_name = {k: getattr(s, k) for k in ServeArgs.model_fields if k not in ("artifact", "storage_path")}
     if s.host not in ("0.0.0.0", "::") and s.host.lower() not in same_name["allowed_hosts"]:
         same_name["allowed_hosts"] = [*same_name["allowed_hosts"], s.host.lower()]  # the bound name is always served
+    if same_name["auth_token_file"]:  # replicas run elsewhere (another cwd, another node): an absolute path
+        same_name["auth_token_file"] = str(Path(same_name["auth_token_file"]).expanduser().resolve())
     return ServeArgs(artifact=artifact_ref or s.artifact, storage_path=str(cfg.storage_dir()), **same_name)
 
 

@@ -97,14 +97,38 @@ HEALTH_ROUTE: dict[str, Any] = {"summary": "Liveness: 200 when the model is load
 # --- behaviour ----------------------------------------------------------------------------------
 
 
-def read_auth_token(env_name: str) -> str | None:
-    """The bearer token from ``env_name`` (``""`` = auth off). Set-but-missing refuses to start."""
+def read_auth_token(env_name: str, file_path: str = "") -> str | None:
+    """The bearer token from the file ``file_path`` or the env var ``env_name`` (both ``""`` = auth
+    off). A missing, empty or group/other-readable token refuses to start."""
+    if file_path:
+        return _token_from_file(file_path)
     if not env_name:
         return None
     token = os.environ.get(env_name, "")
     if not token:
         raise ConfigError(f"serve.auth_token_env: environment variable {env_name} is empty or unset where the "
                           "server runs; refusing to serve without the token")
+    return token
+
+
+def _token_from_file(file_path: str) -> str:
+    """The stripped contents of ``file_path``, which must be a regular file only its owner can read."""
+    import stat
+
+    try:
+        info = os.stat(file_path)
+    except OSError as exc:
+        raise ConfigError(f"serve.auth_token_file: {file_path} cannot be read where the server runs ({exc.strerror}); "
+                          "refusing to serve without the token") from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(f"serve.auth_token_file: {file_path} is not a regular file")
+    if info.st_mode & 0o077:
+        raise ConfigError(f"serve.auth_token_file: {file_path} has mode {stat.S_IMODE(info.st_mode):o}, readable by "
+                          f"others; run: chmod 600 {file_path}")
+    with open(file_path, encoding="utf-8") as f:
+        token = f.read().strip()
+    if not token:
+        raise ConfigError(f"serve.auth_token_file: {file_path} is empty; refusing to serve without the token")
     return token
 
 
@@ -139,7 +163,7 @@ class PredictionService:
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> "PredictionService":
         """Build from ``ServeArgs.model_dump()`` (artifact, storage_path, quantize, limits, auth)."""
-        token = read_auth_token(settings.get("auth_token_env", ""))
+        token = read_auth_token(settings.get("auth_token_env", ""), settings.get("auth_token_file", ""))
         runner = ModelRunner.from_artifact(settings["artifact"], storage_path=settings.get("storage_path", "runs"),
                                            quantize=settings.get("quantize", "none"))
         return cls(runner, max_instances=settings["max_instances"], max_body_bytes=settings["max_body_bytes"],

@@ -223,10 +223,14 @@ def _validate_serve(cfg: Any) -> None:
     _require(s.route_prefix.startswith("/"), "serve.route_prefix", "must start with '/'")
     _require(bool(s.allowed_hosts) and all(isinstance(h, str) and h.strip() for h in s.allowed_hosts),
              "serve.allowed_hosts", f"must be a non-empty list of host names (or [\"*\"]), got {s.allowed_hosts}")
+    _require(not (s.auth_token_env and s.auth_token_file), "serve.auth_token_file",
+             "set either serve.auth_token_env or serve.auth_token_file, not both")
     public = s.host not in LOOPBACK_HOSTS
-    _require(not public or bool(s.auth_token_env) or s.allow_unauthenticated_public, "serve.host",
+    auth = bool(s.auth_token_env or s.auth_token_file)
+    _require(not public or auth or s.allow_unauthenticated_public, "serve.host",
              f"{s.host} is reachable from other machines and serve.auth_token_env is empty, so anyone who can "
-             f"reach it could use the model; set serve.auth_token_env to the env var holding a bearer token, or "
+             f"reach it could use the model; set serve.auth_token_env to the env var holding a bearer token "
+             f"(or serve.auth_token_file to a file holding it), or "
              f"set serve.allow_unauthenticated_public=true to expose it without auth on purpose")
 
 

@@ -194,7 +194,8 @@ class ServeSection:
     max_body_bytes: int = 1_000_000
     body_timeout_s: float = 10.0  # a request body not fully received by then gets 408 (slow-body clients)
     request_timeout_s: float = 60.0  # Serve's end-to-end limit per HTTP request (http_options)
-    auth_token_env: str = ""  # name of the env var holding the bearer token; "" = no auth
+    auth_token_env: str = ""  # name of the env var holding the bearer token (set where replicas run); "" = no auth
+    auth_token_file: str = ""  # or: a file holding it, readable by its owner only (mode 0600), on every node
     # Host header values answered (with or without :port); others get 400 (DNS rebinding against a
     # loopback server). "*" answers any host. serve.host is added by `raydistill serve`.
     allowed_hosts: list[str] = field(default_factory=lambda: ["127.0.0.1", "localhost", "[::1]"])
