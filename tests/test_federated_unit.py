@@ -283,6 +283,7 @@ def test_bad_client_updates_are_refused_and_the_round_goes_on():
     assert "NaN" in rejected["0"] and "shape" in rejected["1"]
     assert out.records[2].participating == 3 and out.records[2].dropped == 2 and out.records[2].rejected == 2
     assert "rejected" in out.records[2].row()  # a column of rounds.csv
+    assert out.rejected_updates == {"2": rejected}  # the reasons, per round, as summary.json lists them
 
 
 def test_failure_prob_drops_clients_deterministically():

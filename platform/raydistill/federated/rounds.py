@@ -61,6 +61,13 @@ class RoundsOutcome:
     def last_good_round(self) -> int:
         return max(r.round for r in self.records if r.status == "ok")
 
+    @property
+    def rejected_updates(self) -> dict[str, dict[str, str]]:
+        """``{round: {client id: why its update was refused}}`` for every round that refused one
+        (``summary.json``; ``rounds.csv`` has the counts)."""
+        return {str(r.round): dict(r.details["rejected"]) for r in self.records
+                if (r.details or {}).get("rejected")}
+
 
 def make_tasks(rnd: int, client_ids: Sequence[int], partitions: Sequence[np.ndarray], seed: int) -> list[ClientTask]:
     """One :class:`ClientTask` per sampled client; its training seed depends on (seed, round, id)."""

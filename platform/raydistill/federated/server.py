@@ -220,7 +220,7 @@ def _finish(plan, outcome, central, run_dir: Path, peak: dict, actors: int, cloc
                                         status=status, extra=extra)
     result = FederatedResult(artifact, run_dir, outcome.records, central, dict(peak), actors, clock.total)
     summary = {"artifact": str(artifact), "status": status, "final_test_accuracy": result.final_accuracy,
-               "central_test_accuracy": central["accuracy"], **extra}
+               "central_test_accuracy": central["accuracy"], "rejected_updates": outcome.rejected_updates, **extra}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if failed:
         good = outcome.last_good_round
