@@ -16,7 +16,7 @@ PURE_OUTSIDE_CORE = [
     "raydistill.federated.client", "raydistill.federated.strategies", "raydistill.federated.rounds",
     "raydistill.federated.plan", "raydistill.federated.report", "raydistill.federated.memory",
     "raydistill.serving", "raydistill.serving.validation", "raydistill.serving.service",
-    "raydistill.serving.model_runner", "raydistill.serving.bare", "raydistill.compress",
+    "raydistill.serving.model_runner", "raydistill.serving.fetch", "raydistill.serving.bare", "raydistill.compress",
     "raydistill.compress.report", "raydistill.compress.methods", "raydistill.compress.output",
     "raydistill.tuning", "raydistill.tuning.report", "raydistill.tuning.space", "raydistill.training",
     "raydistill.tracking", "raydistill.tracking.records", "raydistill.tracking.store", "raydistill.tracking.runs",

@@ -477,3 +477,53 @@ def test_a_model_that_answers_nan_is_unhealthy_and_refuses_predictions(local_stu
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=ok), base_url="http://127.0.0.1") as c:
             return await c.get("/healthz")
     assert asyncio.run(ok_health()).status_code == 200
+
+
+# --- artifacts named by a URI (serving/fetch.py) -------------------------------------------------
+
+
+def test_a_uri_artifact_is_fetched_once_into_the_storage_cache_keyed_by_its_sha256(local_student, tmp_path):
+    import json
+
+    from raydistill.serving.model_runner import locate_artifact
+
+    # Execute: the same file:// URI twice.
+    uri = f"file://{local_student}"
+    first = locate_artifact(uri, str(tmp_path))
+    stamp = (first / "weights.pt").stat().st_mtime_ns
+    second = locate_artifact(uri, str(tmp_path))
+    # Assert: cached under <storage>/fetched/<the card's weights sha256>, reused without a new copy,
+    # nothing partial left.
+    sha = json.loads((local_student / "model.json").read_text())["weights_sha256"]
+    assert first == second == tmp_path / "fetched" / sha
+    assert (second / "weights.pt").stat().st_mtime_ns == stamp
+    assert [p.name for p in (tmp_path / "fetched").iterdir()] == [sha]
+
+
+def test_the_least_recently_used_fetch_is_evicted_past_the_cap(local_student, local_teacher, tmp_path):
+    from raydistill.serving.fetch import fetch_artifact
+
+    def size(path):
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+    cap = size(local_teacher) + size(local_student) // 2  # room for the teacher alone, not both
+    student = fetch_artifact(f"file://{local_student}", tmp_path, max_bytes=cap)
+    teacher = fetch_artifact(f"file://{local_teacher}", tmp_path, max_bytes=cap)
+    assert teacher.is_dir() and not student.exists()
+
+
+def test_a_uri_artifact_over_the_cap_or_tampered_is_refused_and_leaves_nothing(local_student, tmp_path):
+    import shutil
+
+    from raydistill.core.artifacts import ArtifactError
+    from raydistill.serving.fetch import fetch_artifact
+
+    with pytest.raises(ArtifactError, match=r"cannot fetch artifact file://.* MB, more than the 0\.001 MB fetch cap"):
+        fetch_artifact(f"file://{local_student}", tmp_path / "cache", max_bytes=1000)
+    tampered = shutil.copytree(local_student, tmp_path / "tampered")
+    weights = bytearray((tampered / "weights.pt").read_bytes())
+    weights[-16] ^= 0x01
+    (tampered / "weights.pt").write_bytes(bytes(weights))
+    with pytest.raises(ArtifactError, match="cannot fetch artifact file://.*sha256 mismatch"):
+        fetch_artifact(f"file://{tampered}", tmp_path / "cache")
+    assert not (tmp_path / "cache").exists() or list((tmp_path / "cache").iterdir()) == []

@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from raydistill.core.artifacts import ArtifactError, load_artifact
 from raydistill.core.config import RunSection, ServeSection
 from raydistill.core.config.schema import QUANTIZE_MODES
-from raydistill.serving.model_runner import is_remote_uri, locate_artifact
+from raydistill.serving.fetch import is_remote_uri
+from raydistill.serving.model_runner import locate_artifact
 
 
 # What a replica's constructor receives. Batching travels in user_config and autoscaling in the

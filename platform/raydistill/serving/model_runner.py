@@ -7,7 +7,6 @@ applied at training time).
 """
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,32 +19,16 @@ from raydistill.core.artifacts import ArtifactError, json_safe, load_artifact, r
 from raydistill.core.config.schema import QUANTIZE_MODES
 from raydistill.core.data import normalize
 from raydistill.core.models import quantize_int8
+from raydistill.serving.fetch import FETCH_DIR, fetch_artifact, is_remote_uri
 from raydistill.serving.validation import InputSpec
 
 
 
-def is_remote_uri(ref: str) -> bool:
-    """``s3://...``, ``gs://...``, ``file://...``: fetched with pyarrow, then verified like a dir."""
-    return "://" in ref
-
-
-def fetch_artifact(uri: str, cache_dir: str | None = None) -> Path:
-    """Copy the artifact directory at ``uri`` into a fresh local directory (pyarrow filesystems)."""
-    import pyarrow.fs
-
-    try:
-        fs, remote = pyarrow.fs.FileSystem.from_uri(uri)
-        local = Path(tempfile.mkdtemp(prefix="raydistill-artifact-", dir=cache_dir))
-        pyarrow.fs.copy_files(remote, str(local), source_filesystem=fs)
-    except (OSError, ValueError, pyarrow.ArrowException) as exc:
-        raise ArtifactError(f"cannot fetch artifact {uri}: {exc}") from exc
-    return local
-
-
 def locate_artifact(ref: str, storage_path: str) -> Path:
-    """A local artifact dir for ``ref``: a path, ``chosen``, ``latest:<kind>`` or a URI."""
+    """A local artifact dir for ``ref``: a path, ``chosen``, ``latest:<kind>``, or a URI fetched into
+    ``<storage_path>/fetched/`` (serving/fetch.py)."""
     if is_remote_uri(ref):
-        return fetch_artifact(ref)
+        return fetch_artifact(ref, Path(storage_path) / FETCH_DIR)
     return resolve_artifact(ref, storage_path).resolve()
 
 
