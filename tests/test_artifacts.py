@@ -169,3 +169,36 @@ def test_a_model_with_non_finite_test_metrics_is_not_saved(local_student, tmp_pa
     with pytest.raises(ArtifactError, match="test_loss=nan"):
         save_artifact(tmp_path / "student-bad", model, dict(card, metrics={"test_accuracy": 0.1, "test_loss": float("nan")}))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_is_a_clear_error_and_leaves_no_partial_artifact(tmp_path):
+    # Prepare: a child process whose files may not grow past 20 kB (RLIMIT_FSIZE: the kernel refuses
+    # the write as it would on a full disk), saving a model whose weights need ~70 kB.
+    import subprocess
+    import sys
+    import textwrap
+
+    from conftest import REPO
+
+    script = textwrap.dedent(f"""
+        import resource, signal, sys
+        sys.path.insert(0, {str(REPO / "platform")!r})
+        from raydistill.core.artifacts import ArtifactError, save_artifact
+        from raydistill.core.models import build_model
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write instead of a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+        card = {{"kind": "student", "architecture": {{"name": "mlp", "args": {{"hidden": [256]}}}},
+                "input_shape": [1, 8, 8], "class_names": list("0123456789"), "metrics": {{}}}}
+        try:
+            save_artifact({str(tmp_path / "artifacts" / "student" / "s1")!r},
+                          build_model("mlp", (1, 8, 8), 10, {{"hidden": [256]}}), card)
+        except ArtifactError as exc:
+            print(exc)
+    """)
+    # Execute
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    # Assert: the error names the place and what to do; no artifact and no hidden temp dir remain.
+    assert proc.returncode == 0, proc.stderr
+    assert "no room to save the student at" in proc.stdout and "File too large" in proc.stdout
+    assert "set run.storage_path to another disk" in proc.stdout
+    assert list((tmp_path / "artifacts" / "student").iterdir()) == []

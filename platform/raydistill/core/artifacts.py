@@ -7,11 +7,11 @@ looks whole. Loading verifies the weights' sha256 against the card and uses
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import hashlib
 import io
 import json
 import math
-import os
 import platform as _platform
 import shutil
 import uuid
@@ -130,13 +130,17 @@ def save_artifact(path: Path | str, model: nn.Module | dict[str, torch.Tensor], 
         if isinstance(value, float) and not math.isfinite(value):
             raise ArtifactError(f"the {card.get('kind', 'model')} for {path.name} has {key}={value}: it predicts "
                                 f"NaN or infinity on the test split, so it is not saved")
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.mkdir()
     try:
-        torch.save(state, tmp / WEIGHTS_FILE)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+        # serialized in memory, written by Python: torch's own file writer hides a full disk's errno
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        with open(tmp / WEIGHTS_FILE, "wb") as f:
+            f.write(buffer.getbuffer())
         full = dict(card)
-        full["weights_sha256"] = sha256_file(tmp / WEIGHTS_FILE)
+        full["weights_sha256"] = hashlib.sha256(buffer.getbuffer()).hexdigest()
         full["parameters"] = int(sum(v.numel() for k, v in state.items() if _is_parameter_key(k, state)))
         full.setdefault("versions", library_versions())
         full.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
@@ -144,12 +148,32 @@ def save_artifact(path: Path | str, model: nn.Module | dict[str, torch.Tensor], 
         (tmp / CARD_FILE).write_text(json.dumps(json_safe(full), indent=2, allow_nan=False))
         fsync_tree(tmp)
         swap_in(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if _out_of_space(exc):
+            raise ArtifactError(f"no room to save the {card.get('kind', 'model')} at {path} ({_reason(exc)}); nothing "
+                                f"was saved: free space there or set run.storage_path to another disk") from exc
         raise
     remove_stale_temps(path.parent)
     return path
 
+
+
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # disk full, quota, file size limit
+
+
+def _out_of_space(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it was raised from) is a full disk, a quota or a file size limit."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _NO_ROOM:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _reason(exc: BaseException) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)[:200]
 
 
 def _is_parameter_key(key: str, state: dict) -> bool:
