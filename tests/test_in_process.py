@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import os
 import subprocess
 import sys
@@ -120,10 +121,57 @@ def test_baseline_command_trains_in_process_without_starting_ray(tmp_path):
 
 
 def test_epoch_lines_are_the_first_the_last_and_one_per_tenth():
-    from raydistill.training.worker import worth_a_line
+    from raydistill.core.progress import worth_a_line
 
     lines = [e for e in range(1, 61) if worth_a_line(e, 60)]
     assert lines == [1, 6, 12, 18, 24, 30, 36, 42, 48, 54, 60]  # floor(10 e / 60) steps at multiples of 6
     assert [e for e in range(1, 11) if worth_a_line(e, 10)] == list(range(1, 11))
     assert [e for e in range(1, 4) if worth_a_line(e, 3)] == [1, 2, 3]
     assert [e for e in range(1, 201) if worth_a_line(e, 200)] == [1, *range(20, 201, 20)]
+
+
+def _baseline_console(tmp_path, epochs: int, *, terminal: bool) -> str:
+    """What `raydistill baseline` writes to stdout, attached to a pseudo-terminal or to a pipe."""
+    import pty
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_TMPDIR=str(tmp_path / "ray"), COLUMNS="120")
+    args = [sys.executable, "-m", "raydistill.cli.commands", "baseline", "--config", str(DIGITS),
+            "--set", f"run.storage_path={tmp_path / 'runs'}", "--set", f"distill.epochs={epochs}",
+            "--set", "run.tracking=false"]
+    if not terminal:
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout
+    import fcntl
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a 120-column terminal
+    proc = subprocess.Popen(args, stdout=follower, stderr=subprocess.DEVNULL, env=env)
+    os.close(follower)
+    chunks = []
+    while True:  # until the child closes its end (EIO on Linux once it has exited)
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert proc.wait(timeout=300) == 0
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_a_terminal_gets_a_live_bar_and_a_pipe_gets_one_line_per_tenth(tmp_path):
+    # Execute: the same 20-epoch stage with stdout on a pseudo-terminal, then on a pipe.
+    tty = _baseline_console(tmp_path / "tty", 20, terminal=True)
+    piped = _baseline_console(tmp_path / "pipe", 20, terminal=False)
+    # Assert: the terminal shows one bar redrawn in place (carriage returns), reaching 20/20 with the
+    # latest loss and val accuracy, and no per-epoch lines; the pipe has the 11 milestone lines only.
+    assert "\r" in tty and "baseline: 100%" in tty and "20/20" in tty and "val_acc=" in tty
+    assert "[baseline] epoch" not in tty and "baseline artifact:" in tty
+    epochs = [int(e) for e in re.findall(r"^\[baseline\] epoch (\d+)/20 ", piped, re.M)]
+    assert epochs == [1, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20] and "\r" not in piped

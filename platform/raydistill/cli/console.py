@@ -1,6 +1,10 @@
 """The console: the CLI's handlers for the library's loggers. Library modules never print; they log
 to ``logging.getLogger(__name__)`` under ``raydistill``, and :func:`attach_console` (called by the
-CLI, jobs and whoever drives the library) shows INFO on stdout and WARNING and above on stderr."""
+CLI, jobs and whoever drives the library) shows INFO on stdout and WARNING and above on stderr.
+
+Records carrying a :class:`raydistill.core.progress.Progress` (epochs, trials, rounds) are drawn as
+one live ``tqdm`` bar per task when stdout is a terminal; otherwise (CI, ``ray job submit`` logs, a
+pipe) only their milestone lines are printed: the first, the last and one per tenth of the task."""
 from __future__ import annotations
 
 import logging
@@ -22,6 +26,56 @@ class _CurrentStream(logging.StreamHandler):
     @stream.setter
     def stream(self, value) -> None:  # StreamHandler sets it once; the property always looks it up
         pass
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if _BARS.open:  # a line printed under a live bar would be overdrawn: tqdm moves the bar below it
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+            return
+        super().emit(record)
+
+
+def _terminal() -> bool:
+    return bool(getattr(sys.stdout, "isatty", lambda: False)())
+
+
+class _Bars(logging.Handler):
+    """Draws progress records as one ``tqdm`` bar per task on a terminal; a bar closes at its last step."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.open: dict = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        progress = getattr(record, "progress", None)
+        if progress is None or not _terminal():
+            return
+        from tqdm import tqdm
+
+        bar = self.open.get(progress.task)
+        if bar is None or bar.total != progress.total or progress.done < bar.n:  # a new run of that task
+            if bar is not None:
+                bar.close()
+            bar = self.open[progress.task] = tqdm(total=progress.total, desc=progress.task, file=sys.stdout,
+                                                  leave=True, dynamic_ncols=True)
+        bar.set_postfix(progress.postfix, refresh=False)
+        bar.update(progress.done - bar.n)
+        if progress.done >= progress.total:
+            bar.close()
+            del self.open[progress.task]
+
+
+_BARS = _Bars()
+
+
+def _plain_line(record: logging.LogRecord) -> bool:
+    """Whether the plain stdout handler prints ``record``: everything below WARNING except progress
+    steps that a bar draws (terminal) or that are not milestones (no terminal)."""
+    if record.levelno >= logging.WARNING:
+        return False
+    progress = getattr(record, "progress", None)
+    return progress is None or (not _terminal() and progress.milestone)
 
 
 # Libraries whose INFO lines are bookkeeping a user does not act on ("Checkpoint successfully created
@@ -56,9 +110,10 @@ def attach_console(level: int = logging.INFO) -> None:
     if any(isinstance(h, _CurrentStream) for h in root.handlers):
         return
     out, err = _CurrentStream("stdout"), _CurrentStream("stderr")
-    out.addFilter(lambda record: record.levelno < logging.WARNING)
+    out.addFilter(_plain_line)
     err.setLevel(logging.WARNING)
     for handler in (out, err):
         handler.setFormatter(logging.Formatter("%(message)s"))
         root.addHandler(handler)
+    root.addHandler(_BARS)
     root.propagate = False

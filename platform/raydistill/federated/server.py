@@ -20,6 +20,7 @@ import ray
 import torch
 
 from raydistill.core.engine import evaluate
+from raydistill.core.progress import Progress, log_progress
 from raydistill.core.models import build_model
 from raydistill.runtime import cluster_cpus, init_ray
 from raydistill.federated.actors import ActorPool, RunPayload
@@ -123,10 +124,16 @@ def _progress(cfg, csv_file: RoundsCsv, memory: PeakMemory) -> Callable[[RoundRe
         window = memory.reset_window()
         record.peak_rss_mb, record.peak_pss_mb = round(window["rss"] / MB, 1), round(window["pss"] / MB, 1)
         csv_file.append(record)
-        if not cfg.run.quiet:
-            logger.info(f"round {record.round:>3}/{cfg.federated.rounds}: {record.participating}/{record.sampled} clients "
-                  f"({record.dropped} dropped) test_accuracy={record.test_accuracy:.4f} "
-                  f"loss={record.test_loss:.4f} {record.wall_s:.2f}s [{record.status}]")
+        if cfg.run.quiet:
+            return
+        line = (f"round {record.round:>3}/{cfg.federated.rounds}: {record.participating}/{record.sampled} clients "
+                f"({record.dropped} dropped) test_accuracy={record.test_accuracy:.4f} "
+                f"loss={record.test_loss:.4f} {record.wall_s:.2f}s [{record.status}]")
+        if record.status != "ok":  # always its own line
+            logger.info(line)
+            return
+        log_progress(logger, Progress("federated", record.round, cfg.federated.rounds,
+                                      {"acc": f"{record.test_accuracy:.4f}", "clients": record.participating}), line)
 
     return on_round
 

@@ -19,6 +19,7 @@ from raydistill.core.engine import iterate_batches, rank_shard, read_only_tensor
 from raydistill.core.loop import (STATE_FILE, StageSpec, TrainState, run_epochs, save_train_state, shuffle_seed,
                                   state_from_checkpoint)
 from raydistill.core.artifacts import model_from_state
+from raydistill.core.progress import Progress, log_progress
 from raydistill.training.in_process import keep_checkpoint, newest_state
 from raydistill.training.resume import newest_of, newest_persisted_state
 
@@ -70,11 +71,15 @@ def _online_teachers(teachers_ref, device) -> list[torch.nn.Module]:
     return [model_from_state(card, state).to(device) for card, state in _resolve(teachers_ref)]
 
 
-def worth_a_line(epoch: int, epochs: int, parts: int = 10) -> bool:
-    """Whether epoch ``epoch`` (1-based) of ``epochs`` gets a console line: the first, the last, and
-    each one that crosses another ``1/parts`` of the run (``floor(parts * e / E)`` grows), so a
-    60-epoch stage prints 11 lines and a 10-epoch one every epoch."""
-    return epoch in (1, epochs) or (parts * epoch) // epochs > (parts * (epoch - 1)) // epochs
+def _log_epoch(spec: StageSpec, metrics: dict, *, in_process: bool) -> None:
+    """The epoch as a progress event (a bar on a terminal, milestone lines otherwise). A worker actor
+    has no console of its own (Ray forwards its stdout as lines): it logs the milestones only."""
+    epoch, val = metrics["epoch"], metrics["val_accuracy"]
+    progress = Progress(spec.stage, epoch, spec.epochs,
+                        {"loss": f"{metrics['train_loss']:.4f}", "val_acc": "-" if val is None else f"{val:.4f}"})
+    if in_process or progress.milestone:
+        log_progress(logger, progress, f"[{spec.stage}] epoch {epoch}/{spec.epochs} train_loss={metrics['train_loss']:.4f} "
+                                       f"val_acc={'-' if val is None else f'{val:.4f}'}")
 
 
 def _resume(run_dir: Path | None) -> TrainState | None:
@@ -112,10 +117,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics["threads"] = torch.get_num_threads()  # evidence the worker used the CPUs it was given
         epoch = metrics["epoch"]
         save = epoch % spec.recipe.checkpoint_every == 0 or epoch == spec.epochs
-        if rank == 0 and config.get("verbose") and worth_a_line(epoch, spec.epochs):
-            val = metrics["val_accuracy"]
-            logger.info(f"[{spec.stage}] epoch {epoch}/{spec.epochs} train_loss={metrics['train_loss']:.4f} "
-                        f"val_acc={'-' if val is None else f'{val:.4f}'}")
+        if rank == 0 and config.get("verbose"):
+            _log_epoch(spec, metrics, in_process=run_dir is not None)
         if run_dir is not None:  # local mode keeps no checkpoint of its own
             kept = keep_checkpoint(state, run_dir) if save else None
             ray.train.report(metrics, checkpoint=kept and ray.train.Checkpoint.from_directory(str(kept)))

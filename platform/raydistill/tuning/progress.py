@@ -6,6 +6,8 @@ import logging
 
 from ray import tune
 
+from raydistill.core.progress import Progress, log_progress
+
 logger = logging.getLogger(__name__)
 
 
@@ -40,7 +42,9 @@ class TrialProgress(tune.Callback):
         self.done += 1
         score = (trial.last_result or {}).get(self.metric)
         self.best = better(score, self.best, self.mode)
-        logger.info(trial_line(self.done, self.total, trial.trial_id, trial.config, self.metric, score, self.best))
+        postfix = {} if self.best is None else {"best": f"{self.best:.4f}"}
+        log_progress(logger, Progress("tune", self.done, self.total, postfix),
+                     trial_line(self.done, self.total, trial.trial_id, trial.config, self.metric, score, self.best))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.done += 1
