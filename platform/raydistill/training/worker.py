@@ -74,12 +74,11 @@ def _online_teachers(teachers_ref, device) -> list[torch.nn.Module]:
 def _log_epoch(spec: StageSpec, metrics: dict, *, in_process: bool) -> None:
     """The epoch as a progress event (a bar on a terminal, milestone lines otherwise). A worker actor
     has no console of its own (Ray forwards its stdout as lines): it logs the milestones only."""
-    epoch, val = metrics["epoch"], metrics["val_accuracy"]
-    progress = Progress(spec.stage, epoch, spec.epochs,
-                        {"loss": f"{metrics['train_loss']:.4f}", "val_acc": "-" if val is None else f"{val:.4f}"})
+    epoch, loss, val = metrics["epoch"], f"{metrics['train_loss']:.4f}", metrics["val_accuracy"]
+    val = "-" if val is None else f"{val:.4f}"
+    progress = Progress(spec.stage, epoch, spec.epochs, {"loss": loss, "val_acc": val})
     if in_process or progress.milestone:
-        log_progress(logger, progress, f"[{spec.stage}] epoch {epoch}/{spec.epochs} train_loss={metrics['train_loss']:.4f} "
-                                       f"val_acc={'-' if val is None else f'{val:.4f}'}")
+        log_progress(logger, progress, f"[{spec.stage}] epoch {epoch}/{spec.epochs} train_loss={loss} val_acc={val}")
 
 
 def _resume(run_dir: Path | None) -> TrainState | None:
