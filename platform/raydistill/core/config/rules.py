@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ..methods import CHOICES as METHOD_CHOICES, parse_method
 from .schema import QUANTIZE_MODES
 
 
@@ -77,9 +78,7 @@ def validate(cfg: Any) -> None:
 
 def _validate_method(d: Any) -> None:
     """``distill.method`` and its knobs (core.methods)."""
-    from raydistill.core.methods import CHOICES, parse_method
-
-    _one_of(d.method, "distill.method", CHOICES)
+    _one_of(d.method, "distill.method", METHOD_CHOICES)
     for name in ("dkd_alpha", "dkd_beta"):
         value = getattr(d, name)
         _require(math.isfinite(value) and value >= 0, f"distill.{name}", f"must be a finite number >= 0, got {value}")
@@ -163,10 +162,8 @@ def _validate_tune(cfg: Any) -> None:
                      f"a {search} range needs [low, high] with low < high, got {values}")
     if t.lr:
         _require(len(t.lr) == 2 and 0 < t.lr[0] < t.lr[1], "tune.lr", f"needs [low, high], 0 < low < high; got {t.lr}")
-    from raydistill.core.methods import CHOICES
-
     for name in t.method:
-        _one_of(name, "tune.method", CHOICES)
+        _one_of(name, "tune.method", METHOD_CHOICES)
     _require(len(set(t.method)) == len(t.method), "tune.method", f"must not repeat a method, got {t.method}")
     _one_of(t.scheduler, "tune.scheduler", ("asha", "none"))
     _one_of(t.searcher, "tune.searcher", ("random", "optuna"))
