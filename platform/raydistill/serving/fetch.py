@@ -60,6 +60,13 @@ def _cached(path: Path) -> bool:
     return True
 
 
+def _verify(path: Path, uri: str) -> None:
+    try:
+        load_artifact(path)
+    except ArtifactError as exc:
+        raise ArtifactError(f"cannot fetch artifact {uri}: {exc}") from exc
+
+
 def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -104,13 +111,11 @@ def fetch_artifact(uri: str, cache_root: str | Path | None = None, *,
         partial = Path(tempfile.mkdtemp(prefix=f".{final.name[:12]}-", suffix=".tmp", dir=root))
         try:
             pyarrow.fs.copy_files(remote, str(partial), source_filesystem=fs)
-            load_artifact(partial)  # verified before it enters the cache
+            _verify(partial, uri)  # before it enters the cache
             if not final.exists():  # (another process may have fetched the same weights meanwhile)
                 os.replace(partial, final)
         finally:
             shutil.rmtree(partial, ignore_errors=True)
-    except ArtifactError as exc:
-        raise exc if str(exc).startswith("cannot fetch") else ArtifactError(f"cannot fetch artifact {uri}: {exc}")
     except (OSError, ValueError, pyarrow.ArrowException) as exc:
         raise ArtifactError(f"cannot fetch artifact {uri}: {exc}") from exc
     evict(root, keep=final, max_bytes=max_bytes)

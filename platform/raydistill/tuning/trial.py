@@ -39,7 +39,6 @@ class TrialSettings:
     """
 
     spec: StageSpec
-    teacher_weights: tuple[float, ...] = (1.0,)
     workers: int = 1
     fail_trial: int = -1  # fault injection: the trial with this creation index raises
     train_storage: str = ""  # where Ray Train runs of multi-worker trials keep checkpoints
@@ -52,17 +51,16 @@ def trial_settings(cfg, bundle, teachers, sweep_dir: Path) -> TrialSettings:
     from raydistill.training.driver import student_spec
     from raydistill.tuning.space import trial_workers
 
-    spec = replace(student_spec(cfg, bundle, kd=KDSettings.for_distill(cfg.distill), stage="student"),
-                   epochs=cfg.tune.max_epochs)
-    return TrialSettings(spec=spec, teacher_weights=tuple(w for *_, w in teachers), workers=trial_workers(cfg),
+    kd = KDSettings.for_distill(cfg.distill, teacher_weights=[w for *_, w in teachers])  # T, alpha: per trial
+    spec = replace(student_spec(cfg, bundle, kd=kd, stage="student"), epochs=cfg.tune.max_epochs)
+    return TrialSettings(spec=spec, workers=trial_workers(cfg),
                          fail_trial=cfg.tune.fail_trial, train_storage=str(sweep_dir / "train"),
                          ray_logs=cfg.run.verbose)
 
 
 def trial_spec(settings: TrialSettings, config: dict) -> StageSpec:
     """The student spec for one point of the search space (``lr`` and ``method`` fall back to ``distill``'s)."""
-    kd = replace(settings.spec.kd or KDSettings(temperature=1.0, alpha=1.0), temperature=float(config["temperature"]),
-                 alpha=float(config["alpha"]), teacher_weights=settings.teacher_weights)
+    kd = replace(settings.spec.kd, temperature=float(config["temperature"]), alpha=float(config["alpha"]))
     if "method" in config:  # a sweep over tune.method
         kd = replace(kd, method=parse_method(config["method"]))
     return replace(settings.spec, kd=kd, lr=float(config.get("lr", settings.spec.lr)))
