@@ -170,6 +170,37 @@ def test_model_endpoint_serves_the_artifacts_card_and_docs_describe_the_api(serv
     assert {"/v1/model", "/healthz"} <= set(openapi["paths"])
 
 
+@pytest.mark.timeout(240)
+def test_schemathesis_finds_no_server_error_and_no_schema_violation(served, tmp_path):
+    # Prepare: a second app whose limits fit the body size a schema cannot state (4 instances of 8x8
+    # numbers stay far below max_body_bytes), so every schema-valid request must be answered 200.
+    import subprocess
+    import sys
+
+    run_app(serve_args(served.artifact, max_instances=4), name="fuzz", route_prefix="/fuzz")
+    base = f"{served.url}fuzz"
+    assert wait_until(lambda: answers_200(f"{base}/healthz"), timeout_s=60)
+    # Execute: schemathesis over the live app's own /openapi.json, every check, bounded in cases and time.
+    cli = Path(sys.executable).with_name("schemathesis")
+    run = subprocess.run([str(cli), "--config-file", str(Path(__file__).with_name("schemathesis.toml")),
+                          "run", f"{base}/openapi.json", "--url", base, "--checks", "all",
+                          "--max-examples", "25", "--max-time", "60", "--seed", "1", "--workers", "1",
+                          "--report", "junit", "--report-dir", str(tmp_path), "--no-color"],
+                         capture_output=True, text=True, timeout=200, cwd=tmp_path)
+    # Assert: no failure of any check (5xx, response not matching its schema, schema-valid body refused,
+    # schema-invalid body accepted), and every operation was really exercised (schemathesis' own report).
+    import xml.etree.ElementTree as ET
+
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    (report,) = tmp_path.glob("junit-*.xml")
+    suite = ET.parse(report).getroot()
+    assert {c.get("name") for c in suite.iter("testcase")} == {"POST /v1/predict", "GET /v1/model", "GET /healthz"}
+    assert suite.get("failures") == "0" and suite.get("errors") == "0"
+    from ray import serve
+
+    serve.delete("fuzz")
+
+
 @pytest.mark.timeout(90)
 def test_bearer_auth_from_a_token_file_and_the_token_is_nowhere_in_serves_state(served, tmp_path):
     import json

@@ -527,3 +527,77 @@ def test_a_uri_artifact_over_the_cap_or_tampered_is_refused_and_leaves_nothing(l
     with pytest.raises(ArtifactError, match="cannot fetch artifact file://.*sha256 mismatch"):
         fetch_artifact(f"file://{tampered}", tmp_path / "cache")
     assert not (tmp_path / "cache").exists() or list((tmp_path / "cache").iterdir()) == []
+
+
+# --- the OpenAPI input schema (issue 14 #10) ------------------------------------------------------
+
+
+def _schema_accepts(schema: dict, payload) -> bool:
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(schema).is_valid(payload)
+
+
+@pytest.mark.parametrize("payload, accepted", [
+    ({"instances": [digit()]}, True),  # (H, W)
+    ({"instances": [[digit()]]}, True),  # (1, H, W)
+    ({"instances": [digit(), [digit(2.0)]], "top_k": 3}, True),  # mixed forms, top_k
+    ({"instances": [digit(3.4e38)], "top_k": None}, True),  # float32 range, explicit null
+    ({"instances": [digit(1e39)]}, False),  # beyond float32 range
+    ({"instances": [digit(3.4028235e38)]}, False),  # just above float32's maximum (a cast would round it down)
+    ({"instances": [digit()], "top_k": 3.0}, True),  # JSON Schema: a number with no fraction is an integer
+    ({"instances": [digit()], "top_k": 2.5}, False),
+    ({"instances": []}, False),
+    ({"instances": [digit()] * 5}, False),  # max_instances = 4
+    ({"instances": [digit(shape=(8, 7))]}, False),
+    ({"instances": [digit(shape=(2, 8, 8))]}, False),  # one channel only
+    ({"instances": [[[True] * 8] * 8]}, False),  # booleans are not numbers
+    ({"instances": [[["1"] * 8] * 8]}, False),
+    ({"instances": [digit()], "top_k": 11}, False),  # K = 10
+    ({"instances": [digit()], "top_k": 0}, False),
+    ({"instances": [digit()], "extra": 1}, False),
+    ({"top_k": 1}, False),
+])
+def test_the_openapi_body_schema_accepts_exactly_what_the_server_accepts(payload, accepted):
+    from raydistill.serving.openapi import predict_body_schema
+
+    schema = predict_body_schema(DIGITS)
+    assert _schema_accepts(schema, payload) is accepted
+    try:  # the validator that really answers requests agrees with the hand-written verdict
+        parse_predict_request(body(payload), DIGITS)
+        served = True
+    except RequestError as exc:
+        assert 400 <= exc.status < 500
+        served = False
+    assert served is accepted
+
+
+def test_the_schema_of_a_three_channel_model_nests_three_deep_with_its_lengths():
+    from raydistill.serving.openapi import predict_body_schema
+
+    items = predict_body_schema(InputSpec((3, 4, 5), 7, max_instances=2))["properties"]["instances"]["items"]
+    lengths, level = [], items
+    while level.get("type") == "array":
+        lengths.append((level["minItems"], level["maxItems"]))
+        level = level["items"]
+    assert lengths == [(3, 3), (4, 4), (5, 5)] and level["type"] == "number"
+
+
+def test_the_bare_apps_openapi_describes_the_served_models_input(local_student):
+    from raydistill.serving.app import ServeArgs
+    from raydistill.serving.bare import build_bare_app
+
+    app = build_bare_app(ServeArgs(artifact=str(local_student), max_instances=3).model_dump())
+
+    async def fetch():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8001") as client:
+            return (await client.get("/openapi.json")).json()
+
+    document = asyncio.run(fetch())
+    schema = document["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    card = load_card(local_student)
+    assert schema["properties"]["instances"]["maxItems"] == 3
+    assert schema["properties"]["top_k"]["anyOf"][0]["maximum"] == len(card["class_names"])
+    assert _schema_accepts(schema, {"instances": [np.zeros(card["input_shape"]).tolist()]})
+    assert not _schema_accepts(schema, {"instances": [np.zeros((1, 2, 2)).tolist()]})

@@ -11,6 +11,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from raydistill.serving.openapi import document_model
 from raydistill.serving.service import HEALTH_ROUTE, MODEL_ROUTE, PREDICT_ROUTE, PredictionService
 
 
@@ -18,6 +19,7 @@ def build_bare_app(settings: dict[str, Any]) -> FastAPI:
     """A FastAPI app serving ``settings["artifact"]`` (``ServeArgs.model_dump()`` keys), unbatched."""
     service = PredictionService.from_settings(settings)
     app = FastAPI(title="raydistill student (bare FastAPI)")
+    document_model(app, service.spec)
 
     async def infer(x: np.ndarray) -> np.ndarray:
         return service.runner.predict_proba(x)

@@ -21,6 +21,7 @@ from ray import serve
 
 from raydistill.core.config import ServeSection
 from raydistill.core.version import __version__
+from raydistill.serving.openapi import document_model
 from raydistill.serving.service import HEALTH_ROUTE, MODEL_ROUTE, PREDICT_ROUTE, PredictionService
 
 app = FastAPI(title="raydistill student", version=__version__,
@@ -47,6 +48,7 @@ class StudentDeployment:
 
     def __init__(self, settings: dict[str, Any]) -> None:
         self.service = PredictionService.from_settings(settings)
+        document_model(app, self.service.spec)  # /openapi.json describes this model's inputs
         # One thread runs the forward passes so the event loop keeps reading and validating the
         # next requests meanwhile (torch releases the GIL while it computes).
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")

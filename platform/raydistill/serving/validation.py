@@ -26,7 +26,7 @@ import numpy as np
 
 ALLOWED_FIELDS = ("instances", "top_k")
 _NUMBER_KINDS = "iuf"  # numpy dtype kinds that are numbers (b=bool, U=str, O=mixed/ragged are not)
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class RequestError(ValueError):
@@ -148,9 +148,12 @@ def parse_predict_request(raw: bytes, spec: InputSpec) -> PredictRequest:
 
 
 def parse_top_k(value: Any, num_classes: int) -> int | None:
-    """``None`` or an integer in ``1..num_classes`` (booleans are not integers here)."""
+    """``None`` or an integer in ``1..num_classes``. As in JSON Schema, a number with no fractional
+    part is an integer (``3.0`` is 3); booleans are not."""
     if value is None:
         return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= num_classes:
         raise RequestError(422, f"top_k must be an integer in 1..{num_classes}, got {json.dumps(value)}")
     return value
@@ -196,14 +199,16 @@ def _to_nchw(arr: np.ndarray, spec: InputSpec) -> np.ndarray:
 
 
 def _finite_float32(x: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """float32 copy; NaN/inf (or values beyond float32 range, which become inf) are 422."""
+    """float32 copy; NaN/inf and values beyond float32 range (``|x| > FLOAT32_MAX``, checked before
+    the cast, which would round some of them down to the maximum) are 422."""
     with np.errstate(over="ignore", invalid="ignore"):
+        in_range = np.abs(x.astype(np.float64)) <= FLOAT32_MAX  # False for NaN too
         x32 = x.astype(np.float32)
-    finite = np.isfinite(x32).reshape(len(x32), -1).all(axis=1)  # (N,)
+    finite = in_range.reshape(len(x32), -1).all(axis=1)  # (N,)
     if not finite.all():
         bad = int(np.argmin(finite))
         raise RequestError(422, f"instances[{bad}] holds a value that is not a finite float32 "
-                                f"(NaN, inf, or |x| > {_FLOAT32_MAX:.3g})")
+                                f"(NaN, inf, or |x| > {FLOAT32_MAX:.3g})")
     return x32
 
 
@@ -242,6 +247,6 @@ def _check_nested(value: Any, shape: Sequence[int], path: str, spec: InputSpec) 
 def _check_number(value: Any, path: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise RequestError(422, f"{path}: expected a number, got {json.dumps(value)[:40]}")
-    in_range = abs(value) <= _FLOAT32_MAX  # also true for ints, which math.isfinite may overflow on
+    in_range = abs(value) <= FLOAT32_MAX  # also true for ints, which math.isfinite may overflow on
     if not in_range or (isinstance(value, float) and not math.isfinite(value)):
         raise RequestError(422, f"{path}: {value!r:.40} is not a finite float32")
