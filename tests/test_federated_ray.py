@@ -147,3 +147,53 @@ def test_thousand_clients_on_fashion_mnist_fit_in_memory(pool, storage, fashion_
     assert float(rows[-1]["test_accuracy"]) > float(rows[0]["test_accuracy"]) + 0.2
     assert result.peak_memory["pss"] < 8 * 1024**3, result.peak_memory
     # round speed is a benchmark's business (benchmarks/federated_scale.py), not a pass/fail here
+
+
+@pytest.mark.timeout(300)
+def test_a_federated_run_whose_driver_was_killed_goes_on_from_its_last_round_with_resume(storage, tmp_path):
+    # Prepare: the CLI in its own process with its own local Ray; SIGKILL from outside once a few rounds
+    # are checkpointed (no handler runs; the Ray processes it started share its fate).
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import tempfile
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
+    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rd-", dir="/tmp")  # Ray's socket paths must stay < 108 bytes
+    rounds = 40
+    first = subprocess.Popen([sys.executable, "-m", "raydistill.cli.commands", "federated", "--config", DIGITS,
+                              "--set", f"run.storage_path={storage}", "--set", f"federated.rounds={rounds}",
+                              "--set", "federated.clients=6", "--set", "federated.fraction=1.0"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, start_new_session=True)
+
+    def checkpointed_round() -> int:
+        found = list(storage.glob("federated/*/checkpoint/records.json"))
+        return json.loads(found[0].read_text())[-1]["round"] if found else -1
+
+    deadline = time.monotonic() + 240  # a hard cap; the wait ends on the event
+    while checkpointed_round() < 3 and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert first.poll() is None, first.stderr.read().decode()[-2000:]  # still running: killed mid-run
+    os.killpg(first.pid, signal.SIGKILL)  # the driver and whatever of its session still runs
+    first.wait(timeout=60)
+    killed_at = checkpointed_round()
+    assert 3 <= killed_at < rounds, first.stderr.read().decode()[-2000:]
+    (run_dir,) = storage.glob("federated/*")
+    assert not (run_dir / "summary.json").exists()
+    before = {int(r["round"]): r for r in _rows(run_dir) if int(r["round"]) <= killed_at}
+    # Execute: --resume with only the run dir (the run's saved config is used)
+    resumed = subprocess.run([sys.executable, "-m", "raydistill.cli.commands", "federated", "--resume", str(run_dir)],
+                             capture_output=True, text=True, timeout=240, env=env, start_new_session=True)
+    # Assert: every round exactly once, the finished ones untouched, a whole artifact, the resume recorded
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    rows = _rows(run_dir)
+    assert [int(r["round"]) for r in rows] == list(range(rounds + 1))
+    assert all(rows[k] == before[k] for k in before)  # rounds up to the checkpoint were not run again
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["resumed_after_round"] == killed_at
+    model, card = load_artifact(Path(summary["artifact"]))
+    assert [h["round"] for h in card["metrics"]["history"]] == list(range(rounds + 1))
+    assert float(rows[-1]["test_accuracy"]) > float(rows[0]["test_accuracy"]) + 0.3

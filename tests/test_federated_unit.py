@@ -1,6 +1,8 @@
 """Federated learning without Ray: partitions, aggregation math, strategies, config checks."""
 from __future__ import annotations
 
+import math
+
 import sys
 
 import numpy as np
@@ -197,7 +199,7 @@ def _digits_setup(*overrides: str):
     return cfg, plan, ctx, build
 
 
-def _run_in_process(*overrides: str, faults: FaultPlan | None = None, teachers=()):
+def _run_in_process(*overrides: str, faults: FaultPlan | None = None, teachers=(), **rounds_kwargs):
     cfg, plan, ctx, build = _digits_setup(*overrides)
     ctx.has_teacher = bool(teachers)
     strategy = make_strategy(cfg.federated, ctx)
@@ -209,7 +211,7 @@ def _run_in_process(*overrides: str, faults: FaultPlan | None = None, teachers=(
 
     executor = InProcessExecutor(build, plan.pool_x, plan.pool_y, faults=faults, teachers=teachers)
     return run_rounds(strategy, plan.partitions, to_numpy_state(build().state_dict()), executor, score,
-                      rounds=cfg.federated.rounds)
+                      rounds=cfg.federated.rounds, **rounds_kwargs)
 
 
 def test_fedavg_in_process_improves_on_round_zero():
@@ -383,3 +385,50 @@ def test_robust_aggregators_resist_a_sign_flipping_client_that_breaks_fedavg():
 def test_trim_fraction_is_checked(value):
     with pytest.raises(ConfigError, match="federated.trim_fraction"):
         load_config(DIGITS, [f"federated.trim_fraction={value}"])
+
+
+# --- per-round checkpoints: a run whose driver died goes on from its last finished round ---------
+
+
+def test_a_run_resumed_from_its_round_checkpoint_ends_like_the_uninterrupted_run(tmp_path):
+    from raydistill.federated.checkpoint import load_round, save_round
+
+    whole = _run_in_process("federated.strategy=fedprox", "federated.mu=0.1")
+    # the "dead driver": checkpoints are written after every round; keep the one of round 2
+    kept = {}
+
+    def keep(state, records):
+        if records[-1].round == 2:
+            save_round(tmp_path, to_numpy_state(state), records)
+            kept["written"] = True
+
+    first = _run_in_process("federated.strategy=fedprox", "federated.mu=0.1", on_state=keep)
+    assert kept and [r.round for r in first.records] == [0, 1, 2, 3, 4]
+    state, records = load_round(tmp_path)
+    assert [r.round for r in records] == [0, 1, 2]
+    seen = []
+    resumed = _run_in_process("federated.strategy=fedprox", "federated.mu=0.1", resume=(state, records),
+                              on_round=lambda r: seen.append(r.round))
+    assert seen == [3, 4]  # no finished round ran again
+    assert [r.round for r in resumed.records] == [0, 1, 2, 3, 4]
+    for key in whole.state:  # client sampling, seeds and aggregation depend on (seed, round) only
+        np.testing.assert_array_equal(resumed.state[key], whole.state[key])
+    assert resumed.records[1].wall_s == first.records[1].wall_s  # rounds 1-2 come from the checkpoint
+
+
+def test_round_checkpoints_keep_nan_metrics_and_refuse_a_folder_without_one(tmp_path):
+    from raydistill.core.config import ConfigError
+    from raydistill.federated.checkpoint import load_round, save_round
+    from raydistill.federated.rounds import RoundRecord
+
+    state = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.zeros(3, np.float32)}
+    save_round(tmp_path, state, [RoundRecord(0, test_accuracy=0.5), RoundRecord(1, status="ok")])
+    loaded, records = load_round(tmp_path)
+    np.testing.assert_array_equal(loaded["w"], state["w"])
+    assert loaded["w"].dtype == np.float32 and math.isnan(records[1].test_accuracy)
+    assert records[0].test_accuracy == 0.5
+    with pytest.raises(ConfigError, match="holds no round checkpoint"):
+        load_round(tmp_path / "elsewhere")
+    (tmp_path / "checkpoint" / "records.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="unreadable"):
+        load_round(tmp_path)

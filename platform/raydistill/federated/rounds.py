@@ -90,13 +90,23 @@ def _record(rnd: int, collected: Collected, metrics: Mapping, wall: float, *, st
 
 def run_rounds(strategy: Strategy, partitions: Sequence[np.ndarray], initial_state: State,
                execute: Callable, evaluate: Callable[[State], Mapping], *, rounds: int,
-               on_round: Callable[[RoundRecord], None] = lambda r: None) -> RoundsOutcome:
-    """Run ``rounds`` rounds of ``strategy``; stop at the first round with too few clients."""
-    state = dict(initial_state)
-    first = RoundRecord(0, **{f"test_{k}": float(v) for k, v in evaluate(state).items() if k in ("accuracy", "loss")})
-    records = [first]
-    on_round(first)
-    for rnd in range(1, rounds + 1):
+               on_round: Callable[[RoundRecord], None] = lambda r: None,
+               on_state: Callable[[State, list[RoundRecord]], None] = lambda s, r: None,
+               resume: tuple[State, list[RoundRecord]] | None = None) -> RoundsOutcome:
+    """Run rounds up to ``rounds`` of ``strategy``; stop at the first round with too few clients.
+
+    ``on_round`` sees each new record; ``on_state`` the global state after each finished round with
+    every record so far (the server checkpoints there). ``resume = (state, records)`` from a
+    checkpoint goes on at round ``records[-1].round + 1`` without redoing a finished round."""
+    if resume is not None:
+        state, records = dict(resume[0]), list(resume[1])
+    else:
+        state = dict(initial_state)
+        records = [RoundRecord(0, **{f"test_{k}": float(v) for k, v in evaluate(state).items()
+                                     if k in ("accuracy", "loss")})]
+        on_round(records[0])
+        on_state(state, records)
+    for rnd in range(records[-1].round + 1, rounds + 1):
         start = time.perf_counter()
         tasks = make_tasks(rnd, strategy.sample_clients(rnd), partitions, strategy.context.seed)
         try:
@@ -109,6 +119,7 @@ def run_rounds(strategy: Strategy, partitions: Sequence[np.ndarray], initial_sta
         records.append(_record(rnd, result.collected, evaluate(state), time.perf_counter() - start,
                                info=result.info))
         on_round(records[-1])
+        on_state(state, records)
     return RoundsOutcome(state, records)
 
 

@@ -19,6 +19,7 @@ from typing import Callable
 import ray
 import torch
 
+from raydistill.core.config import save_config, saved_run_config
 from raydistill.core.engine import evaluate
 from raydistill.core.progress import Progress, log_progress
 from raydistill.core.models import build_model
@@ -26,6 +27,7 @@ from raydistill.runtime import cluster_cpus, init_ray
 from raydistill.federated.actors import ActorPool, RunPayload
 from raydistill.federated.plan import pool_size
 from raydistill.federated.aggregate import State, to_numpy_state, to_torch_state
+from raydistill.federated.checkpoint import CONFIG_FILE, load_round, save_round
 from raydistill.federated.client import FaultPlan, LocalSpec, train_client
 from raydistill.federated.dispatch import RayExecutor
 from raydistill.federated.memory import PeakMemory
@@ -148,11 +150,13 @@ def _evaluator(plan: FederatedPlan) -> Callable[[State], dict]:
     return evaluate_state
 
 
-def run_federated(cfg, *, faults: FaultPlan | None = None, pool: ActorPool | None = None) -> FederatedResult:
+def run_federated(cfg, *, faults: FaultPlan | None = None, pool: ActorPool | None = None,
+                  resume_dir: str | Path | None = None) -> FederatedResult:
     """Run ``cfg.federated`` end to end; see the module docstring for what is written.
 
     ``faults`` is the test hook (:class:`FaultPlan`); ``pool`` reuses a started :class:`ActorPool`
-    (benchmarks), otherwise one is started and torn down here.
+    (benchmarks), otherwise one is started and torn down here. ``resume_dir``: a run whose driver
+    died, continued with its own saved config from its last checkpointed round (``federated/checkpoint.py``).
 
     Raises
     ------
@@ -162,11 +166,19 @@ def run_federated(cfg, *, faults: FaultPlan | None = None, pool: ActorPool | Non
         A round had fewer than ``federated.min_clients`` clients; the last good model was saved.
     """
     clock = _Clock()
+    run_dir = Path(resume_dir).expanduser().resolve() if resume_dir else None
+    if run_dir is not None:
+        cfg = saved_run_config(cfg, run_dir / CONFIG_FILE, what="federated run")
+    resume = load_round(run_dir) if run_dir is not None else None
     plan = prepare_federated(cfg)  # every input error surfaces here, before Ray
     faults = _faults(cfg, faults)
     clock.lap("plan_s")
     init_ray(cfg.run.address, quiet=cfg.run.quiet)
-    run_dir = new_run_dir(cfg.storage_dir(), cfg.run.name, cfg.federated.strategy)
+    if run_dir is None:
+        run_dir = new_run_dir(cfg.storage_dir(), cfg.run.name, cfg.federated.strategy)
+        save_config(cfg, run_dir / CONFIG_FILE)
+    else:
+        logger.info(f"resuming {run_dir.name} after round {resume[1][-1].round} of {cfg.federated.rounds}")
     (run_dir / "partition.txt").write_text(plan.summary + "\n")
     if not cfg.run.quiet:
         logger.info(plan.summary)
@@ -179,12 +191,13 @@ def run_federated(cfg, *, faults: FaultPlan | None = None, pool: ActorPool | Non
             clock.lap("central_s")
             pool.wait_ready()
             clock.lap("actors_ready_s")
-            outcome, actors = _rounds(plan, pool, faults, run_dir, memory), len(pool)
+            outcome, actors = _rounds(plan, pool, faults, run_dir, memory, resume), len(pool)
             clock.lap("rounds_s")
         finally:
             if owned:
                 pool.shutdown()
-    return _finish(plan, outcome, central, run_dir, memory.peak, actors, clock)
+    return _finish(plan, outcome, central, run_dir, memory.peak, actors, clock,
+                   resumed_after=resume[1][-1].round if resume else None)
 
 
 class _Clock:
@@ -203,18 +216,26 @@ class _Clock:
         return time.perf_counter() - self.start
 
 
-def _rounds(plan: FederatedPlan, pool: ActorPool, faults: FaultPlan | None, run_dir: Path, memory: PeakMemory):
+def _rounds(plan: FederatedPlan, pool: ActorPool, faults: FaultPlan | None, run_dir: Path, memory: PeakMemory,
+            resume: tuple[State, list[RoundRecord]] | None):
+    """R rounds on the pool; after each one the global state is checkpointed, and ``rounds.csv``
+    (rewritten from the checkpoint on resume) gets its row."""
     cfg, build = plan.cfg, _model_factory(plan, plan.cfg.run.seed)
+    csv_file = RoundsCsv(run_dir / "rounds.csv")
+    for record in resume[1] if resume else ():
+        csv_file.append(record)
     context = ServerContext(build_model=build, proxy_x=plan.proxy_x, val=(plan.bundle.x_val, plan.bundle.y_val),
                             has_teacher=plan.teacher is not None, seed=cfg.run.seed)
     executor = RayExecutor(pool, ray.put(_payload(plan, faults)), timeout_s=cfg.federated.round_timeout_s)
     memory.reset_window()
     return run_rounds(make_strategy(cfg.federated, context), plan.partitions, to_numpy_state(build().state_dict()),
                       executor, _evaluator(plan), rounds=cfg.federated.rounds,
-                      on_round=_progress(cfg, RoundsCsv(run_dir / "rounds.csv"), memory))
+                      on_round=_progress(cfg, csv_file, memory), resume=resume,
+                      on_state=lambda state, records: save_round(run_dir, to_numpy_state(state), records))
 
 
-def _finish(plan, outcome, central, run_dir: Path, peak: dict, actors: int, clock: _Clock) -> FederatedResult:
+def _finish(plan, outcome, central, run_dir: Path, peak: dict, actors: int, clock: _Clock, *,
+            resumed_after: int | None) -> FederatedResult:
     f = plan.cfg.federated
     failed = outcome.error is not None
     status = f"failed at round {outcome.error.round}: {outcome.error}" if failed else "completed"
@@ -222,7 +243,7 @@ def _finish(plan, outcome, central, run_dir: Path, peak: dict, actors: int, cloc
                   title=f"{f.strategy}: {f.clients} clients, {f.partition}"
                         + (f" alpha={f.dirichlet_alpha}" if f.partition == "dirichlet" else ""))
     extra = {"actors": actors, "peak_rss_mb": round(peak["rss"] / MB, 1), "peak_pss_mb": round(peak["pss"] / MB, 1),
-             "seconds": round(clock.total, 2), "timings": clock.laps}
+             "seconds": round(clock.total, 2), "timings": clock.laps, "resumed_after_round": resumed_after}
     artifact = write_federated_artifact(plan, outcome.state, outcome.records, central=central, run_dir=run_dir,
                                         status=status, extra=extra)
     result = FederatedResult(artifact, run_dir, outcome.records, central, dict(peak), actors, clock.total)
@@ -244,7 +265,7 @@ def run_federated_cli(cfg, args=None) -> int | None:
 
     with Tracker.from_config(cfg).stage(cfg, "federated") as run:
         try:
-            result = run_federated(cfg)
+            result = run_federated(cfg, resume_dir=getattr(args, "resume", "") or None)
         except FederatedRunError as exc:
             logger.error(f"error: {exc}\nrun dir: {exc.run_dir}")
             run.log_artifact(exc.artifact)

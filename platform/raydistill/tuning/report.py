@@ -13,7 +13,7 @@ import pandas as pd
 import yaml
 
 from raydistill.core.artifacts import stamped_name
-from raydistill.core.config import Config, ConfigError, config_from_dict, load_config, save_config
+from raydistill.core.config import Config, config_from_dict, save_config, saved_run_config
 
 SWEEP_CONFIG_FILE = "sweep.yaml"  # the sweep's own config, saved before any trial
 
@@ -221,10 +221,5 @@ def new_sweep_dir(cfg: Config) -> Path:
 
 def resumed_config(cfg: Config, resume_dir: Path) -> Config:
     """The sweep's own saved config (search space and teacher are fixed), with this call's
-    ``run.address``/``run.quiet``."""
-    saved = resume_dir / SWEEP_CONFIG_FILE
-    if not saved.is_file():
-        raise ConfigError(f"--resume: {resume_dir} is not a raydistill sweep ({SWEEP_CONFIG_FILE} is missing)")
-    old = load_config(saved)
-    run = dataclasses.replace(old.run, address=cfg.run.address, quiet=cfg.run.quiet)
-    return dataclasses.replace(old, run=run)
+    ``run.address``/``run.quiet``/``run.verbose``."""
+    return saved_run_config(cfg, resume_dir / SWEEP_CONFIG_FILE, what="sweep")

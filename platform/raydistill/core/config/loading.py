@@ -149,3 +149,17 @@ def config_from_dict(tree: dict[str, Any]) -> Config:
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def saved_run_config(current: Config, saved: str | os.PathLike, *, what: str) -> Config:
+    """The config a run saved when it started (``saved``), for ``--resume``: the run's settings are
+    fixed; only how this call connects and logs (``run.address``, ``run.quiet``, ``run.verbose``)
+    comes from ``current``. ``what`` names the run kind in the error when the file is missing."""
+    import dataclasses
+
+    if not Path(saved).is_file():
+        raise ConfigError(f"--resume: {Path(saved).parent} is not a raydistill {what} ({Path(saved).name} is missing)")
+    old = load_config(saved)
+    run = dataclasses.replace(old.run, address=current.run.address, quiet=current.run.quiet,
+                              verbose=current.run.verbose)
+    return dataclasses.replace(old, run=run)
