@@ -46,8 +46,9 @@ class FaultPlan:
     :class:`InjectedClientError`; ``crash_in`` kills the process running the client
     (``os._exit``, an actor death); ``slow_in`` sleeps ``slow_s`` seconds first (a straggler);
     ``poison_in`` sends NaN weights, ``misshape_in`` a tensor of the wrong shape and
-    ``overclaim_in`` claims a million examples, ``flip_in`` sends ``-100 x`` its weights (finite, well
-    shaped: only a robust aggregator resists it) — a faulty or malicious client's update.
+    ``overclaim_in`` claims a million examples, ``flip_in`` sends ``-100 x`` its weights and ``scale_in``
+    ``100 x`` them (finite, well shaped: only a robust aggregator resists them) — a faulty or
+    malicious client's update.
     """
 
     raise_in: frozenset = frozenset()
@@ -57,6 +58,7 @@ class FaultPlan:
     misshape_in: frozenset = frozenset()
     overclaim_in: frozenset = frozenset()
     flip_in: frozenset = frozenset()
+    scale_in: frozenset = frozenset()
     slow_s: float = 3600.0
     failure_prob: float = 0.0
     seed: int = 0
@@ -78,8 +80,9 @@ class FaultPlan:
         first = next(iter(state))
         if (rnd, cid) in self.poison_in:
             state = {**state, first: np.full_like(state[first], np.nan)}
-        if (rnd, cid) in self.flip_in:
-            state = {k: (v * -100).astype(v.dtype) if np.issubdtype(v.dtype, np.floating) else v
+        factor = -100 if (rnd, cid) in self.flip_in else 100 if (rnd, cid) in self.scale_in else None
+        if factor is not None:
+            state = {k: (v * factor).astype(v.dtype) if np.issubdtype(v.dtype, np.floating) else v
                      for k, v in state.items()}
         if (rnd, cid) in self.misshape_in:
             state = {**state, first: state[first][..., :-1]}
