@@ -175,3 +175,66 @@ def test_a_terminal_gets_a_live_bar_and_a_pipe_gets_one_line_per_tenth(tmp_path)
     assert "[baseline] epoch" not in tty and "baseline artifact:" in tty
     epochs = [int(e) for e in re.findall(r"^\[baseline\] epoch (\d+)/20 ", piped, re.M)]
     assert epochs == [1, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20] and "\r" not in piped
+
+
+def _wait_for(predicate, proc: subprocess.Popen, timeout_s: float = 240.0) -> bool:
+    """Poll ``predicate`` until it holds, the process ends, or ``timeout_s`` passes (a hard cap)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+@pytest.mark.timeout(300)
+def test_distill_whose_driver_was_killed_goes_on_from_its_last_checkpoint_with_resume(tmp_path, local_teacher):
+    # Prepare: a distill run long enough to be killed mid-way (SIGKILL from outside: no handler runs).
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_TMPDIR"] = str(tmp_path / "ray")
+    runs = tmp_path / "runs"
+    epochs = 400
+    cmd = [sys.executable, "-m", "raydistill.cli.commands", "distill", "--config", str(DIGITS),
+           "--set", f"run.storage_path={runs}", "--set", f"distill.teacher={local_teacher}",
+           "--set", f"distill.epochs={epochs}", "--set", "distill.batch_size=256"]
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+
+    def kept_epoch() -> int:
+        found = sorted(runs.glob("ray_results/student-*/checkpoint_*"))
+        return int(found[-1].name.split("_")[1]) if found else 0
+
+    assert _wait_for(lambda: kept_epoch() >= 5, first), first.stderr.read().decode()[-2000:]
+    first.kill()  # the driver dies between two epochs' checkpoints, or in the middle of one
+    first.wait(timeout=60)
+    assert first.returncode == -9
+    (run_dir,) = runs.glob("ray_results/student-*")
+    killed_at = kept_epoch()
+    assert 5 <= killed_at < epochs and not list(runs.glob("artifacts/student/*"))
+    # Execute: the same command's --resume with only the run dir (config, teacher, seed are the run's own)
+    resumed = subprocess.run([sys.executable, "-m", "raydistill.cli.commands", "distill", "--resume", str(run_dir)],
+                             capture_output=True, text=True, timeout=280, env=env)
+    # Assert: a whole, verified artifact whose history holds every epoch exactly once, resumed where it died
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    from raydistill.core.artifacts import load_artifact
+
+    (artifact,) = runs.glob("artifacts/student/*")
+    model, card = load_artifact(artifact)  # sha256 verified
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert [h["epoch"] for h in card["metrics"]["history"]] == list(range(1, epochs + 1))
+    assert card["metrics"]["resumed_at_epochs"] == [killed_at]  # nothing before it was trained twice
+    assert card["parents"][0]["sha256"] == json.loads((local_teacher / "model.json").read_text())["weights_sha256"]
+
+
+def test_resume_names_what_is_wrong_with_the_folder(tmp_path, local_teacher):
+    from raydistill.cli.commands import main
+
+    assert main(["distill", "--resume", str(tmp_path)]) == 2  # no run record
+    (tmp_path / "raydistill_run.json").write_text(json.dumps({"stage": "teacher", "seed": 0, "in_process": True,
+                                                             "config": load_config(DIGITS).to_dict()}))
+    from raydistill.core.config import ConfigError
+    from raydistill.training.resume import resumed_run
+
+    with pytest.raises(ConfigError, match="is a teacher run; resume it with `raydistill teacher --resume"):
+        resumed_run(load_config(DIGITS), tmp_path, stage="student")

@@ -46,6 +46,15 @@ def _load_optional_stages() -> None:
             register_stage(name, target, help_text)
 
 
+RESUME_HELP = {
+    "tune": "resume the sweep in this directory (finished trials are not rerun)",
+    "federated": "go on with the federated run in this directory from its last finished round",
+    "teacher": "go on with this Ray Train run (<storage>/ray_results/<run>) from its last checkpoint",
+    "distill": "go on with this Ray Train run (<storage>/ray_results/<run>) from its last checkpoint",
+    "baseline": "go on with this Ray Train run (<storage>/ray_results/<run>) from its last checkpoint",
+}  # a resumed run keeps its own saved config: only run.address / run.quiet / run.verbose come from this call
+
+
 def build_parser() -> argparse.ArgumentParser:
     _load_optional_stages()
     parser = argparse.ArgumentParser(prog="raydistill", description=__doc__.splitlines()[0])
@@ -53,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (_, help_text) in STAGES.items():
         p = sub.add_parser(name, help=help_text)
         add_common_arguments(p)
-        if name == "tune":
-            p.add_argument("--resume", default="", help="resume the sweep in this directory")
+        if name in RESUME_HELP:
+            p.add_argument("--resume", default="", metavar="DIR", help=RESUME_HELP[name])
         if name in ("serve", "compress-report"):
             p.add_argument("--artifact", default="", help="artifact dir, 'chosen' or 'latest:<kind>'")
     return parser

@@ -40,6 +40,16 @@ def needs_ray(cfg: Config, stage: str) -> bool:
     return True
 
 
+def _resumed(cfg: Config, args, stage: str):
+    """``(config, ResumedRun)`` of ``--resume <run>`` (the run's own saved config), else ``(cfg, None)``."""
+    from raydistill.training.resume import resumed_run
+
+    if not getattr(args, "resume", ""):
+        return cfg, None
+    resume = resumed_run(cfg, args.resume, stage=stage)
+    return resume.cfg, resume
+
+
 def describe_artifact(path: Path) -> str:
     """Two lines: where the artifact is, and its model, size, accuracies (``-`` for a run without a
     validation split) and the start of its weights' sha256."""
@@ -54,11 +64,14 @@ def describe_artifact(path: Path) -> str:
 def run_teacher(cfg: Config, args=None) -> list[Path]:
     """Train one teacher, or one per (``teacher.models`` x ``teacher.seeds``) entry, as parallel
     Ray Train runs when the cluster's CPUs allow (``teachers.train_teachers``)."""
+    from raydistill.training.driver import train_teacher
     from raydistill.training.teachers import train_teachers
 
+    cfg, resume = _resumed(cfg, args, "teacher")
     bundle = start(cfg, "teacher")
     with Tracker.from_config(cfg).stage(cfg, "teacher") as run:
-        paths = train_teachers(cfg, bundle=bundle)
+        paths = ([train_teacher(cfg, seed=resume.seed, bundle=bundle, in_process=resume.in_process,
+                                run_name=resume.run_name)] if resume else train_teachers(cfg, bundle=bundle))
         for p in paths:
             logger.info(describe_artifact(p))
         run.log_artifacts(paths)
@@ -69,9 +82,10 @@ def run_distill(cfg: Config, args=None) -> Path:
     """Distill the student and mark it chosen (the default that ``serve`` deploys)."""
     from raydistill.training.driver import distill_student
 
+    cfg, resume = _resumed(cfg, args, "student")
     bundle = start(cfg, "distill")
     with Tracker.from_config(cfg).stage(cfg, "distill") as run:
-        path = distill_student(cfg, bundle=bundle)
+        path = distill_student(cfg, bundle=bundle, run_name=resume and resume.run_name)
         mark_chosen(path, cfg.storage_dir())
         logger.info(describe_artifact(path))
         run.log_artifact(path)
@@ -83,9 +97,10 @@ def run_baseline(cfg: Config, args=None) -> Path:
     """Train the distill section's student alone (no teacher) with the same recipe: the baseline."""
     from raydistill.training.driver import distill_student
 
+    cfg, resume = _resumed(cfg, args, "baseline")
     bundle = start(cfg, "baseline")
     with Tracker.from_config(cfg).stage(cfg, "baseline") as run:
-        path = distill_student(cfg, baseline=True, bundle=bundle)
+        path = distill_student(cfg, baseline=True, bundle=bundle, run_name=resume and resume.run_name)
         logger.info(describe_artifact(path))
         run.log_artifact(path)
     return path

@@ -24,6 +24,7 @@ from raydistill.core.engine import KDSettings, evaluate
 from raydistill.core.loop import STATE_FILE, StageSpec, TrainState, build_for_spec, load_train_state
 from raydistill.runtime import WorkerPlan, cluster_cpus, cluster_gpus, stage_workers
 from raydistill.training.in_process import fit_in_process
+from raydistill.training.resume import record_run
 from raydistill.training.soft_targets import compute_soft_targets, soft_target_arrays, to_ray_dataset
 from raydistill.training.worker import train_loop_per_worker
 
@@ -34,12 +35,16 @@ def _use_gpu(cfg: Config) -> bool:
 
 
 def fit_stage(spec: StageSpec, data: dict, cfg: Config, *, plan: WorkerPlan, max_failures: int,
-              teachers_ref=None, crash_at_epoch: int = -1) -> TrainState:
+              teachers_ref=None, crash_at_epoch: int = -1, run_name: str | None = None) -> TrainState:
     """Run ``spec`` on ``plan.workers`` Ray Train workers of ``plan.cpus`` CPUs and threads each, or
     in this process (``plan.in_process``); ``data`` maps ``train``/``val`` to aligned arrays (object
-    refs of them for workers). Returns the final checkpoint's state."""
-    run_name = stamped_name(spec.stage)
+    refs of them for workers). Returns the final checkpoint's state. ``run_name``: an earlier run of
+    this spec to go on with from its newest checkpoint (``--resume``); else a new run is recorded."""
     storage = cfg.storage_dir()
+    if run_name is None:
+        run_name = stamped_name(spec.stage)
+        record_run(storage / "ray_results" / run_name, stage=spec.stage, seed=spec.seed,
+                   in_process=plan.in_process, cfg=cfg)
     cache_logits = spec.kd is not None and cfg.distill.mode == "cached"
     loop_config = {"spec": spec, "data": data, "teachers_ref": teachers_ref, "cache_logits": cache_logits,
                    "use_gpu": plan.use_gpu,
@@ -95,7 +100,7 @@ def _shared(value, plan: WorkerPlan):
 
 
 def train_teacher(cfg: Config, *, seed: int | None = None, cpus: float | None = None,
-                  bundle: DataBundle | None = None, in_process: bool = True) -> Path:
+                  bundle: DataBundle | None = None, in_process: bool = True, run_name: str | None = None) -> Path:
     """Train ``cfg.teacher.model`` with Ray Train; returns the teacher artifact's path. ``bundle``:
     the data preflight already loaded (``load_data(cfg.data, cfg.run.seed)``), so it is read once;
     ``in_process=False`` keeps ``workers: auto`` on worker actors (teacher runs side by side)."""
@@ -104,7 +109,7 @@ def train_teacher(cfg: Config, *, seed: int | None = None, cpus: float | None = 
     t = cfg.teacher
     spec = recipe_spec("teacher", t, t.model, bundle, seed=seed)
     plan = stage_workers(t.workers, cfg.run.use_gpu, cpus=cpus, address=cfg.run.address, in_process=in_process)
-    state = fit_stage(spec, _datasets(bundle, plan), cfg, plan=plan, max_failures=t.max_failures)
+    state = fit_stage(spec, _datasets(bundle, plan), cfg, plan=plan, max_failures=t.max_failures, run_name=run_name)
     return finish_artifact(spec, state, bundle, cfg, kind="teacher", parents=[],
                            extra={"training": training_record(t, plan, seed)})
 
@@ -147,29 +152,38 @@ def student_spec(cfg: Config, bundle: DataBundle, *, kd: KDSettings | None, stag
     return recipe_spec(stage, cfg.distill, cfg.distill.student, bundle, seed=cfg.run.seed, kd=kd)
 
 
-def distill_student(cfg: Config, *, baseline: bool = False, bundle: DataBundle | None = None) -> Path:
+def distill_student(cfg: Config, *, baseline: bool = False, bundle: DataBundle | None = None,
+                    run_name: str | None = None) -> Path:
     """Distill ``cfg.distill.student`` from the teacher(s); ``baseline=True`` trains it alone
     (same architecture, epochs and data, plain cross-entropy). Returns the artifact path.
-    ``bundle`` as in :func:`train_teacher`."""
+    ``bundle`` and ``run_name`` as in :func:`train_teacher` / :func:`fit_stage`."""
     d = cfg.distill
     bundle = load_data(cfg.data, cfg.run.seed) if bundle is None else bundle
     plan = stage_workers(d.workers, cfg.run.use_gpu, address=cfg.run.address)
     if baseline:
         spec = student_spec(cfg, bundle, kd=None, stage="baseline")
         state = fit_stage(spec, _datasets(bundle, plan), cfg, plan=plan, max_failures=d.max_failures,
-                          crash_at_epoch=d.crash_at_epoch)
+                          crash_at_epoch=d.crash_at_epoch, run_name=run_name)
         return finish_artifact(spec, state, bundle, cfg, kind="baseline", parents=[],
                                extra={"training": training_record(d, plan, cfg.run.seed)})
     teachers = load_teachers(cfg, bundle)
     kd = KDSettings.for_distill(d, teacher_weights=[w for *_, w in teachers])
     spec = student_spec(cfg, bundle, kd=kd, stage="student")
     datasets, teachers_ref = _distill_inputs(cfg, bundle, teachers, plan)
-    state = fit_stage(spec, datasets, cfg, plan=plan, max_failures=d.max_failures,
-                      teachers_ref=teachers_ref, crash_at_epoch=d.crash_at_epoch)
+    state = fit_stage(spec, datasets, _pinned(cfg, teachers), plan=plan, max_failures=d.max_failures,
+                      teachers_ref=teachers_ref, crash_at_epoch=d.crash_at_epoch, run_name=run_name)
     parents = teacher_parents(teachers)
     extra = {"distillation": distillation_record(d),
              "training": training_record(d, plan, cfg.run.seed)}
     return finish_artifact(spec, state, bundle, cfg, kind="student", parents=parents, extra=extra)
+
+
+def _pinned(cfg: Config, teachers: Sequence[tuple]) -> Config:
+    """``cfg`` with the teachers it resolved written as paths (what a resumed run must distill from)."""
+    refs = [TeacherRef(artifact=str(path), weight=w) for path, _, _, w in teachers]
+    d = dataclasses.replace(cfg.distill, teacher=refs[0].artifact if len(refs) == 1 else "",
+                            teachers=refs if len(refs) > 1 else [])
+    return dataclasses.replace(cfg, distill=d)
 
 
 def teacher_parents(teachers: Sequence[tuple]) -> list[dict]:

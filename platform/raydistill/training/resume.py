@@ -1,5 +1,6 @@
 """Where a restarted worker or trial resumes: the newest checkpoint it has *persisted*, not only
-the one Ray has registered.
+the one Ray has registered; and what ``raydistill teacher|distill --resume <run>`` needs to go on
+with a run whose driver died (:func:`record_run`, :func:`resumed_run`).
 
 Ray registers a reported checkpoint after persisting it (Train v2: the controller polls the
 workers' results; Tune: a result, then a ``save`` future). A worker that dies between the two
@@ -10,9 +11,14 @@ already on storage, and runs those epochs again. Both the Train path
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import re
+from pathlib import Path
 
+from raydistill.core.config import Config, ConfigError, config_from_dict
+from raydistill.core.files import write_json_atomic
 from raydistill.core.loop import TrainState, state_from_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -45,3 +51,52 @@ def newest_persisted_state(storage) -> TrainState | None:
         except Exception as exc:  # noqa: BLE001 - a damaged checkpoint falls back to an older one
             logger.warning("checkpoint %s is unreadable (%s); trying an older one", found, exc)
     return None
+
+
+# --- a run whose driver died -----------------------------------------------------------------------
+
+RUN_FILE = "raydistill_run.json"  # in <storage>/ray_results/<run>, written before the first epoch
+COMMANDS = {"teacher": "teacher", "student": "distill", "baseline": "baseline"}  # stage -> command
+
+
+@dataclasses.dataclass(frozen=True)
+class ResumedRun:
+    """A recorded run to go on with: its own config, Ray Train run name, seed and where it trained."""
+
+    cfg: Config
+    run_name: str
+    seed: int
+    in_process: bool
+
+
+def record_run(run_dir: Path, *, stage: str, seed: int, in_process: bool, cfg: Config) -> None:
+    """Write what ``--resume`` needs into ``run_dir``: the stage, seed, placement and the whole config
+    (teachers pinned to their paths by the caller, so ``latest:teacher`` cannot move under a resume)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_dir / RUN_FILE, {"stage": stage, "seed": seed, "in_process": in_process,
+                                           "config": cfg.to_dict()})
+
+
+def resumed_run(current: Config, run_dir: str | Path, *, stage: str) -> ResumedRun:
+    """The run recorded in ``run_dir`` (``<storage>/ray_results/<run>``), checked to be a ``stage`` run.
+
+    Its settings are fixed; ``run.address``/``quiet``/``verbose`` come from ``current``, and the
+    storage is where the run dir is (a relative ``run.storage_path`` may have meant another cwd).
+    Training then starts from the newest checkpoint in the run dir: at most the epoch that was
+    running when the driver died is lost (``checkpoint_every: 1``, the default)."""
+    path = Path(run_dir).expanduser().resolve()
+    record = path / RUN_FILE
+    if not record.is_file():
+        raise ConfigError(f"--resume: {path} is not a raydistill training run ({RUN_FILE} is missing); pass "
+                          "the run's folder, <storage>/ray_results/<stage>-<time>-<id>")
+    try:
+        saved = json.loads(record.read_text())
+        cfg = config_from_dict(saved["config"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(f"--resume: {record} is unreadable ({exc})") from exc
+    if saved.get("stage") != stage:
+        raise ConfigError(f"--resume: {path.name} is a {saved.get('stage')} run; resume it with "
+                          f"`raydistill {COMMANDS.get(saved.get('stage'), '?')} --resume {path}`")
+    run = dataclasses.replace(cfg.run, address=current.run.address, quiet=current.run.quiet,
+                              verbose=current.run.verbose, storage_path=str(path.parent.parent))
+    return ResumedRun(dataclasses.replace(cfg, run=run), path.name, int(saved["seed"]), bool(saved["in_process"]))
