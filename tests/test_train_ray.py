@@ -56,6 +56,37 @@ def test_pipeline_command_runs_every_stage_and_prints_the_summary(ray_session, s
     assert len(list((storage / "artifacts" / "baseline").iterdir())) == 1
 
 
+@pytest.mark.timeout(600)
+def test_the_demo_in_its_own_process_prints_nothing_that_looks_like_a_failure(tmp_path):
+    # Execute: `raydistill pipeline` as `make demo` runs it — its own local Ray runtime (started and
+    # shut down by the command), stdout and stderr both captured as a log file would be.
+    import os
+    import re
+    import subprocess
+    import sys
+
+    import tempfile
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
+    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rd-", dir="/tmp")  # Ray's socket paths must stay < 108 bytes
+    sets = [*tiny_overrides(tmp_path / "runs", epochs=3), "distill.workers=auto", "run.quiet=false",  # as the demo
+            "tune.num_samples=2", "tune.max_epochs=2", "tune.grace_period=1", "pipeline.smoke_requests=5",
+            f"serve.port={free_port()}"]
+    proc = subprocess.run([sys.executable, "-m", "raydistill.cli.commands", "pipeline", "--config", DIGITS,
+                           *[a for o in sets for a in ("--set", o)]],
+                          capture_output=True, text=True, timeout=540, env=env, start_new_session=True)
+    console = proc.stdout + proc.stderr
+    # Assert: it worked, and no line a reader would take for a failure: no "failed"/"error" words, no
+    # C++ log lines (E/W + date), no "(raylet)" messages, no tracebacks
+    assert proc.returncode == 0, console[-3000:]
+    assert "5 smoke requests" in proc.stdout and "(shut down)" in proc.stdout
+    alarming = [line for line in console.splitlines()
+                if re.search(r"\b(fail(ed|ure)?|error|exception|traceback)\b", line, re.IGNORECASE)
+                or re.match(r"\[?[EW]\d{4} |\[\d{4}-\d\d-\d\d [\d:,]+ [EW] \d+", line) or "(raylet)" in line]
+    assert alarming == [], "\n".join(alarming)
+    assert "Started a local Ray instance" not in console  # Ray's INFO start-up line is bookkeeping
+
+
 @pytest.mark.timeout(300)
 def test_worker_crash_resumes_from_last_checkpoint(ray_session, storage, local_teacher):
     # Prepare: one worker of two dies once at epoch 2 (config hook, no code edits).

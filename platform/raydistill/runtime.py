@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+_STARTED_HERE = {"local": False}  # whether init_ray started the (local) runtime this process uses
+
 
 def _set_defaults() -> None:
     # Ray Train polls worker health every 2 s by default, which makes every report with a
@@ -37,8 +39,17 @@ def init_ray(address: str = "", *, num_cpus: int | None = None, quiet: bool = Tr
         _local_defaults()
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard,
                  dashboard_host="127.0.0.1", log_to_driver=not quiet)
+    _STARTED_HERE["local"] = not address
     configure_data(ray)
     return ray.get_runtime_context()
+
+
+def started_local_runtime() -> bool:
+    """True when :func:`init_ray` started the runtime this process is connected to (a local one that
+    ends with this process): whatever runs on it, Serve included, goes with ``ray.shutdown()``."""
+    import ray
+
+    return _STARTED_HERE["local"] and ray.is_initialized()
 
 
 def _local_defaults() -> None:

@@ -82,7 +82,9 @@ def _plain_line(record: logging.LogRecord) -> bool:
 # at ...", "Started Serve in namespace ...", "Creating initial MLflow database tables"): WARNING and
 # above only, unless run.verbose. Errors always reach the console.
 LIBRARY_LOGGERS = ("ray.train", "ray.tune", "ray.tune.tune", "ray.serve", "ray.data._internal.execution.streaming_executor",
-                   "mlflow.store.db.utils")
+                   "mlflow.store.db.utils",
+                   "ray._private.worker",  # "Started a local Ray instance. View the dashboard at ..."
+                   "ray._private.authentication.authentication_token_setup")  # "Generated new authentication token ..."
 
 
 def _below_warning(record: logging.LogRecord) -> bool:

@@ -91,14 +91,16 @@ def smoke_requests(url: str, bundle: DataBundle, n: int) -> dict:
 
 def serve_and_probe(cfg: Config, student: Path, bundle: DataBundle) -> dict:
     """Deploy ``student``, send the smoke requests, shut down unless ``pipeline.keep_serving``."""
+    from raydistill.runtime import started_local_runtime
     from raydistill.serving.deploy import deploy, stop
 
     url = deploy(cfg, str(student))
     try:
         probe = smoke_requests(url, bundle, cfg.pipeline.smoke_requests)
     finally:
-        if not cfg.pipeline.keep_serving:
-            stop(cfg.serve.app_name, shutdown_serve=True, shutdown_ray=False)
+        if not cfg.pipeline.keep_serving:  # serving is the last stage: a runtime started here can go
+            local = started_local_runtime()
+            stop(cfg.serve.app_name, shutdown_serve=not local, shutdown_ray=local)
     return {"url": url, **probe}
 
 
@@ -135,14 +137,23 @@ def run_pipeline(cfg: Config, args=None) -> dict:
     return {"paths": paths, "best": best, "probe": probe}
 
 
+def _how_it_ran(training: dict) -> str:
+    """``in process, 2 threads`` (Ray Train's local mode) or ``2 Ray Train workers x 1 thread``."""
+    threads = training.get("threads_per_worker")
+    threads_text = f"{threads} thread{'s' if threads != 1 else ''}" if threads else "default threads"
+    if training.get("in_process"):
+        return f"in process (Ray Train local mode), {threads_text}"
+    workers = training["workers"]
+    return f"{workers} Ray Train worker{'s' if workers != 1 else ''} x {threads_text}"
+
+
 def _print_summary(cfg: Config, paths: dict[str, Path], best: dict | None, probe: dict | None) -> None:
     d = cfg.distill
     lines = ["", format_table(summary_rows(paths)), ""]
     source = f"from the sweep (val {best['score']:.4f})" if best else "from the config"
     training = load_card(paths["distilled-student"])["training"]
     lines.append(f"distillation: T={d.temperature:.3g} alpha={d.alpha:.3g} lr={d.lr:.2g} {source}; "
-                 f"{training['workers']} Ray Train workers x {training['threads_per_worker']} threads, "
-                 f"{d.mode} soft targets")
+                 f"{_how_it_ran(training)}, {d.mode} soft targets")
     if probe:
         state = "still serving" if cfg.pipeline.keep_serving else "shut down"
         lines.append(f"endpoint: {probe['url']}v1/predict ({state}); {probe['requests']} smoke requests, "

@@ -156,16 +156,23 @@ class StopSignals:
 
 
 def stop(app_name: str, *, shutdown_serve: bool, shutdown_ray: bool) -> None:
-    """Remove our application; shut Serve and Ray down too when this process started them."""
+    """Remove our application; shut Serve and Ray down too when this process started them.
+
+    When Ray goes too, the app is deleted (its replicas drain their requests) and ``ray.shutdown()``
+    takes Serve's controller and proxies with the runtime: ``serve.shutdown()`` would make the
+    controller kill itself inside its own ``graceful_shutdown`` call, which the raylet reports as a
+    failed task ("Task ServeController.graceful_shutdown failed ... killed by ray.kill") on a run
+    that went fine."""
     import ray
     from ray import serve
 
-    if shutdown_serve:
+    if shutdown_ray:
+        serve.delete(app_name)
+        ray.shutdown()
+    elif shutdown_serve:
         serve.shutdown()
     else:
         serve.delete(app_name)
-    if shutdown_ray:
-        ray.shutdown()
     logger.info(f"stopped {app_name}")
 
 

@@ -58,9 +58,13 @@ def compute_soft_targets(ds, teachers: Sequence[tuple[dict, dict]], *, actors: i
     from ray.data import ActorPoolStrategy
 
     kwargs = {"teachers": numpy_teachers, "use_gpu": use_gpu, "threads": int(per_actor)}
+    # max_restarts=0: Ray Data's default (restart forever) makes Ray's core worker log an error line
+    # for every pool actor, because its constructor arguments live in the object store
+    # (ray-project/ray#53727) — on every successful run. The pass is one read of the training set: an
+    # actor that dies fails it with the actor's error, and the command can be run again.
     return ds.map_batches(TeacherLogits, fn_constructor_kwargs=kwargs,
                           batch_size=batch_size, compute=ActorPoolStrategy(size=actors), batch_format="numpy",
-                          **resources).materialize()
+                          max_restarts=0, **resources).materialize()
 
 
 def soft_target_arrays(ds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
