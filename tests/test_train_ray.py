@@ -82,7 +82,8 @@ def test_the_demo_in_its_own_process_prints_nothing_that_looks_like_a_failure(tm
     assert "5 smoke requests" in proc.stdout and "(shut down)" in proc.stdout
     alarming = [line for line in console.splitlines()
                 if re.search(r"\b(fail(ed|ure)?|error|exception|traceback)\b", line, re.IGNORECASE)
-                or re.match(r"\[?[EW]\d{4} |\[\d{4}-\d\d-\d\d [\d:,]+ [EW] \d+", line) or "(raylet)" in line]
+                or re.match(r"\[?[EW]\d{4} |\[\d{4}-\d\d-\d\d [\d:,]+ [EW] \d+", line) or "(raylet)" in line
+                or re.search(r"\w+Warning\b", line)]  # a Python warning (DeprecationWarning, ...) too
     assert alarming == [], "\n".join(alarming)
     assert "Started a local Ray instance" not in console  # Ray's INFO start-up line is bookkeeping
 

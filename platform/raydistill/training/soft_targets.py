@@ -5,6 +5,7 @@ one teacher or ``(K, C)`` for an ensemble of K, fed to student workers as their 
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -62,9 +63,13 @@ def compute_soft_targets(ds, teachers: Sequence[tuple[dict, dict]], *, actors: i
     # for every pool actor, because its constructor arguments live in the object store
     # (ray-project/ray#53727) — on every successful run. The pass is one read of the training set: an
     # actor that dies fails it with the actor's error, and the command can be run again.
-    return ds.map_batches(TeacherLogits, fn_constructor_kwargs=kwargs,
-                          batch_size=batch_size, compute=ActorPoolStrategy(size=actors), batch_format="numpy",
-                          max_restarts=0, **resources).materialize()
+    # map_batches has no named parameter for it in Ray 2.60 (pinned), so it goes through ray_remote_args,
+    # which warns that they are deprecated for Ray 2.64: revisit when moving past 2.63.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        return ds.map_batches(TeacherLogits, fn_constructor_kwargs=kwargs,
+                              batch_size=batch_size, compute=ActorPoolStrategy(size=actors), batch_format="numpy",
+                              max_restarts=0, **resources).materialize()
 
 
 def soft_target_arrays(ds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
