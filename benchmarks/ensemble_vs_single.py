@@ -27,12 +27,13 @@ from raydistill.core.engine import KDSettings, evaluate, fit, predict_logits
 from raydistill.core.models import build_model
 
 
-def train(spec, bundle, *, seed, epochs, lr, batch_size, kd=None, logits=None):
-    """A fresh model of ``spec`` (init from ``seed``), trained in-process; returns it in eval mode."""
+def train(spec, bundle, *, seed, section, kd=None, logits=None):
+    """A fresh model of ``spec`` (init from ``seed``) trained in-process with ``section``'s recipe
+    (epochs, lr, batch size, optimizer, schedule); returns it in eval mode."""
     torch.manual_seed(seed)
     model = build_model(spec.name, bundle.input_shape, bundle.num_classes, spec.args)
-    fit(model, bundle.x_train, bundle.y_train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-        kd=kd, teacher_logits=logits)
+    fit(model, bundle.x_train, bundle.y_train, epochs=section.epochs, lr=section.lr, batch_size=section.batch_size,
+        seed=seed, recipe=section, kd=kd, teacher_logits=logits)
     return model.eval()
 
 
@@ -44,13 +45,12 @@ def repetition(cfg, bundle, rep: int, k: int) -> dict:
     """One repetition: K teachers, then the students; returns test accuracies by role."""
     t, d = cfg.teacher, cfg.distill
     specs = list(t.models) or [t.model] * k
-    teachers = [train(s, bundle, seed=100 * rep + i, epochs=t.epochs, lr=t.lr, batch_size=t.batch_size)
-                for i, s in enumerate(specs)]
+    teachers = [train(s, bundle, seed=100 * rep + i, section=t) for i, s in enumerate(specs)]
     logits = [predict_logits(m, bundle.x_train) for m in teachers]  # (N, C) each, computed once
-    student = dict(seed=rep, epochs=d.epochs, lr=d.lr, batch_size=d.batch_size)
-    kd = KDSettings(temperature=d.temperature, alpha=d.alpha)
+    student = dict(seed=rep, section=d)
+    kd = KDSettings.for_distill(d)  # distill.method, T, alpha (and DKD's knobs) as the stage reads them
     singles = [accuracy(train(d.student, bundle, kd=kd, logits=z, **student), bundle) for z in logits]
-    ensemble_kd = KDSettings(temperature=d.temperature, alpha=d.alpha, teacher_weights=(1.0,) * len(logits))
+    ensemble_kd = KDSettings.for_distill(d, teacher_weights=(1.0,) * len(logits))
     ensemble = train(d.student, bundle, kd=ensemble_kd, logits=np.stack(logits, axis=1), **student)  # (N, K, C)
     by_val = int(np.argmax([accuracy(m, bundle, "val") for m in teachers]))
     return {"teachers": [accuracy(m, bundle) for m in teachers],
@@ -93,6 +93,9 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     cfg = load_config(args.config, args.overrides)
+    if cfg.distill.augment.active():
+        parser.error("distill.augment: this benchmark caches each teacher's logits on the clean images; "
+                     "augmented students would see targets of other inputs (use distill.mode=online in the stage)")
     bundle = load_data(cfg.data, cfg.run.seed)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     start = time.perf_counter()
@@ -100,7 +103,7 @@ def main() -> None:
     k = len(results[0]["teachers"])
     print(f"{bundle.name}: train {len(bundle.y_train)}, test {len(bundle.y_test)}; teacher "
           f"{cfg.teacher.models or cfg.teacher.model} x{k}; student {cfg.distill.student}; "
-          f"T={cfg.distill.temperature} alpha={cfg.distill.alpha}; {args.reps} repetitions")
+          f"method={cfg.distill.method} T={cfg.distill.temperature} alpha={cfg.distill.alpha}; {args.reps} repetitions")
     print(table(results, k))
     summary = {key: statistics.mean(r[key] for r in results) for key in ("alone", "single_by_val", "single_oracle", "ensemble")}
     print(json.dumps({"benchmark": "ensemble_vs_single", "dataset": bundle.name, "k": k, "reps": args.reps,

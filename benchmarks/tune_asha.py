@@ -1,6 +1,6 @@
 """ASHA vs full budget on the same (T, alpha) grid, in one run, through the real sweep
 (``raydistill.tuning.sweep.run_sweep``): one teacher, then the grid with ``tune.scheduler=asha`` and
-with ``tune.scheduler=none``. For each: wall time of the whole sweep (soft targets, trials,
+with ``tune.scheduler=none``, ``--repeats`` times (medians reported: single runs are noisy here). For each: wall time of the whole sweep (soft targets, trials,
 chosen student), trial-epochs run, best val accuracy, and the chosen student's test accuracy.
 Goal (issue 3): ASHA within 0.5 pt of the full-budget best val accuracy in <= 0.4x its time.
 
@@ -12,8 +12,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
+import statistics
 import tempfile
 import time
+from pathlib import Path
 
 from raydistill.core.config import load_config
 from raydistill.runtime import init_ray
@@ -52,37 +55,63 @@ def print_table(runs: list[dict], max_epochs: int) -> None:
           f"targets and the chosen student; Tune s: Tuner.fit only)")
 
 
+def summarize(pairs: list[tuple[dict, dict]]) -> dict:
+    """Per repeat (ASHA run, full-budget run) pair: wall-time ratio and best-val gap; then their medians."""
+    ratios = [a["wall_s"] / f["wall_s"] for a, f in pairs]
+    tune_ratios = [a["trials_s"] / f["trials_s"] for a, f in pairs]
+    gaps = [100 * (f["best_val_accuracy"] - a["best_val_accuracy"]) for a, f in pairs]
+    med = statistics.median
+    return {"time_ratios": ratios, "tune_time_ratios": tune_ratios, "val_gaps_pts": gaps,
+            "time_ratio": med(ratios), "tune_time_ratio": med(tune_ratios), "val_gap_pts": med(gaps),
+            "goal_met": med(gaps) <= 0.5 and med(ratios) <= 0.4}
+
+
+def keep_plots(run: dict, out_dir: str, stem: str) -> None:
+    """Copy a sweep's heatmap and curves next to the benchmark's other results."""
+    for name in ("heatmap", "curves"):
+        source = Path(run["sweep"]) / f"{name}.png"
+        if source.exists():
+            shutil.copyfile(source, Path(out_dir) / f"tune_{name}_{stem}.png")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", default="configs/digits.yaml")
     parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 3.0, 8.0, 20.0])
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.1, 0.4, 0.7, 0.9])
+    parser.add_argument("--repeats", type=int, default=3, help="ASHA + full-budget pairs, run one after the other")
+    parser.add_argument("--plots", default="", help="a folder to copy the last repeat's heatmap/curves into")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
     storage = tempfile.mkdtemp(prefix="rd-tune-asha-")
     # 1-worker trials (2 at a time on 2 CPUs) unless --set distill.workers=N says otherwise
     cfg = load_config(args.config, ["distill.workers=1", *args.overrides, f"run.storage_path={storage}",
                                     "run.quiet=true"])
     init_ray(cfg.run.address)
     start = time.perf_counter()
-    cfg = ensure_teacher(cfg)  # one teacher, trained once, shared by both sweeps
+    cfg = ensure_teacher(cfg)  # one teacher, trained once, shared by every sweep
     teacher_s = time.perf_counter() - start
-    runs = [measure(grid_config(cfg, args.temperatures, args.alphas, s)) for s in ("asha", "none")]
-    asha, full = runs
-    t = cfg.tune
-    print_table(runs, t.max_epochs)
-    time_ratio, tune_ratio = asha["wall_s"] / full["wall_s"], asha["trials_s"] / full["trials_s"]
-    gap_pts = 100 * (full["best_val_accuracy"] - asha["best_val_accuracy"])
-    met = gap_pts <= 0.5 and time_ratio <= 0.4
-    print(f"\n{cfg.data.name}, {asha['trials']}-point grid, max_epochs={t.max_epochs}, ASHA grace={t.grace_period} "
-          f"rf={t.reduction_factor}; teacher trained once in {teacher_s:.0f} s\nASHA/full wall time = "
-          f"{time_ratio:.2f}x (Tuner.fit alone {tune_ratio:.2f}x), best val gap = {gap_pts:+.2f} pt -> goal (<= 0.5 pt in <= 0.4x) "
-          f"{'met' if met else 'NOT met'}")
+    pairs = []
+    for _ in range(args.repeats):
+        pairs.append(tuple(measure(grid_config(cfg, args.temperatures, args.alphas, s)) for s in ("asha", "none")))
+        print_table(list(pairs[-1]), cfg.tune.max_epochs)
+    if args.plots:
+        keep_plots(pairs[-1][0], args.plots, f"{cfg.run.name}_asha")
+        keep_plots(pairs[-1][1], args.plots, f"{cfg.run.name}_full")
+    t, summary = cfg.tune, summarize(pairs)
+    per = ", ".join(f"{r:.2f}x/{g:+.2f} pt" for r, g in zip(summary["time_ratios"], summary["val_gaps_pts"]))
+    print(f"\n{cfg.data.name}, {pairs[0][0]['trials']}-point grid, max_epochs={t.max_epochs}, "
+          f"ASHA grace={t.grace_period} rf={t.reduction_factor}; teacher trained once in {teacher_s:.0f} s\n"
+          f"per repeat (ASHA/full wall time, best val gap): {per}\nmedian ASHA/full wall time = "
+          f"{summary['time_ratio']:.2f}x (Tuner.fit alone {summary['tune_time_ratio']:.2f}x), median best val gap = "
+          f"{summary['val_gap_pts']:+.2f} pt -> goal (<= 0.5 pt in <= 0.4x) {'met' if summary['goal_met'] else 'NOT met'}")
     print(json.dumps({"benchmark": "tune_asha", "dataset": cfg.data.name, "grid": {"temperature": args.temperatures,
                       "alpha": args.alphas}, "trials": expected_trials(grid_config(cfg, args.temperatures,
                       args.alphas, "none")), "max_epochs": t.max_epochs, "grace_period": t.grace_period,
-                      "reduction_factor": t.reduction_factor, "teacher_s": teacher_s, "runs": runs,
-                      "time_ratio": time_ratio, "tune_time_ratio": tune_ratio, "val_gap_pts": gap_pts, "goal_met": met}))
+                      "reduction_factor": t.reduction_factor, "teacher_s": teacher_s,
+                      "runs": [r for pair in pairs for r in pair], **summary}))
 
 
 if __name__ == "__main__":

@@ -99,7 +99,7 @@ def build_report(cfg: Config, teacher_path: Path, bundle: DataBundle, out_dir: P
 
 def _kd_method(card: dict) -> str:
     d = card.get("distillation", {})
-    return f"KD T={d.get('temperature')} alpha={d.get('alpha')}" if d else "distilled"
+    return f"{d.get('method', 'kd')} T={d.get('temperature')} alpha={d.get('alpha')}" if d else "distilled"
 
 
 def _student_artifact(cfg: Config, bundle: DataBundle, teacher_path: Path, teacher_card: dict, teacher: nn.Module,
