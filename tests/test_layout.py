@@ -15,6 +15,7 @@ PURE_OUTSIDE_CORE = [
     "raydistill", "raydistill.federated", "raydistill.federated.partition", "raydistill.federated.aggregate",
     "raydistill.federated.client", "raydistill.federated.strategies", "raydistill.federated.rounds",
     "raydistill.federated.plan", "raydistill.federated.report", "raydistill.federated.memory",
+    "raydistill.federated.checkpoint", "raydistill.serving.openapi",
     "raydistill.serving", "raydistill.serving.validation", "raydistill.serving.service",
     "raydistill.serving.model_runner", "raydistill.serving.fetch", "raydistill.serving.bare", "raydistill.compress",
     "raydistill.compress.report", "raydistill.compress.methods", "raydistill.compress.output",
