@@ -67,7 +67,12 @@ def test_the_demo_in_its_own_process_prints_nothing_that_looks_like_a_failure(tm
 
     import tempfile
 
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
+    from raydistill.serving.ingress import INGRESS_FLAGS
+
+    # a user's shell: no cluster address, and none of the ingress flags an earlier haproxy test left in
+    # this process's environment (enable_ingress sets them for the Ray it starts)
+    flags = {name for kind in INGRESS_FLAGS.values() for name in kind}
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS" and k not in flags}
     env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rd-", dir="/tmp")  # Ray's socket paths must stay < 108 bytes
     sets = [*tiny_overrides(tmp_path / "runs", epochs=3), "distill.workers=auto", "run.quiet=false",  # as the demo
             "tune.num_samples=2", "tune.max_epochs=2", "tune.grace_period=1", "pipeline.smoke_requests=5",
