@@ -241,7 +241,7 @@ def test_pipeline_job_via_sdk_runs_end_to_end(head, tmp_path):
     port = free_port()
     overrides = tiny_overrides(storage, epochs=2, workers=2) + [
         "tune.num_samples=2", "tune.max_epochs=2", "tune.grace_period=1", f"serve.port={port}",
-        "pipeline.smoke_requests=5"]
+        "pipeline.smoke_requests=5", "run.quiet=false"]  # progress on, as a user's job has it
     client = head.client()
     started = time.monotonic()
 
@@ -260,6 +260,11 @@ def test_pipeline_job_via_sdk_runs_end_to_end(head, tmp_path):
                       r"(\d+) correct, p50 [\d.]+ ms", logs, re.M)
     assert smoke and int(smoke.group(1)) >= 1, "the smoke requests got no (correct) prediction"
     assert f"results under {storage}" in logs
+    # a job's log is not a terminal: plain progress lines (first and last epoch, each trial), no bars
+    for line in (r"\[teacher\] epoch 1/2 train_loss=", r"\[teacher\] epoch 2/2 train_loss=", r"tune: trial 2/2 ",
+                 r"\[student\] epoch 2/2 train_loss="):
+        assert re.search(line, logs), f"no progress line {line!r} in the job's log"
+    assert "\r" not in logs and "it/s]" not in logs  # tqdm's carriage returns and rates
 
 
 @pytest.mark.cluster
