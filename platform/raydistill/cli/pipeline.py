@@ -99,8 +99,7 @@ def serve_and_probe(cfg: Config, student: Path, bundle: DataBundle) -> dict:
         probe = smoke_requests(url, bundle, cfg.pipeline.smoke_requests)
     finally:
         if not cfg.pipeline.keep_serving:  # serving is the last stage: a runtime started here can go
-            local = started_local_runtime()
-            stop(cfg.serve.app_name, shutdown_serve=not local, shutdown_ray=local)
+            stop(cfg.serve.app_name, shutdown_serve=True, shutdown_ray=started_local_runtime())
     return {"url": url, **probe}
 
 

@@ -158,21 +158,22 @@ class StopSignals:
 def stop(app_name: str, *, shutdown_serve: bool, shutdown_ray: bool) -> None:
     """Remove our application; shut Serve and Ray down too when this process started them.
 
-    When Ray goes too, the app is deleted (its replicas drain their requests) and ``ray.shutdown()``
-    takes Serve's controller and proxies with the runtime: ``serve.shutdown()`` would make the
-    controller kill itself inside its own ``graceful_shutdown`` call, which the raylet reports as a
-    failed task ("Task ServeController.graceful_shutdown failed ... killed by ray.kill") on a run
-    that went fine."""
+    When this process started a local runtime and both go, the app is deleted (its replicas drain
+    their requests) and ``ray.shutdown()`` takes Serve's controller and proxies with the runtime:
+    ``serve.shutdown()`` would make the controller kill itself inside its own ``graceful_shutdown``
+    call, which the raylet reports as a failed task on a run that went fine. On an attached cluster
+    ``serve.shutdown()`` is the only way Serve goes (``ray.shutdown()`` just disconnects)."""
     import ray
     from ray import serve
 
-    if shutdown_ray:
-        serve.delete(app_name)
-        ray.shutdown()
-    elif shutdown_serve:
+    from raydistill.runtime import started_local_runtime
+
+    if shutdown_serve and not (shutdown_ray and started_local_runtime()):
         serve.shutdown()
     else:
         serve.delete(app_name)
+    if shutdown_ray:
+        ray.shutdown()
     logger.info(f"stopped {app_name}")
 
 
