@@ -42,12 +42,11 @@ def attackers(clients: int, seed: int, share: float = 0.1) -> list[int]:
     return sorted(int(c) for c in np.random.default_rng([seed, 0xBAD]).permutation(clients)[:k])
 
 
-def run(cfg, strategy: str, attack: str, seed: int) -> tuple[float, int | None]:
+def run(plan, strategy: str, attack: str, seed: int) -> tuple[float, int | None]:
     """``(test accuracy of the last good global model, round the run stopped at or None)`` of one
     federated run in process. A run stops when too few clients send a usable update (FedAvg under
     attack: the global weights blow up, every client's update turns non-finite and is refused)."""
-    plan = prepare_federated(cfg)
-    f, b = cfg.federated, plan.bundle
+    f, b = plan.cfg.federated, plan.bundle  # plan: prepare_federated(cfg), once per seed (data, partitions)
 
     def build() -> torch.nn.Module:
         torch.manual_seed(seed)  # the same initial global model in every cell of a seed
@@ -105,9 +104,10 @@ def main() -> None:
     stopped: dict[tuple[str, str], list[int]] = {}
     for seed in args.seeds:
         cfg = load_config(args.config, [*base, f"run.seed={seed}"])
+        plan = prepare_federated(cfg)  # the strategy does not change the data or the partitions
         for attack in ATTACKS:
             for strategy in STRATEGIES:
-                accuracy, stop = run(cfg, strategy, attack, seed)
+                accuracy, stop = run(plan, strategy, attack, seed)
                 results.setdefault((strategy, attack), []).append(accuracy)
                 stopped.setdefault((strategy, attack), []).extend([stop] if stop is not None else [])
     f = cfg.federated
