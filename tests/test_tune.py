@@ -234,18 +234,19 @@ def test_best_yaml_loads_and_runs_a_distill(sweep):
 
 class InterruptAfterTrials(tune.Callback):
     """Sends this process SIGUSR1 (Tune's "stop and save state" signal, like Ctrl+C) at the first
-    result after ``n`` trials have completed, i.e. after Tune has logged that epoch but before it
-    has registered the epoch's checkpoint (the narrowest window); a marker keeps it from firing
-    again after the restore."""
+    result of a non-final epoch after ``n`` trials have completed, i.e. after Tune has logged that
+    epoch but before it has registered the epoch's checkpoint (the narrowest window); a marker keeps
+    it from firing again after the restore. A final epoch's result is skipped: Tune may finish that
+    trial before it handles the signal, and then there is nothing left to resume."""
 
-    def __init__(self, n: int, marker: Path):
-        self.n, self.marker, self.completed = n, Path(marker), 0
+    def __init__(self, n: int, marker: Path, last_epoch: int):
+        self.n, self.marker, self.last_epoch, self.completed = n, Path(marker), last_epoch, 0
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.completed += 1
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if self.completed >= self.n and not self.marker.exists():
+        if self.completed >= self.n and result["epoch"] < self.last_epoch and not self.marker.exists():
             self.marker.write_text(f"interrupted after {self.completed} trials, at {trial.trial_id} "
                                    f"epoch {result['epoch']}\n")
             os.kill(os.getpid(), signal.SIGUSR1)
@@ -262,7 +263,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_session
                       "tune.temperature_search=grid",
                       "tune.temperature=[2, 8]", "tune.alpha_search=grid", "tune.alpha=[0.3, 0.6, 0.9]",
                       "tune.num_samples=1", "run.quiet=false", teacher=local_teacher)
-    first = run_sweep(cfg, callbacks=[InterruptAfterTrials(2, storage / "interrupted")])
+    first = run_sweep(cfg, callbacks=[InterruptAfterTrials(2, storage / "interrupted", last_epoch=3)])
     assert first.interrupted and first.artifact is None
     out = capsys.readouterr().out
     assert "resume with: raydistill tune --resume" in out
