@@ -26,6 +26,26 @@ def test_override_parses_yaml_values_and_keeps_siblings():
     assert cfg.distill.alpha == load_config(DIGITS).distill.alpha  # sibling untouched
 
 
+def test_a_model_named_without_args_does_not_inherit_the_default_models_args(tmp_path):
+    # the default teacher is an MLP with hidden/dropout; a ResNet named in a file or an override
+    # must get its own defaults, not those keywords (build_model would refuse them)
+    path = tmp_path / "r.yaml"
+    path.write_text("teacher:\n  model: {name: resnet32x4}\ndistill:\n  student: {name: resnet8x4}\n")
+    cfg = load_config(path)
+    assert cfg.teacher.model.args == {} and cfg.distill.student.args == {}
+    assert load_config(None, ["teacher.model.name=cnn"]).teacher.model.args == {}
+    # the same name keeps the default's args; explicit args replace them whole
+    assert load_config(None, ["teacher.model.name=mlp"]).teacher.model.args == {"hidden": [1200, 1200], "dropout": 0.5}
+    assert load_config(None, ["teacher.model={name: cnn, args: {fc: 8}}"]).teacher.model.args == {"fc": 8}
+
+
+def test_a_number_where_a_name_is_expected_is_read_as_that_name():
+    cfg = load_config(None, ["distill.hint_layer=12", "distill.guided_layer=4", "run.name=2026"])
+    assert (cfg.distill.hint_layer, cfg.distill.guided_layer, cfg.run.name) == ("12", "4", "2026")
+    with pytest.raises(ConfigError, match="run.name: expected a string, got True"):
+        load_config(None, ["run.name=true"])
+
+
 @pytest.mark.parametrize("override, key", [
     ("distill.temprature=4", "distill.temprature"),
     ("distil.temperature=4", "distil"),

@@ -163,7 +163,7 @@ def test_a_federated_run_whose_driver_was_killed_goes_on_from_its_last_round_wit
 
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
     env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rd-", dir="/tmp")  # Ray's socket paths must stay < 108 bytes
-    rounds = 40
+    rounds = 14
     first = subprocess.Popen([sys.executable, "-m", "raydistill.cli.commands", "federated", "--config", DIGITS,
                               "--set", f"run.storage_path={storage}", "--set", f"federated.rounds={rounds}",
                               "--set", "federated.clients=6", "--set", "federated.fraction=1.0"],

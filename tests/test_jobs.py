@@ -216,22 +216,43 @@ def test_bad_config_job_fails_with_the_config_error(head):
     assert "error: distill.temperature: must be > 0, got -1.0" in client.get_job_logs(job_id)
 
 
+CIFAR100 = "configs/cifar100_resnet32x4_resnet8x4.yaml"
+# the recipe unchanged but for the data (CIFAR-shaped synthetic images, 100 classes) and 2 epochs
+# with its multistep decay at epoch 1 instead of 240 epochs with decays at 150/180/210
+CIFAR_SMOKE = ["data.name=synthetic", "data.synthetic_shape=[3, 32, 32]", "data.synthetic_classes=100",
+               "data.synthetic_samples=64", "run.quiet=true", "pipeline.serve=false",  # as the README submits it
+               *(f"{stage}.{key}" for stage in ("teacher", "distill") for key in ("epochs=2", "milestones=[1]"))]
+
+
 @pytest.mark.cluster
-@pytest.mark.timeout(180)
-def test_teacher_job_via_cli_writes_a_loadable_artifact_under_the_storage_root(head):
-    overrides = [o for o in tiny_overrides(head.storage_root, epochs=2) if not o.startswith("run.storage_path")]
+@pytest.mark.timeout(240)
+def test_cifar100_recipe_runs_unchanged_as_a_pipeline_job_via_cli(head):
     started = time.monotonic()
 
-    result = submit_cli(head, ["python", "jobs/teacher.py", "--config", "configs/digits.yaml", *sets(overrides)])
+    result = submit_cli(head, ["python", "jobs/pipeline.py", "--config", CIFAR100, *sets(CIFAR_SMOKE)])
 
-    print(f"\nteacher job: submit -> SUCCEEDED {time.monotonic() - started:.1f} s")
+    print(f"\nCIFAR-100 recipe pipeline job: submit -> done {time.monotonic() - started:.1f} s")
     assert result.returncode == 0 and "succeeded" in result.stdout, result.stdout + result.stderr
-    path = printed_path(result.stdout, "teacher artifact")
-    storage = head.storage_root / "runs"  # configs/digits.yaml's relative `runs`, under RAYDISTILL_STORAGE_ROOT
-    assert path.parent.parent == storage / "artifacts" and resolve_artifact("latest:teacher", storage) == path
-    model, card = load_artifact(path)
-    assert card["kind"] == "teacher" and card["metrics"]["test_accuracy"] > 0.5
+    storage = head.storage_root / "runs"  # the recipe's relative `runs`, under RAYDISTILL_STORAGE_ROOT
+    student = printed_path(result.stdout, "chosen student")
+    assert student.parent == storage / "artifacts" / "student" and resolve_artifact("chosen", storage) == student
+    teacher = resolve_artifact("latest:teacher", storage)
     assert f"results under {storage}" in result.stdout
+    # the published pair (CIFAR-100 heads: 7.43 M and 1.23 M parameters) and RepDistiller's settings
+    (t_model, t_card), (s_model, s_card) = load_artifact(teacher), load_artifact(student)
+    assert t_card["architecture"]["name"] == "resnet32x4" and s_card["architecture"]["name"] == "resnet8x4"
+    t_params, s_params = (sum(p.numel() for p in m.parameters()) for m in (t_model, s_model))
+    assert round(t_params / 1e6, 2) == 7.43 and round(s_params / 1e6, 2) == 1.23
+    assert s_card["distillation"] == {"temperature": 4.0, "alpha": 0.1, "mode": "online", "method": "kd"}
+    assert s_card["parents"][0]["path"] == str(teacher)
+    for card in (t_card, s_card):
+        assert {k: card["training"][k] for k in ("optimizer", "lr", "momentum", "weight_decay", "batch_size",
+                                                  "scheduler", "gamma")} == {
+            "optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0005, "batch_size": 64,
+            "scheduler": "multistep", "gamma": 0.1}
+        assert card["training"]["augment"] == {"translate": 4, "hflip": True}
+        assert [h["lr"] for h in card["metrics"]["history"]] == pytest.approx([0.05, 0.005])  # x0.1 at the milestone
+        assert len(card["class_names"]) == 100
 
 
 @pytest.mark.cluster

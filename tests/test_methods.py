@@ -150,3 +150,123 @@ def test_plain_kd_takes_the_same_value_and_gradient_through_either_path(batch):
         grads.append((loss.item(), logits.grad.clone()))
     # (the teacher's logits enter as float32 either way, as cached logits do)
     assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6) and torch.allclose(grads[0][1], grads[1][1], atol=1e-7)
+
+
+# --- fitnet (core.hints): the hint term against the formula written out by hand ---
+
+def _mlp_pair(seed: int = 0):
+    """A student MLP (8 -> 6 -> 3) and a teacher MLP (8 -> 10 -> 3), as nn.Sequential."""
+    torch.manual_seed(seed)
+    student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8, 10), torch.nn.ReLU(), torch.nn.Linear(10, 3))
+    return student, teacher
+
+
+def test_fitnet_auto_hint_is_the_mse_of_the_connected_penultimate_features():
+    from raydistill.core.hints import Hint
+
+    student, teacher = _mlp_pair()
+    hint = Hint(student, teacher, (1, 2, 4))  # auto: the inputs of each model's last Linear
+    x = torch.randn(5, 1, 2, 4)
+    student(x), teacher(x)
+    # by hand: ReLU(W1 x + b1) of each model, the student's through the connector's W, b
+    xs = x.reshape(5, 8).double().numpy()
+    feat = lambda m: np.maximum(xs @ m[1].weight.double().detach().numpy().T + m[1].bias.double().detach().numpy(), 0)  # noqa: E731
+    w, b = (t.double().detach().numpy() for t in (hint.connector.weight, hint.connector.bias))
+    expected = np.mean((feat(student) @ w.T + b - feat(teacher)) ** 2)
+    assert hint.connector.weight.shape == (10, 6)
+    assert hint().item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_fitnet_maps_of_different_sizes_are_pooled_and_connected_by_a_1x1_conv():
+    from raydistill.core.hints import Hint
+
+    torch.manual_seed(1)
+    student = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(2 * 8 * 8, 3))
+    teacher = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.MaxPool2d(2), torch.nn.Flatten(),
+                                  torch.nn.Linear(4 * 4 * 4, 3))
+    hint = Hint(student, teacher, (1, 8, 8), student_layer="0", teacher_layer="1").eval()  # (2, 8, 8) -> (4, 4, 4)
+    x = torch.randn(3, 1, 8, 8)
+    student(x), teacher(x)
+    h_s = student[0](x).detach().double().numpy()  # (3, 2, 8, 8)
+    pooled = h_s.reshape(3, 2, 4, 2, 4, 2).mean(axis=(3, 5))  # 2x2 average pooling to 4x4, by hand
+    conv_w = hint.connector[0].weight.detach().double().numpy()[:, :, 0, 0]  # (4, 2)
+    bn = hint.connector[1]  # eval: running mean 0, var 1 (fresh)
+    mapped = np.einsum("oc,bchw->bohw", conv_w, pooled) / np.sqrt(1 + bn.eps)
+    h_t = teacher[1](teacher[0](x)).detach().double().numpy()
+    assert hint().item() == pytest.approx(np.mean((mapped - h_t) ** 2), rel=1e-5)
+
+
+def test_fitnet_refuses_unknown_layers_and_unmappable_shapes():
+    from raydistill.core.hints import Hint, HintError
+
+    student, teacher = _mlp_pair()
+    with pytest.raises(HintError, match=r"student \(distill.guided_layer\) has no layer 'layer9'; its top-level layers: 0, 1, 2, 3"):
+        Hint(student, teacher, (1, 2, 4), student_layer="layer9")
+    conv_teacher = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    with pytest.raises(HintError, match=r"shape \[6\] onto a teacher feature of shape \[2, 2, 4\]"):
+        Hint(student, conv_teacher, (1, 2, 4), teacher_layer="0")
+
+
+def test_fitnet_batch_loss_adds_the_weighted_hint_to_kd(batch):
+    from raydistill.core.hints import Hint
+
+    student, teacher = _mlp_pair()
+    hint = Hint(student, teacher, (1, 2, 4))
+    x, y = torch.randn(4, 1, 2, 4), torch.tensor([0, 1, 2, 1])
+    kd = KDSettings(temperature=2.0, alpha=0.3, method=parse_method("fitnet"), hint_weight=7.0)
+    loss = batch_loss(student, (x, y), kd=kd, teachers=[teacher], hint=hint).item()
+    zs, zt = student(x).detach().double().numpy(), teacher(x).detach().double().numpy()  # taps now hold x's features
+    ce = float(np.mean(-np.log(_softmax(zs)[np.arange(4), y.numpy()])))
+    soft = float(np.mean(_kl(_softmax(zt / 2.0), _softmax(zs / 2.0)))) * 4.0
+    assert loss == pytest.approx(0.3 * ce + 0.7 * soft + 7.0 * hint().item(), rel=1e-5)
+
+
+def _hint_residual(student, teacher, x: np.ndarray) -> float:
+    """How well the best affine map of the student's penultimate features predicts the teacher's:
+    the least-squares residual per feature (numpy, closed form)."""
+    xs = torch.as_tensor(x).reshape(len(x), -1)
+    f = lambda m: torch.relu(m[1](xs)).detach().double().numpy()  # noqa: E731
+    a = np.hstack([f(student), np.ones((len(x), 1))])
+    coef, *_ = np.linalg.lstsq(a, f(teacher), rcond=None)
+    return float(np.mean((a @ coef - f(teacher)) ** 2))
+
+
+def test_fitnet_fit_pulls_the_students_features_toward_the_teachers_and_leaves_the_teacher_alone():
+    import copy
+
+    from raydistill.core.engine import fit
+
+    student, teacher = _mlp_pair(3)
+    x = torch.randn(256, 1, 2, 4).numpy()
+    y = np.random.default_rng(0).integers(0, 3, 256)
+    teacher_before = copy.deepcopy(teacher.state_dict())
+    residual = {"init": _hint_residual(student, teacher, x)}
+    for method, weight in (("kd", 0.0), ("fitnet", 10.0)):
+        model = copy.deepcopy(student)
+        kd = KDSettings(temperature=4.0, alpha=0.5, method=parse_method(method), hint_weight=weight)
+        losses = fit(model, x, y, epochs=20, lr=1e-2, batch_size=32, seed=0, kd=kd, teachers=[teacher])
+        assert all(np.isfinite(losses))
+        residual[method] = _hint_residual(model, teacher, x)
+    # the hint term makes the student's features an affine image of the teacher's, KD alone does not
+    assert residual["fitnet"] < 0.5 * min(residual["init"], residual["kd"]), residual
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in teacher_before.items())
+
+
+def test_fitnet_needs_online_one_teacher_and_no_tune_sweep(tmp_path):
+    from raydistill.core.config import ConfigError, load_config
+    from raydistill.core.preflight import preflight
+
+    with pytest.raises(ConfigError, match="distill.mode: method fitnet"):
+        load_config(None, ["distill.method=fitnet", "distill.mode=cached"])
+    with pytest.raises(ConfigError, match="distill.teachers: method fitnet takes its hint from one teacher"):
+        load_config(None, ["distill.method=fitnet", "distill.mode=online",
+                           "distill.teachers=[{artifact: a}, {artifact: b}]"])
+    with pytest.raises(ConfigError, match="tune.method: Tune's trials distill from cached soft targets"):
+        load_config(None, ["tune.method=[kd, fitnet]"])
+    with pytest.raises(ConfigError, match="distill.hint_weight"):
+        load_config(None, ["distill.method=fitnet", "distill.mode=online", "distill.hint_weight=-1"])
+    cfg = load_config(None, ["distill.method=fitnet", "distill.mode=online", "run.quiet=true"])
+    with pytest.raises(ConfigError, match="distill.method: Tune's trials"):
+        preflight(cfg, "tune")
+    assert parse_method("fitnet") == Method("kd", False, True) and parse_method("fitnet").name == "fitnet"

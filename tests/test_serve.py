@@ -129,7 +129,10 @@ BAD_INPUTS = [
     ("too many instances", dict(json={"instances": [ONE] * 65}), 413, "too many instances: 65 > max_instances=64"),
     ("body over limit", dict(content=b" " * 60_000, headers=JSON), 413, "max_body_bytes=50000"),
     ("chunked body over limit", dict(content=_chunks(b" " * 60_000), headers=JSON), 413, "max_body_bytes=50000"),
+    ("just above float32 max", dict(json={"instances": [np.full((8, 8), 3.4028235e38).tolist()]}), 422,
+     "not a finite float32"),  # a float32 cast would round it down to the maximum (schemathesis found it)
     ("bad top_k", dict(json={"instances": [ONE], "top_k": 0}), 422, "top_k must be an integer in 1..10"),
+    ("fractional top_k", dict(json={"instances": [ONE], "top_k": 2.5}), 422, "got 2.5"),
 ]
 
 

@@ -10,6 +10,7 @@ from raydistill.cli.commands import main
 from raydistill.core.config import load_config
 from raydistill.core.data import load_data
 from raydistill.core.engine import evaluate
+from raydistill.core.models import build_model
 
 from conftest import REPO, free_port, tiny_overrides
 
@@ -22,44 +23,11 @@ def _sets(storage, **kw):
 
 
 @pytest.mark.timeout(600)
-def test_pipeline_command_runs_every_stage_and_prints_the_summary(ray_session, storage, capsys):
-    # Execute: the README's demo command (`make demo`), with tiny epochs, a 2-trial sweep and a
-    # real Serve endpoint on a free loopback port.
-    extra = ["tune.num_samples=2", "tune.max_epochs=2", "tune.grace_period=1", "pipeline.smoke_requests=5",
-             f"serve.port={free_port()}"]
-    rc = main(["pipeline", "--config", DIGITS, *_sets(storage, epochs=3, workers=2),
-               *[a for o in extra for a in ("--set", o)]])
-    captured = capsys.readouterr()
-    out = captured.out
-    # Assert: the table names all three models, the sweep chose T/alpha, the endpoint answered.
-    assert rc == 0
-    # a console a person reads: no Ray bookkeeping lines (run.verbose brings them back), and short
-    console = captured.out + captured.err
-    for noise in ("TrainingReport(", "Checkpoint successfully created", "Configuration for experiment",
-                  "Started Serve in namespace", "Creating initial MLflow database tables", "execution finished in"):
-        assert noise not in console
-    assert len(console.splitlines()) <= 60, console
-    for row in ("teacher", "student-alone", "distilled-student", "compression"):
-        assert row in out
-    assert "from the sweep" in out and "2 Ray Train workers" in out
-    assert "5 smoke requests" in out and "(shut down)" in out
-    student = resolve_artifact("chosen", storage)
-    model, card = load_artifact(student)
-    teacher_path = resolve_artifact("latest:teacher", storage)
-    assert card["parents"][0]["path"] == str(teacher_path)
-    assert card["parents"][0]["sha256"] == load_card(teacher_path)["weights_sha256"]
-    assert card["training"]["workers"] == 2 and card["distillation"]["mode"] == "cached"
-    assert len(card["metrics"]["history"]) == 3
-    bundle = load_data(load_config(DIGITS).data, 0)
-    assert evaluate(model, bundle.x_test, bundle.y_test)["accuracy"] == pytest.approx(card["metrics"]["test_accuracy"])
-    assert load_card(teacher_path)["metrics"]["test_accuracy"] > 0.85
-    assert len(list((storage / "artifacts" / "baseline").iterdir())) == 1
-
-
-@pytest.mark.timeout(600)
-def test_the_demo_in_its_own_process_prints_nothing_that_looks_like_a_failure(tmp_path):
-    # Execute: `raydistill pipeline` as `make demo` runs it — its own local Ray runtime (started and
-    # shut down by the command), stdout and stderr both captured as a log file would be.
+def test_the_demo_runs_every_stage_in_its_own_process_and_prints_nothing_that_looks_like_a_failure(tmp_path):
+    # Execute: `raydistill pipeline` as `make demo` runs it (the README's demo command, with tiny
+    # epochs, a 2-trial sweep and a real Serve endpoint on a free loopback port) — its own local Ray
+    # runtime (started and shut down by the command), stdout and stderr both captured as a log file
+    # would be. (The jobs suite runs the same pipeline with 2 Ray Train workers on a `ray start` cluster.)
     import os
     import re
     import subprocess
@@ -91,6 +59,26 @@ def test_the_demo_in_its_own_process_prints_nothing_that_looks_like_a_failure(tm
                 or re.search(r"\w+Warning\b", line)]  # a Python warning (DeprecationWarning, ...) too
     assert alarming == [], "\n".join(alarming)
     assert "Started a local Ray instance" not in console  # Ray's INFO start-up line is bookkeeping
+    # a console a person reads: no Ray bookkeeping lines (run.verbose brings them back)
+    for noise in ("TrainingReport(", "Checkpoint successfully created", "Configuration for experiment",
+                  "Started Serve in namespace", "Creating initial MLflow database tables", "execution finished in"):
+        assert noise not in console
+    # the summary names every model, the sweep chose T/alpha, the student is the chosen one
+    for row in ("teacher", "student-alone", "distilled-student"):
+        assert re.search(rf"^{row}\s+\S+\s+0\.\d{{4}}\s", proc.stdout, re.M), row
+    assert "compression" in proc.stdout and "from the sweep" in proc.stdout
+    storage = tmp_path / "runs"
+    student = resolve_artifact("chosen", storage)
+    assert f"chosen student: {student}" in proc.stdout
+    model, card = load_artifact(student)
+    teacher_path = resolve_artifact("latest:teacher", storage)
+    assert card["parents"][0]["path"] == str(teacher_path)
+    assert card["parents"][0]["sha256"] == load_card(teacher_path)["weights_sha256"]
+    assert card["distillation"]["mode"] == "cached" and len(card["metrics"]["history"]) == 3
+    bundle = load_data(load_config(DIGITS).data, 0)
+    assert evaluate(model, bundle.x_test, bundle.y_test)["accuracy"] == pytest.approx(card["metrics"]["test_accuracy"])
+    assert load_card(teacher_path)["metrics"]["test_accuracy"] > 0.85
+    assert len(list((storage / "artifacts" / "baseline").iterdir())) == 1
 
 
 @pytest.mark.timeout(300)
@@ -146,6 +134,28 @@ def test_online_mode_distills_with_the_teacher_in_the_worker(ray_session, storag
     # one worker on the session's 2 CPUs trains on 2 torch threads (Ray alone would give it 1)
     assert card["training"]["workers"] == 1 and card["training"]["threads_per_worker"] == 2
     assert {h["threads"] for h in card["metrics"]["history"]} == {2}
+
+
+@pytest.mark.timeout(240)
+def test_fitnet_distills_on_two_workers_and_the_artifact_is_the_student_alone(ray_session, storage, local_teacher,
+                                                                                capsys):
+    base = ["distill", "--config", DIGITS, *_sets(storage, epochs=2, workers=2), "--set", f"distill.teacher={local_teacher}",
+            "--set", "distill.mode=online", "--set", "distill.method=fitnet", "--set", "distill.lr=0.01"]
+    # a layer the student does not have: refused before training, naming the key and the layers it has
+    assert main([*base, "--set", "distill.guided_layer=layer9"]) == 2
+    assert "student (distill.guided_layer) has no layer 'layer9'; its top-level layers: 0, 1, 2, 3" in capsys.readouterr().err
+
+    assert main([*base, "--set", "distill.hint_weight=5"]) == 0
+
+    model, card = load_artifact(resolve_artifact("chosen", storage))
+    assert card["distillation"] == {"temperature": card["distillation"]["temperature"], "alpha": card["distillation"]["alpha"],
+                                    "mode": "online", "method": "fitnet", "hint_weight": 5.0, "hint_layer": "auto",
+                                    "guided_layer": "auto"}
+    assert card["training"]["workers"] == 2
+    # the connector trained alongside is not part of the student: the weights are the architecture's own
+    fresh = build_model(card["architecture"]["name"], card["input_shape"], 10, card["architecture"]["args"])
+    assert model.state_dict().keys() == fresh.state_dict().keys()
+    assert card["metrics"]["test_accuracy"] > 0.5 and len(card["metrics"]["history"]) == 2
 
 
 def test_corrupted_teacher_is_a_clear_error_before_training(ray_session, storage, local_teacher, tmp_path, capsys):

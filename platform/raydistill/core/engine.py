@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config.schema import RecipeSection
+from .hints import hint_for
 from .losses import ensemble_soft_targets, kd_loss_from_probs, soft_targets
 from .methods import Method, parse_method, soft_term, standardize, warmup_weight
 from .recipe import augmented, make_optimizer, make_scheduler
@@ -35,6 +36,9 @@ class KDSettings:
     dkd_alpha: float = 1.0
     dkd_beta: float = 8.0
     warmup_epochs: int = 0  # the soft term's linear warm-up (distill.dkd_warmup_epochs)
+    hint_weight: float = 0.0  # fitnet: weight of the hint MSE (core.hints)
+    hint_layer: str = "auto"  # fitnet: teacher layer
+    guided_layer: str = "auto"  # fitnet: student layer
 
     @classmethod
     def for_distill(cls, d, *, teacher_weights: Sequence[float] = (1.0,), temperature: float | None = None,
@@ -43,7 +47,8 @@ class KDSettings:
         return cls(temperature=float(d.temperature if temperature is None else temperature),
                    alpha=float(d.alpha if alpha is None else alpha), teacher_weights=tuple(teacher_weights),
                    method=parse_method(d.method), dkd_alpha=d.dkd_alpha, dkd_beta=d.dkd_beta,
-                   warmup_epochs=d.dkd_warmup_epochs)
+                   warmup_epochs=d.dkd_warmup_epochs, hint_weight=d.hint_weight, hint_layer=d.hint_layer,
+                   guided_layer=d.guided_layer)
 
     def soft_weight(self, epoch: int) -> float:
         """``(1 - alpha) * w(epoch)``: the soft term's weight in epoch ``epoch`` (1-based)."""
@@ -98,17 +103,28 @@ def run_teachers(teachers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor
 
 
 def batch_loss(model: nn.Module, batch: tuple[torch.Tensor, ...], *, kd: KDSettings | None,
-               teachers: Sequence[nn.Module] = (), label_smoothing: float = 0.0, epoch: int = 1) -> torch.Tensor:
+               teachers: Sequence[nn.Module] = (), label_smoothing: float = 0.0, epoch: int = 1,
+               hint: nn.Module | None = None) -> torch.Tensor:
     """Cross-entropy (with ``label_smoothing``) when ``kd`` is None; else
     ``alpha * CE + (1 - alpha) * w(epoch) * D`` (core.methods) against cached (3rd element) or online
-    (``teachers``, run on the same possibly augmented ``x``) teacher logits; ``epoch`` is 1-based."""
+    (``teachers``, run on the same possibly augmented ``x``) teacher logits; ``epoch`` is 1-based.
+    With a ``hint`` (core.hints.Hint, method fitnet) ``+ hint_weight * H`` for this batch."""
     x, y = batch[0], batch[1]
     logits = model(x)
-    if kd is None or kd.alpha == 1.0:
+    if kd is None or (kd.alpha == 1.0 and hint is None):
         return F.cross_entropy(logits, y, label_smoothing=label_smoothing)
     z_t = batch[2] if len(batch) > 2 else run_teachers(teachers, x)
+    loss = _logit_loss(logits, z_t, y, kd, label_smoothing, epoch)
+    return loss if hint is None else loss + kd.hint_weight * hint()
+
+
+def _logit_loss(logits: torch.Tensor, z_t: torch.Tensor, y: torch.Tensor, kd: KDSettings, label_smoothing: float,
+                epoch: int) -> torch.Tensor:
+    """``alpha * CE + (1 - alpha) * w(epoch) * D`` from the student's and the teachers' logits."""
+    if kd.alpha == 1.0:
+        return F.cross_entropy(logits, y, label_smoothing=label_smoothing)
     probs = teacher_probs(z_t.float(), kd)
-    if kd.method == Method() and kd.warmup_epochs <= 0:  # Hinton's KD: one fused autograd node (losses._KDLoss)
+    if kd.method.base == "kd" and not kd.method.standardize and kd.warmup_epochs <= 0:  # Hinton's KD: one fused node (losses._KDLoss)
         return kd_loss_from_probs(logits, probs, y, temperature=kd.temperature, alpha=kd.alpha,
                                   label_smoothing=label_smoothing)
     soft = soft_term(kd.method, logits, probs, y, kd.temperature, dkd_alpha=kd.dkd_alpha, dkd_beta=kd.dkd_beta)
@@ -119,20 +135,25 @@ def batch_loss(model: nn.Module, batch: tuple[torch.Tensor, ...], *, kd: KDSetti
 def train_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]], optimizer: torch.optim.Optimizer,
                 *, kd: KDSettings | None = None, teachers: Sequence[nn.Module] = (),
                 device: torch.device | str = "cpu", label_smoothing: float = 0.0, grad_clip: float = 0.0,
-                epoch: int = 1) -> float:
+                epoch: int = 1, hint: nn.Module | None = None) -> float:
     """One pass over ``batches`` (epoch ``epoch``, 1-based: a soft term's warm-up); returns the
-    example-weighted mean loss."""
+    example-weighted mean loss. ``hint`` (method fitnet) trains with the model; ``optimizer`` holds
+    its parameters too."""
     model.train()
+    trained = [model] if hint is None else [model, hint]
+    if hint is not None:
+        hint.train()
     for t in teachers:
         t.eval()
     total, count = 0.0, 0
     for batch in batches:
         batch = tuple(b.to(device, non_blocking=True) for b in batch)
-        loss = batch_loss(model, batch, kd=kd, teachers=teachers, label_smoothing=label_smoothing, epoch=epoch)
+        loss = batch_loss(model, batch, kd=kd, teachers=teachers, label_smoothing=label_smoothing, epoch=epoch,
+                          hint=hint)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            torch.nn.utils.clip_grad_norm_([p for m in trained for p in m.parameters()], grad_clip)
         optimizer.step()
         total += float(loss.detach()) * len(batch[1])
         count += len(batch[1])
@@ -184,9 +205,11 @@ def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, lr: floa
         teacher_logits: np.ndarray | None = None, teachers: Sequence[nn.Module] = (),
         fill: tuple[float, ...] | None = None, device: torch.device | str = "cpu") -> list[float]:
     """Single-process training with ``recipe`` (optimizer, schedule, augmentation; Adam at a constant
-    lr when None): in-process students, benchmarks. Returns per-epoch mean losses."""
+    lr when None): in-process students, benchmarks; method fitnet trains its connector alongside
+    (``teachers`` online). Returns per-epoch mean losses."""
     recipe = recipe or RecipeSection()
-    optimizer = make_optimizer(model, lr, recipe)
+    hint = hint_for(kd, model, teachers, tuple(np.shape(x)[1:]), seed=seed + 1)  # fitnet only
+    optimizer = make_optimizer(model if hint is None else nn.ModuleList([model, hint]), lr, recipe)
     scheduler = make_scheduler(optimizer, recipe, epochs)
     arrays = [x, y] if teacher_logits is None else [x, y, teacher_logits]
     fill = fill if fill is not None else (0.0,) * int(np.shape(x)[1])
@@ -196,6 +219,6 @@ def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, lr: floa
                             recipe.augment, fill, seed=seed + epoch + 1)
         losses.append(train_epoch(model, batches, optimizer, kd=kd, teachers=teachers, device=device,
                                   label_smoothing=recipe.label_smoothing, grad_clip=recipe.grad_clip,
-                                  epoch=epoch + 1))
+                                  epoch=epoch + 1, hint=hint))
         scheduler.step()
     return losses

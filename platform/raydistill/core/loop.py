@@ -15,6 +15,7 @@ from torch import nn
 
 from .config.schema import RecipeSection
 from .engine import KDSettings, evaluation_sums, metrics_from_sums, train_epoch
+from .hints import hint_for
 from .recipe import augmented, make_optimizer, make_scheduler
 from .models import build_model
 
@@ -53,15 +54,16 @@ class TrainState:
     history: list[dict]
     resumed_at: list[int] = field(default_factory=list)
     scheduler: dict = field(default_factory=dict)
+    hint: dict = field(default_factory=dict)  # fitnet's connector (core.hints); not part of the student
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "optimizer": self.optimizer, "epoch": self.epoch, "history": self.history,
-                "resumed_at": self.resumed_at, "scheduler": self.scheduler}
+                "resumed_at": self.resumed_at, "scheduler": self.scheduler, "hint": self.hint}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainState":
         return cls(d["model"], d["optimizer"], int(d["epoch"]), list(d["history"]), list(d.get("resumed_at", [])),
-                   dict(d.get("scheduler", {})))
+                   dict(d.get("scheduler", {})), dict(d.get("hint", {})))
 
 
 def shuffle_seed(seed: int, epoch: int, *, world: int = 1, rank: int = 0) -> int:
@@ -87,11 +89,15 @@ def run_epochs(spec: StageSpec, *, train_batches: Callable[[int], Batches], val_
     validation; ``reduce_sums`` sums ``[loss, correct, count]`` over ranks.
     """
     model = build_for_spec(spec).to(device)
+    hint = hint_for(spec.kd, model, teachers, spec.input_shape, seed=spec.seed + 1)
     if resume is not None:
         model.load_state_dict(resume.model)
+        if hint is not None:
+            hint.load_state_dict(resume.hint)
     trained = prepare_model(model)  # DDP wrapper on many ranks; shares parameters with `model`
+    trained_hint = prepare_model(hint) if hint is not None else None  # its gradients all-reduce too
     recipe = spec.recipe
-    optimizer = make_optimizer(trained, spec.lr, recipe)
+    optimizer = make_optimizer(trained if hint is None else nn.ModuleList([model, hint]), spec.lr, recipe)
     scheduler = make_scheduler(optimizer, recipe, spec.epochs)
     state = TrainState({}, {}, 0, [])
     if resume is not None:
@@ -106,7 +112,7 @@ def run_epochs(spec: StageSpec, *, train_batches: Callable[[int], Batches], val_
         batches = augmented(train_batches(epoch), recipe.augment, fill, seed=shuffle_seed(spec.seed, epoch) + 1)
         train_loss = train_epoch(trained, batches, optimizer, kd=spec.kd, teachers=teachers, device=device,
                                  label_smoothing=recipe.label_smoothing, grad_clip=recipe.grad_clip,
-                                 epoch=epoch + 1)
+                                 epoch=epoch + 1, hint=trained_hint)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         epoch_time = time.perf_counter() - started
@@ -114,7 +120,7 @@ def run_epochs(spec: StageSpec, *, train_batches: Callable[[int], Batches], val_
         metrics = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val["loss"],
                    "val_accuracy": val["accuracy"], "lr": lr, "epoch_time_s": epoch_time}
         state = TrainState(_cpu_state(model), optimizer.state_dict(), epoch + 1, state.history + [metrics],
-                           state.resumed_at, scheduler.state_dict())
+                           state.resumed_at, scheduler.state_dict(), _cpu_state(hint) if hint is not None else {})
         report(metrics, state)
     return state
 

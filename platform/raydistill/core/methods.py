@@ -20,6 +20,9 @@ the teacher's logits only, so they work with cached soft targets, Tune trials, t
   z-scored per example before the temperature softmax, ``Z(z) = (z - mean(z)) / std(z)`` (std over the
   C classes with Bessel's correction, as the paper's code), so the student matches the teacher's
   logit *relations*, not its logit scale. ``lskd`` alone means ``kd+lskd``.
+* ``fitnet`` — FitNets, Romero et al. ICLR 2015: ``kd`` plus ``hint_weight`` times the MSE between a
+  student layer's output, mapped by a learned connector, and a teacher layer's output (core.hints).
+  It needs the teacher's features, so it runs with ``distill.mode=online`` and one teacher.
 """
 from __future__ import annotations
 
@@ -29,26 +32,30 @@ import torch
 import torch.nn.functional as F
 
 BASES = ("kd", "dkd")
-CHOICES = ("kd", "dkd", "lskd", "kd+lskd", "dkd+lskd")
+CHOICES = ("kd", "dkd", "lskd", "kd+lskd", "dkd+lskd", "fitnet")
 _EPS = 1e-7  # the paper's code adds it to the std
 
 
 @dataclass(frozen=True)
 class Method:
-    """A parsed ``distill.method``: the base soft term and whether logits are standardized."""
+    """A parsed ``distill.method``: the base soft term, whether logits are standardized, and whether
+    a FitNets hint term (core.hints) is added."""
 
     base: str = "kd"
     standardize: bool = False
+    hint: bool = False
 
     @property
     def name(self) -> str:
-        return self.base + ("+lskd" if self.standardize else "")
+        return "fitnet" if self.hint else self.base + ("+lskd" if self.standardize else "")
 
 
 def parse_method(name: str) -> Method:
-    """``"kd" | "dkd" | "lskd" | "kd+lskd" | "dkd+lskd"`` -> :class:`Method`; ValueError otherwise."""
+    """``"kd" | "dkd" | "lskd" | "kd+lskd" | "dkd+lskd" | "fitnet"`` -> :class:`Method`; ValueError otherwise."""
     if name not in CHOICES:
         raise ValueError(f"unknown distillation method {name!r}; choose one of {', '.join(CHOICES)}")
+    if name == "fitnet":
+        return Method("kd", False, True)
     if name == "lskd":
         return Method("kd", True)
     base, _, mod = name.partition("+")

@@ -22,6 +22,11 @@ def preflight(cfg: Config, stage: str) -> DataBundle:
     if stage == "tune" and cfg.data.val_fraction == 0:
         raise ConfigError("data.val_fraction: 0 leaves no validation split, which tune ranks trials on; "
                           "keep a validation split for the sweep and train the final student with 0")
+    sweeps = stage == "tune" or (stage == "pipeline" and cfg.pipeline.tune)
+    if sweeps and not cfg.tune.method and cfg.distill.method == "fitnet":
+        raise ConfigError("distill.method: Tune's trials distill from cached soft targets, and fitnet needs the "
+                          "teacher's features online; sweep the logit methods (tune.method=[kd, dkd, ...]) "
+                          "and run fitnet with `raydistill distill`")
     if cfg.data.name not in DATASETS:
         raise ConfigError(f"data.name: unknown data set '{cfg.data.name}'; known: {', '.join(DATASETS.names())}")
     try:

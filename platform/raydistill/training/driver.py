@@ -14,13 +14,15 @@ import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from raydistill.core.artifacts import ArtifactError, check_fits, load_state, new_artifact_path, stamped_name, resolve_artifact, save_artifact
+from raydistill.core.artifacts import (ArtifactError, check_fits, load_state, model_from_state, new_artifact_path,
+                                       stamped_name, resolve_artifact, save_artifact)
 from raydistill.core.cards import build_card, distillation_record, parent_entry
-from raydistill.core.config import Config, ModelSpec, TeacherRef
+from raydistill.core.config import Config, ConfigError, ModelSpec, TeacherRef
 from raydistill.core.config.schema import RecipeSection
 from raydistill.core.recipe import raw_zero_fill
 from raydistill.core.data import DataBundle, load_data
 from raydistill.core.engine import KDSettings, evaluate
+from raydistill.core.hints import Hint, HintError
 from raydistill.core.loop import STATE_FILE, StageSpec, TrainState, build_for_spec, load_train_state
 from raydistill.runtime import WorkerPlan, cluster_cpus, cluster_gpus, stage_workers
 from raydistill.training.in_process import fit_in_process
@@ -169,6 +171,8 @@ def distill_student(cfg: Config, *, baseline: bool = False, bundle: DataBundle |
     teachers = load_teachers(cfg, bundle)
     kd = KDSettings.for_distill(d, teacher_weights=[w for *_, w in teachers])
     spec = student_spec(cfg, bundle, kd=kd, stage="student")
+    if kd.method.hint:
+        check_hint(spec, teachers)
     datasets, teachers_ref = _distill_inputs(cfg, bundle, teachers, plan)
     state = fit_stage(spec, datasets, _pinned(cfg, teachers), plan=plan, max_failures=d.max_failures,
                       teachers_ref=teachers_ref, crash_at_epoch=d.crash_at_epoch, run_name=run_name)
@@ -176,6 +180,17 @@ def distill_student(cfg: Config, *, baseline: bool = False, bundle: DataBundle |
     extra = {"distillation": distillation_record(d),
              "training": training_record(d, plan, cfg.run.seed)}
     return finish_artifact(spec, state, bundle, cfg, kind="student", parents=parents, extra=extra)
+
+
+def check_hint(spec: StageSpec, teachers: Sequence[tuple]) -> None:
+    """fitnet: the named layers exist and a connector can map the student's onto the teacher's,
+    checked once on the CPU before any Ray work (ConfigError otherwise)."""
+    _, card, state, _ = teachers[0]
+    try:
+        Hint(build_for_spec(spec), model_from_state(card, state), spec.input_shape,
+             student_layer=spec.kd.guided_layer, teacher_layer=spec.kd.hint_layer).remove()
+    except HintError as exc:
+        raise ConfigError(f"distill.method=fitnet: {exc}") from exc
 
 
 def _pinned(cfg: Config, teachers: Sequence[tuple]) -> Config:

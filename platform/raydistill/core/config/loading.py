@@ -58,6 +58,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)  # YAML reads `--set distill.hint_layer=12` as a number; layer names are strings
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return value
@@ -99,10 +101,14 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def _merge_defaults(tree: dict[str, Any]) -> dict[str, Any]:
-    """Merge a partial tree over the defaults so that overrides of a nested mapping keep siblings."""
+    """Merge a partial tree over the defaults so that overrides of a nested mapping keep siblings.
+    A model spec that names another model than the default starts from no arguments: the default
+    model's ``args`` (e.g. the MLP's ``hidden``) mean nothing to ``resnet8x4``."""
     base = Config().to_dict()
 
     def merge(dst: dict, src: dict) -> dict:
+        if "args" in dst and "args" not in src and src.get("name", dst.get("name")) != dst.get("name"):
+            dst["args"] = {}
         for k, v in src.items():
             if isinstance(v, dict) and isinstance(dst.get(k), dict) and k != "args":
                 merge(dst[k], v)

@@ -85,6 +85,15 @@ def _validate_method(d: Any) -> None:
     _require(d.dkd_warmup_epochs >= 0, "distill.dkd_warmup_epochs", f"must be >= 0, got {d.dkd_warmup_epochs}")
     _require(parse_method(d.method).base != "dkd" or d.dkd_alpha + d.dkd_beta > 0, "distill.dkd_beta",
              "dkd_alpha and dkd_beta are both 0, so the distillation term vanishes; give either a weight > 0")
+    _require(math.isfinite(d.hint_weight) and d.hint_weight >= 0, "distill.hint_weight",
+             f"must be a finite number >= 0, got {d.hint_weight}")
+    for name in ("hint_layer", "guided_layer"):
+        _require(bool(getattr(d, name).strip()), f"distill.{name}", "must name a layer, or be auto")
+    if parse_method(d.method).hint:
+        _require(d.mode == "online", "distill.mode", "method fitnet regresses the teacher's features for the batch "
+                 "the student sees, which cached soft targets do not hold; set distill.mode=online")
+        _require(len(d.teachers) <= 1, "distill.teachers", f"method fitnet takes its hint from one teacher, "
+                 f"got an ensemble of {len(d.teachers)}; distill from one, or use a logit method")
 
 
 def _validate_tracking_uri(uri: str) -> None:
@@ -165,6 +174,8 @@ def _validate_tune(cfg: Any) -> None:
     for name in t.method:
         _one_of(name, "tune.method", METHOD_CHOICES)
     _require(len(set(t.method)) == len(t.method), "tune.method", f"must not repeat a method, got {t.method}")
+    _require("fitnet" not in t.method, "tune.method", "Tune's trials distill from cached soft targets and fitnet "
+             "needs the teacher's features online; sweep logit methods and run fitnet with `raydistill distill`")
     _one_of(t.scheduler, "tune.scheduler", ("asha", "none"))
     _one_of(t.searcher, "tune.searcher", ("random", "optuna"))
     _one_of(t.mode, "tune.mode", ("max", "min"))

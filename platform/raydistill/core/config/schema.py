@@ -112,10 +112,13 @@ class DistillSection(RecipeSection):
     teachers: list[TeacherRef] = field(default_factory=list)  # ensemble; overrides `teacher`
     temperature: float = 4.0
     alpha: float = 0.1  # weight of the hard-label CE; 1 - alpha weighs T^2 * KL (see core.losses.kd_loss)
-    method: str = "kd"  # the soft term (core.methods): kd | dkd, either with +lskd (lskd = kd+lskd)
+    method: str = "kd"  # the soft term (core.methods): kd | dkd, either with +lskd (lskd = kd+lskd) | fitnet
     dkd_alpha: float = 1.0  # DKD: weight of the target-class term (TCKD)
     dkd_beta: float = 8.0  # DKD: weight of the non-target-class term (NCKD; mdistiller's CIFAR-100 value)
     dkd_warmup_epochs: int = 0  # the soft term's weight rises linearly over these epochs (mdistiller: 20 of 240)
+    hint_weight: float = 100.0  # fitnet: weight of the hint MSE (core.hints; mdistiller's CIFAR-100 value)
+    hint_layer: str = "auto"  # fitnet: the teacher layer whose output is the hint; auto = its penultimate features
+    guided_layer: str = "auto"  # fitnet: the student layer that learns the hint (through a connector)
     mode: str = "cached"  # cached | online
     soft_targets: str = "workers"  # cached mode: workers (each its share, once) | ray_data (an actor pool)
     soft_target_actors: int = 1  # Ray Data actors computing teacher logits (soft_targets: ray_data)
