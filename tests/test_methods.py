@@ -251,6 +251,8 @@ def test_fitnet_fit_pulls_the_students_features_toward_the_teachers_and_leaves_t
     # the hint term makes the student's features an affine image of the teacher's, KD alone does not
     assert residual["fitnet"] < 0.5 * min(residual["init"], residual["kd"]), residual
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in teacher_before.items())
+    # fit() took its taps off the caller's teacher again
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in teacher.modules())
 
 
 def test_fitnet_needs_online_one_teacher_and_no_tune_sweep(tmp_path):

@@ -122,6 +122,8 @@ def run_epochs(spec: StageSpec, *, train_batches: Callable[[int], Batches], val_
         state = TrainState(_cpu_state(model), optimizer.state_dict(), epoch + 1, state.history + [metrics],
                            state.resumed_at, scheduler.state_dict(), _cpu_state(hint) if hint is not None else {})
         report(metrics, state)
+    if hint is not None:
+        hint.remove()
     return state
 
 
