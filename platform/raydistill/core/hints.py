@@ -131,9 +131,10 @@ def hint_for(kd, model: nn.Module, teachers: Sequence[nn.Module], input_shape: S
         return None
     if len(teachers) != 1:
         raise HintError(f"method fitnet needs one online teacher, got {len(teachers)} (distill.mode=online, no ensemble)")
-    torch.manual_seed(seed)
-    return Hint(model, teachers[0], input_shape, student_layer=kd.guided_layer,
-                teacher_layer=kd.hint_layer).to(next(model.parameters()).device)
+    with torch.random.fork_rng(devices=[]):  # the caller's random stream (dropout, shuffles) is left as it was
+        torch.manual_seed(seed)
+        return Hint(model, teachers[0], input_shape, student_layer=kd.guided_layer,
+                    teacher_layer=kd.hint_layer).to(next(model.parameters()).device)
 
 
 __all__ = ["AUTO", "FeatureTap", "Hint", "HintError", "hint_for"]

@@ -184,7 +184,7 @@ def distill_student(cfg: Config, *, baseline: bool = False, bundle: DataBundle |
 
 def check_hint(spec: StageSpec, teachers: Sequence[tuple]) -> None:
     """fitnet: the named layers exist and a connector can map the student's onto the teacher's,
-    checked once on the CPU before any Ray work (ConfigError otherwise)."""
+    checked once on the CPU before training starts (ConfigError otherwise)."""
     _, card, state, _ = teachers[0]
     try:
         Hint(build_for_spec(spec), model_from_state(card, state), spec.input_shape,
