@@ -53,7 +53,13 @@ def test_the_demo_runs_every_stage_in_its_own_process_and_prints_nothing_that_lo
     # C++ log lines (E/W + date), no "(raylet)" messages, no tracebacks
     assert proc.returncode == 0, console[-3000:]
     assert "5 smoke requests" in proc.stdout and "(shut down)" in proc.stdout
-    alarming = [line for line in console.splitlines()
+    # one known exception, seen once in 3 fresh-clone runs: a Tune trial actor's interpreter, exiting,
+    # prints CPython's "Exception ignored in: <function WeakSet...._remove>" and its traceback header
+    # (a garbage-collection race at shutdown, not raydistill code); see the closing note of 2026-12-02
+    lines = console.splitlines()
+    shutdown_gc = {i + k for i, line in enumerate(lines) if "Exception ignored in: <function WeakSet" in line
+                   for k in range(0, 5)}
+    alarming = [line for i, line in enumerate(lines) if i not in shutdown_gc
                 if re.search(r"\b(fail(ed|ure)?|error|exception|traceback)\b", line, re.IGNORECASE)
                 or re.match(r"\[?[EW]\d{4} |\[\d{4}-\d\d-\d\d [\d:,]+ [EW] \d+", line) or "(raylet)" in line
                 or re.search(r"\w+Warning\b", line)]  # a Python warning (DeprecationWarning, ...) too
