@@ -143,6 +143,21 @@ def test_online_mode_distills_with_the_teacher_in_the_worker(ray_session, storag
 
 
 @pytest.mark.timeout(240)
+def test_cached_views_are_built_by_ray_data_and_trained_on_by_two_workers(ray_session, storage, local_teacher, capsys):
+    base = ["distill", "--config", DIGITS, *_sets(storage, epochs=2, workers=2), "--set", f"distill.teacher={local_teacher}",
+            "--set", "distill.mode=cached", "--set", "distill.augment={translate: 1}", "--set", "distill.lr=0.01"]
+    # augmenting on clean cached targets is refused before any work, pointing at the fix
+    assert main(base) == 2
+    assert "set distill.cached_views=K" in capsys.readouterr().err
+    assert main([*base, "--set", "distill.cached_views=3", "--set", "distill.soft_targets=ray_data",
+                 "--set", "distill.cache_topk=4"]) == 0
+    _, card = load_artifact(resolve_artifact("chosen", storage))
+    assert card["distillation"]["cached_views"] == 3 and card["distillation"]["cache_topk"] == 4
+    assert card["training"]["workers"] == 2 and card["training"]["augment"]["translate"] == 1
+    assert card["metrics"]["test_accuracy"] > 0.5 and len(card["metrics"]["history"]) == 2
+
+
+@pytest.mark.timeout(240)
 def test_fitnet_distills_on_two_workers_and_the_artifact_is_the_student_alone(ray_session, storage, local_teacher,
                                                                                 capsys):
     base = ["distill", "--config", DIGITS, *_sets(storage, epochs=2, workers=2), "--set", f"distill.teacher={local_teacher}",

@@ -20,6 +20,7 @@ from .hints import hint_for
 from .losses import ensemble_soft_targets, kd_loss_from_probs, soft_targets
 from .methods import Method, parse_method, soft_term, standardize, warmup_weight
 from .recipe import augmented, make_optimizer, make_scheduler
+from .views import ViewCache
 
 __all__ = ["KDSettings", "make_optimizer", "iterate_batches", "read_only_tensors", "rank_shard", "teacher_probs", "run_teachers", "batch_loss",
            "train_epoch", "predict_logits", "evaluation_sums", "metrics_from_sums", "evaluate", "fit"]
@@ -203,20 +204,25 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, *, batch_size: int 
 def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, lr: float, batch_size: int,
         seed: int = 0, recipe: RecipeSection | None = None, kd: KDSettings | None = None,
         teacher_logits: np.ndarray | None = None, teachers: Sequence[nn.Module] = (),
-        fill: tuple[float, ...] | None = None, device: torch.device | str = "cpu") -> list[float]:
+        fill: tuple[float, ...] | None = None, device: torch.device | str = "cpu",
+        views: ViewCache | None = None, view_cache: Sequence[torch.Tensor] = ()) -> list[float]:
     """Single-process training with ``recipe`` (optimizer, schedule, augmentation; Adam at a constant
     lr when None): in-process students, benchmarks; method fitnet trains its connector alongside
-    (``teachers`` online). Returns per-epoch mean losses."""
+    (``teachers`` online); with ``views`` the student trains on cached views (``view_cache`` =
+    ``ViewCache.build`` of all of ``x``) instead of ``recipe.augment``. Returns per-epoch mean losses."""
     recipe = recipe or RecipeSection()
     hint = hint_for(kd, model, teachers, tuple(np.shape(x)[1:]), seed=seed + 1)  # fitnet only
     optimizer = make_optimizer(model if hint is None else nn.ModuleList([model, hint]), lr, recipe)
     scheduler = make_scheduler(optimizer, recipe, epochs)
     arrays = [x, y] if teacher_logits is None else [x, y, teacher_logits]
+    if views is not None:
+        arrays = [x, y, torch.arange(len(y)), *view_cache]
     fill = fill if fill is not None else (0.0,) * int(np.shape(x)[1])
     losses = []
     for epoch in range(epochs):
-        batches = augmented(iterate_batches(arrays, batch_size, shuffle=True, seed=seed + epoch),
-                            recipe.augment, fill, seed=seed + epoch + 1)
+        batches = iterate_batches(arrays, batch_size, shuffle=True, seed=seed + epoch)
+        batches = (views.batches(batches, epoch) if views is not None else
+                   augmented(batches, recipe.augment, fill, seed=seed + epoch + 1))
         losses.append(train_epoch(model, batches, optimizer, kd=kd, teachers=teachers, device=device,
                                   label_smoothing=recipe.label_smoothing, grad_clip=recipe.grad_clip,
                                   epoch=epoch + 1, hint=hint))

@@ -18,6 +18,7 @@ from .engine import KDSettings, evaluation_sums, metrics_from_sums, train_epoch
 from .hints import hint_for
 from .recipe import augmented, make_optimizer, make_scheduler
 from .models import build_model
+from .views import ViewCache
 
 Batches = Iterable[tuple[torch.Tensor, ...]]
 
@@ -41,6 +42,7 @@ class StageSpec:
     fill: tuple[float, ...] = ()  # normalized raw-zero pixel per channel: the border of a translate
     seed: int = 0
     kd: KDSettings | None = None
+    views: ViewCache | None = None  # distill.cached_views: batches carry cached views (core.views), not augment
 
 
 @dataclass
@@ -109,7 +111,8 @@ def run_epochs(spec: StageSpec, *, train_batches: Callable[[int], Batches], val_
         before_epoch(epoch)
         started = time.perf_counter()
         # augmentation draws are seeded per (seed, epoch): a resumed run sees the same views
-        batches = augmented(train_batches(epoch), recipe.augment, fill, seed=shuffle_seed(spec.seed, epoch) + 1)
+        batches = (spec.views.batches(train_batches(epoch), epoch) if spec.views is not None else
+                   augmented(train_batches(epoch), recipe.augment, fill, seed=shuffle_seed(spec.seed, epoch) + 1))
         train_loss = train_epoch(trained, batches, optimizer, kd=spec.kd, teachers=teachers, device=device,
                                  label_smoothing=recipe.label_smoothing, grad_clip=recipe.grad_clip,
                                  epoch=epoch + 1, hint=trained_hint)

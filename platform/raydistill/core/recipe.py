@@ -77,25 +77,34 @@ def augment_batch(x: torch.Tensor, spec: AugmentSpec, fill: tuple[float, ...],
                   generator: torch.Generator) -> torch.Tensor:
     """Random translate by up to ``+-spec.translate`` px per example and axis (border = ``fill``),
     then a random horizontal flip when ``spec.hflip``. ``x`` is ``(B, C, H, W)``; so is the result.
-
-    Translating by ``(dy, dx)`` = padding by ``k`` and cropping at offset ``(k + dy, k + dx)``, so
-    this is also torchvision's ``RandomCrop(H, padding=k)``. Draws come only from ``generator``.
-    """
+    Draws come only from ``generator`` (offsets first, then flips): :func:`apply_augment` applies them."""
     if not spec.active():
         return x
+    b, k = x.shape[0], spec.translate
+    offsets = torch.randint(0, 2 * k + 1, (2, b), generator=generator) if k > 0 else None
+    flips = torch.rand(b, generator=generator) < 0.5 if spec.hflip else None
+    return apply_augment(x, offsets, flips, k, fill)
+
+
+def apply_augment(x: torch.Tensor, offsets: torch.Tensor | None, flips: torch.Tensor | None, translate: int,
+                  fill: tuple[float, ...]) -> torch.Tensor:
+    """Translate each example ``x[i]`` ``(C, H, W)`` by ``offsets[:, i] - translate`` px (rows,
+    columns; border = ``fill``), then mirror it where ``flips[i]``; None skips either step.
+
+    Translating by ``(dy, dx)`` = padding by ``k`` and cropping at offset ``(k + dy, k + dx)``, so
+    this is also torchvision's ``RandomCrop(H, padding=k)``.
+    """
     b, c, h, w = x.shape
-    k = spec.translate
-    if k > 0:
+    k = translate
+    if k > 0 and offsets is not None:
         fill_t = torch.as_tensor(fill, dtype=x.dtype).view(1, c, 1, 1)
         padded = fill_t.expand(b, c, h + 2 * k, w + 2 * k).clone()  # (B, C, H+2k, W+2k)
         padded[:, :, k:k + h, k:k + w] = x
-        off = torch.randint(0, 2 * k + 1, (2, b), generator=generator)  # row, column offsets
-        rows = (off[0][:, None] + torch.arange(h))[:, None, :, None]  # (B, 1, H, 1)
-        cols = (off[1][:, None] + torch.arange(w))[:, None, None, :]  # (B, 1, 1, W)
+        rows = (offsets[0][:, None] + torch.arange(h))[:, None, :, None]  # (B, 1, H, 1)
+        cols = (offsets[1][:, None] + torch.arange(w))[:, None, None, :]  # (B, 1, 1, W)
         x = padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
-    if spec.hflip:
-        flip = torch.rand(b, generator=generator) < 0.5
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    if flips is not None:
+        x = torch.where(flips[:, None, None, None], x.flip(-1), x)
     return x
 
 

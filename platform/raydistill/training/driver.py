@@ -6,7 +6,7 @@ checkpoint -> test accuracy measured once on the driver -> an artifact with its 
 from __future__ import annotations
 
 import dataclasses
-
+import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -24,11 +24,14 @@ from raydistill.core.data import DataBundle, load_data
 from raydistill.core.engine import KDSettings, evaluate
 from raydistill.core.hints import Hint, HintError
 from raydistill.core.loop import STATE_FILE, StageSpec, TrainState, build_for_spec, load_train_state
+from raydistill.core.views import ViewCache, cache_bytes, resolve_topk
 from raydistill.runtime import WorkerPlan, cluster_cpus, cluster_gpus, stage_workers
 from raydistill.training.in_process import fit_in_process
 from raydistill.training.resume import record_run
 from raydistill.training.soft_targets import compute_soft_targets, soft_target_arrays, to_ray_dataset
 from raydistill.training.worker import train_loop_per_worker
+
+logger = logging.getLogger(__name__)
 
 
 def _use_gpu(cfg: Config) -> bool:
@@ -49,6 +52,7 @@ def fit_stage(spec: StageSpec, data: dict, cfg: Config, *, plan: WorkerPlan, max
                    in_process=plan.in_process, cfg=cfg)
     cache_logits = spec.kd is not None and cfg.distill.mode == "cached"
     loop_config = {"spec": spec, "data": data, "teachers_ref": teachers_ref, "cache_logits": cache_logits,
+                   "cache_topk": resolve_topk(cfg.distill.cache_topk, spec.num_classes),
                    "use_gpu": plan.use_gpu,
                    "threads": plan.threads, "verbose": not cfg.run.quiet, "ray_logs": cfg.run.verbose,
                    "crash_at_epoch": crash_at_epoch,
@@ -151,7 +155,29 @@ def load_teachers(cfg: Config, bundle: DataBundle) -> list[tuple[Path, dict, dic
 
 
 def student_spec(cfg: Config, bundle: DataBundle, *, kd: KDSettings | None, stage: str) -> StageSpec:
-    return recipe_spec(stage, cfg.distill, cfg.distill.student, bundle, seed=cfg.run.seed, kd=kd)
+    """The student's spec; distilling with ``distill.cached_views`` it carries the view cache's recipe
+    (the baseline augments as usual: the same draws' distribution, no teacher)."""
+    spec = recipe_spec(stage, cfg.distill, cfg.distill.student, bundle, seed=cfg.run.seed, kd=kd)
+    if kd is None or cfg.distill.cached_views <= 0:
+        return spec
+    views = ViewCache(views=cfg.distill.cached_views, spec=cfg.distill.augment, fill=spec.fill, seed=cfg.run.seed,
+                      num_classes=bundle.num_classes)
+    return dataclasses.replace(spec, views=views)
+
+
+def check_cache_size(cfg: Config, bundle: DataBundle, teachers: int) -> None:
+    """A view cache's size, logged before it is built and refused past ``distill.cache_max_gb``."""
+    d = cfg.distill
+    if d.mode != "cached" or d.cached_views <= 0:
+        return
+    k = resolve_topk(d.cache_topk, bundle.num_classes)
+    size = cache_bytes(len(bundle.y_train), d.cached_views, teachers, k)
+    what = (f"{len(bundle.y_train)} examples x {d.cached_views} views x {teachers} teacher(s) x top-{k} of "
+            f"{bundle.num_classes} classes = {size / 1e9:.3f} GB")
+    if size > d.cache_max_gb * 1e9:
+        raise ConfigError(f"distill.cached_views: the view cache would hold {what}, over distill.cache_max_gb="
+                          f"{d.cache_max_gb}; lower cached_views or cache_topk, or raise cache_max_gb")
+    logger.info(f"distill: soft-target view cache {what}")
 
 
 def distill_student(cfg: Config, *, baseline: bool = False, bundle: DataBundle | None = None,
@@ -173,6 +199,7 @@ def distill_student(cfg: Config, *, baseline: bool = False, bundle: DataBundle |
     spec = student_spec(cfg, bundle, kd=kd, stage="student")
     if kd.method.hint:
         check_hint(spec, teachers)
+    check_cache_size(cfg, bundle, len(teachers))
     datasets, teachers_ref = _distill_inputs(cfg, bundle, teachers, plan)
     state = fit_stage(spec, datasets, _pinned(cfg, teachers), plan=plan, max_failures=d.max_failures,
                       teachers_ref=teachers_ref, crash_at_epoch=d.crash_at_epoch, run_name=run_name)
@@ -217,9 +244,16 @@ def _distill_inputs(cfg: Config, bundle: DataBundle, teachers: Sequence[tuple],
     pairs = [(card, state) for _, card, state, _ in teachers]
     if cfg.distill.mode == "online" or cfg.distill.soft_targets == "workers":
         return _datasets(bundle, plan), _shared(pairs, plan)
-    soft = compute_soft_targets(to_ray_dataset(bundle.x_train, bundle.y_train), pairs,
-                                actors=cfg.distill.soft_target_actors, use_gpu=_use_gpu(cfg), cpus=cluster_cpus())
+    soft = ray_data_soft_targets(cfg, bundle, pairs, use_gpu=_use_gpu(cfg), cpus=cluster_cpus())
     return _datasets(bundle, plan, train=soft_target_arrays(soft)), None
+
+
+def ray_data_soft_targets(cfg: Config, bundle: DataBundle, pairs: Sequence[tuple[dict, dict]], **resources):
+    """The training set with the teachers' logits (or their view cache), by a Ray Data actor pool."""
+    views = student_spec(cfg, bundle, kd=KDSettings.for_distill(cfg.distill), stage="student").views
+    ds = to_ray_dataset(bundle.x_train, bundle.y_train, with_index=views is not None)
+    return compute_soft_targets(ds, pairs, actors=cfg.distill.soft_target_actors, views=views,
+                                topk=resolve_topk(cfg.distill.cache_topk, bundle.num_classes), **resources)
 
 
 def training_record(recipe: RecipeSection, plan: WorkerPlan | None, seed: int) -> dict:

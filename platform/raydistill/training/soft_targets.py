@@ -1,7 +1,9 @@
 """Teacher soft targets computed once with Ray Data ``map_batches`` (scales out to many actors/GPUs).
 
 The output is a Ray Dataset with columns ``x`` ``(C, H, W)``, ``y`` and ``logits``: ``(C,)`` for
-one teacher or ``(K, C)`` for an ensemble of K, fed to student workers as their training set.
+one teacher or ``(K, C)`` for an ensemble of K, fed to student workers as their training set. With
+``distill.cached_views`` (core.views) it has ``idx`` (the example's index) and the view cache's
+``values``/``indices`` ``(V, [K,] k)`` and ``rest`` ``(V, [K])`` instead of ``logits``.
 """
 from __future__ import annotations
 
@@ -13,11 +15,16 @@ import torch
 
 from raydistill.core.artifacts import model_from_state
 from raydistill.core.engine import run_teachers
+from raydistill.core.views import ViewCache
 from raydistill.runtime import cpu_share
 
 
-def to_ray_dataset(x: np.ndarray, y: np.ndarray, logits: np.ndarray | None = None):
-    """Arrow-backed Ray Dataset with tensor column ``x`` (and ``logits``), int64 ``y``."""
+VIEW_COLUMNS = ("values", "indices", "rest")
+
+
+def to_ray_dataset(x: np.ndarray, y: np.ndarray, logits: np.ndarray | None = None, *, with_index: bool = False):
+    """Arrow-backed Ray Dataset with tensor column ``x`` (and ``logits``), int64 ``y`` (and ``idx``,
+    each row's index in ``x``: what regenerates its views)."""
     import pyarrow as pa
     import ray.data
     from ray.data.extensions import ArrowTensorArray
@@ -26,29 +33,40 @@ def to_ray_dataset(x: np.ndarray, y: np.ndarray, logits: np.ndarray | None = Non
                                "y": pa.array(np.asarray(y, np.int64))}
     if logits is not None:
         columns["logits"] = ArrowTensorArray.from_numpy(np.ascontiguousarray(logits, np.float32))
+    if with_index:
+        columns["idx"] = pa.array(np.arange(len(y), dtype=np.int64))
     return ray.data.from_arrow(pa.table(columns))
 
 
 class TeacherLogits:
     """Callable class for ``map_batches``: builds the teachers once per actor, adds ``logits``."""
 
-    def __init__(self, teachers: Sequence[tuple[dict, dict]], use_gpu: bool = False, threads: int = 1):
+    def __init__(self, teachers: Sequence[tuple[dict, dict]], use_gpu: bool = False, threads: int = 1,
+                 views: ViewCache | None = None, topk: int = 0):
         torch.set_num_threads(max(1, threads))  # Ray gives the actor its CPUs; torch should use them all
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.models = []
         for card, state in teachers:
             self.models.append(model_from_state(card, state).to(self.device))
+        self.views, self.topk = views, topk
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        x = torch.from_numpy(np.array(batch["x"], dtype=np.float32)).to(self.device)  # a writable copy
-        batch["logits"] = run_teachers(self.models, x).cpu().numpy()  # (B, C) or (B, K, C)
+        x = torch.from_numpy(np.array(batch["x"], dtype=np.float32))  # a writable copy
+        if self.views is None:
+            batch["logits"] = run_teachers(self.models, x.to(self.device)).cpu().numpy()  # (B, C) or (B, K, C)
+            return batch
+        cache = self.views.build(lambda xv: run_teachers(self.models, xv.to(self.device)).cpu(), x,
+                                 torch.from_numpy(np.asarray(batch["idx"], np.int64)), self.topk)
+        batch.update({name: t.numpy() for name, t in zip(VIEW_COLUMNS, cache)})
         return batch
 
 
 def compute_soft_targets(ds, teachers: Sequence[tuple[dict, dict]], *, actors: int = 1,
-                         use_gpu: bool = False, cpus: float = 1.0, batch_size: int = 1024):
-    """Materialized dataset ``ds`` plus the teachers' logits, computed once.
+                         use_gpu: bool = False, cpus: float = 1.0, batch_size: int = 1024,
+                         views: ViewCache | None = None, topk: int = 0):
+    """Materialized dataset ``ds`` plus the teachers' logits, computed once (with ``views``: their
+    top-``topk`` logits on every cached view; ``ds`` then needs ``idx``).
 
     ``teachers`` is a list of ``(model card, numpy state dict)``. On CPUs the ``actors`` share the
     cluster's ``cpus``: each gets ``cpus / actors`` (whole CPUs when enough) as torch threads.
@@ -58,7 +76,7 @@ def compute_soft_targets(ds, teachers: Sequence[tuple[dict, dict]], *, actors: i
     resources = {"num_gpus": 1} if use_gpu else {"num_cpus": per_actor}
     from ray.data import ActorPoolStrategy
 
-    kwargs = {"teachers": numpy_teachers, "use_gpu": use_gpu, "threads": int(per_actor)}
+    kwargs = {"teachers": numpy_teachers, "use_gpu": use_gpu, "threads": int(per_actor), "views": views, "topk": topk}
     # max_restarts=0: Ray Data's default (restart forever) makes Ray's core worker log an error line
     # for every pool actor, because its constructor arguments live in the object store
     # (ray-project/ray#53727) — on every successful run. The pass is one read of the training set: an
@@ -72,7 +90,9 @@ def compute_soft_targets(ds, teachers: Sequence[tuple[dict, dict]], *, actors: i
                               max_restarts=0, **resources).materialize()
 
 
-def soft_target_arrays(ds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(x, y, logits)`` numpy arrays of a materialized soft-target dataset (in order)."""
+def soft_target_arrays(ds) -> tuple[np.ndarray, ...]:
+    """``(x, y, logits)`` numpy arrays of a materialized soft-target dataset (in order), or with a view
+    cache ``(x, y, idx, values, indices, rest)``: what ``ViewCache.batches`` reads."""
     batches = list(ds.iter_batches(batch_size=4096, batch_format="numpy"))
-    return tuple(np.concatenate([b[k] for b in batches]) for k in ("x", "y", "logits"))
+    keys = ("x", "y", "idx", *VIEW_COLUMNS) if batches and "rest" in batches[0] else ("x", "y", "logits")
+    return tuple(np.concatenate([b[k] for b in batches]) for k in keys)

@@ -86,11 +86,11 @@ def ensure_teacher(cfg: Config) -> Config:
 def shared_inputs(cfg: Config, bundle, teachers) -> dict:
     """Soft targets computed ONCE (Ray Data ``map_batches``) as numpy arrays:
     ``{"train": (x, y, logits), "val": (x, y)}``; Tune puts them in the object store once."""
-    from raydistill.training.soft_targets import compute_soft_targets, soft_target_arrays, to_ray_dataset
+    from raydistill.training.driver import check_cache_size, ray_data_soft_targets
+    from raydistill.training.soft_targets import soft_target_arrays
 
-    pairs = [(card, state) for _, card, state, _ in teachers]
-    soft = compute_soft_targets(to_ray_dataset(bundle.x_train, bundle.y_train), pairs,
-                                actors=cfg.distill.soft_target_actors)
+    check_cache_size(cfg, bundle, len(teachers))
+    soft = ray_data_soft_targets(cfg, bundle, [(card, state) for _, card, state, _ in teachers])
     return {"train": soft_target_arrays(soft), "val": (bundle.x_val, bundle.y_val)}
 
 

@@ -60,10 +60,7 @@ def validate(cfg: Any) -> None:
     _validate_method(cfg.distill)
     _one_of(cfg.distill.mode, "distill.mode", ("cached", "online"))
     _one_of(cfg.distill.soft_targets, "distill.soft_targets", ("workers", "ray_data"))
-    _require(not (cfg.distill.mode == "cached" and cfg.distill.augment.active()), "distill.augment",
-             "cached soft targets are the teacher's logits on clean inputs, which an augmented student input "
-             "would no longer match; set distill.mode=online to augment the student (the teacher then sees "
-             "the same augmented batch), or turn distill.augment off")
+    _validate_views(cfg.distill)
     for i, ref in enumerate(cfg.distill.teachers):
         _require(bool(ref.artifact), f"distill.teachers[{i}].artifact", "must name a teacher artifact")
         _require(ref.weight > 0, f"distill.teachers[{i}].weight", f"must be > 0, got {ref.weight}")
@@ -94,6 +91,25 @@ def _validate_method(d: Any) -> None:
                  "the student sees, which cached soft targets do not hold; set distill.mode=online")
         _require(len(d.teachers) <= 1, "distill.teachers", f"method fitnet takes its hint from one teacher, "
                  f"got an ensemble of {len(d.teachers)}; distill from one, or use a logit method")
+
+
+def _validate_views(d: Any) -> None:
+    """Cached soft targets under augmentation need one cached view per augmented input (core.views)."""
+    _require(d.cached_views >= 0, "distill.cached_views", f"must be >= 0 (0 = clean inputs only), got {d.cached_views}")
+    _require(d.cache_topk >= 0, "distill.cache_topk", f"must be >= 0 (0 = auto), got {d.cache_topk}")
+    _require(math.isfinite(d.cache_max_gb) and d.cache_max_gb > 0, "distill.cache_max_gb",
+             f"must be a finite number > 0, got {d.cache_max_gb}")
+    if d.cached_views > 0:
+        _require(d.mode == "cached", "distill.cached_views", "caches the teacher's logits on augmented views, "
+                 "which distill.mode=online computes per batch anyway; set distill.mode=cached, or cached_views=0")
+        _require(d.augment.active(), "distill.cached_views", "needs distill.augment (views of what? with no "
+                 "augmentation every view is the clean input); turn augmentation on, or set cached_views=0")
+        return
+    _require(not (d.mode == "cached" and d.augment.active()), "distill.augment",
+             "cached soft targets are the teacher's logits on clean inputs, which an augmented student input "
+             "would no longer match; set distill.cached_views=K (the teacher's logits on K seeded views of "
+             "each example, cached) or distill.mode=online (the teacher sees every augmented batch), "
+             "or turn distill.augment off")
 
 
 def _validate_tracking_uri(uri: str) -> None:

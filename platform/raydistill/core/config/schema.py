@@ -122,6 +122,9 @@ class DistillSection(RecipeSection):
     mode: str = "cached"  # cached | online
     soft_targets: str = "workers"  # cached mode: workers (each its share, once) | ray_data (an actor pool)
     soft_target_actors: int = 1  # Ray Data actors computing teacher logits (soft_targets: ray_data)
+    cached_views: int = 0  # cached mode with distill.augment: teacher logits on this many seeded views per example (core.views)
+    cache_topk: int = 0  # logits kept per view: 0 = every class when C <= 100, else the top 10 (rest spread uniformly)
+    cache_max_gb: float = 4.0  # refuse a view cache larger than this (its size is logged before it is built)
     crash_at_epoch: int = -1  # fault injection: one worker dies once at this epoch (tests)
 
 

@@ -1,0 +1,154 @@
+"""Cached soft targets that stay valid under augmentation (``distill.cached_views``). No Ray.
+
+The teacher's logits are computed once on ``V`` seeded augmented **views** of every training example
+(Beyer et al. 2022, "Knowledge distillation: a good teacher is patient and consistent": the teacher
+must see the student's input); each epoch the student draws one of them per example and gets back
+exactly the view the teacher saw, so cached targets cost ``V`` teacher passes in total instead of one
+per step.
+
+A view is a function of ``(seed, example index, view)`` only: its translate offsets and flip come from
+a counter-based hash (splitmix64), not from a stream, so any worker regenerates any example's view
+without the others, whatever the sharding or batch order.
+
+Targets are stored per view as the top ``k`` logits (fp16) with their class indices (int16) and one
+``rest`` logit (fp16) for every class outside the top k, chosen so that at ``T = 1`` the outside
+classes share the teacher's remaining probability mass uniformly (Apple's dataset reinforcement
+stores top-k this way). With ``k = C`` (the default for ``C <= 100``) the logits are kept whole.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from .config.schema import AugmentSpec
+from .recipe import apply_augment
+
+logger = logging.getLogger(__name__)
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_SALT_VIEW, _SALT_PICK = np.uint64(0x5EED0F), np.uint64(0x91C4)
+DEFAULT_TOPK_ABOVE = 10  # top-k kept per view when C > 100 and distill.cache_topk is 0 (auto)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """Steele et al.'s splitmix64 finalizer on uint64 arrays (wrapping arithmetic): a bijective mix
+    whose outputs pass BigCrush for consecutive inputs."""
+    with np.errstate(over="ignore"):
+        x = (x + _GOLDEN).astype(np.uint64)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def _hash(seed: int, idx: np.ndarray, a, salt: np.uint64) -> np.ndarray:
+    """``splitmix64(splitmix64(splitmix64(seed ^ salt) + idx) + a)``: uint64 per index (``a`` a
+    number or one per index)."""
+    with np.errstate(over="ignore"):
+        h = _splitmix64(np.asarray([seed], np.uint64) ^ salt)
+        h = _splitmix64(h + np.asarray(idx, np.uint64))
+        return _splitmix64(h + np.asarray(a, np.uint64))
+
+
+def view_draws(seed: int, idx, view, translate: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The draws of view ``view`` (one for all, or one per example) of examples ``idx`` (B,): offsets
+    ``(2, B)`` in ``[0, 2 * translate]`` (row, column; :func:`core.recipe.apply_augment`'s layout) and
+    flips ``(B,)`` bool, from ``(seed, idx, view)`` alone."""
+    h = _hash(seed, np.asarray(idx, np.int64), view, _SALT_VIEW)
+    span = np.uint64(2 * translate + 1)
+    rows = (h % span).astype(np.int64)
+    cols = ((h >> np.uint64(16)) % span).astype(np.int64)
+    flips = ((h >> np.uint64(40)) & np.uint64(1)).astype(bool)
+    return torch.from_numpy(np.stack([rows, cols])), torch.from_numpy(flips)
+
+
+def make_view(x: torch.Tensor, idx, view, *, seed: int, spec: AugmentSpec, fill: tuple[float, ...]) -> torch.Tensor:
+    """View ``view`` (one for all, or one per example) of the examples ``x`` ``(B, C, H, W)`` whose
+    training-set indices are ``idx`` (B,)."""
+    offsets, flips = view_draws(seed, idx, view, spec.translate)
+    return apply_augment(x, offsets, flips if spec.hflip else None, spec.translate, fill)
+
+
+def pick_views(seed: int, idx, epoch: int, views: int) -> np.ndarray:
+    """Which of the ``views`` cached views each example ``idx`` (B,) trains on in ``epoch``: uniform,
+    independent per (seed, example, epoch), int64 ``(B,)``."""
+    return (_hash(seed, np.asarray(idx, np.int64), epoch, _SALT_PICK) % np.uint64(views)).astype(np.int64)
+
+
+def resolve_topk(topk: int, num_classes: int) -> int:
+    """``distill.cache_topk``: 0 (auto) keeps every class when ``C <= 100``, else the top 10; never above C."""
+    if topk <= 0:
+        return num_classes if num_classes <= 100 else DEFAULT_TOPK_ABOVE
+    return min(topk, num_classes)
+
+
+def encode_topk(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-``k`` storage of logits ``(..., C)``: values fp16 ``(..., k)``, class indices int16
+    ``(..., k)`` and the rest logit fp16 ``(...)``.
+
+    With ``lse = logsumexp(z)``, ``p = softmax(z)`` and top-k set ``S``, the rest mass is
+    ``m = 1 - sum_{i in S} p_i``; each class outside ``S`` gets ``r = lse + log(m / (C - k))`` (``m``
+    floored at 1e-12 so ``r`` stays finite), so that ``softmax`` of the decoded logits keeps ``p_i`` on
+    ``S`` and spreads ``m`` uniformly elsewhere. ``k = C``: ``r`` is unused (set to the min logit).
+    """
+    z = logits.float()
+    c = z.shape[-1]
+    values, indices = z.topk(k, dim=-1)
+    if k >= c:
+        rest = z.min(dim=-1).values
+    else:
+        lse = torch.logsumexp(z, dim=-1)
+        kept = torch.exp(values - lse.unsqueeze(-1)).sum(-1)
+        rest = lse + torch.log((1.0 - kept).clamp_min(1e-12) / (c - k))
+    return values.half(), indices.to(torch.int16), rest.half()
+
+
+def decode_topk(values: torch.Tensor, indices: torch.Tensor, rest: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Logits ``(..., C)`` float32 back from :func:`encode_topk`'s arrays."""
+    out = rest.float().unsqueeze(-1).expand(*rest.shape, num_classes).clone()
+    return out.scatter(-1, indices.long(), values.float())
+
+
+def cache_bytes(examples: int, views: int, teachers: int, k: int) -> int:
+    """Bytes of a view cache: per (example, view, teacher) ``k`` fp16 values + ``k`` int16 indices
+    + one fp16 rest logit, i.e. ``N * V * T * (4k + 2)``."""
+    return examples * views * teachers * (4 * k + 2)
+
+
+@dataclass(frozen=True)
+class ViewCache:
+    """How the student gets views back: ``views`` V, the augmentation and its border ``fill``, the
+    ``seed`` that drew them, and the class count to decode top-k targets to."""
+
+    views: int
+    spec: AugmentSpec
+    fill: tuple[float, ...]
+    seed: int
+    num_classes: int
+
+    def build(self, teacher_logits, x: torch.Tensor, idx: torch.Tensor, k: int,
+              batch_size: int = 256) -> list[torch.Tensor]:
+        """The cache of examples ``x`` ``(N, C, H, W)`` with training-set indices ``idx`` (N,):
+        ``[values (N, V, [T,] k), indices (same), rest (N, V, [T])]``; ``teacher_logits(x_view)`` gives
+        ``(B, C)`` or ``(B, T, C)``."""
+        parts = []
+        for start in range(0, len(x), batch_size):
+            xb, ib = x[start:start + batch_size], idx[start:start + batch_size].numpy()
+            per_view = [encode_topk(teacher_logits(make_view(xb, ib, v, seed=self.seed, spec=self.spec,
+                                                             fill=self.fill)), k) for v in range(self.views)]
+            parts.append([torch.stack([p[j] for p in per_view], dim=1) for j in range(3)])
+        return [torch.cat([p[j] for p in parts]) for j in range(3)]
+
+    def batches(self, batches: Iterable[tuple[torch.Tensor, ...]], epoch: int) -> Iterator[tuple[torch.Tensor, ...]]:
+        """``(x, y, idx, values, indices, rest)`` batches -> ``(x_view, y, z_t)``: each example's view
+        for ``epoch`` (:func:`pick_views`) and the teacher's logits on exactly that view."""
+        for x, y, idx, values, indices, rest in batches:
+            ids = idx.numpy()
+            pick = torch.from_numpy(pick_views(self.seed, ids, epoch, self.views))
+            rows = torch.arange(len(ids))
+            x_view = make_view(x, ids, pick.numpy(), seed=self.seed, spec=self.spec, fill=self.fill)
+            z_t = decode_topk(values[rows, pick], indices[rows, pick], rest[rows, pick], self.num_classes)
+            yield x_view, y, z_t
