@@ -11,6 +11,11 @@ model/response code, one uvicorn process, no batching, one torch thread) — eac
 HTTP/1.1 keep-alive client, so the client costs little CPU) at concurrency 1, 8 and 32, on
 127.0.0.1. Prints a table, our handler's own per-request cost (where the time does *not* go),
 INT8 vs fp32 accuracy on the digits test set, and one JSON line.
+
+``--cascade`` measures only the confidence cascade instead: the digits MLP student alone, the student
+with an MLP 512-512 teacher behind it at the threshold ``raydistill cascade-report`` would recommend
+(least escalation within 0.2 pt of the teacher, computed in process), and the teacher alone; the
+client cycles through the test split's first 200 instances, one per request.
 """
 from __future__ import annotations
 
@@ -40,6 +45,7 @@ STUDENTS = {  # name: (data section, model name, model args, epochs)
     "cifar-resnet18": (DataSection(name="synthetic", synthetic_shape=[3, 32, 32], synthetic_classes=10,
                                    synthetic_samples=300), "resnet18", {"stem": "imagenet"}, 1),  # as the README's table was measured
 }
+TEACHERS = {"digits-teacher": (DataSection(), "mlp", {"hidden": [512, 512]}, 30)}  # --cascade: behind digits-mlp
 
 
 # --- students ------------------------------------------------------------------------------------
@@ -47,7 +53,7 @@ STUDENTS = {  # name: (data section, model name, model args, epochs)
 
 def train_student(folder: Path, name: str) -> tuple[Path, object]:
     """Train one student in-process (seconds) and save it as a real artifact; returns (path, bundle)."""
-    section, model_name, args, epochs = STUDENTS[name]
+    section, model_name, args, epochs = {**STUDENTS, **TEACHERS}[name]
     bundle = load_data(section, 0)
     torch.manual_seed(0)
     model = build_model(model_name, bundle.input_shape, bundle.num_classes, args)
@@ -118,9 +124,13 @@ async def _one_request(reader, writer, request: bytes) -> int:
     return status
 
 
-async def _drive(port: int, path: str, body: bytes, concurrency: int, max_requests: int, max_seconds: float) -> dict:
-    request = (f"POST {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: application/json\r\n"
-               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+async def _drive(port: int, path: str, body: bytes | list[bytes], concurrency: int, max_requests: int,
+                 max_seconds: float) -> dict:
+    """Closed loop: ``concurrency`` keep-alive connections, each sending the next of ``body`` (one body,
+    or a list taken in turn) as soon as its previous answer is in."""
+    bodies = body if isinstance(body, list) else [body]
+    requests = [(f"POST {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: {len(b)}\r\n\r\n").encode() + b for b in bodies]
     latencies: list[float] = []
     errors = [0]
     left = [max_requests]
@@ -131,6 +141,7 @@ async def _drive(port: int, path: str, body: bytes, concurrency: int, max_reques
         try:
             while left[0] > 0 and time.perf_counter() < deadline:
                 left[0] -= 1
+                request = requests[left[0] % len(requests)]
                 t0 = time.perf_counter()
                 try:
                     ok = await asyncio.wait_for(_one_request(reader, writer, request), 30) == 200
@@ -255,6 +266,42 @@ def bench_student(name: str, folder: Path, serve_port: int, bare_port: int, args
     return rows, extra
 
 
+def cascade_threshold(student: Path, teacher: Path, bundle, candidates=(0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)) -> dict:
+    """The cascade-report's recommendation, computed in process on the test split with the replicas'
+    own code (ModelRunner): the least-escalating ``max_prob`` threshold within 0.2 pt of the teacher."""
+    from raydistill.serving.model_runner import ModelRunner
+
+    x = raw_test_pixels(bundle)
+    p_s, p_t = (ModelRunner.from_artifact(str(p)).predict_proba(x) for p in (student, teacher))
+    teacher_acc = float((p_t.argmax(1) == bundle.y_test).mean())
+    options = []
+    for t in candidates:
+        unsure = p_s.max(1) < t
+        acc = float((np.where(unsure, p_t.argmax(1), p_s.argmax(1)) == bundle.y_test).mean())
+        options.append({"threshold": t, "accuracy": acc, "escalated": float(unsure.mean())})
+    reaching = [o for o in options if o["accuracy"] >= teacher_acc - 0.002] or [max(options, key=lambda o: o["accuracy"])]
+    return {**min(reaching, key=lambda o: o["escalated"]), "teacher_accuracy": teacher_acc,
+            "student_accuracy": float((p_s.argmax(1) == bundle.y_test).mean())}
+
+
+def bench_cascade(folder: Path, serve_port: int, args) -> tuple[list[dict], dict]:
+    """Student only, the cascade at the recommended threshold, teacher only: digits, the test split's
+    first 200 instances in turn, one per request (so escalations happen at the test split's rate)."""
+    student, bundle = train_student(folder, "digits-mlp")
+    teacher, _ = train_student(folder, "digits-teacher")
+    pick = cascade_threshold(student, teacher, bundle)
+    raw = raw_test_pixels(bundle)[:200]
+    bodies = [json.dumps({"instances": np.round(raw[i:i + 1].astype(np.float64), 3).tolist()}).encode()
+              for i in range(len(raw))]
+    measure_args = (bodies, args.concurrency, args.requests, args.seconds)
+    cascade = {"max_batch_size": 16, "cascade_teacher": str(teacher), "cascade_threshold": pick["threshold"],
+               "cascade_min_replicas": 1, "cascade_max_replicas": 1}
+    rows = _rows("digits", "student only", run_serve_variant(student, serve_port, {"max_batch_size": 16}, measure_args))
+    rows += _rows("digits", f"cascade <{pick['threshold']:g}", run_serve_variant(student, serve_port, cascade, measure_args))
+    rows += _rows("digits", "teacher only", run_serve_variant(teacher, serve_port, {"max_batch_size": 16}, measure_args))
+    return rows, pick
+
+
 def _rows(student: str, variant: str, results: dict) -> list[dict]:
     return [{"student": student, "server": variant, "concurrency": c, **r} for c, r in results.items()]
 
@@ -264,9 +311,10 @@ def format_table(rows: list[dict]) -> str:
     head = f"{'student':<20}{'server':<18}{'conc':>5}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'vs bare':>9}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        ratio = r["rps"] / bare[(r["student"], r["concurrency"])] if bare.get((r["student"], r["concurrency"])) else 0
+        base = bare.get((r["student"], r["concurrency"]))
+        ratio = f"{r['rps'] / base:>8.2f}x" if base else f"{'-':>9}"
         lines.append(f"{r['student']:<20}{r['server']:<18}{r['concurrency']:>5}{r['rps']:>9.1f}{r['p50_ms']:>9.2f}"
-                     f"{r['p99_ms']:>9.2f}{r['errors']:>8}{ratio:>8.2f}x")
+                     f"{r['p99_ms']:>9.2f}{r['errors']:>8}{ratio}")
     return "\n".join(lines)
 
 
@@ -277,6 +325,8 @@ def main() -> None:
     parser.add_argument("--ingress", choices=["proxy", "haproxy"], default="proxy",
                         help="Serve's HTTP proxy actor (default) or HAProxy in front of replicas that "
                              "serve HTTP themselves (Ray's direct-ingress mode; see README, Serve)")
+    parser.add_argument("--cascade", action="store_true",
+                        help="only the cascade rows: digits student only / cascade at the recommended threshold / teacher only")
     args = parser.parse_args()
     args.concurrency = (1, 8, 32)
     args.requests, args.seconds = (100, 2.0) if args.quick else (4000, 4.0)
@@ -292,12 +342,16 @@ def main() -> None:
     rows, extras = [], {}
     try:
         with tempfile.TemporaryDirectory(prefix="serve-bench-") as folder:
-            for name in args.students:
+            if args.cascade:
+                rows, extras["cascade"] = bench_cascade(Path(folder), serve_port, args)
+            for name in [] if args.cascade else args.students:
                 student_rows, extras[name] = bench_student(name, Path(folder), serve_port, bare_port, args)
                 rows += student_rows
     finally:
         serve.shutdown()
     print(format_table(rows))
+    if "cascade" in extras:
+        print(f"cascade threshold (max_prob, in process on the digits test split): {extras['cascade']}")
     for name, extra in extras.items():
         print(f"{name}: our handler per request (ms, 1 instance, {extra['body_bytes']} B body): {extra['handler_ms']}")
     if "int8" in extras.get("digits-mlp", {}):  # INT8 touches only Linear layers: ResNet-18 has one

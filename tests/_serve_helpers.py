@@ -39,8 +39,8 @@ def answers_200(url: str, timeout_s: float = 2.0) -> bool:
         return False
 
 
-def replica_actors(name: str) -> list:
-    """Alive replica actors of deployment StudentDeployment in application `name`."""
+def replica_actors(name: str, deployment: str = DEPLOYMENT) -> list:
+    """Alive replica actors of ``deployment`` (StudentDeployment) in application `name`."""
     import ray
     from ray.util.state import list_actors
 
@@ -48,7 +48,7 @@ def replica_actors(name: str) -> list:
     # machine and fails when another one runs (other users of the box)
     address = ray.get_runtime_context().gcs_address
     return [a for a in list_actors(address=address, filters=[("state", "=", "ALIVE")])
-            if a.class_name == f"ServeReplica:{name}:{DEPLOYMENT}"]
+            if a.class_name == f"ServeReplica:{name}:{deployment}"]
 
 
 @dataclass

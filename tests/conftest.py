@@ -64,8 +64,9 @@ def fashion_root() -> Path:
 
 
 def make_local_artifact(folder: Path, *, kind: str = "student", model_name: str = "mlp",
-                        model_args: dict | None = None, epochs: int = 3, seed: int = 0) -> Path:
-    """A real artifact trained in-process on digits (no Ray), for tests that only consume one."""
+                        model_args: dict | None = None, epochs: int = 3, seed: int = 0, data=None) -> Path:
+    """A real artifact trained in-process on digits (or the ``data`` section's set; no Ray), for
+    tests that only consume one."""
     from raydistill.core.artifacts import new_artifact_path, save_artifact
     from raydistill.core.cards import build_card
     from raydistill.core.config import DataSection
@@ -74,7 +75,7 @@ def make_local_artifact(folder: Path, *, kind: str = "student", model_name: str 
     from raydistill.core.models import build_model
     import torch
 
-    bundle = load_data(DataSection(), seed)
+    bundle = load_data(data or DataSection(), seed)
     args = model_args if model_args is not None else {"hidden": [32]}
     torch.manual_seed(seed)
     model = build_model(model_name, bundle.input_shape, bundle.num_classes, args)

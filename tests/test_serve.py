@@ -302,32 +302,6 @@ def test_config_yaml_deploys_and_batching_changes_at_run_time_without_restart(se
 
 
 @pytest.mark.timeout(240)
-def test_redeploy_to_a_new_version_under_load_fails_no_request(served, tmp_path_factory):
-    from raydistill.serving.deploy import deploy
-
-    new = make_local_artifact(tmp_path_factory.mktemp("student-v2"), epochs=2, seed=1)
-    cfg = load_config(None, [f"serve.port={served.port}", f"serve.app_name={APP}", "serve.max_instances=64",
-                             "serve.max_body_bytes=50000", "run.quiet=true"])
-    stop, result = threading.Event(), LoadResult()
-    thread = threading.Thread(target=run_load, args=(served.url, {"instances": [ONE]}), kwargs=dict(
-        threads=2, max_requests=5000, max_seconds=90, stop=stop, result=result))
-    thread.start()
-    assert wait_until(lambda: result.total >= 20, timeout_s=30)  # traffic is flowing before the rollout
-
-    url = deploy(cfg, str(new))  # returns when the new version is RUNNING
-    switched = wait_until(lambda: post(served.url, json={"instances": [ONE]}).json()["model"]["version"] == new.name,
-                          timeout_s=60)
-    wait_until(lambda: result.versions[new.name] >= 20, timeout_s=30)  # the load itself reached the new version
-    stop.set()
-    thread.join(30)
-
-    assert url == served.url and switched
-    assert result.failed == 0, result.errors[:5]
-    assert result.versions[served.artifact.name] > 0 and result.versions[new.name] > 0
-    served.artifact = new
-
-
-@pytest.mark.timeout(240)
 def test_autoscaling_goes_from_one_to_two_replicas_under_load_and_back(served):
     # 4 clients, each request held ~0.1 s in the batch queue: ~4 ongoing requests against a target
     # of 1 per replica, at ~40 req/s. Serve's proxy pushes its metrics every 10 s (default), so
@@ -380,6 +354,200 @@ def test_a_killed_replica_is_replaced_with_few_failures_during_and_none_after(se
     assert replaced, deployment_status()
     assert during.total >= 200 and during.failed / during.total < 0.01, (during.failed, during.total, during.errors[:5])
     assert after.total == 200 and after.failed == 0, after.errors[:5]
+
+
+def _metric_total(text: str, name: str, **tags: str) -> float:
+    """Sum of the Prometheus samples ``name{...}`` whose labels include ``tags`` (Ray's text format)."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in tags.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _scrape_metrics() -> str:
+    """The local node's Prometheus export (Ray's metrics export port), or "" while it is not up."""
+    import ray
+
+    port = ray.nodes()[0]["MetricsExportPort"]
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return ""
+
+
+@pytest.mark.timeout(180)
+def test_cascade_answers_unsure_instances_with_the_teacher_and_the_student_when_the_teacher_is_gone(
+        served, local_teacher):
+    import ray
+    from ray import serve
+
+    x = raw_digits(32)
+    by_hand = {}
+    for name, path in (("student", served.artifact), ("teacher", local_teacher)):
+        model, card = load_artifact(path)
+        logits = model(torch.from_numpy(normalized_by_hand(x, card["normalization"])))
+        by_hand[name] = torch.softmax(logits, 1).detach().numpy()  # (32, 10)
+    confidence = by_hand["student"].max(1)
+    threshold = float(np.median(confidence))  # about half the instances go to the teacher
+    unsure = confidence < threshold
+    assert 0 < unsure.sum() < len(x)
+    run_app(serve_args(served.artifact, cascade_teacher=str(local_teacher), cascade_threshold=threshold,
+                       cascade_timeout_s=1.0, cascade_min_replicas=0, cascade_max_replicas=1),
+            name="cascade", route_prefix="/cascade")
+    url = f"{served.url}cascade/"
+    body = {"instances": x.tolist()}
+    try:
+        # the teacher starts at zero replicas: the first escalation cannot get an answer within 1 s,
+        # so the student answers everything, the unsure instances marked, and nothing is a 5xx
+        first = post(url, json=body)
+        assert first.status_code == 200, first.text
+        preds = first.json()["predictions"]
+        assert [p.get("escalation") for p in preds] == ["failed" if u else None for u in unsure]
+        assert {p["answered_by"] for p in preds} == {"student"}
+        np.testing.assert_allclose([p["probabilities"] for p in preds], by_hand["student"], rtol=1e-4, atol=1e-6)
+
+        # once it has scaled up, the teacher answers exactly the unsure instances, with its own forward pass
+        assert wait_until(lambda: post(url, json=body).json()["predictions"][int(np.argmax(unsure))].get(
+            "answered_by") == "teacher", timeout_s=90)
+        preds = post(url, json=body).json()["predictions"]
+        assert [p["answered_by"] for p in preds] == ["teacher" if u else "student" for u in unsure]
+        assert all("escalation" not in p for p in preds)
+        expected = np.where(unsure[:, None], by_hand["teacher"], by_hand["student"])
+        np.testing.assert_allclose([p["probabilities"] for p in preds], expected, rtol=1e-4, atol=1e-6)
+
+        # the teacher's replica killed: the student's answers come back, marked, still 200
+        (victim,) = replica_actors("cascade", "TeacherDeployment")
+        ray.kill(ray.get_actor(victim.name, namespace="serve"), no_restart=True)
+        after = post(url, json=body)
+        assert after.status_code == 200, after.text
+        assert [p.get("escalation") for p in after.json()["predictions"]] == ["failed" if u else None for u in unsure]
+
+        # Prometheus metrics through Ray's export, per version and answering model (Ray reports every few seconds)
+        version = {"version": served.artifact.name, "application": "cascade"}
+        n_unsure = int(unsure.sum())
+        assert wait_until(lambda: _metric_total(_scrape_metrics(), "ray_raydistill_escalation_failures_total",
+                                                **version) >= 2 * n_unsure, timeout_s=60)
+        text = _scrape_metrics()
+        assert _metric_total(text, "ray_raydistill_predictions_total", answered_by="teacher", **version) >= n_unsure
+        assert _metric_total(text, "ray_raydistill_predictions_total", answered_by="student", **version) >= 3 * len(x) - 3 * n_unsure
+        assert _metric_total(text, "ray_raydistill_requests_total", code="200", **version) >= 4
+        assert _metric_total(text, "ray_raydistill_batch_size_count", **version) >= 4
+    finally:
+        serve.delete("cascade")
+
+
+@pytest.mark.timeout(180)
+def test_cascade_report_measures_each_threshold_over_http_as_the_models_predict_by_hand(served, local_teacher, tmp_path):
+    import csv
+
+    from raydistill.cli.commands import main
+    from raydistill.core.data import load_data
+    from raydistill.core.engine import predict_logits
+
+    storage = tmp_path / "runs"
+    code = main(["cascade-report", "--config", str(REPO / "configs" / "digits.yaml"), "--artifact", str(served.artifact),
+                 "--set", f"serve.cascade_teacher={local_teacher}", "--set", f"run.storage_path={storage}",
+                 "--set", f"serve.port={served.port}", "--thresholds", "0", "0.9", "1.01", "--latency-requests", "5"])
+    assert code == 0
+    (report,) = (storage / "cascade").iterdir()
+    rows = list(csv.DictReader(open(report / "report.csv")))
+    # by hand: the test split's raw pixels (x * std + mean), normalized with each model's card, its forward pass
+    bundle = load_data(load_config(REPO / "configs" / "digits.yaml").data, 0)
+    norm = bundle.normalization
+    raw = bundle.x_test * np.array(norm["std"])[None, :, None, None] + np.array(norm["mean"])[None, :, None, None]
+    probs = {}
+    for name, path in (("student", served.artifact), ("teacher", local_teacher)):
+        model, card = load_artifact(path)
+        logits = predict_logits(model, normalized_by_hand(raw, card["normalization"]))
+        probs[name] = torch.softmax(torch.from_numpy(logits), 1).numpy()
+    y = bundle.y_test
+    assert [r["name"] for r in rows] == ["teacher alone", "student alone", "cascade max_prob < 0.9",
+                                         "cascade max_prob < 1.01"]
+    assert float(rows[0]["accuracy"]) == pytest.approx(np.mean(probs["teacher"].argmax(1) == y), abs=1e-9)
+    for row, t in zip(rows[1:], (0.0, 0.9, 1.01)):
+        unsure = probs["student"].max(1) < t
+        answer = np.where(unsure, probs["teacher"].argmax(1), probs["student"].argmax(1))
+        assert float(row["escalated"]) == pytest.approx(unsure.mean(), abs=1e-9), t
+        assert float(row["accuracy"]) == pytest.approx(np.mean(answer == y), abs=1e-9), t
+        assert int(row["failed"]) == 0 and float(row["p99_ms"]) >= float(row["mean_ms"]) > 0
+    assert float(rows[3]["escalated"]) == 1.0 and rows[3]["accuracy"] == rows[0]["accuracy"]
+    assert (report / "report.png").stat().st_size > 0
+    target = float(rows[0]["accuracy"]) - 0.002
+    reaching = [r for r in rows[1:] if float(r["accuracy"]) >= target]
+    best = min(reaching, key=lambda r: float(r["escalated"]))
+    assert f"Threshold {float(best['threshold']):g} (max_prob) reaches" in (report / "report.md").read_text()
+
+
+def _canary_bucket(key: str) -> float:
+    """The split's formula, written out here: sha256's first 8 bytes, big-endian, over 2**64."""
+    import hashlib
+
+    return int(hashlib.sha256(key.encode()).hexdigest()[:16], 16) / 2**64
+
+
+@pytest.mark.timeout(240)
+def test_canary_takes_its_share_by_request_key_and_rollback_and_promote_fail_no_request(served, tmp_path_factory):
+    from ray import serve
+
+    from raydistill.cli.commands import main
+
+    canary = make_local_artifact(tmp_path_factory.mktemp("canary"), epochs=2, seed=2)
+    primary = served.artifact
+    run_app(serve_args(primary, canary_artifact=str(canary), canary_fraction=0.3), name="canary", route_prefix="/canary")
+    url = f"{served.url}canary/"
+    body = {"instances": [ONE]}
+    cli = ["--set", f"serve.artifact={primary}", "--set", f"serve.canary_artifact={canary}", "--set", "serve.app_name=canary",
+           "--set", "serve.route_prefix=/canary", "--set", f"serve.port={served.port}", "--set", "serve.max_instances=64",
+           "--set", "serve.max_body_bytes=50000", "--set", "run.quiet=true"]
+    try:
+        with httpx.Client(timeout=10) as client:
+            def version(key: str) -> tuple[str, bool]:
+                model = client.post(f"{url}v1/predict", json=body, headers={"X-Request-Key": key}).json()["model"]
+                return model["version"], model["canary"]
+
+            keys = [f"caller-{i}" for i in range(1000)]
+            seen = {k: version(k) for k in keys}
+        expected = {k for k in keys if _canary_bucket(k) < 0.3}
+        assert {k for k, (_, is_canary) in seen.items() if is_canary} == expected
+        assert {seen[k][0] for k in expected} == {canary.name} and {seen[k][0] for k in set(keys) - expected} == {primary.name}
+        assert abs(len(expected) / 1000 - 0.3) <= 0.05
+        with httpx.Client(timeout=10) as client:  # sticky: a caller stays on its version
+            assert all(client.post(f"{url}v1/predict", json=body, headers={"X-Request-Key": k}).json()["model"]["version"]
+                       == seen[k][0] for k in keys[:100])
+
+        for action, final in (("rollback", primary), ("promote", canary)):
+            if action == "promote":  # the canary back, then promoted
+                run_app(serve_args(primary, canary_artifact=str(canary), canary_fraction=0.3), name="canary",
+                        route_prefix="/canary")
+            stop, load = threading.Event(), LoadResult()
+            thread = threading.Thread(target=run_load, args=(url, body), kwargs=dict(
+                threads=2, max_requests=5000, max_seconds=90, stop=stop, result=load))
+            thread.start()
+            assert wait_until(lambda: load.versions[canary.name] >= 5 and load.versions[primary.name] >= 5, timeout_s=30)
+            assert main(["serve", action, *cli]) == 0
+            done = wait_until(lambda: all("canary" not in post(url, json=body).json()["model"] and
+                                          post(url, json=body).json()["model"]["version"] == final.name
+                                          for _ in range(5)), timeout_s=60)
+            stop.set()
+            thread.join(30)
+            assert done, action
+            assert load.failed == 0, (action, load.errors[:5])
+    finally:
+        serve.delete("canary")
+
+
+def test_a_cascade_teacher_for_other_classes_or_inputs_is_refused_naming_both(served, tmp_path):
+    from raydistill.serving.app import build_app
+
+    from raydistill.core.config import DataSection
+
+    other = make_local_artifact(tmp_path, kind="teacher", model_args={"hidden": [8]}, epochs=1,
+                                data=DataSection(name="synthetic", synthetic_classes=4))
+    with pytest.raises(ArtifactError) as err:
+        build_app(serve_args(served.artifact, cascade_teacher=str(other)))
+    assert f"serve.cascade_teacher: teacher {other} has class list ['class_0', 'class_1', 'class_2', 'class_3']" in str(err.value)
+    assert f"but student {served.artifact} has" in str(err.value)
 
 
 @pytest.mark.timeout(90)

@@ -38,6 +38,8 @@ def _load_optional_stages() -> None:
         "federated": ("raydistill.federated:run_federated_cli", "federated clients on Ray actors"),
         "serve": ("raydistill.serving.deploy:run_serve_cli", "serve a student over HTTP with Ray Serve"),
         "compress-report": ("raydistill.compress.report:run_compress_cli", "distillation vs quantization vs pruning"),
+        "cascade-report": ("raydistill.serving.cascade_report:run_cascade_report_cli",
+                           "the student with its teacher behind it: accuracy vs escalation vs latency over HTTP"),
     }
     import importlib.util
 
@@ -64,8 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
         add_common_arguments(p)
         if name in RESUME_HELP:
             p.add_argument("--resume", default="", metavar="DIR", help=RESUME_HELP[name])
-        if name in ("serve", "compress-report"):
+        if name == "serve":
+            p.add_argument("action", nargs="?", default="run", choices=("run", "promote", "rollback"),
+                           help="run (default): deploy and serve until Ctrl-C; promote: make serve.canary_artifact the "
+                                "primary of the running app; rollback: drop the canary (both rolling updates)")
+        if name in ("serve", "compress-report", "cascade-report"):
             p.add_argument("--artifact", default="", help="artifact dir, 'chosen' or 'latest:<kind>'")
+        if name == "cascade-report":
+            p.add_argument("--thresholds", type=float, nargs="+", default=None,
+                           help="confidence thresholds to measure (default 0 .5 .7 .8 .9 .95 .99 .999; 0 = the student alone)")
+            p.add_argument("--target-accuracy", type=float, default=None,
+                           help="accuracy the recommended threshold must reach (default: the teacher's, less 0.2 pt)")
+            p.add_argument("--latency-requests", type=int, default=200,
+                           help="sequential one-instance requests timed per row")
     return parser
 
 

@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from raydistill.core.artifacts import ArtifactError, load_artifact
 from raydistill.core.config import RunSection, ServeSection
 from raydistill.core.config.schema import QUANTIZE_MODES
+from raydistill.serving.canary import CanarySettings
+from raydistill.serving.cascade import CASCADE_METRICS, CascadeSettings, check_pair
 from raydistill.serving.fetch import is_remote_uri
 from raydistill.serving.model_runner import locate_artifact
 
@@ -58,54 +60,92 @@ class ServeArgs(BaseModel):
     look_back_period_s: float = Field(default=_S.look_back_period_s, gt=0, description="window the autoscaler averages over")
     max_ongoing_requests: int = Field(default=_S.max_ongoing_requests, ge=1)
     num_cpus: float = Field(default=_S.num_cpus, gt=0)
+    cascade_teacher: str = Field(default=_S.cascade_teacher, description="teacher artifact answering the instances "
+                                 "the student is unsure of; '' = no cascade")
+    cascade_threshold: float = Field(default=_S.cascade_threshold, ge=0, allow_inf_nan=False)
+    cascade_metric: Literal[CASCADE_METRICS] = _S.cascade_metric
+    cascade_timeout_s: float = Field(default=_S.cascade_timeout_s, gt=0, allow_inf_nan=False)
+    cascade_min_replicas: int = Field(default=_S.cascade_min_replicas, ge=0)
+    cascade_max_replicas: int = Field(default=_S.cascade_max_replicas, ge=1)
+    canary_artifact: str = Field(default=_S.canary_artifact, description="a second student version answering "
+                                 "canary_fraction of requests (by X-Request-Key); '' = no canary")
+    canary_fraction: float = Field(default=_S.canary_fraction, ge=0, le=1, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _replica_range(self) -> "ServeArgs":
         if self.max_replicas < self.min_replicas:
             raise ValueError(f"max_replicas ({self.max_replicas}) must be >= min_replicas ({self.min_replicas})")
+        if self.cascade_max_replicas < self.cascade_min_replicas:
+            raise ValueError(f"cascade_max_replicas ({self.cascade_max_replicas}) must be >= cascade_min_replicas "
+                             f"({self.cascade_min_replicas})")
         return self
 
 
-def verified_artifact(args: ServeArgs) -> str:
-    """The artifact reference replicas should load: an absolute local path (or the URI), verified.
+def verified_artifact(args: ServeArgs, ref: str | None = None) -> tuple[str, dict]:
+    """The artifact reference replicas should load (an absolute local path, or the URI), verified,
+    and its card; ``ref`` defaults to ``args.artifact``.
 
     Raises
     ------
     ArtifactError
         missing, incomplete or tampered (sha256 mismatch) artifact.
     """
-    path = locate_artifact(args.artifact, args.storage_path)
+    ref = args.artifact if ref is None else ref
+    path = locate_artifact(ref, args.storage_path)
     try:
-        load_artifact(path)
+        _, card = load_artifact(path)
     except ArtifactError as exc:
-        raise ArtifactError(f"refusing to deploy {args.artifact}: {exc}") from exc
-    return args.artifact if is_remote_uri(args.artifact) else str(path)
+        raise ArtifactError(f"refusing to deploy {ref}: {exc}") from exc
+    return (ref if is_remote_uri(ref) else str(path)), card
 
 
-def deployment_options(args: ServeArgs) -> dict[str, Any]:
-    """Autoscaling, batching (``user_config``, changeable at run time) and per-replica resources."""
+def deployment_options(args: ServeArgs, *, teacher: bool = False) -> dict[str, Any]:
+    """Autoscaling, batching (``user_config``, changeable at run time, with the cascade's knobs when
+    there is a cascade) and per-replica resources; ``teacher``: the cascade teacher's own replica range."""
     # No runtime_env carrying the token: Ray shows deployment options to anyone who can read the
     # dashboard. Replicas read serve.auth_token_env / serve.auth_token_file where they run.
     actor_options: dict[str, Any] = {"num_cpus": args.num_cpus}
+    user_config: dict[str, Any] = {"max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_timeout_s}
+    if args.cascade_teacher and not teacher:
+        user_config.update(args.model_dump(include=set(CascadeSettings.model_fields)))
+    if args.canary_artifact and not teacher:
+        user_config.update(args.model_dump(include=set(CanarySettings.model_fields)))
+    replicas = (args.cascade_min_replicas, args.cascade_max_replicas) if teacher else (args.min_replicas, args.max_replicas)
     return {
-        "autoscaling_config": {"min_replicas": args.min_replicas, "max_replicas": args.max_replicas,
+        "autoscaling_config": {"min_replicas": replicas[0], "max_replicas": replicas[1],
                                "target_ongoing_requests": args.target_ongoing_requests,
                                "upscale_delay_s": args.upscale_delay_s,
                                "downscale_delay_s": args.downscale_delay_s,
                                "look_back_period_s": args.look_back_period_s},
-        "user_config": {"max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_timeout_s},
+        "user_config": user_config,
         "ray_actor_options": actor_options,
         "max_ongoing_requests": args.max_ongoing_requests,
     }
 
 
 def build_app(args: ServeArgs):
-    """The bound application: ``StudentDeployment`` around the verified artifact."""
-    from raydistill.serving.deployment import StudentDeployment
+    """The bound application: ``StudentDeployment`` around the verified artifact; with
+    ``cascade_teacher``, a ``TeacherDeployment`` (its own autoscaling) bound as its handle, and with
+    ``canary_artifact`` a ``CanaryDeployment`` (the student's replica settings), after checking each
+    answers the student's requests (serving/cascade.py)."""
+    from raydistill.serving.deployment import ModelDeployment, StudentDeployment
 
     settings = args.model_dump(include=REPLICA_FIELDS)
-    settings["artifact"] = verified_artifact(args)
-    return StudentDeployment.options(**deployment_options(args)).bind(settings)
+    settings["artifact"], card = verified_artifact(args)
+    handles = {}
+    for key, name, role, teacher in (("cascade_teacher", "TeacherDeployment", "teacher", True),
+                                     ("canary_artifact", "CanaryDeployment", "canary", False)):
+        ref = getattr(args, key)
+        if not ref:
+            continue
+        resolved, other = verified_artifact(args, ref)
+        check_pair(card, other, student=args.artifact, other=ref, role=role, key=f"serve.{key}")
+        options = deployment_options(args, teacher=True) if teacher else deployment_options(
+            args.model_copy(update={"cascade_teacher": "", "canary_artifact": ""}))
+        handles[role] = ModelDeployment.options(name=name, **options).bind(
+            {"artifact": resolved, "storage_path": args.storage_path, "quantize": "none" if teacher else args.quantize})
+    return StudentDeployment.options(**deployment_options(args)).bind(settings, handles.get("teacher"),
+                                                                    handles.get("canary"))
 
 
 def app_builder(args: dict[str, Any]):

@@ -178,6 +178,40 @@ def stop(app_name: str, *, shutdown_serve: bool, shutdown_ray: bool) -> None:
 
 
 def run_serve_cli(cfg: Config, args=None) -> str:
-    """``raydistill serve --config ... --artifact <dir|chosen|latest:kind|URI>``: blocks until Ctrl-C."""
+    """``raydistill serve --config ... --artifact <dir|chosen|latest:kind|URI>``: blocks until Ctrl-C;
+    ``raydistill serve promote|rollback``: ends a canary on the running application (:func:`end_canary`)."""
     ref = getattr(args, "artifact", "") or cfg.serve.artifact
+    action = getattr(args, "action", "run") or "run"
+    if action != "run":
+        return end_canary(cfg, ref, promote=action == "promote")
     return deploy(cfg, ref, blocking=True)
+
+
+def end_canary(cfg: Config, primary: str, *, promote: bool) -> str:
+    """Redeploy ``serve.app_name`` without its canary: ``promote`` serves ``serve.canary_artifact`` as
+    the primary, else (rollback) ``primary`` stays. A rolling update of the running application
+    (Serve starts new replicas before it stops old ones; requests the canary cannot take any more
+    are answered by the primary), on the cluster at ``run.address`` / ``RAY_ADDRESS`` / this machine's."""
+    import dataclasses
+
+    import ray
+    from ray import serve
+
+    from raydistill.core.config import ConfigError
+
+    s = cfg.serve
+    if not s.canary_artifact:
+        raise ConfigError("serve.canary_artifact: name the canary the running application serves (the value it was "
+                          "deployed with); promote serves it as the primary, rollback drops it")
+    new = dataclasses.replace(cfg, serve=dataclasses.replace(s, artifact=s.canary_artifact if promote else primary,
+                                                             canary_artifact=""))
+    app = build_app(serve_args(new))  # verifies the artifact before touching the running app
+    if not ray.is_initialized():
+        ray.init(address=cfg.run.address or os.environ.get("RAY_ADDRESS") or "auto", log_to_driver=False)
+    if s.app_name not in serve.status().applications:
+        raise ConfigError(f"serve.app_name: no application {s.app_name!r} is running on this cluster; deploy it with "
+                          "`raydistill serve` (with serve.canary_artifact) first")
+    url = _start_and_run(new, app)
+    what = f"promoted {s.canary_artifact} to primary" if promote else f"rolled back to {primary}"
+    logger.info(f"{s.app_name}: {what}; canary removed (rolling update) at {url}")
+    return url

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import os
-from typing import Any, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Literal
 
 import numpy as np
 from fastapi import Request
@@ -24,7 +25,19 @@ from raydistill.serving.model_runner import ModelRunner
 from raydistill.serving.validation import (RequestError, body_too_large_message, check_content_type,
                          check_declared_length, parse_predict_request)
 
-Infer = Callable[[np.ndarray], Awaitable[np.ndarray]]
+@dataclass
+class Answer:
+    """What an ``infer`` coroutine may return instead of bare probabilities ``(N, K)``: one note per
+    instance merged into its prediction (a cascade's ``answered_by``), and the identity of the model
+    that answered when it is not this replica's own (a canary)."""
+
+    probs: np.ndarray
+    notes: list[dict[str, Any]] | None = None
+    model: dict[str, Any] | None = None
+
+
+# x (N, C, H, W) -> probabilities (N, K), or an Answer
+Infer = Callable[[np.ndarray], Awaitable[Any]]
 
 
 # --- OpenAPI documentation --------------------------------------------------------------------
@@ -51,6 +64,11 @@ class Prediction(BaseModel):
     class_name: str
     probabilities: list[float] = Field(description="softmax over all classes, indexed by label")
     top_k: list[TopClass] | None = Field(default=None, description="present when top_k was sent")
+    answered_by: Literal["student", "teacher"] | None = Field(
+        default=None, description="with a cascade (serve.cascade_teacher): which model's answer this is")
+    escalation: Literal["failed"] | None = Field(
+        default=None, description="present when the instance was sent to the teacher, which did not answer "
+                                  "in time: the answer is the student's")
 
 
 class ModelInfo(BaseModel):
@@ -58,6 +76,7 @@ class ModelInfo(BaseModel):
     version: str = Field(description="artifact directory name (unique per training run)")
     sha256: str = Field(description="sha256 of the artifact's weights file")
     quantize: str = Field(description="none | int8")
+    canary: bool | None = Field(default=None, description="with serve.canary_artifact: whether the canary answered")
 
 
 class PredictResponse(BaseModel):
@@ -226,9 +245,12 @@ class PredictionService:
             parsed = parse_predict_request(await self.read_body(request), self.spec)
         except RequestError as exc:
             return error_response(exc)
-        probs = await infer(parsed.x)  # (N, K)
-        return JSONResponse({"predictions": self.runner.format_predictions(probs, parsed.top_k),
-                             "model": self.runner.model_info()})
+        answer = await infer(parsed.x)  # (N, K) or an Answer
+        answer = answer if isinstance(answer, Answer) else Answer(answer)
+        predictions = self.runner.format_predictions(answer.probs, parsed.top_k)
+        for prediction, note in zip(predictions, answer.notes or ()):
+            prediction.update(note)
+        return JSONResponse({"predictions": predictions, "model": answer.model or self.runner.model_info()})
 
     def model_card(self, request: Request) -> JSONResponse:
         try:

@@ -249,6 +249,7 @@ def _validate_serve(cfg: Any) -> None:
              "serve.allowed_hosts", f"must be a non-empty list of host names (or [\"*\"]), got {s.allowed_hosts}")
     _require(not (s.auth_token_env and s.auth_token_file), "serve.auth_token_file",
              "set either serve.auth_token_env or serve.auth_token_file, not both")
+    _validate_cascade(s)
     public = s.host not in LOOPBACK_HOSTS
     auth = bool(s.auth_token_env or s.auth_token_file)
     _require(not public or auth or s.allow_unauthenticated_public, "serve.host",
@@ -256,6 +257,18 @@ def _validate_serve(cfg: Any) -> None:
              f"reach it could use the model; set serve.auth_token_env to the env var holding a bearer token "
              f"(or serve.auth_token_file to a file holding it), or "
              f"set serve.allow_unauthenticated_public=true to expose it without auth on purpose")
+
+
+def _validate_cascade(s: Any) -> None:
+    """serve.cascade_* and serve.canary_fraction: checked even when off, so a typo fails before it is turned on."""
+    _one_of(s.cascade_metric, "serve.cascade_metric", ("max_prob", "margin"))
+    _require(s.cascade_threshold >= 0, "serve.cascade_threshold",
+             f"must be >= 0 (0 = never escalate; above 1 = always), got {s.cascade_threshold}")
+    _require(s.cascade_timeout_s > 0, "serve.cascade_timeout_s", f"must be > 0 seconds, got {s.cascade_timeout_s}")
+    _fraction(s.canary_fraction, "serve.canary_fraction")
+    _require(0 <= s.cascade_min_replicas <= s.cascade_max_replicas and s.cascade_max_replicas >= 1,
+             "serve.cascade_min_replicas", f"need 0 <= cascade_min_replicas <= cascade_max_replicas and "
+             f"cascade_max_replicas >= 1, got {s.cascade_min_replicas}, {s.cascade_max_replicas}")
 
 
 def _validate_compress(cfg: Any) -> None:

@@ -217,6 +217,18 @@ class ServeSection:
     num_cpus: float = 0.5
     app_name: str = "raydistill"  # Serve application name; redeploying under it is a rolling update
     ingress: str = "proxy"  # proxy (Serve's proxy actor) | haproxy (direct ingress; see serving/ingress.py)
+    # The confidence cascade (serving/cascade.py): a teacher deployment answers the instances the
+    # student is unsure of (confidence below cascade_threshold), through a Serve deployment handle.
+    cascade_teacher: str = ""  # teacher artifact (dir, latest:teacher, URI); "" = no cascade
+    cascade_threshold: float = 0.9  # escalate when the student's confidence is below this (0 = never)
+    cascade_metric: str = "max_prob"  # max_prob (largest probability) | margin (largest - second largest)
+    cascade_timeout_s: float = 2.0  # the teacher's answer within this, else the student's with escalation "failed"
+    cascade_min_replicas: int = 0  # the teacher deployment may scale to zero (the first escalation then waits for a replica)
+    cascade_max_replicas: int = 1
+    # Canary traffic (serving/canary.py): this share of requests, by a stable hash of X-Request-Key,
+    # goes to another student version; `raydistill serve promote` / `rollback` end the trial.
+    canary_artifact: str = ""  # the new student version (dir, latest:student, URI); "" = no canary
+    canary_fraction: float = 0.1  # in [0, 1]; changeable at run time (user_config)
 
 
 @dataclass(kw_only=True)
