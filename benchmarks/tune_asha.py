@@ -23,10 +23,12 @@ from raydistill.runtime import init_ray
 from raydistill.tuning.sweep import ensure_teacher, expected_trials, run_sweep
 
 
-def grid_config(cfg, temperatures: list[float], alphas: list[float], scheduler: str):
-    """The same grid, once per scheduler (num_samples=1: each grid point is one trial)."""
+def grid_config(cfg, temperatures: list[float], alphas: list[float], scheduler: str, methods: list[str] = ()):
+    """The same grid, once per scheduler (num_samples=1: each grid point is one trial); ``methods``
+    adds ``distill.method`` as a grid axis (``tune.method``)."""
     tune = dataclasses.replace(cfg.tune, scheduler=scheduler, num_samples=1, temperature_search="grid",
-                               temperature=temperatures, alpha_search="grid", alpha=alphas, searcher="random")
+                               temperature=temperatures, alpha_search="grid", alpha=alphas, searcher="random",
+                               method=list(methods))
     return dataclasses.replace(cfg, tune=tune)
 
 
@@ -40,17 +42,18 @@ def measure(cfg) -> dict:
             "early_stopped": int(sum(bool(r["early_stopped"]) for r in result.rows)),
             "best_val_accuracy": result.best["score"], "test_accuracy": result.best["test_accuracy"],
             "best_T": result.best["temperature"], "best_alpha": result.best["alpha"],
+            "best_method": result.best.get("method", cfg.distill.method),
             "trials_s": result.timings["trials_s"], "sweep": str(result.sweep_dir)}
 
 
 def print_table(runs: list[dict], max_epochs: int) -> None:
     header = (f"{'scheduler':<10}{'trials':>7}{'epochs':>8}{'stopped':>8}{'wall s':>8}{'Tune s':>8}"
-              f"{'best val':>10}{'test acc':>10}  best (T, alpha)")
+              f"{'best val':>10}{'test acc':>10}  best (method, T, alpha)")
     print("\n" + header + "\n" + "-" * len(header))
     for r in runs:
         print(f"{r['scheduler']:<10}{r['trials']:>7}{r['trial_epochs']:>8}{r['early_stopped']:>8}{r['wall_s']:>8.1f}"
               f"{r['trials_s']:>8.1f}{r['best_val_accuracy']:>10.4f}{r['test_accuracy']:>10.4f}"
-              f"  ({r['best_T']:g}, {r['best_alpha']:g})")
+              f"  ({r['best_method']}, {r['best_T']:g}, {r['best_alpha']:g})")
     print(f"(epochs: trial-epochs run, of {runs[0]['trials']} x {max_epochs}; wall s: the whole sweep incl. soft "
           f"targets and the chosen student; Tune s: Tuner.fit only)")
 
@@ -79,6 +82,8 @@ def main() -> None:
     parser.add_argument("--config", default="configs/digits.yaml")
     parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 3.0, 8.0, 20.0])
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.1, 0.4, 0.7, 0.9])
+    parser.add_argument("--methods", nargs="*", default=[],
+                        help="distill.method values as a third grid axis (e.g. kd dkd kd+lskd dkd+lskd)")
     parser.add_argument("--repeats", type=int, default=3, help="ASHA + full-budget pairs, run one after the other")
     parser.add_argument("--plots", default="", help="a folder to copy the last repeat's heatmap/curves into")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
@@ -95,7 +100,7 @@ def main() -> None:
     teacher_s = time.perf_counter() - start
     pairs = []
     for _ in range(args.repeats):
-        pairs.append(tuple(measure(grid_config(cfg, args.temperatures, args.alphas, s)) for s in ("asha", "none")))
+        pairs.append(tuple(measure(grid_config(cfg, args.temperatures, args.alphas, s, args.methods)) for s in ("asha", "none")))
         print_table(list(pairs[-1]), cfg.tune.max_epochs)
     if args.plots:
         keep_plots(pairs[-1][0], args.plots, f"{cfg.run.name}_asha")
@@ -108,8 +113,8 @@ def main() -> None:
           f"{summary['time_ratio']:.2f}x (Tuner.fit alone {summary['tune_time_ratio']:.2f}x), median best val gap = "
           f"{summary['val_gap_pts']:+.2f} pt -> goal (<= 0.5 pt in <= 0.4x) {'met' if summary['goal_met'] else 'NOT met'}")
     print(json.dumps({"benchmark": "tune_asha", "dataset": cfg.data.name, "grid": {"temperature": args.temperatures,
-                      "alpha": args.alphas}, "trials": expected_trials(grid_config(cfg, args.temperatures,
-                      args.alphas, "none")), "max_epochs": t.max_epochs, "grace_period": t.grace_period,
+                      "alpha": args.alphas, "method": args.methods}, "trials": expected_trials(grid_config(
+                      cfg, args.temperatures, args.alphas, "none", args.methods)), "max_epochs": t.max_epochs, "grace_period": t.grace_period,
                       "reduction_factor": t.reduction_factor, "teacher_s": teacher_s,
                       "runs": [r for pair in pairs for r in pair], **summary}))
 
