@@ -20,6 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from raydistill.core.config import ServeSection
 
 REQUEST_KEY_HEADER = "x-request-key"
+# A canary call that has not answered by then is given up and the primary answers: a canary being
+# removed by promote/rollback can leave its callers' handle requests waiting for replicas that are gone.
+CANARY_TIMEOUT_S = 5.0
 _S = ServeSection()  # the one home of the canary's defaults
 
 

@@ -24,7 +24,7 @@ from ray.serve.handle import DeploymentHandle
 
 from raydistill.core.config import ServeSection
 from raydistill.core.version import __version__
-from raydistill.serving.canary import REQUEST_KEY_HEADER, CanarySettings, to_canary
+from raydistill.serving.canary import CANARY_TIMEOUT_S, REQUEST_KEY_HEADER, CanarySettings, to_canary
 from raydistill.serving.cascade import CascadeSettings, escalated, merge
 from raydistill.serving.metrics import ServeMetrics
 from raydistill.serving.model_runner import ModelRunner
@@ -123,9 +123,14 @@ class StudentDeployment:
         removed by a promote/rollback, down): this replica's student answers instead, never a 5xx."""
         try:
             if self._canary_info is None:
-                self._canary_info = await self.canary.info.remote()
-            probs = await self.canary.remote(x)
-        except Exception as exc:  # noqa: BLE001 - any canary failure falls back to the primary
+                self._canary_info = await asyncio.wait_for(_awaited(self.canary.info.remote()), CANARY_TIMEOUT_S)
+            response = self.canary.remote(x)
+            try:
+                probs = await asyncio.wait_for(_awaited(response), CANARY_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                response.cancel()
+                raise
+        except Exception as exc:  # noqa: BLE001 - any canary failure (or timeout) falls back to the primary
             logger.warning(f"canary did not answer, the primary does: {type(exc).__name__}: {exc}")
             return None, None
         if probs.shape != (len(x), self.service.spec.num_classes) or not np.isfinite(probs).all():
