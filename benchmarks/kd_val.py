@@ -4,7 +4,10 @@ split, scored on the held-out validation split (``data.val_fraction``). In-proce
 through the same engine the Ray Train workers run (core.engine.fit with each section's recipe).
 
     .venv/bin/python benchmarks/kd_val.py --config configs/fashion_mnist.yaml --set data.val_fraction=0.1 \
-        --temperatures 4 20 --alphas 0.1 0.5 [--seeds 0]
+        --temperatures 4 20 --alphas 0.1 0.5 [--seeds 0] [--student-epochs 8 20]
+
+``--student-epochs`` compares schedule lengths (each with its own student-alone row); every row also
+reports the model's accuracy on training examples, which says whether the student underfits.
 """
 from __future__ import annotations
 
@@ -21,8 +24,14 @@ from raydistill.core.models import build_model
 from raydistill.core.recipe import raw_zero_fill
 
 
-def val_scores(cfg, seed: int, grid) -> dict[str, float]:
-    """Validation accuracy of the teacher, the student alone and the student at each (T, alpha)."""
+TRAIN_PROBE = 10_000  # training accuracy is measured on the first this-many training examples
+
+
+def val_scores(cfg, seed: int, grid, student_epochs: list[int]) -> dict[str, float]:
+    """Validation accuracy of the teacher, and for each student schedule length E (epochs) of the
+    student alone and at each (T, alpha); ``<key> train`` holds the same model's accuracy on the
+    first ``TRAIN_PROBE`` training examples (train ~ val: the student underfits, and soft targets
+    have no generalization gap to close)."""
     bundle = load_data(cfg.data, seed)
     if len(bundle.y_val) == 0:
         raise SystemExit("data.val_fraction is 0: there is no validation split to choose on")
@@ -35,17 +44,24 @@ def val_scores(cfg, seed: int, grid) -> dict[str, float]:
     scores = {"teacher": evaluate(teacher, bundle.x_val, bundle.y_val)["accuracy"]}
     online = d.mode == "online"
     logits = None if online else predict_logits(teacher, bundle.x_train)
-    for temperature, alpha in [(None, None), *grid]:
-        torch.manual_seed(seed)
-        student = build_model(d.student.name, bundle.input_shape, bundle.num_classes, d.student.args)
-        kd = None if temperature is None else KDSettings(temperature=temperature, alpha=alpha)
-        fit(student, bundle.x_train, bundle.y_train, epochs=d.epochs, lr=d.lr, batch_size=d.batch_size, seed=seed,
-            recipe=d, fill=fill, kd=kd, teacher_logits=logits if kd else None,
-            teachers=[teacher] if kd and online else ())
-        key = "student alone" if kd is None else f"KD T={temperature:g} alpha={alpha:g}"
-        scores[key] = evaluate(student, bundle.x_val, bundle.y_val)["accuracy"]
-        print(f"seed {seed} {key:<22} val {scores[key]:.4f}", flush=True)
+    for epochs in student_epochs:
+        for temperature, alpha in [(None, None), *grid]:
+            torch.manual_seed(seed)
+            student = build_model(d.student.name, bundle.input_shape, bundle.num_classes, d.student.args)
+            kd = None if temperature is None else KDSettings.for_distill(d, temperature=temperature, alpha=alpha)
+            fit(student, bundle.x_train, bundle.y_train, epochs=epochs, lr=d.lr, batch_size=d.batch_size, seed=seed,
+                recipe=d, fill=fill, kd=kd, teacher_logits=logits if kd else None,
+                teachers=[teacher] if kd and online else ())
+            key = _key(epochs, student_epochs, temperature, alpha)
+            scores[key] = evaluate(student, bundle.x_val, bundle.y_val)["accuracy"]
+            scores[f"{key} train"] = evaluate(student, bundle.x_train[:TRAIN_PROBE], bundle.y_train[:TRAIN_PROBE])["accuracy"]
+            print(f"seed {seed} {key:<28} val {scores[key]:.4f} train {scores[f'{key} train']:.4f}", flush=True)
     return scores
+
+
+def _key(epochs: int, all_epochs: list[int], temperature, alpha) -> str:
+    name = "student alone" if temperature is None else f"KD T={temperature:g} alpha={alpha:g}"
+    return name if len(all_epochs) == 1 else f"{epochs} ep {name}"
 
 
 def main() -> None:
@@ -54,19 +70,25 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--temperatures", type=float, nargs="+", default=[4.0, 20.0])
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.1, 0.5])
+    parser.add_argument("--student-epochs", type=int, nargs="+", default=None,
+                        help="student schedule lengths to compare (default: distill.epochs)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     cfg = load_config(args.config, args.overrides)
     grid = [(t, a) for t in args.temperatures for a in args.alphas]
+    epochs = args.student_epochs or [cfg.distill.epochs]
     start = time.time()
-    runs = [val_scores(cfg, s, grid) for s in args.seeds]
+    runs = [val_scores(cfg, s, grid, epochs) for s in args.seeds]
     print(f"\n{cfg.data.name}: validation accuracy, seeds {args.seeds}, mode {cfg.distill.mode} "
           f"({time.time() - start:.0f} s)")
-    for name in runs[0]:
+    for name in (n for n in runs[0] if not n.endswith(" train")):
         values = [r[name] for r in runs]
-        diff = [r[name] - r["student alone"] for r in runs]
-        print(f"{name:<24}{sum(values) / len(values):>8.4f}  vs alone {sum(diff) / len(diff):+.4f}  "
-              + " ".join(f"{v:.4f}" for v in values))
+        alone = name.split(" ep ")[0] + " ep student alone" if " ep " in name else "student alone"
+        diff = [r[name] - r[alone] for r in runs] if name != "teacher" else [0.0 for _ in runs]
+        train = [r[f"{name} train"] for r in runs] if name != "teacher" else []
+        print(f"{name:<30}{sum(values) / len(values):>8.4f}  vs alone {sum(diff) / len(diff):+.4f}  "
+              + " ".join(f"{v:.4f}" for v in values)
+              + (f"  train {sum(train) / len(train):.4f}" if train else ""))
     print(json.dumps({"benchmark": "kd_val", "config": args.config, "overrides": args.overrides, "runs": runs}))
 
 

@@ -1,6 +1,17 @@
 """Ray Train stages on the shared local runtime: the README's pipeline command, DDP with 2
-workers, cached soft targets, a worker crash resumed from its checkpoint, online mode."""
+workers, cached soft targets, a worker crash resumed from its checkpoint, online mode, a killed
+driver's run resumed on its worker actors."""
+import contextlib
+import json
 import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +21,7 @@ from raydistill.cli.commands import main
 from raydistill.core.config import load_config
 from raydistill.core.data import load_data
 from raydistill.core.engine import evaluate
+from raydistill.core.loop import STATE_FILE, load_train_state
 from raydistill.core.models import build_model
 
 from conftest import REPO, free_port, tiny_overrides
@@ -28,12 +40,7 @@ def test_the_demo_runs_every_stage_in_its_own_process_and_prints_nothing_that_lo
     # epochs, a 2-trial sweep and a real Serve endpoint on a free loopback port) — its own local Ray
     # runtime (started and shut down by the command), stdout and stderr both captured as a log file
     # would be. (The jobs suite runs the same pipeline with 2 Ray Train workers on a `ray start` cluster.)
-    import os
     import re
-    import subprocess
-    import sys
-
-    import tempfile
 
     from raydistill.serving.ingress import INGRESS_FLAGS
 
@@ -187,3 +194,77 @@ def test_corrupted_teacher_is_a_clear_error_before_training(ray_session, storage
     rc = main(["distill", "--config", DIGITS, *_sets(storage), "--set", f"distill.teacher={bad}"])
     assert rc == 2
     assert "sha256 mismatch" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(420)
+def test_distill_on_two_worker_actors_whose_driver_was_killed_goes_on_from_its_last_checkpoint(tmp_path, local_teacher):
+    # Prepare: a distill run on 2 Ray Train worker actors, in its own process and its own Ray runtime
+    # (ray.init's node processes share the driver's fate), long enough to be killed mid-way.
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    node = tempfile.mkdtemp(prefix="rd-kill-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    env["RAY_TMPDIR"] = node
+    runs = tmp_path / "runs"
+    epochs = 60
+    cmd = [sys.executable, "-m", "raydistill.cli.commands", "distill", "--config", DIGITS,
+           "--set", f"run.storage_path={runs}", "--set", "run.quiet=true", "--set", f"distill.teacher={local_teacher}",
+           "--set", f"distill.epochs={epochs}", "--set", "distill.workers=2", "--set", "distill.batch_size=256"]
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+
+    def newest_epoch() -> int:
+        """The highest epoch among the run's whole checkpoints on storage (a half-written one is skipped)."""
+        best = 0
+        for d in runs.glob("ray_results/student-*/checkpoint_*"):
+            try:
+                best = max(best, load_train_state(d / STATE_FILE).epoch)
+            except Exception:  # noqa: BLE001 - being written or deleted (num_to_keep) right now
+                continue
+        return best
+
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and first.poll() is None and newest_epoch() < 3:
+        time.sleep(0.05)
+    assert first.poll() is None and newest_epoch() >= 3, first.stderr.read().decode()[-2000:]
+    first.kill()  # SIGKILL: no handler runs
+    first.wait(timeout=60)
+    assert first.returncode == -9
+    # Ray ends the dead driver's job: its Train controller and worker actors go (a worker may write one
+    # more checkpoint first); wait for that, so the checkpoint the resumed run must pick is settled.
+    while time.monotonic() < deadline and _ray_processes(node, ("ray::RayTrainWorker", "ray::TrainController")):
+        time.sleep(0.05)
+    assert not _ray_processes(node, ("ray::RayTrainWorker", "ray::TrainController"))
+    (run_dir,) = runs.glob("ray_results/student-*")
+    killed_at = newest_epoch()
+    assert 3 <= killed_at < epochs and not list(runs.glob("artifacts/student/*"))
+    # Execute: --resume with only the run dir (placement, config, teacher and seed are the run's own)
+    try:
+        resumed = subprocess.run([sys.executable, "-m", "raydistill.cli.commands", "distill", "--resume", str(run_dir)],
+                                 capture_output=True, text=True, timeout=360, env=env)
+    finally:
+        for pid in _ray_processes(node):  # what Ray leaves of the killed runtime (its dashboard and env agents)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(node, ignore_errors=True)
+    # Assert: a whole verified artifact, trained on 2 workers, every epoch once, resumed where it died
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    (artifact,) = runs.glob("artifacts/student/*")
+    model, card = load_artifact(artifact)  # sha256 verified
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert card["training"]["workers"] == 2
+    assert [h["epoch"] for h in card["metrics"]["history"]] == list(range(1, epochs + 1))
+    assert card["metrics"]["resumed_at_epochs"] == [killed_at]
+    assert card["parents"][0]["sha256"] == json.loads((local_teacher / "model.json").read_text())["weights_sha256"]
+
+
+def _ray_processes(node: str, titles: tuple[str, ...] = ("",)) -> list[int]:
+    """Pids of the processes of the Ray runtime whose temp dir is ``node`` (they inherit
+    ``RAY_TMPDIR``) whose process title starts with one of ``titles``."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if f"RAY_TMPDIR={node}".encode() in (proc / "environ").read_bytes().split(b"\0"):
+                title = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                if title.startswith(titles):
+                    found.append(int(proc.name))
+        except OSError:
+            continue
+    return found

@@ -10,8 +10,8 @@ from raydistill.core.config import ConfigError, load_config
 from raydistill.core.config.schema import AugmentSpec
 from raydistill.core.engine import KDSettings, batch_loss, iterate_batches
 from raydistill.core.models import build_model
-from raydistill.core.views import (ViewCache, cache_bytes, decode_topk, encode_topk, make_view, pick_views,
-                                   resolve_topk, view_draws)
+from raydistill.core.views import (ViewCache, cache_bytes, decode_topk, encode_topk, local_views, make_view,
+                                   pick_views, resolve_topk, view_draws)
 
 from conftest import REPO
 
@@ -83,8 +83,10 @@ def test_topk_storage_keeps_the_top_probabilities_and_spreads_the_rest_uniformly
         np.testing.assert_allclose(probs[i, j, inside], p[i, j, inside], rtol=5e-3, atol=1e-5)
         rest_mass = 1.0 - p[i, j, inside].sum()
         np.testing.assert_allclose(probs[i, j, ~inside], rest_mass / 15, rtol=5e-3, atol=1e-5)
-    whole = decode_topk(*encode_topk(torch.from_numpy(z), 20), 20).numpy()  # k = C: the logits themselves
-    np.testing.assert_allclose(whole, z, rtol=1e-3, atol=1e-2)
+    values, indices, _ = encode_topk(torch.from_numpy(z), 20)  # k = C: the logits themselves, in class order
+    assert np.array_equal(indices.numpy(), np.broadcast_to(np.arange(20, dtype=np.int16), z.shape))
+    np.testing.assert_array_equal(values.numpy(), z.astype(np.float16))
+    np.testing.assert_allclose(decode_topk(values, indices, _, 20).numpy(), z, rtol=1e-3, atol=1e-2)
 
 
 def test_topk_auto_and_cache_size_formula():
@@ -106,31 +108,51 @@ def _teacher_and_student():
 def test_cached_views_give_the_online_loss_on_the_same_batch():
     teacher, student = _teacher_and_student()
     x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,))
-    idx = torch.arange(64)
+    idx = torch.arange(100, 164)  # training-set indices of a share that does not start at 0 (rows != idx)
     cache = ViewCache(views=4, spec=SPEC, fill=FILL, seed=11, num_classes=10)
     values, indices, rest = cache.build(lambda v: teacher(v).detach(), x, idx, 10, batch_size=24)
     assert values.shape == (64, 4, 10) and rest.shape == (64, 4)
     kd = KDSettings(temperature=4.0, alpha=0.3)
-    batches = iterate_batches([x, y, idx, values, indices, rest], 32, shuffle=True, seed=0)
+    arrays, local = local_views(cache, [x, y, idx, values, indices, rest])
+    assert len(arrays) == 3 and torch.equal(arrays[2], torch.arange(64))
     epoch = 3
-    for x_view, y_b, z_t in cache.batches(batches, epoch):
-        ids = None
+    for x_view, y_b, z_t in local.batches(iterate_batches(arrays, 32, shuffle=True, seed=0), epoch):
+        rows = []
         # which examples and views: the view picked for epoch 3, rebuilt here from (seed, idx, view)
         for row in range(len(y_b)):
             matches = [i for i in range(64) if torch.equal(y[i], y_b[row]) and
-                       torch.equal(make_view(x[i:i + 1], [i], int(pick_views(11, [i], epoch, 4)[0]), seed=11,
-                                             spec=SPEC, fill=FILL)[0], x_view[row])]
+                       torch.equal(make_view(x[i:i + 1], [100 + i], int(pick_views(11, [100 + i], epoch, 4)[0]),
+                                             seed=11, spec=SPEC, fill=FILL)[0], x_view[row])]
             assert len(matches) == 1
-            ids = (ids or []) + matches
+            rows += matches
         # the cached logits are the teacher's on exactly this view (fp16 storage), not on another one
         on_view = teacher(x_view).detach()
         np.testing.assert_allclose(z_t.numpy(), on_view.numpy(), rtol=2e-3, atol=2e-2)
-        later = next(cache.batches([(x[ids], y[ids], idx[ids], values[ids], indices[ids], rest[ids])], epoch + 1))
+        later = next(local.batches([(x[rows], y[rows], torch.tensor(rows))], epoch + 1))
         assert (later[2] - z_t).abs().max() > 0.5  # other views, other logits: the check above can fail
         online = batch_loss(student, (x_view, y_b), kd=kd, teachers=[teacher])
         cached = batch_loss(student, (x_view, y_b, z_t), kd=kd)
         assert float(cached.detach()) == pytest.approx(float(online.detach()), rel=2e-3)
-        assert len(set(ids)) == len(ids)
+        assert len(set(rows)) == len(rows)
+
+
+def test_topk_views_give_each_example_the_teachers_top_probabilities_on_its_own_view():
+    teacher, _ = _teacher_and_student()
+    x, y, idx = torch.randn(40, 1, 8, 8), torch.randint(0, 10, (40,)), torch.arange(40)
+    cache = ViewCache(views=3, spec=SPEC, fill=FILL, seed=5, num_classes=10)
+    values, indices, rest = cache.build(lambda v: teacher(v).detach(), x, idx, 4, batch_size=16)
+    assert values.shape == (40, 3, 4) and indices.shape == (40, 3, 4) and rest.shape == (40, 3)
+    arrays, local = local_views(cache, [x, y, idx, values, indices, rest])
+    for x_view, _, z_t in local.batches(iterate_batches(arrays, 16, shuffle=True, seed=1), 2):
+        z = teacher(x_view).detach().double().numpy()
+        p = np.exp(z - z.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)  # the teacher's probabilities on exactly this view (numpy)
+        got = torch.softmax(z_t.double(), -1).numpy()
+        for row in range(len(z)):
+            top = np.argsort(-z[row])[:4]
+            inside = np.isin(np.arange(10), top)
+            np.testing.assert_allclose(got[row, inside], p[row, inside], rtol=5e-3, atol=1e-4)
+            np.testing.assert_allclose(got[row, ~inside], (1 - p[row, inside].sum()) / 6, rtol=5e-3, atol=1e-4)
 
 
 def test_teacher_logits_actor_and_worker_share_build_the_same_cache_as_the_teacher_on_each_view():

@@ -20,7 +20,7 @@ from .hints import hint_for
 from .losses import ensemble_soft_targets, kd_loss_from_probs, soft_targets
 from .methods import Method, parse_method, soft_term, standardize, warmup_weight
 from .recipe import augmented, make_optimizer, make_scheduler
-from .views import ViewCache
+from .views import ViewCache, local_views
 
 __all__ = ["KDSettings", "make_optimizer", "iterate_batches", "read_only_tensors", "rank_shard", "teacher_probs", "run_teachers", "batch_loss",
            "train_epoch", "predict_logits", "evaluation_sums", "metrics_from_sums", "evaluate", "fit"]
@@ -216,12 +216,12 @@ def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, lr: floa
     scheduler = make_scheduler(optimizer, recipe, epochs)
     arrays = [x, y] if teacher_logits is None else [x, y, teacher_logits]
     if views is not None:
-        arrays = [x, y, torch.arange(len(y)), *view_cache]
+        arrays, local = local_views(views, [x, y, torch.arange(len(y)), *view_cache])
     fill = fill if fill is not None else (0.0,) * int(np.shape(x)[1])
     losses = []
     for epoch in range(epochs):
         batches = iterate_batches(arrays, batch_size, shuffle=True, seed=seed + epoch)
-        batches = (views.batches(batches, epoch) if views is not None else
+        batches = (local.batches(batches, epoch) if views is not None else
                    augmented(batches, recipe.augment, fill, seed=seed + epoch + 1))
         losses.append(train_epoch(model, batches, optimizer, kd=kd, teachers=teachers, device=device,
                                   label_smoothing=recipe.label_smoothing, grad_clip=recipe.grad_clip,

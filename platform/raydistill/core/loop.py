@@ -18,7 +18,7 @@ from .engine import KDSettings, evaluation_sums, metrics_from_sums, train_epoch
 from .hints import hint_for
 from .recipe import augmented, make_optimizer, make_scheduler
 from .models import build_model
-from .views import ViewCache
+from .views import LocalViews, ViewCache
 
 Batches = Iterable[tuple[torch.Tensor, ...]]
 
@@ -84,12 +84,16 @@ def run_epochs(spec: StageSpec, *, train_batches: Callable[[int], Batches], val_
                prepare_model: Callable[[nn.Module], nn.Module] = lambda m: m,
                reduce_sums: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
                before_epoch: Callable[[int], None] = lambda e: None,
-               teachers: Sequence[nn.Module] = (), device: torch.device | str = "cpu") -> TrainState:
+               teachers: Sequence[nn.Module] = (), device: torch.device | str = "cpu",
+               views: LocalViews | None = None) -> TrainState:
     """Train ``spec.epochs`` epochs (from ``resume.epoch`` if given), reporting after each.
 
     ``train_batches(epoch)`` yields this rank's batches; ``val_batches()`` this rank's share of
-    validation; ``reduce_sums`` sums ``[loss, correct, count]`` over ranks.
+    validation; ``reduce_sums`` sums ``[loss, correct, count]`` over ranks. With ``spec.views``,
+    batches are ``(x, y, rows)`` of ``views`` (:func:`core.views.local_views` of this rank's arrays).
     """
+    if (spec.views is None) != (views is None):
+        raise ValueError("run_epochs: spec.views and views go together (core.views.local_views of the train arrays)")
     model = build_for_spec(spec).to(device)
     hint = hint_for(spec.kd, model, teachers, spec.input_shape, seed=spec.seed + 1)
     if resume is not None:
@@ -111,7 +115,7 @@ def run_epochs(spec: StageSpec, *, train_batches: Callable[[int], Batches], val_
         before_epoch(epoch)
         started = time.perf_counter()
         # augmentation draws are seeded per (seed, epoch): a resumed run sees the same views
-        batches = (spec.views.batches(train_batches(epoch), epoch) if spec.views is not None else
+        batches = (views.batches(train_batches(epoch), epoch) if views is not None else
                    augmented(train_batches(epoch), recipe.augment, fill, seed=shuffle_seed(spec.seed, epoch) + 1))
         train_loss = train_epoch(trained, batches, optimizer, kd=spec.kd, teachers=teachers, device=device,
                                  label_smoothing=recipe.label_smoothing, grad_clip=recipe.grad_clip,

@@ -92,20 +92,24 @@ def apply_augment(x: torch.Tensor, offsets: torch.Tensor | None, flips: torch.Te
     columns; border = ``fill``), then mirror it where ``flips[i]``; None skips either step.
 
     Translating by ``(dy, dx)`` = padding by ``k`` and cropping at offset ``(k + dy, k + dx)``, so
-    this is also torchvision's ``RandomCrop(H, padding=k)``.
+    this is also torchvision's ``RandomCrop(H, padding=k)``. Both steps are one ``gather`` from the
+    padded batch ``(B, C, (H+2k)(W+2k))``: output pixel ``(i, j)`` of example ``b`` reads padded
+    ``(offsets[0, b] + i, offsets[1, b] + j')`` with ``j' = W-1-j`` when flipped, else ``j``.
     """
     b, c, h, w = x.shape
     k = translate
-    if k > 0 and offsets is not None:
-        fill_t = torch.as_tensor(fill, dtype=x.dtype).view(1, c, 1, 1)
-        padded = fill_t.expand(b, c, h + 2 * k, w + 2 * k).clone()  # (B, C, H+2k, W+2k)
-        padded[:, :, k:k + h, k:k + w] = x
-        rows = (offsets[0][:, None] + torch.arange(h))[:, None, :, None]  # (B, 1, H, 1)
-        cols = (offsets[1][:, None] + torch.arange(w))[:, None, None, :]  # (B, 1, 1, W)
-        x = padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+    if k <= 0 or offsets is None:
+        return torch.where(flips[:, None, None, None], x.flip(-1), x) if flips is not None else x
+    hp, wp = h + 2 * k, w + 2 * k
+    padded = torch.as_tensor(fill, dtype=x.dtype).view(1, c, 1, 1).expand(b, c, hp, wp).clone()
+    padded[:, :, k:k + h, k:k + w] = x
+    cols = torch.arange(w)
     if flips is not None:
-        x = torch.where(flips[:, None, None, None], x.flip(-1), x)
-    return x
+        cols = torch.where(flips[:, None], w - 1 - cols, cols)  # (B, W)
+    cols = offsets[1][:, None] + cols
+    rows = offsets[0][:, None] + torch.arange(h)  # (B, H)
+    flat = (rows[:, :, None] * wp + cols[:, None, :]).reshape(b, 1, h * w).expand(b, c, h * w)
+    return padded.reshape(b, c, hp * wp).gather(2, flat).reshape(b, c, h, w)
 
 
 def augmented(batches, spec: AugmentSpec, fill: tuple[float, ...], seed: int):

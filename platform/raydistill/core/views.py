@@ -17,9 +17,10 @@ stores top-k this way). With ``k = C`` (the default for ``C <= 100``) the logits
 """
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -44,12 +45,17 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
         return x ^ (x >> np.uint64(31))
 
 
+@functools.lru_cache(maxsize=64)
+def _seed_hash(seed: int, salt: int) -> np.ndarray:
+    """``splitmix64(seed ^ salt)`` as a one-element uint64 array (the same for every batch of a run)."""
+    return _splitmix64(np.asarray([seed], np.uint64) ^ np.uint64(salt))
+
+
 def _hash(seed: int, idx: np.ndarray, a, salt: np.uint64) -> np.ndarray:
     """``splitmix64(splitmix64(splitmix64(seed ^ salt) + idx) + a)``: uint64 per index (``a`` a
     number or one per index)."""
     with np.errstate(over="ignore"):
-        h = _splitmix64(np.asarray([seed], np.uint64) ^ salt)
-        h = _splitmix64(h + np.asarray(idx, np.uint64))
+        h = _splitmix64(_seed_hash(int(seed), int(salt)) + np.asarray(idx, np.uint64))
         return _splitmix64(h + np.asarray(a, np.uint64))
 
 
@@ -92,22 +98,26 @@ def encode_topk(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
     With ``lse = logsumexp(z)``, ``p = softmax(z)`` and top-k set ``S``, the rest mass is
     ``m = 1 - sum_{i in S} p_i``; each class outside ``S`` gets ``r = lse + log(m / (C - k))`` (``m``
     floored at 1e-12 so ``r`` stays finite), so that ``softmax`` of the decoded logits keeps ``p_i`` on
-    ``S`` and spreads ``m`` uniformly elsewhere. ``k = C``: ``r`` is unused (set to the min logit).
+    ``S`` and spreads ``m`` uniformly elsewhere. ``k >= C``: the logits whole, in class order
+    (``indices = 0..C-1``, so :func:`decode_topk` reads them without a scatter), ``r`` unused (the min).
     """
     z = logits.float()
     c = z.shape[-1]
-    values, indices = z.topk(k, dim=-1)
     if k >= c:
-        rest = z.min(dim=-1).values
-    else:
-        lse = torch.logsumexp(z, dim=-1)
-        kept = torch.exp(values - lse.unsqueeze(-1)).sum(-1)
-        rest = lse + torch.log((1.0 - kept).clamp_min(1e-12) / (c - k))
+        indices = torch.arange(c, dtype=torch.int16).expand(z.shape).contiguous()
+        return z.half(), indices, z.min(dim=-1).values.half()
+    values, indices = z.topk(k, dim=-1)
+    lse = torch.logsumexp(z, dim=-1)
+    kept = torch.exp(values - lse.unsqueeze(-1)).sum(-1)
+    rest = lse + torch.log((1.0 - kept).clamp_min(1e-12) / (c - k))
     return values.half(), indices.to(torch.int16), rest.half()
 
 
 def decode_topk(values: torch.Tensor, indices: torch.Tensor, rest: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Logits ``(..., C)`` float32 back from :func:`encode_topk`'s arrays."""
+    """Logits ``(..., C)`` float32 back from :func:`encode_topk`'s arrays (``k = C``: the values, which
+    :func:`encode_topk` stores in class order)."""
+    if values.shape[-1] >= num_classes:
+        return values.float()
     out = rest.float().unsqueeze(-1).expand(*rest.shape, num_classes).clone()
     return out.scatter(-1, indices.long(), values.float())
 
@@ -142,13 +152,45 @@ class ViewCache:
             parts.append([torch.stack([p[j] for p in per_view], dim=1) for j in range(3)])
         return [torch.cat([p[j] for p in parts]) for j in range(3)]
 
+
+class LocalViews:
+    """One process's share of a view cache, ready to train on: its rows' training-set indices ``idx``
+    (n,), the cached ``values, indices, rest`` (``(n, V, [T,] k)``, ``(n, V, [T])``), and every view's
+    draws computed once here (offsets ``(2, n V)``, flips ``(n V,)``; 17 bytes per pair), so that a
+    batch costs a few ``index_select`` at ``row * V + view`` instead of hashes and copies of its
+    examples' whole ``(V, k)`` cache."""
+
+    def __init__(self, views: ViewCache, idx, cache: Sequence[torch.Tensor]):
+        self.views, self.idx = views, torch.as_tensor(idx)
+        values, indices, rest = (torch.as_tensor(c) for c in cache)
+        n, v = values.shape[:2]
+        # every (row, view) pair flattened to row * V + view: one index_select per batch and array
+        self.values, self.indices, self.rest = (c.reshape(n * v, *c.shape[2:]) for c in (values, indices, rest))
+        draws = [view_draws(views.seed, self.idx.numpy(), j, views.spec.translate) for j in range(v)]
+        self.offsets = torch.stack([d[0] for d in draws], dim=-1).reshape(2, n * v)  # (2, n * V)
+        self.flips = torch.stack([d[1] for d in draws], dim=-1).reshape(n * v)  # (n * V,)
+        self.whole = values.shape[-1] >= views.num_classes  # k = C: class order, nothing to scatter
+
     def batches(self, batches: Iterable[tuple[torch.Tensor, ...]], epoch: int) -> Iterator[tuple[torch.Tensor, ...]]:
-        """``(x, y, idx, values, indices, rest)`` batches -> ``(x_view, y, z_t)``: each example's view
-        for ``epoch`` (:func:`pick_views`) and the teacher's logits on exactly that view."""
-        for x, y, idx, values, indices, rest in batches:
-            ids = idx.numpy()
-            pick = torch.from_numpy(pick_views(self.seed, ids, epoch, self.views))
-            rows = torch.arange(len(ids))
-            x_view = make_view(x, ids, pick.numpy(), seed=self.seed, spec=self.spec, fill=self.fill)
-            z_t = decode_topk(values[rows, pick], indices[rows, pick], rest[rows, pick], self.num_classes)
+        """``(x, y, rows)`` batches (``rows`` index this share) -> ``(x_view, y, z_t)``: each example's
+        view for ``epoch`` (:func:`pick_views`) and the teacher's logits on exactly that view."""
+        v = self.views
+        picks = torch.from_numpy(pick_views(v.seed, self.idx.numpy(), epoch, v.views))  # (n,), once per epoch
+        for x, y, rows in batches:
+            at = rows * v.views + picks[rows]  # (B,) into the flattened (row, view) pairs
+            x_view = apply_augment(x, self.offsets.index_select(1, at), self.flips[at] if v.spec.hflip else None,
+                                   v.spec.translate, v.fill)
+            values = self.values.index_select(0, at)
+            z_t = (values.float() if self.whole else
+                   decode_topk(values, self.indices.index_select(0, at), self.rest.index_select(0, at), v.num_classes))
             yield x_view, y, z_t
+
+
+def local_views(views: ViewCache | None, arrays: Sequence) -> tuple[list, LocalViews | None]:
+    """Training arrays with a view cache, ``(x, y, idx, values, indices, rest)``, as ``[x, y, rows]``
+    (``rows = 0..n-1``: what batches carry) and the :class:`LocalViews` that turns a batch's rows into
+    views and targets; without views, the arrays unchanged and None."""
+    if views is None:
+        return list(arrays), None
+    x, y, idx, *cache = arrays
+    return [x, y, torch.arange(len(y))], LocalViews(views, idx, cache)

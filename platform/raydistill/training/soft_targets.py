@@ -92,7 +92,7 @@ def compute_soft_targets(ds, teachers: Sequence[tuple[dict, dict]], *, actors: i
 
 def soft_target_arrays(ds) -> tuple[np.ndarray, ...]:
     """``(x, y, logits)`` numpy arrays of a materialized soft-target dataset (in order), or with a view
-    cache ``(x, y, idx, values, indices, rest)``: what ``ViewCache.batches`` reads."""
+    cache ``(x, y, idx, values, indices, rest)``: what ``core.views.local_views`` takes."""
     batches = list(ds.iter_batches(batch_size=4096, batch_format="numpy"))
     keys = ("x", "y", "idx", *VIEW_COLUMNS) if batches and "rest" in batches[0] else ("x", "y", "logits")
     return tuple(np.concatenate([b[k] for b in batches]) for k in keys)

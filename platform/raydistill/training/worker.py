@@ -16,6 +16,7 @@ import ray.train
 import ray.train.torch
 
 from raydistill.core.engine import iterate_batches, rank_shard, read_only_tensors, run_teachers
+from raydistill.core.views import local_views
 from raydistill.core.loop import (STATE_FILE, StageSpec, TrainState, run_epochs, save_train_state, shuffle_seed,
                                   state_from_checkpoint)
 from raydistill.core.artifacts import model_from_state
@@ -140,6 +141,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 checkpoint = ray.train.Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=checkpoint)
 
+    train, views = local_views(spec.views, train)  # with a view cache: (x, y, rows) + the share's cache
     run_epochs(spec,
                train_batches=lambda e: iterate_batches(train, spec.batch_size, shuffle=True,
                                                        seed=shuffle_seed(spec.seed, e, world=world, rank=rank)),
@@ -149,4 +151,4 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                reduce_sums=_sum_over_ranks if world > 1 else (lambda t: t),
                before_epoch=_crash_hook(config.get("crash_at_epoch", -1), config.get("crash_marker", ""), rank, world,
                                         in_process=run_dir is not None),
-               teachers=teachers, device=device)
+               teachers=teachers, device=device, views=views)

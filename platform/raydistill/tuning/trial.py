@@ -22,6 +22,7 @@ import numpy as np
 from ray import tune
 
 from raydistill.core.engine import KDSettings, iterate_batches, read_only_tensors
+from raydistill.core.views import local_views
 from raydistill.core.methods import parse_method
 from raydistill.core.loop import (STATE_FILE, StageSpec, TrainState, load_train_state, run_epochs, save_train_state,
                                   shuffle_seed, state_from_checkpoint)
@@ -114,13 +115,14 @@ def distill_trial(config: dict, *, data: dict[str, tuple[np.ndarray, ...]], sett
     if not settings.ray_logs:  # Tune logs "Checkpoint successfully created at ..." per epoch otherwise
         logging.getLogger("ray.train").setLevel(logging.WARNING)
     train, val = read_only_tensors(data["train"]), read_only_tensors(data["val"])
+    train, views = local_views(spec.views, train)  # with a view cache: (x, y, rows) + the cache
     run_epochs(spec,
                # the same shuffling seeds as a 1-worker `raydistill distill` (rank 0 of world 1)
                train_batches=lambda e: iterate_batches(train, spec.batch_size, shuffle=True,
                                                        seed=shuffle_seed(spec.seed, e)),
                val_batches=lambda: iterate_batches(val, 1024, shuffle=False),
                report=_report_to_tune, resume=resume_state(),
-               before_epoch=_fault_hook(settings))
+               before_epoch=_fault_hook(settings), views=views)
 
 
 def distill_trial_on_train(config: dict, *, data: dict[str, tuple[np.ndarray, ...]],
