@@ -18,7 +18,8 @@ from raydistill.core.engine import KDSettings
 from raydistill.core.losses import kd_loss
 from raydistill.core.loop import StageSpec, load_train_state, run_epochs, save_train_state
 from raydistill.core.engine import iterate_batches, rank_shard
-from raydistill.core.recipe import augment_batch, augmented, lr_factor, make_optimizer, raw_zero_fill
+from raydistill.core.recipe import (apply_augment, augment_batch, augmented, lr_factor, make_optimizer,
+                                    raw_zero_fill)
 from raydistill.runtime import plan_workers
 
 from conftest import REPO
@@ -71,6 +72,21 @@ def test_translate_matches_a_hand_shifted_image_and_is_seeded():
     differs = [not torch.equal(augment_batch(x, spec, (-9.0,), torch.Generator().manual_seed(s)), out_a)
                for s in range(4, 10)]
     assert any(differs)  # another seed, other views
+
+
+def test_translate_and_flip_of_non_square_multichannel_images_match_numpy():
+    rng = np.random.default_rng(7)
+    x = torch.from_numpy(rng.normal(size=(12, 3, 5, 7)).astype(np.float32))  # H != W: strides must be right
+    offsets = torch.from_numpy(rng.integers(0, 5, size=(2, 12)))
+    flips = torch.from_numpy(rng.random(12) < 0.5)
+    fill = (-1.0, 0.5, 2.0)  # one border value per channel
+    got = apply_augment(x, offsets, flips, 2, fill).numpy()
+    for b in range(12):
+        padded = np.stack([np.pad(x[b, c].numpy(), 2, constant_values=fill[c]) for c in range(3)])
+        want = padded[:, offsets[0, b]:offsets[0, b] + 5, offsets[1, b]:offsets[1, b] + 7]
+        np.testing.assert_array_equal(got[b], want[:, :, ::-1] if flips[b] else want)
+    np.testing.assert_array_equal(apply_augment(x, None, flips, 2, fill).numpy()[flips.numpy()],
+                                  x.numpy()[flips.numpy()][..., ::-1])  # flips alone
 
 
 def test_hflip_mirrors_about_half_and_batches_stay_aligned():
