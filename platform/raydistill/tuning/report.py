@@ -117,13 +117,11 @@ def format_top_table(rows: Sequence[dict], *, mode: str, k: int, metric: str) ->
     return "\n".join(lines)
 
 
-_MARKERS = ("s", "o", "D", "^", "v")  # one per method in a sweep over tune.method
-
-
 def plot_heatmap(rows: Sequence[dict], best: dict, path: Path) -> Path:
-    """Final val accuracy over the (T, alpha) plane: one marker per trial (its shape: the trial's
-    ``distill.method`` when a sweep compares several), the best starred, failed trials as grey
-    crosses. T is on a log axis when the range spans a factor >= 4."""
+    """Final val accuracy over the (T, alpha) plane: one marker per trial, the best starred, failed
+    trials as grey crosses; a sweep over several ``distill.method`` values gets one panel per method
+    on one shared colour scale (so the methods' points do not hide each other). T is on a log axis
+    when the range spans a factor >= 4."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -131,30 +129,38 @@ def plot_heatmap(rows: Sequence[dict], best: dict, path: Path) -> Path:
 
     ok = [r for r in rows if not math.isnan(r["final_val_accuracy"]) and r["status"] != "ERROR"]
     bad = [r for r in rows if r["status"] == "ERROR"]
-    fig, ax = plt.subplots(figsize=(6.4, 5.2))
+    methods = sorted({r["method"] for r in rows}) or [best.get("method", "")]
+    fig, axes = plt.subplots(1, len(methods), figsize=(1.6 + 4.6 * len(methods), 5.2), sharey=True, squeeze=False)
     accuracies = [r["final_val_accuracy"] for r in ok] or [0.0]
-    methods = sorted({r["method"] for r in ok})
-    for i, method in enumerate(methods):
-        mine = [r for r in ok if r["method"] == method]
-        points = ax.scatter([r["temperature"] for r in mine], [r["alpha"] for r in mine], s=260,
-                            marker=_MARKERS[i % len(_MARKERS)], c=[r["final_val_accuracy"] for r in mine],
-                            cmap="viridis", vmin=min(accuracies), vmax=max(accuracies), edgecolors="k",
-                            label=method if len(methods) > 1 else None)
-    if methods:
-        fig.colorbar(points, ax=ax, label="final val accuracy")
-    if bad:
-        ax.scatter([r["temperature"] for r in bad], [r["alpha"] for r in bad], marker="x", c="grey", s=80,
-                   label="failed")
-    ax.scatter([best["temperature"]], [best["alpha"]], marker="*", s=420, c="red", edgecolors="k",
-               label=f"best: {best['method']} T={best['temperature']:.2f}, alpha={best['alpha']:.2f} ({best['score']:.3f})")
     temps = [r["temperature"] for r in rows]
-    if min(temps) > 0 and max(temps) / min(temps) >= 4:
-        ax.set_xscale("log")
-    ax.set(xlabel="temperature T", ylabel="alpha (weight of the hard-label CE term)",
-           title="Student val accuracy over (T, alpha)")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8, frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    points = None
+    for ax, method in zip(axes[0], methods):
+        mine = [r for r in ok if r["method"] == method]
+        if mine:
+            points = ax.scatter([r["temperature"] for r in mine], [r["alpha"] for r in mine], s=260, marker="s",
+                                c=[r["final_val_accuracy"] for r in mine], cmap="viridis", vmin=min(accuracies),
+                                vmax=max(accuracies), edgecolors="k")
+        failed = [r for r in bad if r["method"] == method]
+        if failed:
+            ax.scatter([r["temperature"] for r in failed], [r["alpha"] for r in failed], marker="x", c="grey", s=80,
+                       label="failed")
+        if best.get("method", method) == method:
+            ax.scatter([best["temperature"]], [best["alpha"]], marker="*", s=420, c="red", edgecolors="k",
+                       label=f"best: {best['method']} T={best['temperature']:.2f}, alpha={best['alpha']:.2f} "
+                             f"({best['score']:.3f})")
+        if min(temps) > 0 and max(temps) / min(temps) >= 4:
+            ax.set_xscale("log")
+        if len(set(temps)) <= 8:  # a grid: label its temperatures, not the log axis' decades
+            ax.minorticks_off()
+            ax.set_xticks(sorted(set(temps)), [f"{t:g}" for t in sorted(set(temps))])
+        ax.set(xlabel="temperature T", title=f"method {method}" if len(methods) > 1 else "")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8, frameon=False)
+    axes[0][0].set_ylabel("alpha (weight of the hard-label CE term)")
+    if points is not None:
+        fig.colorbar(points, ax=list(axes[0]), label="final val accuracy")
+    fig.suptitle("Student val accuracy over (T, alpha)")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return Path(path)
 
