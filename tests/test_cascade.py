@@ -9,6 +9,8 @@ from raydistill.core.artifacts import ArtifactError
 from raydistill.core.config import ConfigError, load_config
 from raydistill.serving.cascade import CascadeSettings, check_pair, confidence, escalated, merge
 
+from conftest import REPO
+
 P = np.array([[0.70, 0.20, 0.10],   # max 0.70, margin 0.50
               [0.40, 0.35, 0.25],   # max 0.40, margin 0.05
               [0.10, 0.45, 0.45],   # max 0.45, margin 0.00 (a tie)
@@ -75,3 +77,33 @@ def test_run_time_cascade_settings_refuse_what_the_config_refuses():
         CascadeSettings(cascade_metric="entropy")
     with pytest.raises(ValidationError):
         CascadeSettings(cascade_timeout_s=0)
+
+
+def test_the_report_measures_the_split_asked_for_as_raw_pixels_and_refuses_an_empty_validation_split():
+    from raydistill.core.data import DataBundle
+    from raydistill.serving.cascade_report import split_examples
+
+    rng = np.random.default_rng(0)
+    x_val, x_test = rng.normal(size=(5, 2, 3, 3)).astype(np.float32), rng.normal(size=(4, 2, 3, 3)).astype(np.float32)
+    norm = {"mean": [10.0, 20.0], "std": [2.0, 4.0]}
+    bundle = DataBundle("toy", x_val[:1], np.zeros(1, int), x_val, np.arange(5), x_test, np.arange(4), ["a", "b"], norm)
+    x, y = split_examples(bundle, "val")
+    np.testing.assert_allclose(x[:, 1], x_val[:, 1] * 4.0 + 20.0, rtol=1e-6)  # x * std_c + mean_c
+    assert list(y) == [0, 1, 2, 3, 4]
+    x, y = split_examples(bundle, "test")
+    np.testing.assert_allclose(x[:, 0], x_test[:, 0] * 2.0 + 10.0, rtol=1e-6)
+    assert list(y) == [0, 1, 2, 3]
+    empty = DataBundle("toy", x_val, np.zeros(5, int), x_val[:0], np.zeros(0, int), x_test, np.arange(4), ["a", "b"], norm)
+    with pytest.raises(ConfigError, match=r"--split val: .*data.val_fraction is 0"):
+        split_examples(empty, "val")
+
+
+def test_cascade_report_on_an_empty_validation_split_is_a_clear_error_before_anything_starts(tmp_path, capsys):
+    from raydistill.cli.commands import main
+
+    rc = main(["cascade-report", "--config", str(REPO / "configs" / "digits.yaml"), "--split", "val",
+               "--set", "data.val_fraction=0", "--set", "pipeline.tune=false", "--set", f"run.storage_path={tmp_path}"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "--split val" in err and "data.val_fraction" in err and "Traceback" not in err
+    assert not (tmp_path / "cascade").exists()

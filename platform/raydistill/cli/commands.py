@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="accuracy the recommended threshold must reach (default: the teacher's, less 0.2 pt)")
             p.add_argument("--latency-requests", type=int, default=200,
                            help="sequential one-instance requests timed per row")
+            p.add_argument("--split", choices=("test", "val"), default="test",
+                           help="examples to measure on: test (default), or val to choose a threshold without the test split")
     return parser
 
 

@@ -1,4 +1,5 @@
-"""``raydistill cascade-report``: what the confidence cascade buys, measured over HTTP on the test split.
+"""``raydistill cascade-report``: what the confidence cascade buys, measured over HTTP on the test split
+(``--split val``: the validation split, to choose a threshold without looking at the test split).
 
 The student (``--artifact``, default ``serve.artifact``) is deployed with its teacher behind it
 (``serve.cascade_teacher``, default ``latest:teacher``; at least one teacher replica, so the rows do
@@ -44,7 +45,7 @@ class Row:
     name: str
     threshold: float | None
     accuracy: float
-    escalated: float  # fraction of test instances the teacher answered (or was asked to)
+    escalated: float  # fraction of the split's instances the teacher answered (or was asked to)
     failed: int  # escalations the teacher did not answer in time
     mean_ms: float
     p99_ms: float
@@ -102,9 +103,9 @@ def run_cascade_report_cli(cfg: Config, args=None) -> Path:
         "cascade_teacher": teacher_ref, "cascade_min_replicas": max(1, cfg.serve.cascade_min_replicas),
         "canary_artifact": ""})
     teacher_alone = serve_args(cfg, teacher_ref).model_copy(update={"cascade_teacher": "", "canary_artifact": ""})
+    split = getattr(args, "split", "test")
+    test = split_examples(load_data(cfg.data, cfg.run.seed), split)
     build_app(cascade)  # verifies both artifacts and the pair before anything starts
-    bundle = load_data(cfg.data, cfg.run.seed)
-    test = (raw_pixels(bundle.x_test, bundle.normalization), bundle.y_test)
     started_ray = not ray.is_initialized()
     init_ray(cfg.run.address, quiet=cfg.run.quiet)
     try:
@@ -115,7 +116,19 @@ def run_cascade_report_cli(cfg: Config, args=None) -> Path:
     target = getattr(args, "target_accuracy", None)
     target = rows[0].accuracy - 0.002 if target is None else target
     return write_report(rows, target, cfg.storage_dir() / "cascade" / stamped_name("cascade"),
-                        metric=cfg.serve.cascade_metric)
+                        metric=cfg.serve.cascade_metric, split=split)
+
+
+def split_examples(bundle, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(x_raw (N, C, H, W), y (N,))`` of ``split`` (``test``, or ``val`` to choose a threshold
+    without looking at the test split), as raw pixels: what a client sends."""
+    if split not in ("test", "val"):
+        raise ConfigError(f"--split: must be test or val, got {split!r}")
+    x, y = (bundle.x_val, bundle.y_val) if split == "val" else (bundle.x_test, bundle.y_test)
+    if len(y) == 0:
+        raise ConfigError(f"--split {split}: the {split} split is empty"
+                          + (" (data.val_fraction is 0; set it, e.g. --set data.val_fraction=0.1)" if split == "val" else ""))
+    return raw_pixels(x, bundle.normalization), y
 
 
 def sweep(cfg: Config, cascade, teacher_alone, thresholds: Sequence[float], test: tuple[np.ndarray, np.ndarray],
@@ -176,7 +189,7 @@ def _wait_for_threshold(client, url: str, threshold: float, timeout_s: float = 6
     raise RuntimeError(f"cascade-report: the replicas did not take threshold {threshold} within {timeout_s:.0f} s")
 
 
-def write_report(rows: Sequence[Row], target: float, out: Path, *, metric: str) -> Path:
+def write_report(rows: Sequence[Row], target: float, out: Path, *, metric: str, split: str = "test") -> Path:
     """``report.csv``, ``report.md`` and ``report.png`` in ``out``; logs the table and the recommendation."""
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "report.csv", "w", newline="") as fh:
@@ -185,7 +198,7 @@ def write_report(rows: Sequence[Row], target: float, out: Path, *, metric: str) 
         writer.writerows(asdict(r) for r in rows)
     best = recommend(rows, target)
     teacher = rows[0]
-    lines = ["| model | threshold | test acc | escalated | failed | mean latency (ms) | p99 (ms) |",
+    lines = [f"| model | threshold | {split} acc | escalated | failed | mean latency (ms) | p99 (ms) |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r.name} | {'' if r.threshold is None else f'{r.threshold:g}'} | {r.accuracy:.4f} | "
               f"{r.escalated:.1%} | {r.failed} | {r.mean_ms:.2f} | {r.p99_ms:.2f} |" for r in rows]
@@ -196,12 +209,12 @@ def write_report(rows: Sequence[Row], target: float, out: Path, *, metric: str) 
                    f"{best.escalated:.1%} of inputs, at {best.mean_ms / teacher.mean_ms:.2f}x the teacher alone's mean "
                    f"latency ({best.mean_ms:.2f} vs {teacher.mean_ms:.2f} ms).")
     (out / "report.md").write_text("\n".join(lines) + "\n\n" + verdict + "\n")
-    _plot(rows, out / "report.png", metric=metric)
+    _plot(rows, out / "report.png", metric=metric, split=split)
     logger.info("\n".join(lines) + "\n" + verdict + f"\nreport: {out}")
     return out
 
 
-def _plot(rows: Sequence[Row], path: Path, *, metric: str) -> None:
+def _plot(rows: Sequence[Row], path: Path, *, metric: str, split: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -214,7 +227,7 @@ def _plot(rows: Sequence[Row], path: Path, *, metric: str) -> None:
         ax.annotate(f"{r.threshold:g}", (100 * r.escalated, r.accuracy), textcoords="offset points", xytext=(4, -10))
     ax.axhline(rows[0].accuracy, color="gray", linestyle="--", label="teacher alone")
     ax.set_xlabel("instances escalated to the teacher (%)")
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel(f"{split} accuracy")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
