@@ -174,15 +174,15 @@ class LocalViews:
     def batches(self, batches: Iterable[tuple[torch.Tensor, ...]], epoch: int) -> Iterator[tuple[torch.Tensor, ...]]:
         """``(x, y, rows)`` batches (``rows`` index this share) -> ``(x_view, y, z_t)``: each example's
         view for ``epoch`` (:func:`pick_views`) and the teacher's logits on exactly that view."""
-        v = self.views
-        picks = torch.from_numpy(pick_views(v.seed, self.idx.numpy(), epoch, v.views))  # (n,), once per epoch
+        cache = self.views
+        picks = torch.from_numpy(pick_views(cache.seed, self.idx.numpy(), epoch, cache.views))  # (n,), once per epoch
         for x, y, rows in batches:
-            at = rows * v.views + picks[rows]  # (B,) into the flattened (row, view) pairs
-            x_view = apply_augment(x, self.offsets.index_select(1, at), self.flips[at] if v.spec.hflip else None,
-                                   v.spec.translate, v.fill)
+            at = rows * cache.views + picks[rows]  # (B,) into the flattened (row, view) pairs
+            x_view = apply_augment(x, self.offsets.index_select(1, at), self.flips[at] if cache.spec.hflip else None,
+                                   cache.spec.translate, cache.fill)
             values = self.values.index_select(0, at)
             z_t = (values.float() if self.whole else
-                   decode_topk(values, self.indices.index_select(0, at), self.rest.index_select(0, at), v.num_classes))
+                   decode_topk(values, self.indices.index_select(0, at), self.rest.index_select(0, at), cache.num_classes))
             yield x_view, y, z_t
 
 

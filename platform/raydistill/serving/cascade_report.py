@@ -104,12 +104,12 @@ def run_cascade_report_cli(cfg: Config, args=None) -> Path:
         "canary_artifact": ""})
     teacher_alone = serve_args(cfg, teacher_ref).model_copy(update={"cascade_teacher": "", "canary_artifact": ""})
     split = getattr(args, "split", "test")
-    test = split_examples(load_data(cfg.data, cfg.run.seed), split)
+    examples = split_examples(load_data(cfg.data, cfg.run.seed), split)
     build_app(cascade)  # verifies both artifacts and the pair before anything starts
     started_ray = not ray.is_initialized()
     init_ray(cfg.run.address, quiet=cfg.run.quiet)
     try:
-        rows = sweep(cfg, cascade, teacher_alone, thresholds, test, latency_requests)
+        rows = sweep(cfg, cascade, teacher_alone, thresholds, examples, latency_requests)
     finally:
         if started_ray:
             ray.shutdown()
