@@ -12,14 +12,15 @@ config's ``distill`` recipe (Adam, cosine) for ``--student-epochs`` epochs. Two 
   the teacher's logits cached on V seeded views per example (core.views), V = 1, 4, 8; the V-view
   cache is the first V views of the 8-view one (a view is a function of seed, example and view).
 
-Every method uses the config's T and alpha and the methods' own defaults (``distill.dkd_*``,
+Every method uses the config's T and alpha (``--set distill.temperature=...`` to use another, e.g.
+the one ``kd_val.py`` chose on the validation split) and the methods' own defaults (``distill.dkd_*``,
 ``distill.hint_*``): nothing is chosen on the test split, and nothing is tuned here at all. Each
 row is compared with the student alone trained with the same recipe, and the goal with the better
 of the two student-alone rows.
 
 In process (``engine.fit``, the loss the Ray Train stage runs per batch), no Ray.
 
-    python benchmarks/kd_methods.py [--seeds 0 1 2] [--student-epochs 10] [--set key=value ...]
+    python benchmarks/kd_methods.py [--seeds 0 1 2] [--student-epochs 10] [--set distill.temperature=1 ...]
 
 Goal (issue 16): the best method beats the student alone by >= 1.0 pt on the mean and on every seed.
 """
