@@ -17,7 +17,6 @@ stores top-k this way). With ``k = C`` (the default for ``C <= 100``) the logits
 """
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
@@ -45,17 +44,12 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
         return x ^ (x >> np.uint64(31))
 
 
-@functools.lru_cache(maxsize=64)
-def _seed_hash(seed: int, salt: int) -> np.ndarray:
-    """``splitmix64(seed ^ salt)`` as a one-element uint64 array (the same for every batch of a run)."""
-    return _splitmix64(np.asarray([seed], np.uint64) ^ np.uint64(salt))
-
-
 def _hash(seed: int, idx: np.ndarray, a, salt: np.uint64) -> np.ndarray:
     """``splitmix64(splitmix64(splitmix64(seed ^ salt) + idx) + a)``: uint64 per index (``a`` a
     number or one per index)."""
     with np.errstate(over="ignore"):
-        h = _splitmix64(_seed_hash(int(seed), int(salt)) + np.asarray(idx, np.uint64))
+        h = _splitmix64(np.asarray([seed], np.uint64) ^ salt)
+        h = _splitmix64(h + np.asarray(idx, np.uint64))
         return _splitmix64(h + np.asarray(a, np.uint64))
 
 
