@@ -423,16 +423,22 @@ def test_cascade_answers_unsure_instances_with_the_teacher_and_the_student_when_
         assert after.status_code == 200, after.text
         assert [p.get("escalation") for p in after.json()["predictions"]] == ["failed" if u else None for u in unsure]
 
-        # Prometheus metrics through Ray's export, per version and answering model (Ray reports every few seconds)
+        # Prometheus metrics through Ray's export, per version and answering model. Ray reports each
+        # series every few seconds and not all at once, so wait for every count together
         version = {"version": served.artifact.name, "application": "cascade"}
         n_unsure = int(unsure.sum())
-        assert wait_until(lambda: _metric_total(_scrape_metrics(), "ray_raydistill_escalation_failures_total",
-                                                **version) >= 2 * n_unsure, timeout_s=60)
-        text = _scrape_metrics()
-        assert _metric_total(text, "ray_raydistill_predictions_total", answered_by="teacher", **version) >= n_unsure
-        assert _metric_total(text, "ray_raydistill_predictions_total", answered_by="student", **version) >= 3 * len(x) - 3 * n_unsure
-        assert _metric_total(text, "ray_raydistill_requests_total", code="200", **version) >= 4
-        assert _metric_total(text, "ray_raydistill_batch_size_count", **version) >= 4
+        wanted = {("ray_raydistill_escalation_failures_total", ()): 2 * n_unsure,
+                  ("ray_raydistill_predictions_total", (("answered_by", "teacher"),)): n_unsure,
+                  ("ray_raydistill_predictions_total", (("answered_by", "student"),)): 3 * len(x) - 3 * n_unsure,
+                  ("ray_raydistill_requests_total", (("code", "200"),)): 4,
+                  ("ray_raydistill_batch_size_count", ()): 4}
+
+        def short_of_wanted() -> dict:
+            text = _scrape_metrics()
+            totals = {key: _metric_total(text, key[0], **dict(key[1]), **version) for key in wanted}
+            return {key: total for key, total in totals.items() if total < wanted[key]}
+
+        assert wait_until(lambda: not short_of_wanted(), timeout_s=60), short_of_wanted()
     finally:
         serve.delete("cascade")
 
