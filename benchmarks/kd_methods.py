@@ -3,9 +3,9 @@ kd on cached augmented views (``distill.cached_views`` = 1/4/8).
 
 Per seed: one teacher (the config's: ``cnn`` 32-64-128 unless ``--set teacher.model...``, its recipe
 with flips and shifts), then from the same student initialization and batches (seed), each row's
-student (``--student``: ``cnn:8-16:24``, channels 8-16 and a 24-unit fc layer, the default, or e.g.
-``mlp:200``), at least 20x smaller than the teacher (checked), trained with the config's ``distill``
-recipe (Adam, cosine) for ``--student-epochs`` epochs. Two recipes:
+student (``distill.student``: a ``cnn`` with channels 8-16 and a 24-unit fc layer unless
+``--set distill.student=...``), at least 20x smaller than the teacher (checked), trained with the
+config's ``distill`` recipe (Adam, cosine) for ``--student-epochs`` epochs. Two recipes:
 
 - **no augmentation**: the student alone and the logit methods on the teacher's logits computed once
   (cached, as ``distill.mode=cached``); ``fitnet`` runs the teacher online (it needs its features);
@@ -21,7 +21,7 @@ of the two student-alone rows.
 
 In process (``engine.fit``, the loss the Ray Train stage runs per batch), no Ray.
 
-    python benchmarks/kd_methods.py [--seeds 0 1 2] [--student mlp:200] [--student-epochs 10] [--set distill.temperature=1 ...]
+    python benchmarks/kd_methods.py [--seeds 0 1 2] [--student-epochs 10] [--set distill.temperature=1 ...]
 
 Goal (issue 16): the best method beats the student alone by >= 1.0 pt on the mean and on every seed.
 """
@@ -45,22 +45,22 @@ from raydistill.core.recipe import raw_zero_fill
 from raydistill.core.views import ViewCache, resolve_topk
 
 FASHION = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fashion-mnist"
-STUDENT = "cnn:8-16:24"
+STUDENT = "distill.student={name: cnn, args: {channels: [8, 16], fc: 24}}"  # the default, before --set
 METHODS = ("kd", "dkd", "kd+lskd", "dkd+lskd", "fitnet")
 VIEWS = (1, 4, 8)
 AUG_ROWS = tuple(f"kd views={v}" for v in VIEWS)
 ROWS = (*METHODS, *AUG_ROWS)  # the distilled rows; "alone" and "alone+aug" are their baselines
 
 
-def student_spec(text: str) -> ModelSpec:
-    """``"cnn:8-16:24"`` -> cnn, channels [8, 16], fc 24; ``"mlp:200"`` or ``"mlp:256-128"`` -> mlp hidden layers."""
-    name, *parts = text.split(":")
-    widths = [int(w) for w in parts[0].split("-")] if parts else []
-    if name == "mlp" and len(parts) == 1 and widths:
-        return ModelSpec(name="mlp", args={"hidden": widths})
-    if name == "cnn" and len(parts) == 2 and widths:
-        return ModelSpec(name="cnn", args={"channels": widths, "fc": int(parts[1])})
-    raise SystemExit(f"--student {text!r}: expected mlp:H[-H...] or cnn:C-C[...]:FC (e.g. mlp:200, cnn:8-16:24)")
+def describe(spec: ModelSpec) -> str:
+    """``cnn 32-64 fc 1024``, ``mlp 200``: a model spec as the table names it."""
+    args = spec.args
+    if "channels" in args:
+        fc = f" fc {args['fc']}" if "fc" in args else ""
+        return f"{spec.name} {'-'.join(map(str, args['channels']))}{fc}"
+    if "hidden" in args:
+        return f"{spec.name} {'-'.join(map(str, args['hidden']))}"
+    return f"{spec.name} {args}"
 
 
 def _train(spec: ModelSpec, bundle, section, *, seed: int, kd=None, logits=None, teachers=(), views=None,
@@ -79,11 +79,11 @@ def _accuracy(model, bundle) -> float:
     return evaluate(model, bundle.x_test, bundle.y_test)["accuracy"]
 
 
-def one_seed(cfg, bundle, seed: int, student: ModelSpec) -> dict:
+def one_seed(cfg, bundle, seed: int) -> dict:
     """Teacher, then every row's student from the same init; test accuracies and wall times."""
     teacher, t_time = _train(cfg.teacher.model, bundle, cfg.teacher, seed=1000 + seed)
     logits = predict_logits(teacher, bundle.x_train)  # (N, C), once: the logit methods' cached targets
-    d = cfg.distill
+    d, student = cfg.distill, cfg.distill.student
     alone, alone_time = _train(student, bundle, d, seed=seed)
     ratio = count_parameters(teacher) / count_parameters(alone)
     assert ratio >= 20, f"the student must be >= 20x smaller than the teacher, got {ratio:.1f}x"
@@ -95,13 +95,14 @@ def one_seed(cfg, bundle, seed: int, student: ModelSpec) -> dict:
         model, seconds = _train(student, bundle, d, seed=seed, kd=kd, logits=None if online else logits,
                                 teachers=[teacher] if online else ())
         out[method], out[f"{method}_s"] = _accuracy(model, bundle), seconds
-    out.update(augmented_rows(cfg, bundle, teacher, seed, student))
+    out.update(augmented_rows(cfg, bundle, teacher, seed))
     return out
 
 
-def augmented_rows(cfg, bundle, teacher, seed: int, student: ModelSpec) -> dict:
+def augmented_rows(cfg, bundle, teacher, seed: int) -> dict:
     """The student alone with the teacher's augmentation, then ``kd`` on 1/4/8 cached views of it."""
     d = dataclasses.replace(cfg.distill, augment=cfg.teacher.augment)
+    student = d.student
     model, seconds = _train(student, bundle, d, seed=seed)
     out = {"alone+aug": _accuracy(model, bundle), "alone+aug_s": seconds}
     fill = raw_zero_fill(bundle.normalization, bundle.input_shape[0])
@@ -164,31 +165,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/fashion_mnist.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--student", default=STUDENT, help="mlp:H[-H...] or cnn:C-C:FC (default %(default)s)")
     parser.add_argument("--student-epochs", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
-    student = student_spec(args.student)
     torch.set_num_threads(args.threads)
-    base = [f"data.root={FASHION}", "run.quiet=true", "distill.mode=online", f"distill.epochs={args.student_epochs}"]
+    base = [f"data.root={FASHION}", "run.quiet=true", STUDENT, "distill.mode=online", f"distill.epochs={args.student_epochs}"]
     cfg = load_config(args.config, [*base, *args.overrides])
     cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, augment=AugmentSpec()))
     started = time.perf_counter()
     results = []
     for seed in args.seeds:
         bundle = load_data(cfg.data, seed)
-        results.append(one_seed(cfg, bundle, seed, student))
+        results.append(one_seed(cfg, bundle, seed))
         print(f"seed {seed}: " + json.dumps({k: round(v, 4) for k, v in results[-1].items()}), flush=True)
     d = cfg.distill
-    print(f"\n{cfg.data.name}: teacher {cfg.teacher.model.name} {cfg.teacher.model.args} ({cfg.teacher.epochs} epochs), "
-          f"student {student.name} {student.args} ({results[0]['ratio']:.1f}x fewer parameters), {d.epochs} epochs "
+    print(f"\n{cfg.data.name}: teacher {describe(cfg.teacher.model)} ({cfg.teacher.epochs} epochs), "
+          f"student {describe(d.student)} ({results[0]['ratio']:.1f}x fewer parameters), {d.epochs} epochs "
           f"{d.optimizer} lr {d.lr} {d.scheduler}, no augmentation / augmented {dataclasses.asdict(cfg.teacher.augment)} "
           f"(8-view cache built in {statistics.median(r['cache_s'] for r in results):.0f} s); T={d.temperature} alpha={d.alpha} "
           f"dkd {d.dkd_alpha}/{d.dkd_beta} hint_weight {d.hint_weight}; seeds {args.seeds}; "
           f"{time.perf_counter() - started:.0f} s; {args.threads} threads")
-    t = cfg.teacher.model
-    print(table(results, args.seeds, f"{t.name} {'-'.join(map(str, t.args.get('channels', [])))}-{t.args.get('fc', '')}"))
+    print(table(results, args.seeds, describe(cfg.teacher.model)))
     print(verdict(results))
     print(json.dumps({"benchmark": "kd_methods", "seeds": args.seeds, "results": results}))
 
