@@ -130,6 +130,35 @@ def test_epoch_lines_are_the_first_the_last_and_one_per_tenth():
     assert [e for e in range(1, 201) if worth_a_line(e, 200)] == [1, *range(20, 201, 20)]
 
 
+def test_a_progress_record_is_plain_json_for_ray_trains_json_log_handler():
+    # Ray Train workers attach ray._common.formatters.JSONFormatter to the root logger; an epoch line
+    # must go through it (a Progress object in the record made it print a traceback per epoch).
+    import logging
+
+    import numpy as np
+    from ray._common.formatters import JSONFormatter
+
+    from raydistill.core.progress import Progress, log_progress
+
+    caught = []
+    handler = logging.Handler()
+    handler.emit = caught.append
+    logger = logging.getLogger("raydistill.test_progress_record")
+    logger.addHandler(handler)
+    try:
+        log_progress(logger, Progress("student", 3, 20, {"loss": "0.1234", "best": np.float32(0.5)}), "an epoch")
+    finally:
+        logger.removeHandler(handler)
+
+    (record,) = caught
+    formatted = json.loads(JSONFormatter().format(record))
+    assert formatted["message"] == "an epoch"
+    assert formatted["progress"] == {"task": "student", "done": 3, "total": 20,
+                                     "postfix": {"loss": "0.1234", "best": "0.5"}}
+    assert Progress.of(record) == Progress("student", 3, 20, {"loss": "0.1234", "best": "0.5"})
+    assert Progress.of(logging.makeLogRecord({"msg": "no progress"})) is None
+
+
 def _baseline_console(tmp_path, epochs: int, *, terminal: bool) -> str:
     """What `raydistill baseline` writes to stdout, attached to a pseudo-terminal or to a pipe."""
     import pty

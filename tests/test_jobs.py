@@ -286,6 +286,7 @@ def test_pipeline_job_via_sdk_runs_end_to_end(head, tmp_path):
                  r"\[student\] epoch 2/2 train_loss="):
         assert re.search(line, logs), f"no progress line {line!r} in the job's log"
     assert "\r" not in logs and "it/s]" not in logs  # tqdm's carriage returns and rates
+    assert "Logging error" not in logs and "Traceback" not in logs  # the epoch lines pass Ray Train's JSON log handler
 
 
 @pytest.mark.cluster

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import sys
 
+from raydistill.core.progress import Progress
+
 
 class _CurrentStream(logging.StreamHandler):
     """A handler that writes to ``sys.stdout`` / ``sys.stderr`` as they are when a record is emitted
@@ -48,7 +50,7 @@ class _Bars(logging.Handler):
         self.open: dict = {}
 
     def emit(self, record: logging.LogRecord) -> None:
-        progress = getattr(record, "progress", None)
+        progress = Progress.of(record)
         if progress is None or not _terminal():
             return
         from tqdm import tqdm
@@ -74,7 +76,7 @@ def _plain_line(record: logging.LogRecord) -> bool:
     steps that a bar draws (terminal) or that are not milestones (no terminal)."""
     if record.levelno >= logging.WARNING:
         return False
-    progress = getattr(record, "progress", None)
+    progress = Progress.of(record)
     return progress is None or (not _terminal() and progress.milestone)
 
 
