@@ -204,7 +204,7 @@ def test_distill_on_two_worker_actors_whose_driver_was_killed_goes_on_from_its_l
     node = tempfile.mkdtemp(prefix="rd-kill-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     env["RAY_TMPDIR"] = node
     runs = tmp_path / "runs"
-    epochs = 60
+    epochs = 20
     cmd = [sys.executable, "-m", "raydistill.cli.commands", "distill", "--config", DIGITS,
            "--set", f"run.storage_path={runs}", "--set", "run.quiet=true", "--set", f"distill.teacher={local_teacher}",
            "--set", f"distill.epochs={epochs}", "--set", "distill.workers=2", "--set", "distill.batch_size=256"]
