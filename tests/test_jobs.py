@@ -287,6 +287,8 @@ def test_pipeline_job_via_sdk_runs_end_to_end(head, tmp_path):
         assert re.search(line, logs), f"no progress line {line!r} in the job's log"
     assert "\r" not in logs and "it/s]" not in logs  # tqdm's carriage returns and rates
     assert "Logging error" not in logs and "Traceback" not in logs  # the epoch lines pass Ray Train's JSON log handler
+    assert logs.count("[student] epoch 2/2 train_loss=") == 1  # rank 0's line once (not again by Ray Train's handler)
+    assert "Reporting training result" not in logs  # Ray Train's per-report INFO lines need run.verbose
 
 
 @pytest.mark.cluster

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,16 @@ def _resume(run_dir: Path | None) -> TrainState | None:
                      newest_persisted_state(ray.train.get_context().get_storage()))
 
 
+def _quiet_ray_train_reports() -> None:
+    """WARNING and above only from Ray Train's per-report loggers in this worker: ``ray.train``
+    ("Checkpoint successfully created at ...") and the execution context's, which is named by its
+    file path rather than under ``ray.train`` ("Reporting training result 3: TrainingReport(...)")."""
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    context = sys.modules.get("ray.train.v2._internal.execution.context")
+    if context is not None:
+        logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Train ``config["spec"]`` on this rank's shards; rank 0 checkpoints after every epoch."""
     spec: StageSpec = config["spec"]
@@ -111,8 +122,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if config.get("verbose") and run_dir is None and not logger.handlers:  # a worker has no console; Ray logs its stdout
         logger.addHandler(logging.StreamHandler())
         logger.setLevel(logging.INFO)
-    if not config.get("ray_logs"):  # "Checkpoint successfully created at ..." per report, unless run.verbose
-        logging.getLogger("ray.train").setLevel(logging.WARNING)
+        logger.propagate = False  # Ray Train's own console handler on the root logger would print each line again
+    if not config.get("ray_logs"):  # Ray Train's per-report INFO lines, unless run.verbose
+        _quiet_ray_train_reports()
     # Ray sets OMP_NUM_THREADS from the worker's CPUs (1 when fractional); use exactly what the plan gave
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
     ctx = ray.train.get_context()
