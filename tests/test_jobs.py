@@ -286,7 +286,11 @@ def test_pipeline_job_via_sdk_runs_end_to_end(head, tmp_path):
                  r"\[student\] epoch 2/2 train_loss="):
         assert re.search(line, logs), f"no progress line {line!r} in the job's log"
     assert "\r" not in logs and "it/s]" not in logs  # tqdm's carriage returns and rates
-    assert "Logging error" not in logs and "Traceback" not in logs  # the epoch lines pass Ray Train's JSON log handler
+    # the epoch lines pass Ray Train's JSON log handler (a Progress object in the record made it print a
+    # "--- Logging error ---" traceback per line). Not "no Traceback at all": with the test session's own
+    # Ray runtime on this host too, Ray Train's PlacementGroupCleaner thread dies on "Found multiple
+    # active Ray instances" (Ray's address auto-detection; one Ray instance per node does not have it).
+    assert "Logging error" not in logs and "is not JSON serializable" not in logs
     assert logs.count("[student] epoch 2/2 train_loss=") == 1  # rank 0's line once (not again by Ray Train's handler)
     assert "Reporting training result" not in logs  # Ray Train's per-report INFO lines need run.verbose
 
