@@ -224,7 +224,7 @@ def test_distill_whose_driver_was_killed_goes_on_from_its_last_checkpoint_with_r
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAY_TMPDIR"] = str(tmp_path / "ray")
     runs = tmp_path / "runs"
-    epochs = 400
+    epochs = 120
     cmd = [sys.executable, "-m", "raydistill.cli.commands", "distill", "--config", str(DIGITS),
            "--set", f"run.storage_path={runs}", "--set", f"distill.teacher={local_teacher}",
            "--set", f"distill.epochs={epochs}", "--set", "distill.batch_size=256"]
