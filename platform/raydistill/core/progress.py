@@ -9,7 +9,7 @@ JSONFormatter``, ``json.dumps`` of the record's extras) that would otherwise pri
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 RECORD_KEY = "progress"
 
@@ -39,7 +39,7 @@ class Progress:
         ``str``/``int``/``float``/``bool``/``None`` become their ``str``)."""
         plain = (str, int, float, bool, type(None))
         postfix = {str(k): v if isinstance(v, plain) else str(v) for k, v in self.postfix.items()}
-        return {**asdict(self), "done": int(self.done), "total": int(self.total), "postfix": postfix}
+        return {"task": self.task, "done": int(self.done), "total": int(self.total), "postfix": postfix}
 
     @classmethod
     def of(cls, record: logging.LogRecord) -> Progress | None:
