@@ -23,6 +23,8 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 _TMP = tempfile.mkdtemp(prefix="rdt-", dir="/tmp")
 os.environ.setdefault("RAY_TMPDIR", _TMP)
+# the empty MLflow store new stores are copied from (tracking/seed.py): built once per test session
+os.environ.setdefault("RAYDISTILL_CACHE_DIR", os.path.join(_TMP, "cache"))
 
 
 free_port = free_local_port

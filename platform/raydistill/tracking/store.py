@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from raydistill.tracking.seed import try_seed_store
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -94,7 +96,10 @@ class Store:
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         if self.uri.startswith("sqlite:///"):
-            Path(self.uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+            db = Path(self.uri[len("sqlite:///"):])
+            db.parent.mkdir(parents=True, exist_ok=True)
+            if self.artifact_location:  # a copy of an empty store instead of MLflow's 3-4 s of migrations
+                try_seed_store(db, Path(self.artifact_location))
         client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
         self.experiment_id = _experiment_id(client, self.experiment, self.artifact_location)
         self._client = client
