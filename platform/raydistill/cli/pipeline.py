@@ -125,15 +125,23 @@ def run_pipeline(cfg: Config, args=None) -> dict:
             run.log_artifact(student)
             lineage = {"sweep": sweep.sweep_dir, "trial": best["trial_id"]} if sweep is not None else {}
             run.register_champion(student, **lineage)  # the card knows its teacher; the sweep is named here
-        with tracker.stage(cfg, "baseline") as run:
-            baseline = distill_student(cfg, baseline=True, bundle=bundle)
-            run.log_artifact(baseline)
-        paths = {"teacher": teacher, "student-alone": baseline, "distilled-student": student}
+        alone = {"student-alone": _baseline(cfg, tracker, bundle)} if cfg.pipeline.baseline else {}
+        paths = {"teacher": teacher, **alone, "distilled-student": student}
         probe = serve_and_probe(cfg, student, bundle) if cfg.pipeline.serve else None
         if probe:
             top.log(metrics=[(f"smoke_{k}", float(probe[k]), 0) for k in ("p50_ms", "max_ms", "correct")])
         _print_summary(cfg, paths, best, probe)
     return {"paths": paths, "best": best, "probe": probe}
+
+
+def _baseline(cfg: Config, tracker: Tracker, bundle) -> Path:
+    """The student alone, trained with the distill recipe minus the teacher."""
+    from raydistill.training.driver import distill_student
+
+    with tracker.stage(cfg, "baseline") as run:
+        baseline = distill_student(cfg, baseline=True, bundle=bundle)
+        run.log_artifact(baseline)
+    return baseline
 
 
 def _how_it_ran(training: dict) -> str:

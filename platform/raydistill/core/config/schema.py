@@ -251,6 +251,7 @@ class PipelineSection:
     """``raydistill pipeline`` (``make demo``): which optional stages run, and what happens after."""
 
     tune: bool = True  # sweep T x alpha first (trials with 1 worker), distill the best with N workers
+    baseline: bool = True  # also train the student alone (same recipe): the summary's "does KD pay" row
     serve: bool = True  # deploy the chosen student and send smoke requests
     smoke_requests: int = 20  # sequential single-instance requests timed for the latency column
     keep_serving: bool = False  # leave the endpoint up after the pipeline (jobs); else shut it down
