@@ -21,7 +21,7 @@ of the two student-alone rows.
 
 In process (``engine.fit``, the loss the Ray Train stage runs per batch), no Ray.
 
-    python benchmarks/kd_methods.py [--seeds 0 1 2] [--student-epochs 10] [--set distill.temperature=1 ...]
+    python benchmarks/kd_methods.py [--seeds 0 1 2] [--student-epochs 10] [--rows kd dkd ...] [--set distill.temperature=1 ...]
 
 Goal (issue 16): the best method beats the student alone by >= 1.0 pt on the mean and on every seed.
 """
@@ -79,8 +79,9 @@ def _accuracy(model, bundle) -> float:
     return evaluate(model, bundle.x_test, bundle.y_test)["accuracy"]
 
 
-def one_seed(cfg, bundle, seed: int) -> dict:
-    """Teacher, then every row's student from the same init; test accuracies and wall times."""
+def one_seed(cfg, bundle, seed: int, rows=ROWS) -> dict:
+    """Teacher, then each of ``rows``' students (and their student-alone baselines) from the same
+    init; test accuracies and wall times."""
     teacher, t_time = _train(cfg.teacher.model, bundle, cfg.teacher, seed=1000 + seed)
     logits = predict_logits(teacher, bundle.x_train)  # (N, C), once: the logit methods' cached targets
     d, student = cfg.distill, cfg.distill.student
@@ -89,31 +90,33 @@ def one_seed(cfg, bundle, seed: int) -> dict:
     assert ratio >= 20, f"the student must be >= 20x smaller than the teacher, got {ratio:.1f}x"
     out = {"teacher": _accuracy(teacher, bundle), "teacher_s": t_time, "alone": _accuracy(alone, bundle),
            "alone_s": alone_time, "ratio": ratio}
-    for method in METHODS:
+    for method in (m for m in METHODS if m in rows):
         kd = KDSettings.for_distill(dataclasses.replace(d, method=method))
         online = method == "fitnet"
         model, seconds = _train(student, bundle, d, seed=seed, kd=kd, logits=None if online else logits,
                                 teachers=[teacher] if online else ())
         out[method], out[f"{method}_s"] = _accuracy(model, bundle), seconds
-    out.update(augmented_rows(cfg, bundle, teacher, seed))
+    if any(row in rows for row in AUG_ROWS):
+        out.update(augmented_rows(cfg, bundle, teacher, seed, [v for v, row in zip(VIEWS, AUG_ROWS) if row in rows]))
     return out
 
 
-def augmented_rows(cfg, bundle, teacher, seed: int) -> dict:
-    """The student alone with the teacher's augmentation, then ``kd`` on 1/4/8 cached views of it."""
+def augmented_rows(cfg, bundle, teacher, seed: int, views_rows=VIEWS) -> dict:
+    """The student alone with the teacher's augmentation, then ``kd`` on 1/4/8 (``views_rows``) cached
+    views of it."""
     d = dataclasses.replace(cfg.distill, augment=cfg.teacher.augment)
     student = d.student
     model, seconds = _train(student, bundle, d, seed=seed)
     out = {"alone+aug": _accuracy(model, bundle), "alone+aug_s": seconds}
     fill = raw_zero_fill(bundle.normalization, bundle.input_shape[0])
     started = time.perf_counter()
-    most = ViewCache(views=max(VIEWS), spec=d.augment, fill=fill, seed=seed, num_classes=bundle.num_classes)
+    most = ViewCache(views=max(views_rows), spec=d.augment, fill=fill, seed=seed, num_classes=bundle.num_classes)
     with torch.no_grad():
         cache = most.build(teacher, torch.as_tensor(bundle.x_train), torch.arange(len(bundle.y_train)),
                            resolve_topk(d.cache_topk, bundle.num_classes))
     out["cache_s"] = time.perf_counter() - started
     kd = KDSettings.for_distill(dataclasses.replace(d, method="kd"))
-    for views, row in zip(VIEWS, AUG_ROWS):
+    for views, row in ((v, row) for v, row in zip(VIEWS, AUG_ROWS) if v in views_rows):
         model, seconds = _train(student, bundle, d, seed=seed, kd=kd, views=dataclasses.replace(most, views=views),
                                 view_cache=[c[:, :views] for c in cache])
         out[row], out[f"{row}_s"] = _accuracy(model, bundle), seconds
@@ -136,7 +139,7 @@ def table(results: list[dict], seeds: list[int], teacher_name: str) -> str:
     lines.append(f"| teacher ({teacher_name}) | {_ms(teacher)} | {' '.join(f'{a:.4f}' for a in teacher)} | | | "
                  f"{statistics.median(r['teacher_s'] for r in results):.0f} s |")
     names = {"alone": "student alone", "alone+aug": "student alone, augmented"}
-    for row in ("alone", *METHODS, "alone+aug", *AUG_ROWS):
+    for row in (r for r in ("alone", *METHODS, "alone+aug", *AUG_ROWS) if r in results[0]):
         acc = [r[row] for r in results]
         base = [r[baseline(row)] for r in results]
         won = sum(a > b for a, b in zip(acc, base))
@@ -152,13 +155,19 @@ def table(results: list[dict], seeds: list[int], teacher_name: str) -> str:
 def verdict(results: list[dict]) -> str:
     """The goal, for the best row on the mean (reported, not used to choose anything), against the
     better student-alone recipe (on the mean): distillation must beat the best the student does alone."""
-    alone = max(("alone", "alone+aug"), key=lambda a: statistics.mean(r[a] for r in results))
-    best = max(ROWS, key=lambda m: statistics.mean(r[m] for r in results))
+    alone = max((a for a in ("alone", "alone+aug") if a in results[0]), key=lambda a: statistics.mean(r[a] for r in results))
+    best = max((m for m in ROWS if m in results[0]), key=lambda m: statistics.mean(r[m] for r in results))
     gaps = [100 * (r[best] - r[alone]) for r in results]
     met = statistics.mean(gaps) >= 1.0 and min(gaps) >= 1.0
     return (f"goal: best method beats the student alone by >= 1.0 pt on the mean and every seed -> {best} vs {alone}: "
             f"mean {statistics.mean(gaps):+.2f} pt, per seed {' '.join(f'{g:+.2f}' for g in gaps)}: "
             f"{'met' if met else 'NOT met'} ({alone} {_ms([r[alone] for r in results])})")
+
+
+def _cache_line(results: list[dict]) -> str:
+    if "cache_s" not in results[0]:
+        return "no view cache: augmented rows not run"
+    return f"view cache built in {statistics.median(r['cache_s'] for r in results):.0f} s"
 
 
 def main() -> None:
@@ -167,6 +176,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--student-epochs", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS),
+                        help="distilled rows to run (default: all); their student-alone baselines always run")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -177,13 +188,13 @@ def main() -> None:
     results = []
     for seed in args.seeds:
         bundle = load_data(cfg.data, seed)
-        results.append(one_seed(cfg, bundle, seed))
+        results.append(one_seed(cfg, bundle, seed, args.rows))
         print(f"seed {seed}: " + json.dumps({k: round(v, 4) for k, v in results[-1].items()}), flush=True)
     d = cfg.distill
     print(f"\n{cfg.data.name}: teacher {describe(cfg.teacher.model)} ({cfg.teacher.epochs} epochs), "
           f"student {describe(d.student)} ({results[0]['ratio']:.1f}x fewer parameters), {d.epochs} epochs "
           f"{d.optimizer} lr {d.lr} {d.scheduler}, no augmentation / augmented {dataclasses.asdict(cfg.teacher.augment)} "
-          f"(8-view cache built in {statistics.median(r['cache_s'] for r in results):.0f} s); T={d.temperature} alpha={d.alpha} "
+          f"({_cache_line(results)}); T={d.temperature} alpha={d.alpha} "
           f"dkd {d.dkd_alpha}/{d.dkd_beta} hint_weight {d.hint_weight}; seeds {args.seeds}; "
           f"{time.perf_counter() - started:.0f} s; {args.threads} threads")
     print(table(results, args.seeds, describe(cfg.teacher.model)))
