@@ -97,26 +97,27 @@ def one_seed(cfg, bundle, seed: int, rows=ROWS) -> dict:
                                 teachers=[teacher] if online else ())
         out[method], out[f"{method}_s"] = _accuracy(model, bundle), seconds
     if any(row in rows for row in AUG_ROWS):
-        out.update(augmented_rows(cfg, bundle, teacher, seed, [v for v, row in zip(VIEWS, AUG_ROWS) if row in rows]))
+        out.update(augmented_rows(cfg, bundle, teacher, seed, rows))
     return out
 
 
-def augmented_rows(cfg, bundle, teacher, seed: int, views_rows=VIEWS) -> dict:
-    """The student alone with the teacher's augmentation, then ``kd`` on 1/4/8 (``views_rows``) cached
-    views of it."""
+def augmented_rows(cfg, bundle, teacher, seed: int, rows=AUG_ROWS) -> dict:
+    """The student alone with the teacher's augmentation, then ``kd`` on 1/4/8 cached views of it
+    (those of the ``kd views=V`` rows in ``rows``)."""
+    wanted = [(views, row) for views, row in zip(VIEWS, AUG_ROWS) if row in rows]
     d = dataclasses.replace(cfg.distill, augment=cfg.teacher.augment)
     student = d.student
     model, seconds = _train(student, bundle, d, seed=seed)
     out = {"alone+aug": _accuracy(model, bundle), "alone+aug_s": seconds}
     fill = raw_zero_fill(bundle.normalization, bundle.input_shape[0])
     started = time.perf_counter()
-    most = ViewCache(views=max(views_rows), spec=d.augment, fill=fill, seed=seed, num_classes=bundle.num_classes)
+    most = ViewCache(views=max(v for v, _ in wanted), spec=d.augment, fill=fill, seed=seed, num_classes=bundle.num_classes)
     with torch.no_grad():
         cache = most.build(teacher, torch.as_tensor(bundle.x_train), torch.arange(len(bundle.y_train)),
                            resolve_topk(d.cache_topk, bundle.num_classes))
     out["cache_s"] = time.perf_counter() - started
     kd = KDSettings.for_distill(dataclasses.replace(d, method="kd"))
-    for views, row in ((v, row) for v, row in zip(VIEWS, AUG_ROWS) if v in views_rows):
+    for views, row in wanted:
         model, seconds = _train(student, bundle, d, seed=seed, kd=kd, views=dataclasses.replace(most, views=views),
                                 view_cache=[c[:, :views] for c in cache])
         out[row], out[f"{row}_s"] = _accuracy(model, bundle), seconds
