@@ -21,7 +21,7 @@ of the two student-alone rows.
 
 In process (``engine.fit``, the loss the Ray Train stage runs per batch), no Ray.
 
-    python benchmarks/kd_methods.py [--seeds 0 1 2] [--student-epochs 10] [--rows kd dkd ...] [--set distill.temperature=1 ...]
+    python benchmarks/kd_methods.py [--seeds 0 1 2] [--student-epochs 10] [--rows kd dkd ...] [--teacher-cache DIR] [--set distill.temperature=1 ...]
 
 Goal (issue 16): the best method beats the student alone by >= 1.0 pt on the mean and on every seed.
 """
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import statistics
 import time
@@ -79,17 +80,41 @@ def _accuracy(model, bundle) -> float:
     return evaluate(model, bundle.x_test, bundle.y_test)["accuracy"]
 
 
-def one_seed(cfg, bundle, seed: int, rows=ROWS) -> dict:
+def teacher_for(cfg, bundle, seed: int, cache: Path | None) -> tuple[torch.nn.Module, float, bool]:
+    """The seed's teacher (init and batches from ``1000 + seed``), the seconds its training took, and
+    whether it came from ``cache``.
+
+    With ``cache``, a teacher trained earlier with the same teacher and data sections, seed and torch
+    version is loaded from ``cache/teacher-<sha256 of those>.pt`` (tensors only: ``weights_only``) and
+    its recorded training time reported; otherwise it is trained and stored there."""
+    key = json.dumps([dataclasses.asdict(cfg.teacher), dataclasses.asdict(cfg.data), seed, torch.__version__],
+                     sort_keys=True, default=str)
+    path = cache / f"teacher-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt" if cache else None
+    if path is not None and path.exists():
+        saved = torch.load(path, weights_only=True)
+        spec = cfg.teacher.model
+        teacher = build_model(spec.name, bundle.input_shape, bundle.num_classes, spec.args)
+        teacher.load_state_dict(saved["state"])
+        return teacher.eval(), float(saved["seconds"]), True
+    teacher, seconds = _train(cfg.teacher.model, bundle, cfg.teacher, seed=1000 + seed)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"state": teacher.state_dict(), "seconds": seconds}, path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").replace(path)  # whole or absent: a killed run leaves no half teacher
+    return teacher, seconds, False
+
+
+def one_seed(cfg, bundle, seed: int, rows=ROWS, teacher_cache: Path | None = None) -> dict:
     """Teacher, then each of ``rows``' students (and their student-alone baselines) from the same
     init; test accuracies and wall times."""
-    teacher, t_time = _train(cfg.teacher.model, bundle, cfg.teacher, seed=1000 + seed)
+    teacher, t_time, cached = teacher_for(cfg, bundle, seed, teacher_cache)
     logits = predict_logits(teacher, bundle.x_train)  # (N, C), once: the logit methods' cached targets
     d, student = cfg.distill, cfg.distill.student
     alone, alone_time = _train(student, bundle, d, seed=seed)
     ratio = count_parameters(teacher) / count_parameters(alone)
     assert ratio >= 20, f"the student must be >= 20x smaller than the teacher, got {ratio:.1f}x"
-    out = {"teacher": _accuracy(teacher, bundle), "teacher_s": t_time, "alone": _accuracy(alone, bundle),
-           "alone_s": alone_time, "ratio": ratio}
+    out = {"teacher": _accuracy(teacher, bundle), "teacher_s": t_time, "teacher_cached": cached,
+           "alone": _accuracy(alone, bundle), "alone_s": alone_time, "ratio": ratio}
     for method in (m for m in METHODS if m in rows):
         kd = KDSettings.for_distill(dataclasses.replace(d, method=method))
         online = method == "fitnet"
@@ -179,6 +204,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS),
                         help="distilled rows to run (default: all); their student-alone baselines always run")
+    parser.add_argument("--teacher-cache", type=Path, default=None,
+                        help="a folder to keep each seed's trained teacher in and reuse it from (its wall time is "
+                             "the one recorded when it was trained)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -189,14 +217,15 @@ def main() -> None:
     results = []
     for seed in args.seeds:
         bundle = load_data(cfg.data, seed)
-        results.append(one_seed(cfg, bundle, seed, args.rows))
+        results.append(one_seed(cfg, bundle, seed, args.rows, args.teacher_cache))
         print(f"seed {seed}: " + json.dumps({k: round(v, 4) for k, v in results[-1].items()}), flush=True)
     d = cfg.distill
     print(f"\n{cfg.data.name}: teacher {describe(cfg.teacher.model)} ({cfg.teacher.epochs} epochs), "
           f"student {describe(d.student)} ({results[0]['ratio']:.1f}x fewer parameters), {d.epochs} epochs "
           f"{d.optimizer} lr {d.lr} {d.scheduler}, no augmentation / augmented {dataclasses.asdict(cfg.teacher.augment)} "
           f"({_cache_line(results)}); T={d.temperature} alpha={d.alpha} "
-          f"dkd {d.dkd_alpha}/{d.dkd_beta} hint_weight {d.hint_weight}; seeds {args.seeds}; "
+          f"dkd {d.dkd_alpha}/{d.dkd_beta} hint_weight {d.hint_weight}; seeds {args.seeds} "
+          f"({sum(r['teacher_cached'] for r in results)} teachers from --teacher-cache); "
           f"{time.perf_counter() - started:.0f} s; {args.threads} threads")
     print(table(results, args.seeds, describe(cfg.teacher.model)))
     print(verdict(results))
