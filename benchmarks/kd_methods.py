@@ -91,11 +91,14 @@ def teacher_for(cfg, bundle, seed: int, cache: Path | None) -> tuple[torch.nn.Mo
                      sort_keys=True, default=str)
     path = cache / f"teacher-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt" if cache else None
     if path is not None and path.exists():
-        saved = torch.load(path, weights_only=True)
         spec = cfg.teacher.model
         teacher = build_model(spec.name, bundle.input_shape, bundle.num_classes, spec.args)
-        teacher.load_state_dict(saved["state"])
-        return teacher.eval(), float(saved["seconds"]), True
+        try:
+            saved = torch.load(path, weights_only=True)
+            teacher.load_state_dict(saved["state"])
+            return teacher.eval(), float(saved["seconds"]), True
+        except Exception as error:  # noqa: BLE001 - unreadable or another shape: train it again
+            print(f"seed {seed}: cached teacher {path} unusable ({type(error).__name__}: {str(error).splitlines()[0][:120]}); training it", flush=True)
     teacher, seconds = _train(cfg.teacher.model, bundle, cfg.teacher, seed=1000 + seed)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -220,7 +223,8 @@ def main() -> None:
     for seed in args.seeds:
         bundle = load_data(cfg.data, seed)
         results.append(one_seed(cfg, bundle, seed, args.rows, args.teacher_cache))
-        print(f"seed {seed}: " + json.dumps({k: round(v, 4) for k, v in results[-1].items()}), flush=True)
+        print(f"seed {seed}: " + json.dumps({k: round(v, 4) if isinstance(v, float) else v
+                                             for k, v in results[-1].items()}), flush=True)
     d = cfg.distill
     print(f"\n{cfg.data.name}: teacher {describe(cfg.teacher.model)} ({cfg.teacher.epochs} epochs), "
           f"student {describe(d.student)} ({results[0]['ratio']:.1f}x fewer parameters), {d.epochs} epochs "
