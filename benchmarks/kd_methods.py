@@ -98,7 +98,8 @@ def teacher_for(cfg, bundle, seed: int, cache: Path | None) -> tuple[torch.nn.Mo
             teacher.load_state_dict(saved["state"])
             return teacher.eval(), float(saved["seconds"]), True
         except Exception as error:  # noqa: BLE001 - unreadable or another shape: train it again
-            print(f"seed {seed}: cached teacher {path} unusable ({type(error).__name__}: {str(error).splitlines()[0][:120]}); training it", flush=True)
+            why = f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"
+            print(f"seed {seed}: cached teacher {path} unusable ({why}); training it", flush=True)
     teacher, seconds = _train(cfg.teacher.model, bundle, cfg.teacher, seed=1000 + seed)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
