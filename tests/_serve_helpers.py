@@ -65,15 +65,16 @@ class LoadResult:
 
 def run_load(url: str, payload: dict, *, threads: int, max_requests: int, max_seconds: float,
              stop: threading.Event | None = None, headers: dict | None = None,
-             result: LoadResult | None = None) -> LoadResult:
+             result: LoadResult | None = None, read_timeout: float = 10.0) -> LoadResult:
     """POST ``payload`` from ``threads`` clients until ``max_requests``, ``max_seconds`` or ``stop``;
-    counts go into ``result`` (readable while the load runs)."""
+    counts go into ``result`` (readable while the load runs); a request unanswered after
+    ``read_timeout`` seconds counts as failed."""
     result, lock, issued = result or LoadResult(), threading.Lock(), [0]
     stop = stop or threading.Event()
     deadline = time.monotonic() + max_seconds
 
     def client() -> None:
-        with httpx.Client(timeout=10.0, headers=headers) as http:
+        with httpx.Client(timeout=read_timeout, headers=headers) as http:
             while not stop.is_set() and time.monotonic() < deadline:
                 with lock:  # reserve one of the max_requests slots
                     if issued[0] >= max_requests:

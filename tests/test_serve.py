@@ -529,7 +529,8 @@ def test_canary_takes_its_share_by_request_key_and_rollback_and_promote_fail_no_
                         route_prefix="/canary")
             stop, load = threading.Event(), LoadResult()
             thread = threading.Thread(target=run_load, args=(url, body), kwargs=dict(
-                threads=2, max_requests=5000, max_seconds=90, stop=stop, result=load))
+                threads=2, max_requests=5000, max_seconds=90, stop=stop, result=load,
+                read_timeout=30.0))  # a request held while new replicas start (~10 s on a loaded 2-core CI) is not dropped
             thread.start()
             assert wait_until(lambda: load.versions[canary.name] >= 5 and load.versions[primary.name] >= 5, timeout_s=30)
             assert main(["serve", action, *cli]) == 0
