@@ -19,8 +19,6 @@ from typing import Sequence
 
 from torch import nn
 
-from .models import MODELS
-
 
 class _Basic(nn.Module):
     """conv3x3-BN-ReLU-conv3x3-BN plus the shortcut, then ReLU (He et al. 2016)."""
@@ -80,18 +78,17 @@ def wide_resnet(input_shape, num_classes: int, *, depth: int, widen: int, dropou
                          nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))
 
 
-def _register() -> None:
+def builders() -> dict:
+    """Name -> ``builder(input_shape, num_classes, **args)`` of every model here; ``core.models``
+    registers them beside its own (this module imports nothing from it)."""
+    found = {}
     for depth in (8, 20, 32, 56, 110):
-        MODELS.register(f"resnet{depth}")(
-            lambda input_shape, num_classes, _d=depth: cifar_resnet(input_shape, num_classes, depth=_d))
+        found[f"resnet{depth}"] = lambda input_shape, num_classes, _d=depth: cifar_resnet(
+            input_shape, num_classes, depth=_d)
     for depth in (8, 32):
-        MODELS.register(f"resnet{depth}x4")(
-            lambda input_shape, num_classes, _d=depth: cifar_resnet(input_shape, num_classes, depth=_d,
-                                                                    widths=(32, 64, 128, 256)))
+        found[f"resnet{depth}x4"] = lambda input_shape, num_classes, _d=depth: cifar_resnet(
+            input_shape, num_classes, depth=_d, widths=(32, 64, 128, 256))
     for depth, widen in ((16, 2), (40, 2), (16, 4), (28, 10)):
-        MODELS.register(f"wrn_{depth}_{widen}")(
-            lambda input_shape, num_classes, dropout=0.0, _d=depth, _k=widen:
-            wide_resnet(input_shape, num_classes, depth=_d, widen=_k, dropout=dropout))
-
-
-_register()
+        found[f"wrn_{depth}_{widen}"] = lambda input_shape, num_classes, dropout=0.0, _d=depth, _k=widen: \
+            wide_resnet(input_shape, num_classes, depth=_d, widen=_k, dropout=dropout)
+    return found

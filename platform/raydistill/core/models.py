@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from .cifar_models import builders as cifar_builders
 from .registry import Registry
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
@@ -160,4 +161,5 @@ def quantize_int8(model: nn.Module) -> nn.Module:
         return quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
 
 
-from . import cifar_models  # noqa: E402,F401  (registers resnet8x4, resnet32x4, resnet20/56, wrn_16_2, wrn_40_2, ...)
+for _name, _builder in cifar_builders().items():  # resnet8x4, resnet32x4, resnet20/56, wrn_16_2, wrn_40_2, ...
+    MODELS.register(_name, _builder)
