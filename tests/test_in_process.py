@@ -15,7 +15,8 @@ import torch
 from raydistill.core.config import load_config
 from raydistill.core.data import load_data
 from raydistill.core.loop import TrainState
-from raydistill.training.in_process import checkpoints, fit_in_process, keep_checkpoint, newest_state
+from raydistill.training.in_process import fit_in_process
+from raydistill.training.local_checkpoints import checkpoints, keep_checkpoint, newest_state
 
 from conftest import REPO
 

@@ -22,7 +22,7 @@ from raydistill.core.loop import (STATE_FILE, StageSpec, TrainState, run_epochs,
                                   state_from_checkpoint)
 from raydistill.core.artifacts import model_from_state
 from raydistill.core.progress import Progress, log_progress
-from raydistill.training.in_process import keep_checkpoint, newest_state
+from raydistill.training.local_checkpoints import keep_checkpoint, newest_state
 from raydistill.training.resume import newest_of, newest_persisted_state
 
 logger = logging.getLogger(__name__)
