@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 
 import httpx
@@ -344,10 +345,14 @@ def test_ingress_flags_are_set_only_for_haproxy_and_unknown_kinds_name_the_key(m
     from raydistill.serving.ingress import INGRESS_FLAGS, active_ingress, enable_ingress
 
     for name in INGRESS_FLAGS["haproxy"]:
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "")  # recorded first, so teardown removes what enable_ingress sets below
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "30")  # the user's own value
     assert enable_ingress("proxy") == {} and active_ingress() == "proxy"
+    assert "RAY_SERVE_ENABLE_DIRECT_INGRESS" not in os.environ
     assert enable_ingress("haproxy")["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1"
-    assert active_ingress() == "haproxy"
+    assert active_ingress() == "haproxy" and os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == "30"  # kept, not overwritten
     assert active_ingress({"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"}) == "proxy"  # needs both flags
     with pytest.raises(ValueError, match="serve.ingress: must be one of"):
         enable_ingress("nginx")
