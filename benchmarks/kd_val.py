@@ -12,6 +12,7 @@ reports the model's accuracy on training examples, which says whether the studen
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -27,11 +28,12 @@ from raydistill.core.recipe import raw_zero_fill
 TRAIN_PROBE = 10_000  # training accuracy is measured on the first this-many training examples
 
 
-def val_scores(cfg, seed: int, grid, student_epochs: list[int]) -> dict[str, float]:
+def val_scores(cfg, seed: int, grid, student_epochs: list[int], alone_augmented: bool = False) -> dict[str, float]:
     """Validation accuracy of the teacher, and for each student schedule length E (epochs) of the
     student alone and at each (T, alpha); ``<key> train`` holds the same model's accuracy on the
     first ``TRAIN_PROBE`` training examples (train ~ val: the student underfits, and soft targets
-    have no generalization gap to close)."""
+    have no generalization gap to close). With ``alone_augmented``, also the student alone with the
+    teacher's augmentation (``teacher.augment``): KD must beat the better of the two alone recipes."""
     bundle = load_data(cfg.data, seed)
     if len(bundle.y_val) == 0:
         raise SystemExit("data.val_fraction is 0: there is no validation split to choose on")
@@ -44,24 +46,22 @@ def val_scores(cfg, seed: int, grid, student_epochs: list[int]) -> dict[str, flo
     scores = {"teacher": evaluate(teacher, bundle.x_val, bundle.y_val)["accuracy"]}
     online = d.mode == "online"
     logits = None if online else predict_logits(teacher, bundle.x_train)
+    rows = [("student alone", None, None, d), *((f"KD T={t_:g} alpha={a:g}", t_, a, d) for t_, a in grid)]
+    if alone_augmented:
+        rows.append(("student alone, augmented", None, None, dataclasses.replace(d, augment=t.augment)))
     for epochs in student_epochs:
-        for temperature, alpha in [(None, None), *grid]:
+        for name, temperature, alpha, recipe in rows:
             torch.manual_seed(seed)
             student = build_model(d.student.name, bundle.input_shape, bundle.num_classes, d.student.args)
             kd = None if temperature is None else KDSettings.for_distill(d, temperature=temperature, alpha=alpha)
             fit(student, bundle.x_train, bundle.y_train, epochs=epochs, lr=d.lr, batch_size=d.batch_size, seed=seed,
-                recipe=d, fill=fill, kd=kd, teacher_logits=logits if kd else None,
+                recipe=recipe, fill=fill, kd=kd, teacher_logits=logits if kd else None,
                 teachers=[teacher] if kd and online else ())
-            key = _key(epochs, student_epochs, temperature, alpha)
+            key = name if len(student_epochs) == 1 else f"{epochs} ep {name}"
             scores[key] = evaluate(student, bundle.x_val, bundle.y_val)["accuracy"]
             scores[f"{key} train"] = evaluate(student, bundle.x_train[:TRAIN_PROBE], bundle.y_train[:TRAIN_PROBE])["accuracy"]
             print(f"seed {seed} {key:<28} val {scores[key]:.4f} train {scores[f'{key} train']:.4f}", flush=True)
     return scores
-
-
-def _key(epochs: int, all_epochs: list[int], temperature, alpha) -> str:
-    name = "student alone" if temperature is None else f"KD T={temperature:g} alpha={alpha:g}"
-    return name if len(all_epochs) == 1 else f"{epochs} ep {name}"
 
 
 def main() -> None:
@@ -72,13 +72,15 @@ def main() -> None:
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.1, 0.5])
     parser.add_argument("--student-epochs", type=int, nargs="+", default=None,
                         help="student schedule lengths to compare (default: distill.epochs)")
+    parser.add_argument("--alone-augmented", action="store_true",
+                        help="also train the student alone with the teacher's augmentation (teacher.augment)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     cfg = load_config(args.config, args.overrides)
     grid = [(t, a) for t in args.temperatures for a in args.alphas]
     epochs = args.student_epochs or [cfg.distill.epochs]
     start = time.time()
-    runs = [val_scores(cfg, s, grid, epochs) for s in args.seeds]
+    runs = [val_scores(cfg, s, grid, epochs, args.alone_augmented) for s in args.seeds]
     print(f"\n{cfg.data.name}: validation accuracy, seeds {args.seeds}, mode {cfg.distill.mode} "
           f"({time.time() - start:.0f} s)")
     for name in (n for n in runs[0] if not n.endswith(" train")):
