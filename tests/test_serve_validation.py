@@ -312,6 +312,36 @@ def test_bare_app_answers_and_refuses_like_the_served_one(local_student, raw_dig
     assert big.status_code == 413 and health.status_code == 200
 
 
+def test_an_input_that_overflows_the_model_is_a_422_naming_it_not_a_500(local_student, raw_digits):
+    # Found by review: finite float32 pixels near float32's maximum pass validation, overflow the
+    # activations, and the NaN probabilities made JSONResponse raise (a 500).
+    from raydistill.serving.app import ServeArgs
+    from raydistill.serving.bare import build_bare_app
+
+    model, card = load_artifact(local_student)
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))  # (32, 64)
+    strongest = first.weight.detach().abs().sum(1).argmax()  # the unit an input can push the hardest
+    huge = (np.sign(first.weight[strongest].detach().numpy()) * 3e38).reshape(8, 8).astype(np.float32)
+    by_hand = model(torch.from_numpy(normalized_by_hand(huge[None, None], card["normalization"])))
+    assert not torch.isfinite(torch.softmax(by_hand, 1)).all()  # the premise: this input overflows the model
+    app = build_bare_app(ServeArgs(artifact=str(local_student)).model_dump())
+    payload = {"instances": [raw_digits[0][0].tolist(), huge.tolist()]}
+
+    async def calls():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as client:
+            return (await client.post("/v1/predict", json=payload),
+                    await client.post("/v1/predict", json={"instances": payload["instances"][:1]}),
+                    await client.get("/healthz"))
+
+    overflow, fine, health = asyncio.run(calls())
+
+    assert overflow.status_code == 422, overflow.text
+    assert overflow.json()["detail"].startswith("instances[1]: the model's answer for this input is not finite")
+    assert "3e+38" in overflow.json()["detail"]
+    assert fine.status_code == 200 and health.status_code == 200  # the replica stays healthy
+
+
 @pytest.mark.parametrize("host, status", [("127.0.0.1:8000", 200), ("LOCALHOST", 200), ("[::1]:8000", 200),
                                           ("evil.example", 400), ("evil.example:8000", 400), ("127.0.0.1.evil", 400),
                                           ("", 400)])

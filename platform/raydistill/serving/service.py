@@ -40,6 +40,21 @@ class Answer:
 Infer = Callable[[np.ndarray], Awaitable[Any]]
 
 
+def check_finite_answer(probs: np.ndarray, x: np.ndarray) -> None:
+    """422 naming the first instance whose probabilities ``probs[i]`` (of ``(N, K)``) are not all
+    finite. The served model answers finite numbers on a blank input (its probe, see ``/healthz``),
+    so a non-finite answer comes from the input ``x[i]`` ``(C, H, W)``: finite float32 values so
+    far outside the training data's range that the activations overflow. JSON cannot carry the
+    answer, and it is the request's values, not the server, that are wrong."""
+    finite = np.isfinite(probs).reshape(len(probs), -1).all(axis=1)  # (N,)
+    if not finite.all():
+        bad = int(np.argmin(finite))
+        largest = float(np.abs(x[bad]).max())
+        raise RequestError(422, f"instances[{bad}]: the model's answer for this input is not finite (its values "
+                                f"reach |x| = {largest:.3g} and overflow the model); send raw pixels in the range "
+                                f"the model was trained on")
+
+
 # --- OpenAPI documentation --------------------------------------------------------------------
 
 
@@ -102,7 +117,7 @@ PREDICT_ROUTE: dict[str, Any] = {
                   413: _error("body over max_body_bytes, or more than max_instances instances"),
                   415: _error("Content-Type is not application/json"),
                   422: _error("JSON of the wrong form: missing/empty instances, wrong shape, non-numeric, "
-                              "NaN/inf, bad top_k")},
+                              "NaN/inf, bad top_k; or values so large that the model's answer overflows")},
     "openapi_extra": {"requestBody": {"required": True, "content": {
         "application/json": {"schema": PredictBody.model_json_schema()}}}},
 }
@@ -247,6 +262,10 @@ class PredictionService:
             return error_response(exc)
         answer = await infer(parsed.x)  # (N, K) or an Answer
         answer = answer if isinstance(answer, Answer) else Answer(answer)
+        try:
+            check_finite_answer(answer.probs, parsed.x)
+        except RequestError as exc:
+            return error_response(exc)
         predictions = self.runner.format_predictions(answer.probs, parsed.top_k)
         for prediction, note in zip(predictions, answer.notes or ()):
             prediction.update(note)

@@ -9,7 +9,8 @@ wrong, so a bad request always becomes a 4xx, never a 5xx:
 413    body larger than ``max_body_bytes``; more than ``max_instances`` instances
 415    ``Content-Type`` is not ``application/json``
 422    valid JSON of the wrong form: missing/empty ``instances``, unknown fields, wrong shape,
-       non-numeric, NaN/inf or out-of-float32-range values, bad ``top_k``
+       non-numeric, NaN/inf or out-of-float32-range values, bad ``top_k`` (and, checked after the
+       forward pass in :mod:`.service`, finite values so large that the model's answer overflows)
 =====  ==========================================================================================
 
 Instances are raw pixels in the model's input shape ``(C, H, W)``; when ``C == 1`` the channel axis
