@@ -46,6 +46,55 @@ def test_truncated_weights_are_refused(local_student, tmp_path):
         load_artifact(art)
 
 
+def _with_card(art, edit=None, raw: bytes | None = None, weights=None):
+    """Artifact ``art`` with its card edited (``edit(card)``) or replaced by ``raw`` bytes, and
+    optionally other ``weights``; the sha256 in the card always matches the weights on disk."""
+    import hashlib
+    import io
+
+    card = json.loads((art / "model.json").read_text())
+    if weights is not None:
+        buffer = io.BytesIO()
+        torch.save(weights, buffer)
+        (art / "weights.pt").write_bytes(buffer.getvalue())
+        card["weights_sha256"] = hashlib.sha256(buffer.getvalue()).hexdigest()
+    if edit is not None:
+        edit(card)
+    (art / "model.json").write_bytes(raw if raw is not None else json.dumps(card).encode())
+    return art
+
+
+DAMAGED_CARDS = [  # found by review: each was a KeyError/AttributeError/UnicodeDecodeError traceback
+    ("no architecture", dict(edit=lambda c: c.pop("architecture")), "'architecture' must be"),
+    ("unknown model", dict(edit=lambda c: c["architecture"].update(name="nosuch")), "unknown model 'nosuch'"),
+    ("argument the model does not take", dict(edit=lambda c: c["architecture"]["args"].update(bogus=1)),
+     "cannot build the card's architecture"),
+    ("no class names", dict(edit=lambda c: c.pop("class_names")), "'class_names' must be a non-empty list"),
+    ("input shape as text", dict(edit=lambda c: c.update(input_shape="1x8x8")), "'input_shape' must be 3 positive"),
+    ("std of zero", dict(edit=lambda c: c["normalization"].update(std=[0.0])), "'normalization' must be"),
+    ("card is a list", dict(raw=b"[]"), "expected a JSON object, got a JSON list"),
+    ("card not UTF-8", dict(raw=b'{"name": "caf\xe9"}'), "not valid JSON"),
+    ("weights are one tensor", dict(weights=torch.zeros(3)), "holds a Tensor, not a state dict"),
+]
+
+
+@pytest.mark.parametrize("why, damage, message", DAMAGED_CARDS, ids=[d[0] for d in DAMAGED_CARDS])
+def test_a_damaged_card_or_state_is_an_artifact_error_naming_the_problem(local_student, tmp_path, why, damage, message):
+    art = _with_card(_copy(local_student, tmp_path / "d"), **damage)
+    with pytest.raises(ArtifactError, match=message):
+        load_artifact(art)
+
+
+def test_a_card_without_normalization_loads_but_is_refused_for_serving(local_student, tmp_path):
+    from raydistill.serving.app import ServeArgs, verified_artifact
+
+    art = _with_card(_copy(local_student, tmp_path / "e"), edit=lambda c: c.pop("normalization"))
+    model, card = load_artifact(art)  # a teacher for distillation needs no pixel statistics
+    assert "normalization" not in card and sum(p.numel() for p in model.parameters()) == card["parameters"]
+    with pytest.raises(ArtifactError, match="has no 'normalization'.*cannot be served"):
+        verified_artifact(ServeArgs(artifact=str(art)))
+
+
 class _Boom:
     def __reduce__(self):
         return (print, ("pickled code ran",))

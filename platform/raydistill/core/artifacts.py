@@ -7,7 +7,6 @@ looks whole. Loading verifies the weights' sha256 against the card and uses
 from __future__ import annotations
 
 import datetime as _dt
-import errno
 import hashlib
 import io
 import json
@@ -22,7 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .files import fsync_tree, remove_stale_temps, swap_in, write_json_atomic
+from .cards import card_problem
+from .files import fsync_tree, os_reason, out_of_space, remove_stale_temps, swap_in, write_json_atomic
 from .models import build_model, count_parameters
 
 WEIGHTS_FILE = "weights.pt"
@@ -150,30 +150,12 @@ def save_artifact(path: Path | str, model: nn.Module | dict[str, torch.Tensor], 
         swap_in(tmp, path)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if _out_of_space(exc):
-            raise ArtifactError(f"no room to save the {card.get('kind', 'model')} at {path} ({_reason(exc)}); nothing "
+        if out_of_space(exc):
+            raise ArtifactError(f"no room to save the {card.get('kind', 'model')} at {path} ({os_reason(exc)}); nothing "
                                 f"was saved: free space there or set run.storage_path to another disk") from exc
         raise
     remove_stale_temps(path.parent)
     return path
-
-
-
-_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # disk full, quota, file size limit
-
-
-def _out_of_space(exc: BaseException) -> bool:
-    """Whether ``exc`` (or an error it was raised from) is a full disk, a quota or a file size limit."""
-    seen = exc
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in _NO_ROOM:
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-def _reason(exc: BaseException) -> str:
-    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)[:200]
 
 
 def _is_parameter_key(key: str, state: dict) -> bool:
@@ -186,9 +168,13 @@ def load_card(path: Path | str) -> dict[str, Any]:
     if not card_path.is_file():
         raise ArtifactError(f"not an artifact: {card_path} is missing")
     try:
-        return json.loads(card_path.read_text())
-    except json.JSONDecodeError as exc:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"model card {card_path} is not valid JSON: {exc}") from exc
+    problem = card_problem(card)
+    if problem:
+        raise ArtifactError(f"model card {card_path} is damaged: {problem}")
+    return card
 
 
 def load_state(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -207,13 +193,20 @@ def load_state(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[str, Any
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated or not a torch file
         raise ArtifactError(f"cannot read {weights}: {exc}") from exc
+    if not (isinstance(state, dict) and all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items())):
+        raise ArtifactError(f"{weights} holds a {type(state).__name__}, not a state dict of named tensors")
     _refuse_non_finite(state, f"artifact {path}")
     return state, card
 
 
 def build_from_card(card: dict[str, Any]) -> nn.Module:
+    """The card's architecture, freshly initialized; an unknown model or arguments it does not take
+    are an ArtifactError naming them (a card from another raydistill version, or edited by hand)."""
     arch = card["architecture"]
-    return build_model(arch["name"], card["input_shape"], len(card["class_names"]), arch.get("args"))
+    try:
+        return build_model(arch["name"], card["input_shape"], len(card["class_names"]), arch.get("args"))
+    except (KeyError, TypeError, ValueError) as exc:  # UnknownNameError is a KeyError
+        raise ArtifactError(f"cannot build the card's architecture {arch}: {exc}") from exc
 
 
 def model_from_state(card: dict[str, Any], state: dict) -> nn.Module:

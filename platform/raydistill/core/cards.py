@@ -1,6 +1,7 @@
 """Model cards: what an artifact says about itself (the README's "The flow" and "Code map" describe the fields)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -41,3 +42,36 @@ def distillation_record(d: Any) -> dict:
     if d.mode == "cached" and d.cached_views > 0:  # the view cache (core.views); cache_topk 0 = auto
         record.update(cached_views=d.cached_views, cache_topk=d.cache_topk)
     return record
+
+
+def _numbers(values: Any, n: int) -> bool:
+    """Whether ``values`` is a list of ``n`` finite ints/floats (booleans are not numbers)."""
+    return (isinstance(values, list) and len(values) == n
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values))
+
+
+def card_problem(card: Any) -> str | None:
+    """What is wrong with a card read from disk, or None: the fields every reader relies on —
+    ``architecture`` ``{"name": str, "args": {...}}``, ``input_shape`` ``[C, H, W]`` (positive ints),
+    ``class_names`` (non-empty list of str) and, when present (every stage writes it; serving needs
+    it), ``normalization`` ``{"mean": [C numbers], "std": [C numbers > 0]}``. Checked before anything
+    is built from it, so a damaged card is one clear error, not a KeyError in a replica after Ray has
+    started."""
+    if not isinstance(card, dict):
+        return f"expected a JSON object, got a JSON {type(card).__name__}"
+    arch = card.get("architecture")
+    if not (isinstance(arch, dict) and isinstance(arch.get("name"), str) and isinstance(arch.get("args", {}), (dict, type(None)))):
+        return f"'architecture' must be {{\"name\": <model>, \"args\": {{...}}}}, got {arch!r:.80}"
+    shape = card.get("input_shape")
+    if not (isinstance(shape, list) and len(shape) == 3
+            and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)):
+        return f"'input_shape' must be 3 positive integers [C, H, W], got {shape!r:.80}"
+    names = card.get("class_names")
+    if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+        return f"'class_names' must be a non-empty list of strings, got {names!r:.80}"
+    norm, channels = card.get("normalization"), shape[0]
+    if "normalization" in card and not (isinstance(norm, dict) and _numbers(norm.get("mean"), channels) and _numbers(norm.get("std"), channels)
+            and all(s > 0 for s in norm["std"])):
+        return (f"'normalization' must be {{\"mean\": [{channels} numbers], \"std\": [{channels} numbers > 0]}}, "
+                f"got {norm!r:.80}")
+    return None

@@ -6,6 +6,7 @@ one a killed process left behind; :func:`remove_stale_temps` deletes the old one
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import os
 import shutil
@@ -63,3 +64,21 @@ def remove_stale_temps(folder: Path) -> None:
                 shutil.rmtree(p, ignore_errors=True)
         except OSError:
             pass
+
+
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # disk full, quota, file size limit
+
+
+def out_of_space(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it was raised from) is a full disk, a quota or a file size limit."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _NO_ROOM:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def os_reason(exc: BaseException) -> str:
+    """An OSError's own words (``strerror``), else the first 200 characters of the message."""
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)[:200]

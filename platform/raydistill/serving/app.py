@@ -12,13 +12,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from raydistill.core.artifacts import ArtifactError, load_artifact
+from raydistill.core.artifacts import ArtifactError
 from raydistill.core.config import RunSection, ServeSection
 from raydistill.core.config.schema import QUANTIZE_MODES
 from raydistill.serving.canary import CanarySettings
 from raydistill.serving.cascade import CASCADE_METRICS, CascadeSettings, check_pair
 from raydistill.serving.fetch import is_remote_uri
-from raydistill.serving.model_runner import locate_artifact
+from raydistill.serving.model_runner import load_servable, locate_artifact
 
 
 # What a replica's constructor receives. Batching travels in user_config and autoscaling in the
@@ -93,7 +93,7 @@ def verified_artifact(args: ServeArgs, ref: str | None = None) -> tuple[str, dic
     ref = args.artifact if ref is None else ref
     path = locate_artifact(ref, args.storage_path)
     try:
-        _, card = load_artifact(path)
+        _, card = load_servable(path)
     except ArtifactError as exc:
         raise ArtifactError(f"refusing to deploy {ref}: {exc}") from exc
     return (ref if is_remote_uri(ref) else str(path)), card

@@ -73,7 +73,7 @@ class ModelRunner:
         if quantize not in QUANTIZE_MODES:
             raise ArtifactError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}")
         path = locate_artifact(ref, storage_path)
-        model, card = load_artifact(path)
+        model, card = load_servable(path)
         serving: dict[str, Any] = {"artifact": ref, "path": str(path), "quantize": quantize}
         if quantize == "int8":
             names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
@@ -129,6 +129,17 @@ class ModelRunner:
             for item, idx, row in zip(out, order.tolist(), probs.tolist()):
                 item["top_k"] = [{"label": j, "class_name": names[j], "probability": row[j]} for j in idx]
         return out
+
+
+def load_servable(path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """:func:`load_artifact` (sha256 verified, ``weights_only``, card checked) of an artifact that can
+    answer raw pixels: its card must say how to normalize them (``normalization``, which every stage
+    writes); a hand-made card without it is refused here, not at the first request."""
+    model, card = load_artifact(path)
+    if "normalization" not in card:
+        raise ArtifactError(f"model card {path} has no 'normalization' (per-channel mean and std of the raw "
+                            "pixels it was trained on): it cannot be served on raw inputs")
+    return model, card
 
 
 def _version_of(ref: str, path: Path) -> str:
