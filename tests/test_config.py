@@ -71,6 +71,12 @@ def test_a_number_where_a_name_is_expected_is_read_as_that_name():
     ("distill.dkd_warmup_epochs=-2", "distill.dkd_warmup_epochs"),
     ("distill.dkd_warmup_epochs=2.5", "distill.dkd_warmup_epochs"),
     ("distill.method=dkd distill.dkd_alpha=0 distill.dkd_beta=0", "distill.dkd_beta"),
+    # found by review: each was a traceback (an overflow in float() or in torch's generator) or accepted
+    ("run.seed=1000000000000000", "run.seed"),
+    ("run.seed=4294967296", "run.seed"),
+    ("teacher.seeds=[3,-1]", "teacher.seeds[1]"),
+    ("distill.temperature=1" + "0" * 400, "distill.temperature"),
+    ("distill.epochs=1" + "0" * 30, "distill.epochs"),
 ])
 def test_bad_override_names_the_key(override, key):
     with pytest.raises(ConfigError) as err:
@@ -90,6 +96,14 @@ def test_yaml_tags_that_import_code_are_refused(tmp_path):
     evil.write_text("run: !!python/object/apply:os.system ['echo pwned']\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(evil)
+
+
+def test_largest_seed_is_accepted_and_a_config_that_is_not_utf8_is_named(tmp_path):
+    assert load_config(DIGITS, ["run.seed=4294967295"]).run.seed == 2**32 - 1
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes(b"run:\n  name: caf\xe9\n")  # 'café' saved as Latin-1 (found by review: a traceback)
+    with pytest.raises(ConfigError, match=r"latin1.yaml: not UTF-8 text \(byte 0xe9 at offset 16\)"):
+        load_config(latin1)
 
 
 def test_missing_file_is_named(tmp_path):

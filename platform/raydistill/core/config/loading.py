@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 import typing
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from .rules import ConfigError, validate
 __all__ = ["load_config", "config_from_dict", "save_config", "parse_override"]
 
 from .schema import Config
+
+INT64_MAX = 2**63 - 1
 
 
 # --- building and checking -----------------------------------------------------------------
@@ -50,12 +53,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if abs(value) > INT64_MAX:  # YAML reads any number of digits; torch and numpy take 64 bits
+            raise ConfigError(f"{key}: {str(value)[:20]}... ({len(str(abs(value)))} digits) does not fit in 64 bits")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
-        if not math.isfinite(value):  # .inf / .nan would pass every range check
-            raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+        if not (abs(value) <= sys.float_info.max and math.isfinite(value)):  # .inf/.nan pass every range check;
+            shown = value if isinstance(value, float) else f"{str(value)[:20]}... ({len(str(abs(value)))} digits)"
+            raise ConfigError(f"{key}: must be a finite number, got {shown}")  # an int past 1.8e308 overflows float()
         return float(value)
     if tp is str:
         if isinstance(value, int) and not isinstance(value, bool):
@@ -133,9 +139,14 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:
-            tree = yaml.safe_load(p.read_text()) or {}
+            tree = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{p}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                              "save the config as UTF-8") from exc
+        except OSError as exc:
+            raise ConfigError(f"{p}: cannot be read ({exc.strerror or exc})") from exc
         if not isinstance(tree, dict):
             raise ConfigError(f"{p}: top level must be a mapping of sections")
     for text in overrides:

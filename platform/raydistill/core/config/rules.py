@@ -37,6 +37,14 @@ def _fraction(value: float, key: str, *, low_open: bool = False, high_open: bool
     _require(lo_ok and hi_ok, key, f"must be in {lo}0, 1{hi}, got {value}")
 
 
+MAX_SEED = 2**32 - 1  # numpy's legacy seeds; derived seeds (seed * 100003 + epoch, core.loop) stay in int64
+
+
+def _seed(value: int, key: str) -> None:
+    _require(0 <= value <= MAX_SEED, key, f"must be in [0, {MAX_SEED}] (2**32 - 1: numpy seeds are unsigned 32-bit, "
+                                          f"and training derives per-epoch seeds from it), got {value}")
+
+
 def _range_pair(values: list[float], key: str, *, low: float, high: float | None) -> None:
     _require(len(values) >= 1, key, "must not be empty")
     for v in values:
@@ -50,7 +58,7 @@ def validate(cfg: Any) -> None:
     _require("://" not in cfg.run.storage_path, "run.storage_path",
              "must be a filesystem path (on a multi-node cluster: a shared mount such as EFS/NFS at the same "
              f"path on every node), not a URI; got {cfg.run.storage_path!r}")
-    _require(cfg.run.seed >= 0, "run.seed", f"must be >= 0 (numpy seeds are unsigned), got {cfg.run.seed}")
+    _seed(cfg.run.seed, "run.seed")
     _validate_tracking_uri(cfg.run.tracking_uri)
     _validate_data(cfg)
     _validate_recipe(cfg, "teacher")
@@ -64,6 +72,8 @@ def validate(cfg: Any) -> None:
     for i, ref in enumerate(cfg.distill.teachers):
         _require(bool(ref.artifact), f"distill.teachers[{i}].artifact", "must name a teacher artifact")
         _require(ref.weight > 0, f"distill.teachers[{i}].weight", f"must be > 0, got {ref.weight}")
+    for i, seed in enumerate(cfg.teacher.seeds):
+        _seed(seed, f"teacher.seeds[{i}]")
     _require(len(set(cfg.teacher.seeds)) == len(cfg.teacher.seeds), "teacher.seeds",
              f"must not repeat a seed (identical teachers), got {cfg.teacher.seeds}")
     _validate_tune(cfg)
