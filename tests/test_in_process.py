@@ -268,3 +268,9 @@ def test_resume_names_what_is_wrong_with_the_folder(tmp_path, local_teacher):
 
     with pytest.raises(ConfigError, match="is a teacher run; resume it with `raydistill teacher --resume"):
         resumed_run(load_config(DIGITS), tmp_path, stage="student")
+    # a damaged record (found by review: a TypeError / KeyError traceback) is named, exit 2
+    for damaged, why in (("[]", "a JSON list, not an object"), ('{"stage": "student", "config": {}}', "no 'seed' entry")):
+        (tmp_path / "raydistill_run.json").write_text(damaged)
+        with pytest.raises(ConfigError, match=f"raydistill_run.json is unreadable \\({why}\\)"):
+            resumed_run(load_config(DIGITS), tmp_path, stage="student")
+        assert main(["distill", "--resume", str(tmp_path)]) == 2

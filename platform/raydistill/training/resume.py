@@ -90,13 +90,18 @@ def resumed_run(current: Config, run_dir: str | Path, *, stage: str) -> ResumedR
         raise ConfigError(f"--resume: {path} is not a raydistill training run ({RUN_FILE} is missing); pass "
                           "the run's folder, <storage>/ray_results/<stage>-<time>-<id>")
     try:
-        saved = json.loads(record.read_text())
+        saved = json.loads(record.read_text(encoding="utf-8"))
+        if not isinstance(saved, dict):
+            raise TypeError(f"a JSON {type(saved).__name__}, not an object")
         cfg = config_from_dict(saved["config"])
-    except (OSError, ValueError, KeyError) as exc:
+        seed, in_process = int(saved["seed"]), bool(saved["in_process"])
+    except KeyError as exc:
+        raise ConfigError(f"--resume: {record} is unreadable (no {exc} entry)") from exc
+    except (OSError, ValueError, TypeError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise ConfigError(f"--resume: {record} is unreadable ({exc})") from exc
     if saved.get("stage") != stage:
         raise ConfigError(f"--resume: {path.name} is a {saved.get('stage')} run; resume it with "
                           f"`raydistill {COMMANDS.get(saved.get('stage'), '?')} --resume {path}`")
     run = dataclasses.replace(cfg.run, address=current.run.address, quiet=current.run.quiet,
                               verbose=current.run.verbose, storage_path=str(path.parent.parent))
-    return ResumedRun(dataclasses.replace(cfg, run=run), path.name, int(saved["seed"]), bool(saved["in_process"]))
+    return ResumedRun(dataclasses.replace(cfg, run=run), path.name, seed, in_process)
