@@ -125,6 +125,17 @@ def test_cli_reports_config_error_before_starting_ray():
     assert "Started a local Ray instance" not in proc.stderr + proc.stdout
 
 
+@pytest.mark.parametrize("stage", ["distill", "tune"])
+def test_a_missing_teacher_is_named_before_ray_starts(stage, tmp_path):
+    # Found by review: distill (2 workers: a Ray stage) and tune resolved the teacher after starting Ray.
+    proc = subprocess.run([sys.executable, "-m", "raydistill.cli.commands", stage, "--config", str(DIGITS),
+                           "--set", f"distill.teacher={tmp_path / 'nope'}", "--set", "distill.workers=2",
+                           "--set", f"run.storage_path={tmp_path}"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"not an artifact: {tmp_path / 'nope' / 'model.json'} is missing" in proc.stderr
+    assert "Ray" not in proc.stderr + proc.stdout and not (tmp_path / "ray_results").exists()
+
+
 def test_cli_unknown_model_is_a_config_error_naming_the_key():
     proc = subprocess.run([sys.executable, "-m", "raydistill.cli.commands", "teacher", "--config", str(DIGITS),
                            "--set", "teacher.model.name=resnet18x"], capture_output=True, text=True, timeout=120)

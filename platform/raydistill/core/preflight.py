@@ -6,6 +6,7 @@ from .config import Config, ConfigError
 from .data import DATASETS, DataBundle, load_data
 from .models import MODELS, build_model
 from .registry import UnknownNameError
+from .teachers import load_teachers
 
 
 def _check_model(key: str, name: str, args: dict, bundle: DataBundle) -> None:
@@ -41,4 +42,6 @@ def preflight(cfg: Config, stage: str) -> DataBundle:
         _check_model("distill.student", cfg.distill.student.name, cfg.distill.student.args, bundle)
     if stage == "federated":
         _check_model("federated.model", cfg.federated.model.name, cfg.federated.model.args, bundle)
+    if stage == "distill" or (stage == "tune" and (cfg.distill.teacher or cfg.distill.teachers)):
+        load_teachers(cfg, bundle)  # missing, tampered or mismatched teachers fail here, not after Ray starts
     return bundle

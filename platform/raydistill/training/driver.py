@@ -14,12 +14,12 @@ import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from raydistill.core.artifacts import (ArtifactError, check_fits, load_state, model_from_state, new_artifact_path,
-                                       stamped_name, resolve_artifact, save_artifact)
+from raydistill.core.artifacts import model_from_state, new_artifact_path, save_artifact, stamped_name
 from raydistill.core.cards import build_card, distillation_record, parent_entry
 from raydistill.core.config import Config, ConfigError, ModelSpec, TeacherRef
 from raydistill.core.config.schema import RecipeSection
 from raydistill.core.recipe import raw_zero_fill
+from raydistill.core.teachers import load_teachers, teacher_refs
 from raydistill.core.data import DataBundle, load_data
 from raydistill.core.engine import KDSettings, evaluate
 from raydistill.core.hints import Hint, HintError
@@ -127,31 +127,6 @@ def recipe_spec(stage: str, recipe: RecipeSection, model: ModelSpec, bundle: Dat
                      num_classes=bundle.num_classes, epochs=recipe.epochs, lr=recipe.lr,
                      batch_size=recipe.batch_size, recipe=recipe, seed=seed, kd=kd,
                      fill=raw_zero_fill(bundle.normalization, bundle.input_shape[0]))
-
-
-def teacher_refs(cfg: Config) -> list[TeacherRef]:
-    """The teachers to distill from: ``distill.teachers`` or the single ``distill.teacher``."""
-    return list(cfg.distill.teachers) or [TeacherRef(artifact=cfg.distill.teacher or "latest:teacher", weight=1.0)]
-
-
-def load_teachers(cfg: Config, bundle: DataBundle) -> list[tuple[Path, dict, dict, float]]:
-    """``(path, card, state, weight)`` per teacher, verified and checked against the data set.
-
-    Teachers are compared with the first one before the data set, so that an ensemble whose
-    members disagree on the class list gets an error naming both artifacts.
-    """
-    loaded = []
-    for ref in teacher_refs(cfg):
-        path = resolve_artifact(ref.artifact, cfg.storage_dir())
-        state, card = load_state(path)
-        if loaded and card["class_names"] != loaded[0][1]["class_names"]:
-            first_path, first_card = loaded[0][0], loaded[0][1]
-            raise ArtifactError(f"teachers {first_path} and {path} have different class lists "
-                                f"({first_card['class_names']} vs {card['class_names']}); "
-                                f"an ensemble's teachers must share one class list")
-        check_fits(card, bundle, what=f"teacher {path}")
-        loaded.append((path, card, state, ref.weight))
-    return loaded
 
 
 def student_spec(cfg: Config, bundle: DataBundle, *, kd: KDSettings | None, stage: str) -> StageSpec:

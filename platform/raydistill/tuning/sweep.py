@@ -67,7 +67,7 @@ class SweepResult:
 def ensure_teacher(cfg: Config) -> Config:
     """``cfg`` with ``distill.teacher`` pinned to an artifact path; trains a teacher when the config
     names none and storage holds none (``latest:teacher`` would otherwise fail)."""
-    from raydistill.training.driver import teacher_refs
+    from raydistill.core.teachers import teacher_refs
 
     if cfg.distill.teachers:
         return cfg
@@ -195,7 +195,7 @@ def run_sweep(cfg: Config, resume_dir: str | Path | None = None, *, callbacks: S
     ``tracker`` holds the MLflow run to nest the sweep's run under (the pipeline's)."""
     from ray import tune
 
-    from raydistill.training.driver import load_teachers
+    from raydistill.core.teachers import load_teachers
     from raydistill.tuning.trial import trial_settings
 
     sweep_dir = Path(resume_dir).expanduser().resolve() if resume_dir else None
