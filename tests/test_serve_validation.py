@@ -230,6 +230,27 @@ def test_bad_app_args_name_the_field():
         app_builder({"max_batch_siz": 4})
 
 
+@pytest.mark.parametrize("field, value, message", [
+    # found by review: serve/config.yaml's args took .inf where the serve: config section refuses it
+    ("body_timeout_s", float("inf"), "finite number"),  # would turn the slow-client 408 off
+    ("batch_wait_timeout_s", float("nan"), "finite number"),
+    ("num_cpus", float("inf"), "finite number"),
+    ("upscale_delay_s", float("inf"), "finite number"),
+    ("allowed_hosts", ["127.0.0.1", " "], "must be host names"),
+])
+def test_serve_args_refuse_what_the_serve_section_refuses(field, value, message):
+    from pydantic import ValidationError
+
+    from raydistill.serving.app import ServeArgs
+    from raydistill.serving.deployment import ReplicaSettings
+
+    with pytest.raises(ValidationError, match=f"(?s){field}.*{message}"):
+        ServeArgs.model_validate({field: value})
+    if field in ReplicaSettings.model_fields:  # the run-time user_config too
+        with pytest.raises(ValidationError, match=message):
+            ReplicaSettings.model_validate({field: value})
+
+
 def test_auth_token_env_set_but_missing_refuses_to_start(local_student, monkeypatch):
     from raydistill.core.config import ConfigError
     from raydistill.serving.service import PredictionService

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from raydistill.core.artifacts import ArtifactError
 from raydistill.core.config import RunSection, ServeSection
@@ -32,9 +32,11 @@ _S = ServeSection()  # the one home of the serving defaults
 
 
 class ServeArgs(BaseModel):
-    """Arguments of :func:`app_builder` (the ``args:`` block of ``serve/config.yaml``)."""
+    """Arguments of :func:`app_builder` (the ``args:`` block of ``serve/config.yaml``). Every number
+    must be finite (``body_timeout_s: .inf`` would turn off the slow-client 408), as in the ``serve:``
+    config section."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     artifact: str = Field(default=_S.artifact, description="artifact dir, 'chosen', 'latest:<kind>' or a URI "
                                                           "(s3://, gs://, file://)")
@@ -62,14 +64,21 @@ class ServeArgs(BaseModel):
     num_cpus: float = Field(default=_S.num_cpus, gt=0)
     cascade_teacher: str = Field(default=_S.cascade_teacher, description="teacher artifact answering the instances "
                                  "the student is unsure of; '' = no cascade")
-    cascade_threshold: float = Field(default=_S.cascade_threshold, ge=0, allow_inf_nan=False)
+    cascade_threshold: float = Field(default=_S.cascade_threshold, ge=0)
     cascade_metric: Literal[CASCADE_METRICS] = _S.cascade_metric
-    cascade_timeout_s: float = Field(default=_S.cascade_timeout_s, gt=0, allow_inf_nan=False)
+    cascade_timeout_s: float = Field(default=_S.cascade_timeout_s, gt=0)
     cascade_min_replicas: int = Field(default=_S.cascade_min_replicas, ge=0)
     cascade_max_replicas: int = Field(default=_S.cascade_max_replicas, ge=1)
     canary_artifact: str = Field(default=_S.canary_artifact, description="a second student version answering "
                                  "canary_fraction of requests (by X-Request-Key); '' = no canary")
-    canary_fraction: float = Field(default=_S.canary_fraction, ge=0, le=1, allow_inf_nan=False)
+    canary_fraction: float = Field(default=_S.canary_fraction, ge=0, le=1)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, hosts: list[str]) -> list[str]:
+        if not all(h.strip() for h in hosts):
+            raise ValueError(f"must be host names (or [\"*\"]), got an empty one in {hosts}")
+        return hosts
 
     @model_validator(mode="after")
     def _replica_range(self) -> "ServeArgs":

@@ -42,7 +42,7 @@ _S = ServeSection()  # the one home of the serving defaults (reconfigure() chang
 class BatchSettings(BaseModel):
     """Batching: the teacher deployment's ``user_config``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     max_batch_size: int = Field(default=_S.max_batch_size, ge=1)
     batch_wait_timeout_s: float = Field(default=_S.batch_wait_timeout_s, ge=0)
