@@ -404,7 +404,7 @@ def test_a_run_resumed_from_its_round_checkpoint_ends_like_the_uninterrupted_run
 
     first = _run_in_process("federated.strategy=fedprox", "federated.mu=0.1", on_state=keep)
     assert kept and [r.round for r in first.records] == [0, 1, 2, 3, 4]
-    state, records = load_round(tmp_path)
+    state, records = load_round(tmp_path, like=whole.state)
     assert [r.round for r in records] == [0, 1, 2]
     seen = []
     resumed = _run_in_process("federated.strategy=fedprox", "federated.mu=0.1", resume=(state, records),
@@ -416,19 +416,25 @@ def test_a_run_resumed_from_its_round_checkpoint_ends_like_the_uninterrupted_run
     assert resumed.records[1].wall_s == first.records[1].wall_s  # rounds 1-2 come from the checkpoint
 
 
-def test_round_checkpoints_keep_nan_metrics_and_refuse_a_folder_without_one(tmp_path):
+def test_round_checkpoints_keep_nan_metrics_and_refuse_a_folder_without_one_or_with_a_broken_state(tmp_path):
     from raydistill.core.config import ConfigError
     from raydistill.federated.checkpoint import load_round, save_round
     from raydistill.federated.rounds import RoundRecord
 
     state = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.zeros(3, np.float32)}
     save_round(tmp_path, state, [RoundRecord(0, test_accuracy=0.5), RoundRecord(1, status="ok")])
-    loaded, records = load_round(tmp_path)
+    loaded, records = load_round(tmp_path, like=state)
     np.testing.assert_array_equal(loaded["w"], state["w"])
     assert loaded["w"].dtype == np.float32 and math.isnan(records[1].test_accuracy)
     assert records[0].test_accuracy == 0.5
     with pytest.raises(ConfigError, match="holds no round checkpoint"):
-        load_round(tmp_path / "elsewhere")
+        load_round(tmp_path / "elsewhere", like=state)
+    # another model's checkpoint, or a poisoned one, is refused before a round trains on it (found by review)
+    with pytest.raises(ConfigError, match=r"not this run's model: parameters w differ in name or shape \(1 in all\)"):
+        load_round(tmp_path, like={"w": np.zeros((3, 2), np.float32), "b": np.zeros(3, np.float32)})
+    save_round(tmp_path, {"w": state["w"], "b": np.array([0.0, np.nan, 1.0], np.float32)}, records)
+    with pytest.raises(ConfigError, match="holds NaN or infinite values in b"):
+        load_round(tmp_path, like=state)
     (tmp_path / "checkpoint" / "records.json").write_text("{not json")
     with pytest.raises(ConfigError, match="unreadable"):
-        load_round(tmp_path)
+        load_round(tmp_path, like=state)

@@ -42,10 +42,12 @@ def save_round(run_dir: Path, state: dict[str, np.ndarray], records: list[RoundR
     return final
 
 
-def load_round(run_dir: Path) -> tuple[dict[str, np.ndarray], list[RoundRecord]]:
+def load_round(run_dir: Path, like: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[RoundRecord]]:
     """The global state and the records of the run's last checkpointed round.
 
-    Raises ``ConfigError`` naming the folder when there is no complete checkpoint to resume from."""
+    Raises ``ConfigError`` naming the folder when there is no complete checkpoint to resume from, or
+    when its state is not the run's model: other parameter names or shapes than ``like`` (a fresh
+    model's state) or a NaN/inf value — a broken state is never trained on or saved."""
     folder = Path(run_dir) / CHECKPOINT_DIR
     if not (folder / STATE_FILE).is_file() or not (folder / RECORDS_FILE).is_file():
         raise ConfigError(f"--resume: {run_dir} holds no round checkpoint ({CHECKPOINT_DIR}/{STATE_FILE} and "
@@ -60,7 +62,21 @@ def load_round(run_dir: Path) -> tuple[dict[str, np.ndarray], list[RoundRecord]]
         raise ConfigError(f"--resume: the checkpoint in {folder} is unreadable ({exc})") from exc
     if not records:
         raise ConfigError(f"--resume: the checkpoint in {folder} records no round")
+    _check_state(state, like, folder)
     return state, records
+
+
+def _check_state(state: dict[str, np.ndarray], like: dict[str, np.ndarray], folder: Path) -> None:
+    """``state`` has ``like``'s names and shapes, and only finite numbers; else a ConfigError."""
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    expected = {k: tuple(np.shape(v)) for k, v in like.items()}
+    if shapes != expected:
+        differ = sorted(k for k in shapes.keys() | expected.keys() if shapes.get(k) != expected.get(k))
+        raise ConfigError(f"--resume: the checkpoint in {folder} is not this run's model: parameters "
+                          f"{', '.join(differ[:3])} differ in name or shape ({len(differ)} in all)")
+    bad = sorted(k for k, v in state.items() if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all())
+    if bad:
+        raise ConfigError(f"--resume: the checkpoint in {folder} holds NaN or infinite values in {', '.join(bad[:3])}")
 
 
 def _finite_or_none(value: float) -> float | None:

@@ -66,6 +66,12 @@ class FederatedResult:
         return [r for r in self.records if r.status == "ok"][-1].test_accuracy
 
 
+def _fresh_state(plan: FederatedPlan) -> State:
+    """A freshly built global model's state (what a checkpoint must match), leaving torch's RNG as it was."""
+    with torch.random.fork_rng():
+        return to_numpy_state(_model_factory(plan, plan.cfg.run.seed)().state_dict())
+
+
 def _model_factory(plan: FederatedPlan, seed: int) -> Callable[[], torch.nn.Module]:
     m, b = plan.cfg.federated.model, plan.bundle
 
@@ -169,8 +175,8 @@ def run_federated(cfg, *, faults: FaultPlan | None = None, pool: ActorPool | Non
     run_dir = Path(resume_dir).expanduser().resolve() if resume_dir else None
     if run_dir is not None:
         cfg = saved_run_config(cfg, run_dir / CONFIG_FILE, what="federated run")
-    resume = load_round(run_dir) if run_dir is not None else None
     plan = prepare_federated(cfg)  # every input error surfaces here, before Ray
+    resume = load_round(run_dir, like=_fresh_state(plan)) if run_dir is not None else None
     faults = _faults(cfg, faults)
     clock.lap("plan_s")
     init_ray(cfg.run.address, quiet=cfg.run.quiet)
