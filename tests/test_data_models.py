@@ -1,4 +1,6 @@
 """Data registry, deterministic splits, normalization; model zoo shapes (no Ray)."""
+import gzip
+
 import numpy as np
 import pytest
 import torch
@@ -44,6 +46,56 @@ def test_missing_data_set_says_where_it_looked_and_how_to_get_it(tmp_path):
     with pytest.raises(DataError) as err:
         load_data(DataSection(name="mnist", root=str(tmp_path)), seed=0)
     assert str(tmp_path) in str(err.value) and "data.download=true" in str(err.value)
+
+
+def _idx_bytes(array: np.ndarray) -> bytes:
+    """The IDX encoding written by hand: 00 00 08 ndim, big-endian uint32 sizes, then the bytes."""
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def _write_mnist(root, *, train=(24, 4, 4), test=(10, 4, 4), labels=None, damage=None):
+    """A tiny MNIST-layout folder (gzipped IDX files), optionally with one file's bytes damaged."""
+    rng = np.random.default_rng(0)
+    arrays = {"train-images-idx3-ubyte": rng.integers(0, 256, train), "t10k-images-idx3-ubyte": rng.integers(0, 256, test),
+              "train-labels-idx1-ubyte": np.arange(labels or train[0]) % 10, "t10k-labels-idx1-ubyte": np.arange(test[0]) % 10}
+    for stem, array in arrays.items():
+        data = gzip.compress(_idx_bytes(array))
+        if damage and damage[0] == stem:
+            data = damage[1](data)
+        (root / f"{stem}.gz").write_bytes(data)
+    return arrays
+
+
+def test_idx_files_written_by_hand_are_read_back_exactly(tmp_path):
+    arrays = _write_mnist(tmp_path)
+    bundle = load_data(DataSection(name="mnist", root=str(tmp_path), val_fraction=0.0), seed=0)
+    assert bundle.input_shape == (1, 4, 4) and len(bundle.y_train) == 24
+    assert sorted(bundle.y_train.tolist()) == sorted(arrays["train-labels-idx1-ubyte"].tolist())
+    np.testing.assert_array_equal(bundle.y_test, arrays["t10k-labels-idx1-ubyte"])
+
+
+LABELS = "train-labels-idx1-ubyte"
+BROKEN_IDX = [  # found by review: each was an EOFError / IndexError / BadGzipFile / reshape traceback, or silent
+    ("cut gzip", dict(damage=(LABELS, lambda d: d[:30])), "cannot be read (EOFError"),
+    ("not gzip", dict(damage=(LABELS, lambda d: b"hello")), "cannot be read (BadGzipFile"),
+    ("empty", dict(damage=(LABELS, lambda d: gzip.compress(b""))), "header empty, expected 00000801"),
+    ("images as labels", dict(damage=(LABELS, lambda d: gzip.compress(_idx_bytes(np.zeros((24, 4, 4)))))),
+     "expected 00000801"),
+    ("fewer bytes than the header says", dict(damage=(LABELS, lambda d: gzip.compress(
+        gzip.decompress(d)[:-5]))), "header promises 24 = 24 bytes, it holds 19"),
+    ("test labels as train labels", dict(labels=10), "holds 24 images but train-labels-idx1-ubyte.gz 10 labels"),
+    ("another data set's labels", dict(damage=(LABELS, lambda d: gzip.compress(_idx_bytes(np.full(24, 12))))),
+     "holds label 12, but 'mnist' has 10 classes"),
+]
+
+
+@pytest.mark.parametrize("why, kwargs, message", BROKEN_IDX, ids=[b[0] for b in BROKEN_IDX])
+def test_a_broken_idx_file_is_a_data_error_naming_it(tmp_path, why, kwargs, message):
+    _write_mnist(tmp_path, **kwargs)
+    with pytest.raises(DataError) as err:
+        preflight(load_config(None, ["data.name=mnist", f"data.root={tmp_path}"]), "baseline")
+    assert message in str(err.value) and "train-" in str(err.value)
 
 
 def test_preflight_turns_a_missing_data_set_into_an_error_before_ray(tmp_path):

@@ -92,14 +92,34 @@ def _load_synthetic(section) -> RawData:
     return RawData(x, y, None, None, [f"class_{i}" for i in range(k)])
 
 
-def _read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (optionally gzipped): magic, dims, then uint8 data."""
+def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    """Read an IDX file (optionally gzipped) of unsigned bytes with ``ndim`` dimensions: magic
+    ``00 00 08 ndim``, ``ndim`` big-endian uint32 sizes, then ``prod(sizes)`` bytes. A truncated,
+    damaged or mislabelled file is a DataError naming it."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        data = fh.read()
-    ndim = data[3]
+    try:
+        with opener(path, "rb") as fh:
+            data = fh.read()
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError; a cut .gz ends in EOFError
+        raise DataError(f"{path} cannot be read ({type(exc).__name__}: {exc}); download it again") from exc
+    header = 4 + 4 * ndim
+    if len(data) < header or data[:4] != bytes([0, 0, 8, ndim]):
+        raise DataError(f"{path} is not an IDX file of {ndim}-dimensional unsigned bytes (header "
+                        f"{data[:4].hex() or 'empty'}, expected 000008{ndim:02x}); download it again")
     dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    if len(data) - header != int(np.prod(dims)):
+        raise DataError(f"{path} is truncated or damaged: its header promises {' x '.join(map(str, dims))} = "
+                        f"{int(np.prod(dims))} bytes, it holds {len(data) - header}; download it again")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _read_idx_pair(images: Path, labels: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``(N, H, W)`` and labels ``(N,)`` that belong together (same N)."""
+    x, y = _read_idx(images, 3), _read_idx(labels, 1)
+    if len(x) != len(y):
+        raise DataError(f"{images.name} holds {len(x)} images but {labels.name} {len(y)} labels: the files are "
+                        f"from different splits or data sets ({images.parent})")
+    return x, y
 
 
 def _idx_candidates(root: Path, torchvision_folder: str) -> list[Path]:
@@ -137,7 +157,11 @@ def _idx_loader(name: str, tv_folder: str, tv_class: str, class_names: list[str]
                 f"data set '{name}' not found: missing {', '.join(missing)} (.gz) in {looked}. "
                 f"Set data.root to a folder holding the IDX files, or data.download=true "
                 f"to fetch them with torchvision.")
-        xtr, ytr, xte, yte = (_read_idx(p) for p in paths)
+        (xtr, ytr), (xte, yte) = _read_idx_pair(paths[0], paths[1]), _read_idx_pair(paths[2], paths[3])
+        for labels, path in ((ytr, paths[1]), (yte, paths[3])):
+            if len(labels) and int(labels.max()) >= len(class_names):
+                raise DataError(f"{path} holds label {int(labels.max())}, but '{name}' has {len(class_names)} "
+                                f"classes (0..{len(class_names) - 1}): not this data set's labels")
         return RawData(xtr.astype(np.float32)[:, None], ytr.astype(np.int64),
                        xte.astype(np.float32)[:, None], yte.astype(np.int64), class_names)
 
