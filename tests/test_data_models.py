@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from raydistill.core.config import DataSection, load_config
+from raydistill.core.config import ConfigError, DataSection, load_config
 from raydistill.core.data import DataError, load_data
 from raydistill.core.models import MODELS, build_model, count_parameters
 from raydistill.core.preflight import preflight
@@ -102,6 +102,16 @@ def test_preflight_turns_a_missing_data_set_into_an_error_before_ray(tmp_path):
     cfg = load_config(None, ["data.name=fashion_mnist", f"data.root={tmp_path}"])
     with pytest.raises(DataError):
         preflight(cfg, "teacher")
+
+
+@pytest.mark.parametrize("override, key", [("data.test_fraction=0.0002", "data.test_fraction"),
+                                           ("data.val_fraction=0.0002", "data.val_fraction")])
+def test_a_split_that_rounds_to_no_examples_is_refused_before_training(override, key):
+    # Found by review: the stage trained, saved, then failed formatting a test accuracy of None.
+    fraction = float(override.split("=")[1])
+    assert round(fraction * 1797) == 0  # digits: 1,797 images (the val split is cut from fewer), so 0 of them
+    with pytest.raises(ConfigError, match=f"{key}: {fraction} leaves 0"):
+        preflight(load_config(None, [override]), "baseline")
 
 
 def test_unknown_names_list_the_known_ones():

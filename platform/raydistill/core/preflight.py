@@ -18,6 +18,21 @@ def _check_model(key: str, name: str, args: dict, bundle: DataBundle) -> None:
         raise ConfigError(f"{key}.args: {exc}") from exc
 
 
+def _check_splits(cfg: Config, bundle: DataBundle) -> None:
+    """Every split a stage scores on holds at least one example: a fraction that rounds to zero
+    examples would train for minutes and then fail (or rank trials) on an empty split."""
+    sizes = bundle.describe()
+    if sizes["train"] == 0:
+        raise ConfigError(f"data: no training examples left ({sizes}); lower data.val_fraction / data.test_fraction "
+                          "or raise data.train_limit")
+    if sizes["test"] == 0:
+        raise ConfigError(f"data.test_fraction: {cfg.data.test_fraction} leaves 0 test examples of {bundle.name} "
+                          f"({sizes}); every stage scores its model on the test split")
+    if cfg.data.val_fraction > 0 and sizes["val"] == 0:
+        raise ConfigError(f"data.val_fraction: {cfg.data.val_fraction} leaves 0 validation examples ({sizes}); "
+                          "raise it, or set 0 for no validation split")
+
+
 def preflight(cfg: Config, stage: str) -> DataBundle:
     """Load the data set and build each model the stage needs once, on the CPU; return the data."""
     if stage == "tune" and cfg.data.val_fraction == 0:
@@ -34,6 +49,7 @@ def preflight(cfg: Config, stage: str) -> DataBundle:
         bundle = load_data(cfg.data, cfg.run.seed)
     except UnknownNameError as exc:  # pragma: no cover - guarded above
         raise ConfigError(f"data.name: {exc}") from exc
+    _check_splits(cfg, bundle)
     if stage in ("teacher", "pipeline", "compress-report"):
         _check_model("teacher.model", cfg.teacher.model.name, cfg.teacher.model.args, bundle)
         for i, spec in enumerate(cfg.teacher.models if stage == "teacher" else []):
