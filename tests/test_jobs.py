@@ -141,6 +141,16 @@ def test_job_entry_point_fails_exactly_like_the_cli():
     assert "[raydistill job] stage=teacher exit=2" in job.stdout
 
 
+@pytest.mark.parametrize("action", ["promote", "rollback"])
+def test_serve_job_promote_and_rollback_end_the_canary_instead_of_deploying(action, tmp_path, capsys):
+    # Found by review: jobs/serve.py ignored the action and redeployed serve.artifact with the canary
+    # still attached. Without serve.canary_artifact, ending a canary is refused before Ray is touched.
+    rc = run_job("serve", [action, "--config", "configs/digits.yaml", "--set", f"run.storage_path={tmp_path}"], env={})
+    assert rc == 2 and "error: serve.canary_artifact: name the canary the running application serves" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "artifacts").exists()
+
+
 @pytest.mark.parametrize("stage", ["teacher", "distill", "tune", "federated", "serve", "pipeline"])
 def test_every_stage_has_a_job_with_the_clis_arguments(stage, capsys):
     script = (REPO / "jobs" / f"{stage}.py").read_text()

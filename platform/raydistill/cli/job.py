@@ -97,10 +97,14 @@ def serve_and_exit(cfg: Config, args=None) -> str:
 
     Unlike ``raydistill serve`` (which blocks until Ctrl-C and then removes the app), the job ends
     as soon as the app is healthy; remove the app later with ``serve delete <serve.app_name>``.
+    ``jobs/serve.py promote|rollback`` ends the running app's canary as ``raydistill serve`` does.
     """
-    from raydistill.serving.deploy import deploy
+    from raydistill.serving.deploy import deploy, end_canary
 
     ref = getattr(args, "artifact", "") or cfg.serve.artifact
+    action = getattr(args, "action", "run") or "run"
+    if action != "run":
+        return end_canary(cfg, ref, promote=action == "promote")
     url = deploy(cfg, ref, blocking=False)
     logger.info(f"serving {ref} at {url}\n  POST {url}v1/predict   GET {url}v1/model\n"
                 f"  the app keeps running after this job; remove it with `serve delete {cfg.serve.app_name}`")

@@ -207,7 +207,12 @@ def end_canary(cfg: Config, primary: str, *, promote: bool) -> str:
                                                              canary_artifact=""))
     app = build_app(serve_args(new))  # verifies the artifact before touching the running app
     if not ray.is_initialized():
-        ray.init(address=cfg.run.address or os.environ.get("RAY_ADDRESS") or "auto", log_to_driver=False)
+        address = cfg.run.address or os.environ.get("RAY_ADDRESS") or "auto"
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except ConnectionError as exc:  # nothing to promote on: never start a cluster for it
+            raise ConfigError(f"run.address: no running Ray cluster at {address!r} to find {s.app_name!r} on "
+                              f"({str(exc).splitlines()[0][:160]}); pass --address of the cluster serving it") from None
     if s.app_name not in serve.status().applications:
         raise ConfigError(f"serve.app_name: no application {s.app_name!r} is running on this cluster; deploy it with "
                           "`raydistill serve` (with serve.canary_artifact) first")
