@@ -114,6 +114,15 @@ def test_a_split_that_rounds_to_no_examples_is_refused_before_training(override,
         preflight(load_config(None, [override]), "baseline")
 
 
+@pytest.mark.parametrize("section", ["teacher", "distill"])
+def test_a_shift_of_half_the_image_or_more_is_refused(section):
+    # Found by review: translate=100 on 8x8 digits trained on blank images; 4e9 would exhaust memory.
+    online = ["distill.mode=online"]  # cached clean soft targets refuse an augmented student anyway
+    preflight(load_config(None, [f"{section}.augment.translate=3", *online]), "teacher")  # 3 of 8 px: fine
+    with pytest.raises(ConfigError, match=f"{section}.augment.translate: 4 px on the 8 x 8 px images of digits .* at most 3 px"):
+        preflight(load_config(None, [f"{section}.augment.translate=4", *online]), "teacher")
+
+
 def test_unknown_names_list_the_known_ones():
     with pytest.raises(UnknownNameError, match="unknown model 'resnet18x'; known: .*mlp"):
         MODELS.get("resnet18x")

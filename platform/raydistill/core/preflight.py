@@ -33,6 +33,17 @@ def _check_splits(cfg: Config, bundle: DataBundle) -> None:
                           "raise it, or set 0 for no validation split")
 
 
+def _check_translate(cfg: Config, bundle: DataBundle) -> None:
+    """``augment.translate`` k shifts by up to k px: below half the image's shorter side, or the
+    shifted images are mostly fill (k >= the side leaves them blank) and the padded batch grows as (H+2k)(W+2k)."""
+    height, width = bundle.input_shape[1:]
+    for section in ("teacher", "distill"):
+        k = getattr(cfg, section).augment.translate
+        if 2 * k >= min(height, width):
+            raise ConfigError(f"{section}.augment.translate: {k} px on the {height} x {width} px images of {bundle.name} "
+                              f"would shift most of each image out of view; use at most {(min(height, width) - 1) // 2} px")
+
+
 def preflight(cfg: Config, stage: str) -> DataBundle:
     """Load the data set and build each model the stage needs once, on the CPU; return the data."""
     if stage == "tune" and cfg.data.val_fraction == 0:
@@ -50,6 +61,7 @@ def preflight(cfg: Config, stage: str) -> DataBundle:
     except UnknownNameError as exc:  # pragma: no cover - guarded above
         raise ConfigError(f"data.name: {exc}") from exc
     _check_splits(cfg, bundle)
+    _check_translate(cfg, bundle)
     if stage in ("teacher", "pipeline", "compress-report"):
         _check_model("teacher.model", cfg.teacher.model.name, cfg.teacher.model.args, bundle)
         for i, spec in enumerate(cfg.teacher.models if stage == "teacher" else []):
