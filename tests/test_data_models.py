@@ -123,6 +123,22 @@ def test_a_shift_of_half_the_image_or_more_is_refused(section):
         preflight(load_config(None, [f"{section}.augment.translate=4", *online]), "teacher")
 
 
+@pytest.mark.parametrize("sets, message", [
+    (["distill.epochs=20", "distill.warmup_epochs=10", "tune.max_epochs=5"],
+     "trials train 5 epochs, all inside distill.warmup_epochs=10"),
+    (["distill.epochs=20", "distill.scheduler=multistep", "distill.milestones=[4,15]", "tune.max_epochs=10"],
+     r"trials train 10 epochs, so distill.milestones \[15\] never decay a trial's lr"),
+])
+def test_a_sweep_whose_trials_end_before_the_schedule_acts_is_refused(sets, message):
+    # Found by review: the rules check warm-up and milestones against distill.epochs, but trials run
+    # tune.max_epochs. The same config is fine for a distill-recipe stage, and for tune with longer trials.
+    cfg = load_config(None, sets)
+    preflight(cfg, "baseline")  # the student alone trains distill.epochs: its schedule acts
+    preflight(load_config(None, [*sets, "tune.max_epochs=16"]), "tune")
+    with pytest.raises(ConfigError, match=f"tune.max_epochs: {message}"):
+        preflight(cfg, "tune")
+
+
 def test_unknown_names_list_the_known_ones():
     with pytest.raises(UnknownNameError, match="unknown model 'resnet18x'; known: .*mlp"):
         MODELS.get("resnet18x")

@@ -44,6 +44,20 @@ def _check_translate(cfg: Config, bundle: DataBundle) -> None:
                               f"would shift most of each image out of view; use at most {(min(height, width) - 1) // 2} px")
 
 
+def _check_trial_schedule(cfg: Config) -> None:
+    """Trials train ``tune.max_epochs`` epochs with ``distill``'s recipe: its warm-up and milestones
+    (in epochs) must fall inside a trial, or every trial ranks settings under a schedule the final
+    run does not use (still warming up, or never decayed)."""
+    d, trial = cfg.distill, cfg.tune.max_epochs
+    if d.warmup_epochs >= trial:
+        raise ConfigError(f"tune.max_epochs: trials train {trial} epochs, all inside distill.warmup_epochs="
+                          f"{d.warmup_epochs}; raise tune.max_epochs above it or shorten the warm-up")
+    late = [m for m in d.milestones if m >= trial]
+    if late:
+        raise ConfigError(f"tune.max_epochs: trials train {trial} epochs, so distill.milestones {late} never "
+                          f"decay a trial's lr; raise tune.max_epochs past them or sweep with scheduler: cosine")
+
+
 def preflight(cfg: Config, stage: str) -> DataBundle:
     """Load the data set and build each model the stage needs once, on the CPU; return the data."""
     if stage == "tune" and cfg.data.val_fraction == 0:
@@ -54,6 +68,8 @@ def preflight(cfg: Config, stage: str) -> DataBundle:
         raise ConfigError("distill.method: Tune's trials distill from cached soft targets, and fitnet needs the "
                           "teacher's features online; sweep the logit methods (tune.method=[kd, dkd, ...]) "
                           "and run fitnet with `raydistill distill`")
+    if sweeps:
+        _check_trial_schedule(cfg)
     if cfg.data.name not in DATASETS:
         raise ConfigError(f"data.name: unknown data set '{cfg.data.name}'; known: {', '.join(DATASETS.names())}")
     try:
