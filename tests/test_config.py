@@ -77,6 +77,8 @@ def test_a_number_where_a_name_is_expected_is_read_as_that_name():
     ("teacher.seeds=[3,-1]", "teacher.seeds[1]"),
     ("distill.temperature=1" + "0" * 400, "distill.temperature"),
     ("distill.epochs=1" + "0" * 30, "distill.epochs"),
+    ("compress.sparsities=[0.501,0.499]", "compress.sparsities"),  # both rows were teacher-pruned50, one file
+    ("compress.sparsities=[0.001]", "compress.sparsities"),  # teacher-pruned0
 ])
 def test_bad_override_names_the_key(override, key):
     with pytest.raises(ConfigError) as err:

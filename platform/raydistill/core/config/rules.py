@@ -285,6 +285,9 @@ def _validate_compress(cfg: Any) -> None:
     c = cfg.compress
     _require(len(c.sparsities) >= 1 and all(0 < v < 1 for v in c.sparsities), "compress.sparsities",
              f"needs values in (0, 1), got {c.sparsities}")
+    percents = [round(v * 100) for v in c.sparsities]  # each row and its file are named teacher-pruned<percent>
+    _require(len(set(percents)) == len(percents) and all(0 < p < 100 for p in percents), "compress.sparsities",
+             f"needs distinct whole percents in 1..99 (rows are named by them), got {c.sparsities} = {percents} %")
     _require(c.finetune_epochs >= 0, "compress.finetune_epochs", "must be >= 0 (0 = no fine-tune)")
     _positive(cfg, "compress", "finetune_lr", "latency_repeats", "threads")
     _require(len(c.latency_batches) >= 1 and all(b > 0 for b in c.latency_batches), "compress.latency_batches",
