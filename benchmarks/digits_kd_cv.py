@@ -64,6 +64,8 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    if args.folds < 2:
+        parser.error(f"--folds must be >= 2 (each fold's teacher trains on the others), got {args.folds}")
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config, args.overrides)
     grid = [(m, t, a) for m in (args.methods or [cfg.distill.method]) for t in args.temperatures for a in args.alphas]

@@ -22,7 +22,8 @@ from pathlib import Path
 import ray
 
 from raydistill.core.config import load_config
-from raydistill.federated.actors import ActorPool, pool_size
+from raydistill.federated.actors import ActorPool
+from raydistill.federated.plan import pool_size
 from raydistill.federated.server import run_federated
 from raydistill.runtime import cluster_cpus, init_ray
 

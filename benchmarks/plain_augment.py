@@ -2,10 +2,11 @@
 RandomHorizontalFlip in a DataLoader (mlp128, Adam, batch 256, 1 thread), against engine.fit with the same
 augmentation (e) and KD on 8 cached views (f), in one run, 3 passes (samples/s of one epoch each).
 
-    .venv/bin/python benchmarks/plain_augment.py
+    .venv/bin/python benchmarks/plain_augment.py [--passes 3] [--fashion-root DIR]
 """
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -56,8 +57,14 @@ def plain_epoch(images: AugmentedImages) -> float:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--fashion-root", default="../shared/datasets/fashion-mnist")
+    parser.add_argument("--passes", type=int, default=3, help="epochs timed per row (the table reports each)")
+    args = parser.parse_args()
+    if args.passes < 1:
+        parser.error(f"--passes must be >= 1, got {args.passes}")
     torch.set_num_threads(1)
-    cfg = load_config("configs/fashion_mnist.yaml", ["data.root=../shared/datasets/fashion-mnist",
+    cfg = load_config("configs/fashion_mnist.yaml", [f"data.root={args.fashion_root}",
                                                      "data.val_fraction=0.1", "run.quiet=true"])
     bundle = load_data(cfg.data, 0)
     x, y = torch.as_tensor(bundle.x_train), torch.as_tensor(bundle.y_train)
@@ -70,7 +77,7 @@ def main() -> None:
     with torch.no_grad():
         cache = views.build(teacher.eval(), x, torch.arange(len(y)), bundle.num_classes)
     kd = KDSettings(temperature=4.0, alpha=0.5)
-    for r in range(3):
+    for r in range(args.passes):
         p = plain_epoch(images)
         e = timed_fit(bundle, STUDENTS["mlp128"], threads=1, epochs=1, batch=BATCH, recipe=RecipeSection(augment=AUGMENT))
         f = timed_views_fit(bundle, STUDENTS["mlp128"], views, cache, epochs=1, batch=BATCH, kd=kd)
