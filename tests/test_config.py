@@ -138,6 +138,18 @@ def test_a_missing_teacher_is_named_before_ray_starts(stage, tmp_path):
     assert "Ray" not in proc.stderr + proc.stdout and not (tmp_path / "ray_results").exists()
 
 
+def test_tune_resume_of_a_sweep_without_tune_state_is_refused_before_ray_starts(tmp_path):
+    # Found by review: a sweep dir that died before Tune saved anything (soft targets) started Ray first.
+    from raydistill.core.config import save_config
+
+    (tmp_path / "sweep").mkdir()
+    save_config(load_config(DIGITS, [f"run.storage_path={tmp_path}"]), tmp_path / "sweep" / "sweep.yaml")
+    proc = subprocess.run([sys.executable, "-m", "raydistill.cli.commands", "tune", "--resume", str(tmp_path / "sweep")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and f"--resume: {tmp_path / 'sweep'} holds no Tune state to restore" in proc.stderr
+    assert "Ray" not in proc.stderr + proc.stdout
+
+
 def test_cli_unknown_model_is_a_config_error_naming_the_key():
     proc = subprocess.run([sys.executable, "-m", "raydistill.cli.commands", "teacher", "--config", str(DIGITS),
                            "--set", "teacher.model.name=resnet18x"], capture_output=True, text=True, timeout=120)

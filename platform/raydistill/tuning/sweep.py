@@ -200,11 +200,11 @@ def run_sweep(cfg: Config, resume_dir: str | Path | None = None, *, callbacks: S
 
     sweep_dir = Path(resume_dir).expanduser().resolve() if resume_dir else None
     cfg = resumed_config(cfg, sweep_dir) if sweep_dir else cfg
+    if sweep_dir and not (sweep_dir / SUMMARY_FILE).is_file() and not tune.Tuner.can_restore(str(sweep_dir)):
+        raise ConfigError(f"--resume: {sweep_dir} holds no Tune state to restore")  # before Ray starts
     bundle, cap = start_sweep(cfg)
     if sweep_dir and (sweep_dir / SUMMARY_FILE).is_file():
         return _already_finished(sweep_dir)
-    if sweep_dir and not tune.Tuner.can_restore(str(sweep_dir)):
-        raise ConfigError(f"--resume: {sweep_dir} holds no Tune state to restore")
     cfg = ensure_teacher(cfg)
     teachers = load_teachers(cfg, bundle)
     sweep_dir = sweep_dir or new_sweep_dir(cfg)
