@@ -245,7 +245,7 @@ def test_soft_target_source_is_checked():
 
 @pytest.mark.parametrize("override, message", [
     ("x=[", r"--set x=\[: the value is not valid YAML"),
-    ("run.seed=-1", r"run\.seed: must be >= 0"),
+    ("run.seed=-1", r"run\.seed: must be in \[0, 4294967295\]"),
     ("serve.batch_wait_timeout_s=.inf", r"serve\.batch_wait_timeout_s: must be a finite number"),
     ("federated.lr=.nan", r"federated\.lr: must be a finite number"),
 ])
