@@ -60,7 +60,8 @@ def card_problem(card: Any) -> str | None:
     if not isinstance(card, dict):
         return f"expected a JSON object, got a JSON {type(card).__name__}"
     arch = card.get("architecture")
-    if not (isinstance(arch, dict) and isinstance(arch.get("name"), str) and isinstance(arch.get("args", {}), (dict, type(None)))):
+    args_ok = isinstance(arch, dict) and isinstance(arch.get("args", {}), (dict, type(None)))
+    if not (args_ok and isinstance(arch.get("name"), str)):
         return f"'architecture' must be {{\"name\": <model>, \"args\": {{...}}}}, got {arch!r:.80}"
     shape = card.get("input_shape")
     if not (isinstance(shape, list) and len(shape) == 3
@@ -70,8 +71,9 @@ def card_problem(card: Any) -> str | None:
     if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
         return f"'class_names' must be a non-empty list of strings, got {names!r:.80}"
     norm, channels = card.get("normalization"), shape[0]
-    if "normalization" in card and not (isinstance(norm, dict) and _numbers(norm.get("mean"), channels) and _numbers(norm.get("std"), channels)
-            and all(s > 0 for s in norm["std"])):
+    norm_ok = (isinstance(norm, dict) and _numbers(norm.get("mean"), channels) and _numbers(norm.get("std"), channels)
+               and all(s > 0 for s in norm["std"]))
+    if "normalization" in card and not norm_ok:
         return (f"'normalization' must be {{\"mean\": [{channels} numbers], \"std\": [{channels} numbers > 0]}}, "
                 f"got {norm!r:.80}")
     return None

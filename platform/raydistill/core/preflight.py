@@ -37,11 +37,12 @@ def _check_translate(cfg: Config, bundle: DataBundle) -> None:
     """``augment.translate`` k shifts by up to k px: below half the image's shorter side, or the
     shifted images are mostly fill (k >= the side leaves them blank) and the padded batch grows as (H+2k)(W+2k)."""
     height, width = bundle.input_shape[1:]
+    most = (min(height, width) - 1) // 2
     for section in ("teacher", "distill"):
         k = getattr(cfg, section).augment.translate
-        if 2 * k >= min(height, width):
-            raise ConfigError(f"{section}.augment.translate: {k} px on the {height} x {width} px images of {bundle.name} "
-                              f"would shift most of each image out of view; use at most {(min(height, width) - 1) // 2} px")
+        if k > most:
+            raise ConfigError(f"{section}.augment.translate: {k} px on the {height} x {width} px images of "
+                              f"{bundle.name} would shift most of each image out of view; use at most {most} px")
 
 
 def _check_trial_schedule(cfg: Config) -> None:
