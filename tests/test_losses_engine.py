@@ -1,5 +1,6 @@
 """KD loss formula, cached vs online equivalence, Ray stays at the edges (no Ray)."""
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -182,3 +183,19 @@ def test_cached_and_online_teacher_outputs_train_the_same_student():
     for pa, pb in zip(student_a.parameters(), student_b.parameters()):
         assert torch.allclose(pa, pb, atol=1e-5)
     assert evaluate(student_a, bundle.x_test, bundle.y_test)["accuracy"] > 0.8
+
+
+def test_a_model_answering_nan_scores_zero_accuracy_not_the_share_of_class_zero():
+    # Found by review: argmax of a NaN row is class 0, so a diverged model scored the share of class-0
+    # labels (here all of them: 1.0) and a diverged Tune trial could be ranked best.
+    from torch import nn
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    with torch.no_grad():
+        model[1].bias[1] = float("nan")  # every row of logits holds a NaN
+    x = np.random.default_rng(0).normal(size=(10, 1, 2, 2)).astype(np.float32)
+    result = evaluate(model, x, np.zeros(10, dtype=np.int64))
+    assert result["accuracy"] == 0.0 and math.isnan(result["loss"])
+    healthy = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    expected = float((healthy(torch.from_numpy(x)).argmax(1) == 0).float().mean())  # by hand
+    assert evaluate(healthy, x, np.zeros(10, dtype=np.int64))["accuracy"] == pytest.approx(expected)

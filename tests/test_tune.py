@@ -112,13 +112,23 @@ def test_cli_rejects_a_bad_space_with_exit_code_2(capsys):
 
 
 def test_report_helpers_pick_the_best_finished_trial_and_the_exception_line():
-    from raydistill.tuning.report import best_row, epoch_history, error_message
+    from raydistill.tuning.report import best_row, epoch_history, error_message, format_top_table
 
     rows = [{"trial_id": "a", "status": "TERMINATED", "score": 0.8}, {"trial_id": "b", "status": "ERROR", "score": 0.99},
             {"trial_id": "c", "status": "TERMINATED", "score": 0.9}, {"trial_id": "d", "status": "TERMINATED",
                                                                        "score": math.nan}]
     assert best_row(rows, "max")["trial_id"] == "c"
     assert best_row(rows, "min")["trial_id"] == "a"
+    # found by review: a diverged trial (NaN validation loss) was ranked by its score and chosen, then
+    # its NaN weights made the sweep's finish raise; now it is listed as diverged and never chosen
+    for r, loss in zip(rows, (0.5, 0.4, math.nan, 0.3)):
+        r.update(final_val_loss=loss, method="kd", temperature=2.0, alpha=0.5, lr=1e-3, epochs_run=3,
+                 wall_time_s=1.0, error="", best_val_accuracy=r["score"], early_stopped=False, chosen=False)
+    assert best_row(rows, "max")["trial_id"] == "a"
+    assert best_row([rows[2]], "max") is None  # every trial diverged: "no trial succeeded", exit 1
+    table = format_top_table(rows, mode="max", k=5, metric="val_accuracy")
+    assert "c" not in [line.split()[1] for line in table.splitlines()[2:] if not line.startswith("   -")]
+    assert "DIVERGED: validation loss is NaN/inf" in table and "ERROR: " in table
     trace = "Failure # 1\nTraceback (most recent call last):\n  File x\nRuntimeError: boom\n\nray::X\nValueError: bad\n"
     assert error_message(trace) == "ValueError: bad"
     progress = pd.DataFrame({"epoch": [1, 2, 2, 3], "val_accuracy": [0.1, 0.2, 0.25, 0.3]})

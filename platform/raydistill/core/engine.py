@@ -173,14 +173,16 @@ def predict_logits(model: nn.Module, x: np.ndarray | torch.Tensor, *, batch_size
 @torch.no_grad()
 def evaluation_sums(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]],
                     device: torch.device | str = "cpu") -> torch.Tensor:
-    """``[sum of CE loss, correct, count]`` as a float64 tensor (sums all-reduce across ranks)."""
+    """``[sum of CE loss, correct, count]`` as a float64 tensor (sums all-reduce across ranks). A row
+    of logits holding NaN/inf is never correct (``argmax`` of NaNs is class 0, which would score a
+    broken model at the share of class 0), and makes the loss NaN/inf."""
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64)
     for batch in batches:
         x, y = batch[0].to(device), batch[1].to(device)
-        logits = model(x)
+        logits = model(x)  # (B, K)
         sums[0] += float(F.cross_entropy(logits, y, reduction="sum"))
-        sums[1] += float((logits.argmax(dim=-1) == y).sum())
+        sums[1] += float(((logits.argmax(dim=-1) == y) & torch.isfinite(logits).all(dim=-1)).sum())
         sums[2] += len(y)
     return sums
 

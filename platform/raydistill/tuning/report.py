@@ -82,9 +82,22 @@ def fill_history(history: pd.DataFrame, checkpoint_history: Sequence[dict]) -> p
     return pd.concat([history, pd.DataFrame(extra)], ignore_index=True).sort_values("epoch").reset_index(drop=True)
 
 
+def diverged(row: dict) -> bool:
+    """A trial whose last validation loss is NaN/inf: its model answers NaN, so it is never ranked
+    or chosen (its weights could not be saved anyway), whatever its score says."""
+    loss = row.get("final_val_loss")
+    return loss is not None and not math.isfinite(loss)
+
+
+def ranked(rows: Sequence[dict]) -> list[dict]:
+    """The trials a sweep may rank: finished, with a finite score and a finite validation loss."""
+    return [r for r in rows if r["status"] == "TERMINATED" and math.isfinite(r["score"]) and not diverged(r)]
+
+
 def best_row(rows: Sequence[dict], mode: str) -> dict | None:
-    """The finished trial with the best ``score`` (``mode`` = max | min); None if none finished."""
-    done = [r for r in rows if r["status"] == "TERMINATED" and not math.isnan(r["score"])]
+    """The finished trial with the best ``score`` (``mode`` = max | min) among :func:`ranked`; None if
+    none finished (or all diverged)."""
+    done = ranked(rows)
     if not done:
         return None
     pick = max if mode == "max" else min
@@ -100,9 +113,8 @@ def write_results(rows: Sequence[dict], sweep_dir: Path) -> Path:
 
 def format_top_table(rows: Sequence[dict], *, mode: str, k: int, metric: str) -> str:
     """The top ``k`` finished trials by ``score``, then any failed ones, as a fixed-width table."""
-    done = sorted((r for r in rows if r["status"] == "TERMINATED" and not math.isnan(r["score"])),
-                  key=lambda r: r["score"], reverse=(mode == "max"))
-    failed = [r for r in rows if r["status"] == "ERROR"]
+    done = sorted(ranked(rows), key=lambda r: r["score"], reverse=(mode == "max"))
+    failed = [r for r in rows if r["status"] == "ERROR" or (r["status"] == "TERMINATED" and diverged(r))]
     header = (f"{'rank':>4}  {'trial':<12}{'method':>9}{'T':>7}{'alpha':>7}{'lr':>9}{metric:>14}{'best val':>10}"
               f"{'epochs':>7}{'stopped':>8}{'time s':>8}  status")
     lines = [header, "-" * len(header)]
@@ -113,7 +125,8 @@ def format_top_table(rows: Sequence[dict], *, mode: str, k: int, metric: str) ->
                      f"{r['status']}{'  <- chosen' if r['chosen'] else ''}")
     for r in failed:
         lines.append(f"{'-':>4}  {r['trial_id']:<12}{r['method']:>9}{r['temperature']:>7.2f}{r['alpha']:>7.3f}{r['lr']:>9.2e}"
-                     f"{'':>14}{'':>10}{r['epochs_run']:>7}{'':>8}{r['wall_time_s']:>8.1f}  ERROR: {r['error']}")
+                     f"{'':>14}{'':>10}{r['epochs_run']:>7}{'':>8}{r['wall_time_s']:>8.1f}  "
+                     + (f"ERROR: {r['error']}" if r["status"] == "ERROR" else "DIVERGED: validation loss is NaN/inf"))
     return "\n".join(lines)
 
 
@@ -174,9 +187,9 @@ def plot_curves(histories: dict[str, pd.DataFrame], rows: Sequence[dict], *, k: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ranked = sorted((r for r in rows if r["status"] != "ERROR" and not math.isnan(r["score"])),
-                    key=lambda r: r["score"], reverse=(mode == "max"))
-    top = {r["trial_id"] for r in ranked[:k]}
+    order = sorted((r for r in rows if r["status"] != "ERROR" and math.isfinite(r["score"]) and not diverged(r)),
+                   key=lambda r: r["score"], reverse=(mode == "max"))
+    top = {r["trial_id"] for r in order[:k]}
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     for r in rows:
         h = histories.get(r["trial_id"])
