@@ -181,6 +181,12 @@ def test_feddf_distillation_moves_the_student_toward_the_ensemble():
     history = distill_ensemble(model, teacher, proxy, temperature=3.0, epochs=15, lr=3e-3, batch_size=64, seed=0)
     assert len(history["losses"]) == 15 and history["losses"][-1] < history["losses"][0]
     assert kl_to_teacher() < 0.5 * before
+    # an empty validation split (data.val_fraction: 0; found by review: None > None after round 1) means
+    # no early stopping: the same run as without one
+    model.load_state_dict(to_torch_state(start))
+    empty = (proxy[:0], np.zeros(0, dtype=np.int64))
+    again = distill_ensemble(model, teacher, proxy, temperature=3.0, epochs=15, lr=3e-3, batch_size=64, seed=0, val=empty)
+    assert again["losses"] == history["losses"] and again["val_accuracy"] == [] and again["kept_epoch"] == 0
 
 
 # --- clients, strategies and the round loop (in-process, real digits) -------------------------
@@ -438,3 +444,37 @@ def test_round_checkpoints_keep_nan_metrics_and_refuse_a_folder_without_one_or_w
     (tmp_path / "checkpoint" / "records.json").write_text("{not json")
     with pytest.raises(ConfigError, match="unreadable"):
         load_round(tmp_path, like=state)
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "feddf"])
+def test_a_round_whose_aggregate_overflows_keeps_the_previous_global_model(strategy):
+    # Found by review: finite but enormous updates (3e37, well shaped, float32) pass the screening,
+    # the aggregate answered NaN and the round was "ok" - the NaN model became the last good one.
+    cfg, plan, ctx, build = _digits_setup(f"federated.strategy={strategy}")
+    evaluator = build()
+
+    def score(state):
+        evaluator.load_state_dict(to_torch_state(state))
+        return evaluate(evaluator, plan.bundle.x_test, plan.bundle.y_test)
+
+    honest = InProcessExecutor(build, plan.pool_x, plan.pool_y)
+    states = {}
+
+    def hostile_in_round_2(rnd, state, tasks, spec):
+        states[rnd] = {k: v.copy() for k, v in state.items()}  # the global model each round starts from
+        collected = honest(rnd, state, tasks, spec)
+        if rnd == 2:
+            for update in collected.updates:
+                update.state = {k: np.full_like(v, 3e37) for k, v in update.state.items()}
+        return collected
+
+    out = run_rounds(make_strategy(cfg.federated, ctx), plan.partitions, to_numpy_state(build().state_dict()),
+                     hostile_in_round_2, score, rounds=4)
+
+    assert [r.status for r in out.records] == ["ok", "ok", "diverged", "ok", "ok"]
+    for key, value in states[3].items():  # round 3 starts from round 1's model, not the overflowed one
+        np.testing.assert_array_equal(value, states[2][key])
+    assert out.last_good_round == 4 and all(np.isfinite(v).all() for v in out.state.values())
+    assert out.records[-1].test_accuracy > out.records[0].test_accuracy
+
+

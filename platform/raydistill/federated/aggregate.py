@@ -149,14 +149,16 @@ def distill_ensemble(model: nn.Module, teacher_logits: np.ndarray, proxy_x: np.n
     """Distill ``teacher_logits`` ``(N, C)`` on the unlabeled ``proxy_x`` into ``model`` (in place).
 
     Loss: ``kd_loss`` with ``alpha = 0`` (pure soft term, ``T^2 * KL(softmax(z_t/T) || softmax(z_s/T))``),
-    Adam. With ``val`` the model keeps the weights of the best validation accuracy seen, including
-    before distillation (FedDF's early stopping on a validation set).
+    Adam. With a non-empty ``val`` the model keeps the weights of the best validation accuracy seen,
+    including before distillation (FedDF's early stopping on a validation set); without one it keeps
+    the last epoch's.
 
     Returns
     -------
     ``{"losses": [...], "val_accuracy": [before, after epoch 1, ...], "kept_epoch": e}``.
     """
     kd = KDSettings(temperature=temperature, alpha=0.0)
+    val = val if val is not None and len(val[1]) else None  # data.val_fraction: 0 -> no early stopping
     unused_labels = np.zeros(len(proxy_x), dtype=np.int64)  # alpha = 0: labels never read
     optimizer = make_optimizer(model, lr)
     best = (evaluate(model, *val)["accuracy"], 0, _snapshot(model)) if val is not None else None

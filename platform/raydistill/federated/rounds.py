@@ -115,12 +115,23 @@ def run_rounds(strategy: Strategy, partitions: Sequence[np.ndarray], initial_sta
             records.append(_record(rnd, exc.collected, {}, time.perf_counter() - start, status="failed"))
             on_round(records[-1])
             return RoundsOutcome(state, records, exc)
-        state = result.state
-        records.append(_record(rnd, result.collected, evaluate(state), time.perf_counter() - start,
-                               info=result.info))
+        metrics = evaluate(result.state)
+        diverged = not _finite(result.state, metrics)
+        state = state if diverged else result.state  # a non-finite aggregate never becomes the global model
+        records.append(_record(rnd, result.collected, metrics, time.perf_counter() - start, info=result.info,
+                               status="diverged" if diverged else "ok"))
         on_round(records[-1])
         on_state(state, records)
     return RoundsOutcome(state, records)
+
+
+def _finite(state: State, metrics: Mapping) -> bool:
+    """Whether an aggregated ``state`` holds only finite numbers and answers a finite test loss: finite
+    but enormous updates that pass the clients' screening can still overflow the model (a round that
+    fails this keeps the previous global model and is recorded as ``diverged``)."""
+    loss = metrics.get("loss")
+    return (all(np.isfinite(v).all() for v in state.values() if np.issubdtype(np.asarray(v).dtype, np.floating))
+            and (loss is None or np.isfinite(loss)))
 
 
 class InProcessExecutor:
