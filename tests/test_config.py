@@ -79,6 +79,9 @@ def test_a_number_where_a_name_is_expected_is_read_as_that_name():
     ("distill.epochs=1" + "0" * 30, "distill.epochs"),
     ("compress.sparsities=[0.501,0.499]", "compress.sparsities"),  # both rows were teacher-pruned50, one file
     ("compress.sparsities=[0.001]", "compress.sparsities"),  # teacher-pruned0
+    ("distill.temperature=1e4", "distill.temperature"),  # found by review: a negative float32 KD loss
+    ("tune.temperature=[1,1000]", "tune.temperature"),
+    ("federated.distill_temperature=500", "federated.distill_temperature"),
 ])
 def test_bad_override_names_the_key(override, key):
     with pytest.raises(ConfigError) as err:
