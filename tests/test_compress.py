@@ -144,3 +144,14 @@ def test_report_distils_online_when_the_config_says_so(local_teacher, storage, d
     assert rc == 0 and card["distillation"]["mode"] == "online (in-process)"
     assert evaluate(load_row_model(_report_dir(storage), "distilled-student"), digits.x_test,
                     digits.y_test)["accuracy"] == rows["distilled-student"]["accuracy"]
+
+
+def test_a_pruned_teacher_whose_fine_tune_diverges_is_refused_not_saved(local_teacher, storage, capsys):
+    # Found by review: at an absurd fine-tune lr the pruned model went NaN, was saved, and its row showed
+    # the share of class 0 as its accuracy.
+    rc = main(["compress-report", "--config", DIGITS, "--artifact", str(local_teacher),
+               *_tiny(storage, "compress.finetune_lr=1.0e+30", "compress.sparsities=[0.5]")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "teacher-pruned50: fine-tuning the pruned teacher diverged (NaN/inf in" in err
+    assert "lower compress.finetune_lr (now 1e+30)" in err
+    assert not list((storage / "reports").rglob("teacher-pruned50.pt"))

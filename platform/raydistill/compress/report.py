@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from raydistill.core.artifacts import ArtifactError, check_fits, WEIGHTS_FILE, stamped_name, load_artifact, new_artifact_path, resolve_artifact, save_artifact
+from raydistill.core.artifacts import (ArtifactError, WEIGHTS_FILE, check_fits, load_artifact, new_artifact_path,
+                                       non_finite_tensors, resolve_artifact, save_artifact, stamped_name)
 from raydistill.core.cards import build_card, distillation_record, parent_entry
 from raydistill.compress.methods import (file_bytes, latency_ms, load_sparse_state, make_permanent, nonzero_parameters,
                                prune_global_l1, save_sparse, weight_sparsity)
@@ -168,6 +169,10 @@ class _Measure:
             fit(model, self.bundle.x_train, self.bundle.y_train, epochs=c.finetune_epochs, lr=c.finetune_lr,
                 batch_size=self.cfg.teacher.batch_size, seed=self.cfg.run.seed)
         model = make_permanent(model).eval()
+        broken = non_finite_tensors(model.state_dict())
+        if broken:  # never saved or scored: its "accuracy" would be a guess
+            raise ArtifactError(f"{name}: fine-tuning the pruned teacher diverged (NaN/inf in {', '.join(broken[:3])}); "
+                                f"lower compress.finetune_lr (now {c.finetune_lr:g}) or set compress.finetune_epochs=0")
         path = save_sparse(model, self.models_dir / f"{name}.pt")
         note = (f"weights {weight_sparsity(model):.1%} zero, fine-tuned {c.finetune_epochs} epoch(s); "
                 f"stored as int32 CSR; latency with dense kernels")
