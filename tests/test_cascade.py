@@ -107,3 +107,15 @@ def test_cascade_report_on_an_empty_validation_split_is_a_clear_error_before_any
     err = capsys.readouterr().err
     assert "--split val" in err and "data.val_fraction" in err and "Traceback" not in err
     assert not (tmp_path / "cascade").exists()
+
+
+@pytest.mark.parametrize("target", ["96.8", "-5", "nan"])
+def test_cascade_report_target_accuracy_outside_zero_one_is_refused_before_anything_starts(target, tmp_path, capsys):
+    # Found by review: a percent (96.8) made every threshold miss the target, so the report said the
+    # cascade "does not pay"; -5 recommended the student alone. Checked before Ray or the data.
+    from raydistill.cli.commands import main
+
+    rc = main(["cascade-report", "--config", str(REPO / "configs" / "digits.yaml"), "--target-accuracy", target,
+               "--set", f"run.storage_path={tmp_path}"])
+    assert rc == 2 and "--target-accuracy: an accuracy in [0, 1] (0.968, not 96.8)" in capsys.readouterr().err
+    assert not (tmp_path / "cascade").exists()

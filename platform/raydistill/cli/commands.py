@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--thresholds", type=float, nargs="+", default=None,
                            help="confidence thresholds to measure (default 0 .5 .7 .8 .9 .95 .99 .999; 0 = the student alone)")
             p.add_argument("--target-accuracy", type=float, default=None,
-                           help="accuracy the recommended threshold must reach (default: the teacher's, less 0.2 pt)")
+                           help="accuracy in [0, 1] the recommended threshold must reach (default: the teacher's, less 0.002)")
             p.add_argument("--latency-requests", type=int, default=200,
                            help="sequential one-instance requests timed per row")
             p.add_argument("--split", choices=("test", "val"), default="test",

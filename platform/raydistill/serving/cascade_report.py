@@ -97,6 +97,9 @@ def run_cascade_report_cli(cfg: Config, args=None) -> Path:
     latency_requests = getattr(args, "latency_requests", 200)
     if latency_requests < 1:
         raise ConfigError(f"--latency-requests: must be >= 1, got {latency_requests}")
+    target = getattr(args, "target_accuracy", None)
+    if target is not None and not 0 <= target <= 1:  # NaN fails this too
+        raise ConfigError(f"--target-accuracy: an accuracy in [0, 1] (0.968, not 96.8), got {target}")
     student_ref = getattr(args, "artifact", "") or cfg.serve.artifact
     teacher_ref = cfg.serve.cascade_teacher or "latest:teacher"
     cascade = serve_args(cfg, student_ref).model_copy(update={
@@ -113,7 +116,6 @@ def run_cascade_report_cli(cfg: Config, args=None) -> Path:
     finally:
         if started_ray:
             ray.shutdown()
-    target = getattr(args, "target_accuracy", None)
     target = rows[0].accuracy - 0.002 if target is None else target
     return write_report(rows, target, cfg.storage_dir() / "cascade" / stamped_name("cascade"),
                         metric=cfg.serve.cascade_metric, split=split)
