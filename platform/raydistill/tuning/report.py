@@ -196,11 +196,11 @@ def plot_curves(histories: dict[str, pd.DataFrame], rows: Sequence[dict], *, k: 
         if h is None or not len(h) or r["trial_id"] in top:
             continue
         ax.plot(h["epoch"], h["val_accuracy"], color="0.8", linewidth=1)
-    for r in ranked[:k]:
+    for r in order[:k]:
         h = histories[r["trial_id"]]
         ax.plot(h["epoch"], h["val_accuracy"], marker="o", markersize=3,
                 label=f"{r['trial_id']}: T={r['temperature']:.2f}, a={r['alpha']:.2f}")
-    ax.set(xlabel="epoch", ylabel="val accuracy", title=f"Top {min(k, len(ranked))} trials (grey: the rest)")
+    ax.set(xlabel="epoch", ylabel="val accuracy", title=f"Top {min(k, len(order))} trials (grey: the rest)")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

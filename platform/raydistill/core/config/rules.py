@@ -38,13 +38,6 @@ def _fraction(value: float, key: str, *, low_open: bool = False, high_open: bool
 
 
 MAX_TEMPERATURE = 100.0  # KD's T^2 * KL in float32: 0.03% off at T=100, 2% at 1e3, wrong sign by 1e4
-
-
-def _temperature(value: float, key: str) -> None:
-    _require(value <= MAX_TEMPERATURE, key, f"must be <= {MAX_TEMPERATURE:g}, got {value:g}: past that the "
-                                            "float32 KD loss T^2 * KL is rounding noise (T >= 20 already matches logits)")
-
-
 MAX_SEED = 2**32 - 1  # numpy's legacy seeds; derived seeds (seed * 100003 + epoch, core.loop) stay in int64
 
 
@@ -72,8 +65,10 @@ def validate(cfg: Any) -> None:
     _validate_recipe(cfg, "teacher")
     _validate_recipe(cfg, "distill")
     _positive(cfg, "distill", "temperature", "soft_target_actors")
-    _temperature(cfg.distill.temperature, "distill.temperature")
-    _temperature(cfg.federated.distill_temperature, "federated.distill_temperature")
+    for key, t in (("distill.temperature", cfg.distill.temperature), ("federated.distill_temperature",
+                                                                      cfg.federated.distill_temperature)):
+        _require(t <= MAX_TEMPERATURE, key, f"must be <= {MAX_TEMPERATURE:g}, got {t:g}: past that the float32 KD "
+                                            "loss T^2 * KL is rounding noise (T >= 20 already matches logits)")
     _fraction(cfg.distill.alpha, "distill.alpha")
     _validate_method(cfg.distill)
     _one_of(cfg.distill.mode, "distill.mode", ("cached", "online"))
