@@ -436,10 +436,10 @@ def test_round_checkpoints_keep_nan_metrics_and_refuse_a_folder_without_one_or_w
     with pytest.raises(ConfigError, match="holds no round checkpoint"):
         load_round(tmp_path / "elsewhere", like=state)
     # another model's checkpoint, or a poisoned one, is refused before a round trains on it (found by review)
-    with pytest.raises(ConfigError, match=r"not this run's model: parameters w differ in name or shape \(1 in all\)"):
+    with pytest.raises(ConfigError, match=r"not this run's model: w has shape \[2, 3\], the global model has \[3, 2\]"):
         load_round(tmp_path, like={"w": np.zeros((3, 2), np.float32), "b": np.zeros(3, np.float32)})
     save_round(tmp_path, {"w": state["w"], "b": np.array([0.0, np.nan, 1.0], np.float32)}, records)
-    with pytest.raises(ConfigError, match="holds NaN or infinite values in b"):
+    with pytest.raises(ConfigError, match="not this run's model: b holds NaN or infinite values"):
         load_round(tmp_path, like=state)
     (tmp_path / "checkpoint" / "records.json").write_text("{not json")
     with pytest.raises(ConfigError, match="unreadable"):

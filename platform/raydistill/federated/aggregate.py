@@ -15,6 +15,25 @@ from torch import nn
 from raydistill.core.engine import KDSettings, evaluate, iterate_batches, make_optimizer, predict_logits, train_epoch
 
 State = Mapping[str, "np.ndarray | torch.Tensor"]
+
+
+def state_problem(state: State, like: State) -> str | None:
+    """Why ``state`` cannot stand in for the global model ``like``, or None: exactly ``like``'s keys,
+    each with the same shape and dtype, and only finite numbers (client updates, an aggregate,
+    a checkpoint read back)."""
+    keys, expected = set(state), set(like)
+    if keys != expected:
+        missing, extra = sorted(expected - keys), sorted(keys - expected)
+        return f"keys differ from the global model (missing {missing[:3]}, unexpected {extra[:3]})"
+    for key, value in state.items():
+        array, reference = np.asarray(value), np.asarray(like[key])
+        if array.shape != reference.shape:
+            return f"{key} has shape {list(array.shape)}, the global model has {list(reference.shape)}"
+        if array.dtype != reference.dtype:
+            return f"{key} has dtype {array.dtype}, the global model has {reference.dtype}"
+        if np.issubdtype(array.dtype, np.inexact) and not np.isfinite(array).all():
+            return f"{key} holds NaN or infinite values"
+    return None
 Update = tuple[State, int]
 
 __all__ = ["fedavg", "fedmedian", "fedtrimmedavg", "state_nbytes", "to_numpy_state", "to_torch_state", "proximal_term", "proximal_pull",

@@ -21,6 +21,7 @@ import numpy as np
 
 from raydistill.core.config.rules import ConfigError
 from raydistill.core.files import fsync_tree, swap_in
+from raydistill.federated.aggregate import state_problem
 from raydistill.federated.rounds import RoundRecord
 
 CHECKPOINT_DIR, STATE_FILE, RECORDS_FILE = "checkpoint", "state.npz", "records.json"
@@ -62,21 +63,10 @@ def load_round(run_dir: Path, like: dict[str, np.ndarray]) -> tuple[dict[str, np
         raise ConfigError(f"--resume: the checkpoint in {folder} is unreadable ({exc})") from exc
     if not records:
         raise ConfigError(f"--resume: the checkpoint in {folder} records no round")
-    _check_state(state, like, folder)
+    problem = state_problem(state, like)
+    if problem:
+        raise ConfigError(f"--resume: the checkpoint in {folder} is not this run's model: {problem}")
     return state, records
-
-
-def _check_state(state: dict[str, np.ndarray], like: dict[str, np.ndarray], folder: Path) -> None:
-    """``state`` has ``like``'s names and shapes, and only finite numbers; else a ConfigError."""
-    shapes = {k: tuple(v.shape) for k, v in state.items()}
-    expected = {k: tuple(np.shape(v)) for k, v in like.items()}
-    if shapes != expected:
-        differ = sorted(k for k in shapes.keys() | expected.keys() if shapes.get(k) != expected.get(k))
-        raise ConfigError(f"--resume: the checkpoint in {folder} is not this run's model: parameters "
-                          f"{', '.join(differ[:3])} differ in name or shape ({len(differ)} in all)")
-    bad = sorted(k for k, v in state.items() if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all())
-    if bad:
-        raise ConfigError(f"--resume: the checkpoint in {folder} holds NaN or infinite values in {', '.join(bad[:3])}")
 
 
 def _finite_or_none(value: float) -> float | None:

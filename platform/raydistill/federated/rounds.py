@@ -13,7 +13,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from torch import nn
 
-from raydistill.federated.aggregate import State, state_nbytes
+from raydistill.federated.aggregate import State, state_nbytes, state_problem
 from raydistill.federated.client import ClientTask, ClientUpdate, FaultPlan, InjectedClientError, LocalSpec, run_client_task
 from raydistill.federated.strategies import Collected, Strategy, TooFewClientsError
 
@@ -116,22 +116,14 @@ def run_rounds(strategy: Strategy, partitions: Sequence[np.ndarray], initial_sta
             on_round(records[-1])
             return RoundsOutcome(state, records, exc)
         metrics = evaluate(result.state)
-        diverged = not _finite(result.state, metrics)
+        loss = metrics.get("loss")  # finite but enormous updates pass the screening and can still overflow
+        diverged = state_problem(result.state, state) is not None or (loss is not None and not np.isfinite(loss))
         state = state if diverged else result.state  # a non-finite aggregate never becomes the global model
         records.append(_record(rnd, result.collected, metrics, time.perf_counter() - start, info=result.info,
                                status="diverged" if diverged else "ok"))
         on_round(records[-1])
         on_state(state, records)
     return RoundsOutcome(state, records)
-
-
-def _finite(state: State, metrics: Mapping) -> bool:
-    """Whether an aggregated ``state`` holds only finite numbers and answers a finite test loss: finite
-    but enormous updates that pass the clients' screening can still overflow the model (a round that
-    fails this keeps the previous global model and is recorded as ``diverged``)."""
-    loss = metrics.get("loss")
-    return (all(np.isfinite(v).all() for v in state.values() if np.issubdtype(np.asarray(v).dtype, np.floating))
-            and (loss is None or np.isfinite(loss)))
 
 
 class InProcessExecutor:

@@ -24,7 +24,7 @@ from torch import nn
 from raydistill.core.engine import KDSettings
 from raydistill.core.registry import Registry
 from raydistill.federated.aggregate import (State, Update, distill_ensemble, ensemble_logits, fedavg, fedmedian,
-                                           fedtrimmedavg, to_numpy_state, to_torch_state)
+                                           fedtrimmedavg, state_problem, to_numpy_state, to_torch_state)
 from raydistill.federated.client import ClientTask, ClientUpdate, LocalSpec
 
 __all__ = ["ServerContext", "Collected", "RoundResult", "TooFewClientsError", "Strategy", "FedAvg", "FedProx",
@@ -85,21 +85,8 @@ Execute = Callable[[int, State, Sequence[ClientTask], LocalSpec], Collected]
 
 
 def update_problem(update: ClientUpdate, global_state: State) -> str | None:
-    """Why ``update`` cannot be aggregated with ``global_state``, or None: it must carry exactly the
-    global model's keys, each with the same shape and dtype, and only finite numbers."""
-    keys, expected = set(update.state), set(global_state)
-    if keys != expected:
-        missing, extra = sorted(expected - keys), sorted(keys - expected)
-        return f"keys differ from the global model (missing {missing[:3]}, unexpected {extra[:3]})"
-    for key, value in update.state.items():
-        array, reference = np.asarray(value), np.asarray(global_state[key])
-        if array.shape != reference.shape:
-            return f"{key} has shape {list(array.shape)}, the global model has {list(reference.shape)}"
-        if array.dtype != reference.dtype:
-            return f"{key} has dtype {array.dtype}, the global model has {reference.dtype}"
-        if np.issubdtype(array.dtype, np.inexact) and not np.isfinite(array).all():
-            return f"{key} holds NaN or infinite values"
-    return None
+    """Why ``update`` cannot be aggregated with ``global_state``, or None (:func:`state_problem`)."""
+    return state_problem(update.state, global_state)
 
 
 def screen_updates(collected: Collected, global_state: State, tasks: Sequence[ClientTask]) -> Collected:
