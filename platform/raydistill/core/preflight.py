@@ -6,7 +6,7 @@ from .config import Config, ConfigError
 from .data import DATASETS, DataBundle, load_data
 from .models import MODELS, build_model
 from .registry import UnknownNameError
-from .teachers import load_teachers
+from .teachers import teacher_cards
 
 
 def _check_model(key: str, name: str, args: dict, bundle: DataBundle) -> None:
@@ -88,5 +88,5 @@ def preflight(cfg: Config, stage: str) -> DataBundle:
     if stage == "federated":
         _check_model("federated.model", cfg.federated.model.name, cfg.federated.model.args, bundle)
     if stage == "distill" or (stage == "tune" and (cfg.distill.teacher or cfg.distill.teachers)):
-        load_teachers(cfg, bundle)  # missing, tampered or mismatched teachers fail here, not after Ray starts
+        teacher_cards(cfg, bundle)  # a missing, damaged or mismatched teacher fails here, not after Ray starts
     return bundle
