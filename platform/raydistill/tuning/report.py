@@ -187,8 +187,7 @@ def plot_curves(histories: dict[str, pd.DataFrame], rows: Sequence[dict], *, k: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    order = sorted((r for r in rows if r["status"] != "ERROR" and math.isfinite(r["score"]) and not diverged(r)),
-                   key=lambda r: r["score"], reverse=(mode == "max"))
+    order = sorted(ranked(rows), key=lambda r: r["score"], reverse=(mode == "max"))
     top = {r["trial_id"] for r in order[:k]}
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     for r in rows:
