@@ -28,6 +28,11 @@ INT64_MAX = 2**63 - 1
 # --- building and checking -----------------------------------------------------------------
 
 
+def _long(value: int) -> str:
+    """A huge integer as a message shows it: its first 20 digits and how many there are."""
+    return f"{str(value)[:20]}... ({len(str(abs(value)))} digits)"
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Return ``value`` as type ``tp`` or raise ConfigError naming ``key``."""
     origin = typing.get_origin(tp)
@@ -54,14 +59,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         if abs(value) > INT64_MAX:  # YAML reads any number of digits; torch and numpy take 64 bits
-            raise ConfigError(f"{key}: {str(value)[:20]}... ({len(str(abs(value)))} digits) does not fit in 64 bits")
+            raise ConfigError(f"{key}: {_long(value)} does not fit in 64 bits")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         if not (abs(value) <= sys.float_info.max and math.isfinite(value)):  # .inf/.nan pass every range check;
-            shown = value if isinstance(value, float) else f"{str(value)[:20]}... ({len(str(abs(value)))} digits)"
-            raise ConfigError(f"{key}: must be a finite number, got {shown}")  # an int past 1.8e308 overflows float()
+            shown = value if isinstance(value, float) else _long(value)  # an int past 1.8e308 overflows float()
+            raise ConfigError(f"{key}: must be a finite number, got {shown}")
         return float(value)
     if tp is str:
         if isinstance(value, int) and not isinstance(value, bool):
