@@ -179,4 +179,6 @@ def report(args, bundle, once: tuple[float, float], passes: list[dict], walls: d
 
 
 if __name__ == "__main__":
-    main()
+    from raydistill.cli.commands import run_script
+
+    raise SystemExit(run_script(main))

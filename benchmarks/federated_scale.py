@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import ray
 
 from raydistill.core.config import load_config
+from raydistill.core.data import load_data
 from raydistill.federated.actors import ActorPool
 from raydistill.federated.plan import pool_size
 from raydistill.federated.server import run_federated
@@ -124,6 +124,8 @@ def main() -> int:
     parser.add_argument("--plot", default=str(REPO / "benchmarks/results/federated_accuracy.png"))
     args = parser.parse_args()
     start = time.perf_counter()
+    # A wrong --fashion-root is named before Ray and the actor pool start (loaded once; the runs reuse it).
+    load_data(load_config(REPO / "configs/federated_fashion.yaml", [f"data.root={args.fashion_root}"]).data, 0)
     init_ray(quiet=True)
     size = pool_size(requested=0, cpus=cluster_cpus(), memory_bytes=ray.available_resources().get("memory", 0),
                      actor_memory_gb=1.0, clients_per_round=100)
@@ -145,4 +147,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from raydistill.cli.commands import run_script
+
+    raise SystemExit(run_script(main))

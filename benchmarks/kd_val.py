@@ -95,4 +95,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from raydistill.cli.commands import run_script
+
+    raise SystemExit(run_script(main))

@@ -1,5 +1,6 @@
 """The README cannot rot: its commands name real subcommands, its overrides and configs load,
 and `make demo` / `make test` run what the README says (no Ray)."""
+import json
 import os
 import re
 import shlex
@@ -205,3 +206,44 @@ def test_every_benchmark_script_imports_with_the_current_package():
             "print('imported')\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "imported" in proc.stdout, proc.stderr[-3000:]
+
+
+BAD_INPUT = [("digits_accuracy.py", ["--set", "distill.temperature=-1"], "distill.temperature"),
+             ("digits_kd_cv.py", ["--set", "distill.alpha=2"], "distill.alpha"),
+             ("ensemble_vs_single.py", ["--set", "run.seed=-3"], "run.seed"),
+             ("federated_robust.py", ["--set", "federated.rounds=0"], "federated.rounds"),
+             ("kd_fashion.py", ["--set", "distill.temperature=-1"], "distill.temperature"),
+             ("kd_methods.py", ["--set", "distill.lr=-1"], "distill.lr"),
+             ("kd_val.py", ["--config", "configs/digits.yaml", "--set", "distill.epochs=0"], "distill.epochs"),
+             ("tune_asha.py", ["--set", "tune.num_samples=0"], "tune.num_samples"),
+             ("plain_augment.py", ["--fashion-root", "no/such/dir"], "no/such/dir"),
+             ("federated_scale.py", ["--fashion-root", "no/such/dir"], "no/such/dir"),
+             ("distill_throughput.py", ["--dataset", "imagenet"], "imagenet")]
+
+
+def test_a_benchmark_given_bad_input_names_it_and_exits_2_without_a_traceback():
+    # The README runs these scripts with --config/--set/--fashion-root; a mistake there is the user's, so
+    # each ends as the CLI does (cli.commands.run_script), before any training or Ray: run each as
+    # __main__ in one fresh interpreter, its stderr captured on its own.
+    code = ("import contextlib, io, json, runpy, sys, traceback\n"
+            f"cases = {[(s, a) for s, a, _ in BAD_INPUT]!r}\n"
+            "out = []\n"
+            "for script, args in cases:\n"
+            "    sys.argv = ['benchmarks/' + script, *args]\n"
+            "    err, code = io.StringIO(), None\n"
+            "    with contextlib.redirect_stderr(err):\n"
+            "        try:\n"
+            "            runpy.run_path('benchmarks/' + script, run_name='__main__')\n"
+            "        except SystemExit as exc:\n"
+            "            code = exc.code\n"
+            "        except BaseException:\n"
+            "            traceback.print_exc()\n"
+            "    out.append([code, err.getvalue()])\n"
+            "print(json.dumps(out))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(REPO / "platform")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    for (script, _, named), (code, err) in zip(BAD_INPUT, results, strict=True):
+        assert code == 2, (script, err[-3000:])
+        assert "\nerror: " in "\n" + err and named in err and "Traceback" not in err, (script, err)

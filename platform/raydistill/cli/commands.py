@@ -14,6 +14,7 @@ from typing import Callable
 from raydistill.core.artifacts import ArtifactError
 from raydistill.core.config import Config, ConfigError, load_config
 from raydistill.core.data import DataError
+from raydistill.core.registry import UnknownNameError
 
 STAGES: dict[str, tuple[str, str]] = {
     # stage: (module:function, help)
@@ -109,6 +110,23 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return load_config(args.config, overrides)
 
 
+# A user's mistake (a bad config value, data, artifact or registry name): "error: ...", exit code 2, no traceback.
+USER_ERRORS = (ConfigError, DataError, ArtifactError, UnknownNameError)
+
+
+def run_script(script: Callable[[], object]) -> int:
+    """A benchmark or tool script's exit code: ``script()``'s int result (0 otherwise), or 2 with
+    ``error: <message>`` on stderr when it raises one of ``USER_ERRORS`` (a bad ``--config``/``--set``,
+    a missing data root, a damaged artifact, an unknown data set or model name), as ``raydistill
+    <stage>`` does. Bugs still raise."""
+    try:
+        result = script()
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from raydistill.cli.console import attach_console, quiet_libraries
 
@@ -118,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)
         quiet_libraries(cfg.run.verbose)
         result = _resolve(STAGES[args.stage][0])(cfg, args)
-    except (ConfigError, DataError, ArtifactError) as exc:
+    except USER_ERRORS as exc:
         logger.error(f"error: {exc}")
         return 2
     except KeyboardInterrupt:
