@@ -122,7 +122,10 @@ def run_script(script: Callable[[], object]) -> int:
     try:
         result = script()
     except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from raydistill.cli.console import attach_console
+
+        attach_console()  # only now: a script's own output stays as it was
+        logger.error(f"error: {exc}")
         return 2
     return result if isinstance(result, int) and not isinstance(result, bool) else 0
 

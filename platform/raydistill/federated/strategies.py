@@ -28,7 +28,7 @@ from raydistill.federated.aggregate import (State, Update, distill_ensemble, ens
 from raydistill.federated.client import ClientTask, ClientUpdate, LocalSpec
 
 __all__ = ["ServerContext", "Collected", "RoundResult", "TooFewClientsError", "Strategy", "FedAvg", "FedProx",
-           "FedMedian", "FedTrimmedAvg", "FedDF", "STRATEGIES", "make_strategy", "clients_per_round", "screen_updates", "update_problem"]
+           "FedMedian", "FedTrimmedAvg", "FedDF", "STRATEGIES", "make_strategy", "clients_per_round", "screen_updates"]
 
 
 @dataclass(kw_only=True)
@@ -84,11 +84,6 @@ class TooFewClientsError(RuntimeError):
 Execute = Callable[[int, State, Sequence[ClientTask], LocalSpec], Collected]
 
 
-def update_problem(update: ClientUpdate, global_state: State) -> str | None:
-    """Why ``update`` cannot be aggregated with ``global_state``, or None (:func:`state_problem`)."""
-    return state_problem(update.state, global_state)
-
-
 def screen_updates(collected: Collected, global_state: State, tasks: Sequence[ClientTask]) -> Collected:
     """Keep the updates that can be aggregated; move the others to ``collected.rejected``.
 
@@ -99,7 +94,7 @@ def screen_updates(collected: Collected, global_state: State, tasks: Sequence[Cl
     kept = []
     for update in collected.updates:
         problem = ("was not sampled this round" if update.client_id not in sizes
-                   else update_problem(update, global_state))
+                   else state_problem(update.state, global_state))
         if problem:
             collected.rejected[update.client_id] = problem
         else:

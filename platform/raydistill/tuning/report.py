@@ -89,19 +89,18 @@ def diverged(row: dict) -> bool:
     return loss is not None and not math.isfinite(loss)
 
 
-def ranked(rows: Sequence[dict]) -> list[dict]:
-    """The trials a sweep may rank: finished, with a finite score and a finite validation loss."""
-    return [r for r in rows if r["status"] == "TERMINATED" and math.isfinite(r["score"]) and not diverged(r)]
+def ranked(rows: Sequence[dict], mode: str) -> list[dict]:
+    """The trials a sweep may rank -- finished, with a finite score and a finite validation loss --
+    best ``score`` first (``mode`` = max | min; ties keep the rows' order)."""
+    done = [r for r in rows if r["status"] == "TERMINATED" and math.isfinite(r["score"]) and not diverged(r)]
+    return sorted(done, key=lambda r: r["score"], reverse=(mode == "max"))
 
 
 def best_row(rows: Sequence[dict], mode: str) -> dict | None:
     """The finished trial with the best ``score`` (``mode`` = max | min) among :func:`ranked`; None if
     none finished (or all diverged)."""
-    done = ranked(rows)
-    if not done:
-        return None
-    pick = max if mode == "max" else min
-    return pick(done, key=lambda r: r["score"])
+    done = ranked(rows, mode)
+    return done[0] if done else None
 
 
 def write_results(rows: Sequence[dict], sweep_dir: Path) -> Path:
@@ -113,7 +112,7 @@ def write_results(rows: Sequence[dict], sweep_dir: Path) -> Path:
 
 def format_top_table(rows: Sequence[dict], *, mode: str, k: int, metric: str) -> str:
     """The top ``k`` finished trials by ``score``, then any failed ones, as a fixed-width table."""
-    done = sorted(ranked(rows), key=lambda r: r["score"], reverse=(mode == "max"))
+    done = ranked(rows, mode)
     failed = [r for r in rows if r["status"] == "ERROR" or (r["status"] == "TERMINATED" and diverged(r))]
     header = (f"{'rank':>4}  {'trial':<12}{'method':>9}{'T':>7}{'alpha':>7}{'lr':>9}{metric:>14}{'best val':>10}"
               f"{'epochs':>7}{'stopped':>8}{'time s':>8}  status")
@@ -187,7 +186,7 @@ def plot_curves(histories: dict[str, pd.DataFrame], rows: Sequence[dict], *, k: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    order = sorted(ranked(rows), key=lambda r: r["score"], reverse=(mode == "max"))
+    order = ranked(rows, mode)
     top = {r["trial_id"] for r in order[:k]}
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     for r in rows:
