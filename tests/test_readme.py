@@ -216,6 +216,7 @@ BAD_INPUT = [("digits_accuracy.py", ["--set", "distill.temperature=-1"], "distil
              ("kd_methods.py", ["--set", "distill.lr=-1"], "distill.lr"),
              ("kd_val.py", ["--config", "configs/digits.yaml", "--set", "distill.epochs=0"], "distill.epochs"),
              ("tune_asha.py", ["--set", "tune.num_samples=0"], "tune.num_samples"),
+             ("tune_asha.py", ["--plain", "1"], "--plain"),  # digits: no IDX files for the plain script
              ("plain_augment.py", ["--fashion-root", "no/such/dir"], "no/such/dir"),
              ("federated_scale.py", ["--fashion-root", "no/such/dir"], "no/such/dir"),
              ("distill_throughput.py", ["--dataset", "imagenet"], "imagenet")]
