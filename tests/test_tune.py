@@ -350,6 +350,38 @@ def test_multi_worker_trials_run_ray_train_inside_the_trial(ray_session, storage
     assert card["metrics"]["epochs"] == 2 and card["tune"]["trial_id"] == row["trial_id"]
 
 
+@pytest.mark.parametrize("where", ["workers", "ray_data"])
+def test_a_sweeps_soft_targets_are_the_teachers_logits_on_every_training_example(ray_session, storage, local_teacher,
+                                                                                 where):
+    # workers (default): computed once in the sweep's process; ray_data: by an actor pool. Either way
+    # every trial must see, row for row, the teacher's logits on the training set: checked against the
+    # MLP written out in numpy from the artifact's weights (Linear -> ReLU -> ... -> Linear).
+    import numpy as np
+
+    from raydistill.core.artifacts import load_artifact
+    from raydistill.core.data import load_data
+    from raydistill.core.teachers import load_teachers
+    from raydistill.tuning.sweep import shared_inputs
+    from raydistill.tuning.trial import trial_settings
+
+    cfg = tune_config(storage, f"distill.soft_targets={where}", teacher=local_teacher)
+    bundle = load_data(cfg.data, cfg.run.seed)
+    teachers = load_teachers(cfg, bundle)
+    data = shared_inputs(cfg, bundle, teachers, trial_settings(cfg, bundle, teachers, storage / "sweep"))
+    x, y, logits = data["train"]
+    model, _ = load_artifact(local_teacher)
+    state = {k: v.double().numpy() for k, v in model.state_dict().items()}
+    weights = [(state[k], state[k[:-len("weight")] + "bias"]) for k in state if k.endswith("weight")]
+    h = bundle.x_train.reshape(len(bundle.x_train), -1).astype(np.float64)
+    for i, (w, b) in enumerate(weights):
+        h = h @ w.T + b
+        h = np.maximum(h, 0) if i < len(weights) - 1 else h
+    np.testing.assert_array_equal(x, bundle.x_train)
+    np.testing.assert_array_equal(y, bundle.y_train)
+    np.testing.assert_allclose(logits, h, rtol=1e-4, atol=1e-4)
+    assert data["val"][0] is bundle.x_val
+
+
 def test_trial_lines_carry_the_count_the_point_and_the_best_so_far():
     from raydistill.tuning.progress import better, trial_line
 

@@ -157,7 +157,7 @@ def test_topk_views_give_each_example_the_teachers_top_probabilities_on_its_own_
 
 def test_teacher_logits_actor_and_worker_share_build_the_same_cache_as_the_teacher_on_each_view():
     from raydistill.training.soft_targets import TeacherLogits
-    from raydistill.training.worker import _cached
+    from raydistill.training.worker import cached_share
     from raydistill.core.loop import StageSpec
 
     teacher, _ = _teacher_and_student()
@@ -169,7 +169,7 @@ def test_teacher_logits_actor_and_worker_share_build_the_same_cache_as_the_teach
     out = TeacherLogits([(card, state)], views=cache, topk=10)({"x": x.numpy()[10:], "idx": np.arange(10, 20)})
     spec = StageSpec(stage="student", model_name="mlp", input_shape=(1, 8, 8), num_classes=10, epochs=1, lr=0.1,
                      batch_size=8, views=cache)
-    shard = _cached([x[10:], torch.zeros(10, dtype=torch.long)], [teacher], spec, 10, rank=1, device="cpu")
+    shard = cached_share([x[10:], torch.zeros(10, dtype=torch.long)], [teacher], spec.views, 10, rank=1, device="cpu")
     assert shard[2].tolist() == list(range(10, 20))  # rank 1 of 2 holds rows 10..19
     for v in range(3):
         want = teacher(make_view(x[10:], np.arange(10, 20), v, seed=5, spec=SPEC, fill=FILL)).detach()

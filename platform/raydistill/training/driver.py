@@ -34,7 +34,7 @@ from raydistill.training.worker import train_loop_per_worker
 logger = logging.getLogger(__name__)
 
 
-def _use_gpu(cfg: Config) -> bool:
+def use_gpu(cfg: Config) -> bool:
     """GPU only when asked for and the cluster has one (the same config runs on a laptop)."""
     return bool(cfg.run.use_gpu and cluster_gpus() > 0)
 
@@ -219,7 +219,7 @@ def _distill_inputs(cfg: Config, bundle: DataBundle, teachers: Sequence[tuple],
     pairs = [(card, state) for _, card, state, _ in teachers]
     if cfg.distill.mode == "online" or cfg.distill.soft_targets == "workers":
         return _datasets(bundle, plan), _shared(pairs, plan)
-    soft = ray_data_soft_targets(cfg, bundle, pairs, use_gpu=_use_gpu(cfg), cpus=cluster_cpus())
+    soft = ray_data_soft_targets(cfg, bundle, pairs, use_gpu=use_gpu(cfg), cpus=cluster_cpus())
     return _datasets(bundle, plan, train=soft_target_arrays(soft)), None
 
 

@@ -36,15 +36,15 @@ def predict_logits(teachers, x: torch.Tensor, *, device, batch_size: int = 1024)
                       for i in range(0, len(x), batch_size)])
 
 
-def _cached(train: list[torch.Tensor], teachers, spec: StageSpec, topk: int, *, rank: int, device) -> list[torch.Tensor]:
+def cached_share(train: list[torch.Tensor], teachers, views, topk: int, *, rank: int, device) -> list[torch.Tensor]:
     """This rank's ``(x, y)`` share plus the teachers' logits on it, ``(x, y, z_t)``; with a view cache
     ``(x, y, idx, values, indices, rest)``, where ``idx`` are the share's training-set indices
     (``rank_shard`` gives rank ``r`` rows ``[r * n, (r + 1) * n)``), which regenerate each view."""
     x = train[0]
-    if spec.views is None:
+    if views is None:
         return [*train, predict_logits(teachers, x, device=device)]
     idx = torch.arange(rank * len(x), (rank + 1) * len(x))
-    cache = spec.views.build(lambda xv: run_teachers(teachers, xv.to(device)).cpu(), x, idx, topk)
+    cache = views.build(lambda xv: run_teachers(teachers, xv.to(device)).cpu(), x, idx, topk)
     return [*train, idx, *cache]
 
 
@@ -134,7 +134,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     val = _shard_tensors(config["data"]["val"], rank, world)
     teachers = _online_teachers(config.get("teachers_ref"), device)
     if teachers and config.get("cache_logits"):  # cached mode, logits made here: once, for this rank's share
-        train, teachers = _cached(train, teachers, spec, config.get("cache_topk", 0), rank=rank, device=device), []
+        train, teachers = cached_share(train, teachers, spec.views, config.get("cache_topk", 0), rank=rank, device=device), []
 
     def report(metrics: dict, state: TrainState) -> None:
         metrics["threads"] = torch.get_num_threads()  # evidence the worker used the CPUs it was given

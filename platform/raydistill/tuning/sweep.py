@@ -4,7 +4,7 @@ optionally the learning rate), ASHA early stopping by default, ending in a chose
 Flow of :func:`run_sweep`::
 
     config checks (search space, searcher; no Ray) -> Ray up -> concurrency cap from cluster CPUs
-    -> teacher (trained first if there is none) -> soft targets ONCE (Ray Data) -> object store
+    -> teacher (trained first if there is none) -> soft targets ONCE (here, or Ray Data) -> object store
     -> Tuner (one trial per point; tuning/trial.py) -> results.csv
     -> best trial's weights -> test accuracy once -> artifact "student", marked chosen
     -> heatmap.png, curves.png, best.yaml, top-k table
@@ -83,15 +83,45 @@ def ensure_teacher(cfg: Config) -> Config:
     return dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, teacher=str(path.resolve())))
 
 
-def shared_inputs(cfg: Config, bundle, teachers) -> dict:
-    """Soft targets computed ONCE (Ray Data ``map_batches``) as numpy arrays:
-    ``{"train": (x, y, logits), "val": (x, y)}``; Tune puts them in the object store once."""
-    from raydistill.training.driver import check_cache_size, ray_data_soft_targets
+def shared_inputs(cfg: Config, bundle, teachers, settings) -> dict:
+    """Soft targets computed ONCE, as numpy arrays: ``{"train": (x, y, logits), "val": (x, y)}`` (with a
+    view cache ``(x, y, idx, values, indices, rest)``); Tune puts them in the object store once.
+
+    ``distill.soft_targets=workers`` (default): in this process, as a 1-worker run computes its share
+    (every trial needs the whole set, so the sweep computes it for them), on a GPU when
+    ``run.use_gpu`` and this process has one. ``ray_data``: a Ray Data actor pool on the cluster
+    (``distill.soft_target_actors``), for teachers or data sets too large for the driver; its start-up
+    costs ~8 s here, a tenth of a short sweep (README, "Tune: ASHA vs full budget").
+    """
+    from raydistill.training.driver import check_cache_size, ray_data_soft_targets, use_gpu
     from raydistill.training.soft_targets import soft_target_arrays
 
     check_cache_size(cfg, bundle, len(teachers))
-    soft = ray_data_soft_targets(cfg, bundle, [(card, state) for _, card, state, _ in teachers])
-    return {"train": soft_target_arrays(soft), "val": (bundle.x_val, bundle.y_val)}
+    pairs = [(card, state) for _, card, state, _ in teachers]
+    if cfg.distill.soft_targets == "ray_data":
+        from raydistill.runtime import cluster_cpus
+
+        train = soft_target_arrays(ray_data_soft_targets(cfg, bundle, pairs, use_gpu=use_gpu(cfg), cpus=cluster_cpus()))
+    else:
+        train = driver_soft_targets(cfg, bundle, pairs, settings.spec.views)
+    return {"train": train, "val": (bundle.x_val, bundle.y_val)}
+
+
+def driver_soft_targets(cfg: Config, bundle, pairs, views) -> tuple:
+    """The training set and its teachers' logits ``(N, C)`` / ``(N, K, C)`` (or view cache), computed here."""
+    import torch
+
+    from raydistill.core.artifacts import model_from_state
+    from raydistill.core.engine import read_only_tensors
+    from raydistill.core.views import resolve_topk
+    from raydistill.training.worker import cached_share
+
+    device = torch.device("cuda" if cfg.run.use_gpu and torch.cuda.is_available() else "cpu")
+    models = [model_from_state(card, state).to(device) for card, state in pairs]
+    train = list(read_only_tensors((bundle.x_train, bundle.y_train)))
+    out = cached_share(train, models, views, resolve_topk(cfg.distill.cache_topk, bundle.num_classes),
+                       rank=0, device=device)
+    return tuple(t.numpy() for t in out)
 
 
 def trainable(cfg: Config, data: dict, settings):
@@ -211,7 +241,7 @@ def run_sweep(cfg: Config, resume_dir: str | Path | None = None, *, callbacks: S
     settings = trial_settings(cfg, bundle, teachers, sweep_dir)
     with (tracker or Tracker.from_config(cfg)).stage(cfg, "tune") as run:
         clock = time.perf_counter()
-        fn = trainable(cfg, shared_inputs(cfg, bundle, teachers), settings)
+        fn = trainable(cfg, shared_inputs(cfg, bundle, teachers, settings), settings)
         timings = {"soft_targets_s": time.perf_counter() - clock}
         tuner = (tune.Tuner.restore(str(sweep_dir), trainable=fn, resume_errored=False) if resume_dir
                  else build_tuner(cfg, fn, sweep_dir, cap, callbacks))

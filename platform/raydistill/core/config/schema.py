@@ -120,7 +120,7 @@ class DistillSection(RecipeSection):
     hint_layer: str = "auto"  # fitnet: the teacher layer whose output is the hint; auto = its penultimate features
     guided_layer: str = "auto"  # fitnet: the student layer that learns the hint (through a connector)
     mode: str = "cached"  # cached | online
-    soft_targets: str = "workers"  # cached mode: workers (each its share, once) | ray_data (an actor pool)
+    soft_targets: str = "workers"  # cached: workers (each its share, once; a sweep: its driver) | ray_data (an actor pool)
     soft_target_actors: int = 1  # Ray Data actors computing teacher logits (soft_targets: ray_data)
     cached_views: int = 0  # cached mode with distill.augment: teacher logits on this many seeded views per example (core.views)
     cache_topk: int = 0  # logits kept per view: 0 = every class when C <= 100, else the top 10 (rest spread uniformly)
