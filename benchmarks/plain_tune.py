@@ -5,20 +5,15 @@ nothing from raydistill. benchmarks/tune_asha.py --plain times it against the pl
 
     python benchmarks/plain_tune.py --root ../shared/datasets/fashion-mnist --temperatures 1 3 --alphas 0.1 0.7
 """
-import argparse, gzip, itertools, json, os, time
+import argparse, itertools, json, os, time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from torch import nn
 
-
-def read_idx(path):
-    data = gzip.open(path, "rb").read()
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(data[3])]
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * data[3]).reshape(dims)
+from plain_torch import mlp, read_idx  # the stage baseline's IDX reader and MLP (its own folder)
 
 
 def load(root, val_fraction, seed):  # train / val / test, normalized by the training split's mean and std
@@ -30,14 +25,6 @@ def load(root, val_fraction, seed):  # train / val / test, normalized by the tra
     mean, std = x[train].mean(), x[train].std()
     t = lambda a, b: (torch.from_numpy((a - mean) / std).view(len(a), -1), torch.from_numpy(b.astype(np.int64)))  # noqa: E731
     return t(x[train], y[train]), t(x[val], y[val]), t(xte, yte)
-
-
-def mlp(hidden, dropout=0.0):
-    layers, width = [], 784
-    for h in hidden:
-        layers += [nn.Linear(width, h), nn.ReLU()] + ([nn.Dropout(dropout)] if dropout else [])
-        width = h
-    return nn.Sequential(*layers, nn.Linear(width, 10))
 
 
 def z(logits):  # logit standardization (Sun et al. 2024)
@@ -94,7 +81,7 @@ def share(data, logits, a):
 def trial(point):  # one grid point, in a worker process with its share of the cores
     data, logits, a = SHARED["data"], SHARED["logits"], SHARED["a"]
     torch.manual_seed(a.seed)
-    model = mlp(a.hidden)
+    model = mlp(a.hidden, 0.0)
     return point, train(model, data, a, logits, point), model.state_dict()
 
 
@@ -132,7 +119,7 @@ def main():
         with mp.get_context("spawn").Pool(a.procs, initializer=share, initargs=shared) as pool:
             results = pool.map(trial, grid, chunksize=1)
     point, val, state = max(results, key=lambda r: r[1])
-    best = mlp(a.hidden)
+    best = mlp(a.hidden, 0.0)
     best.load_state_dict(state)
     print(json.dumps({"benchmark": "plain_tune", "procs": a.procs, "trials": len(grid), "epochs": a.epochs,
                       "best": list(point), "best_val_accuracy": val, "test_accuracy": accuracy(best, xte, yte),
