@@ -361,7 +361,7 @@ def test_a_sweeps_soft_targets_are_the_teachers_logits_on_every_training_example
     from raydistill.core.artifacts import load_artifact
     from raydistill.core.data import load_data
     from raydistill.core.teachers import load_teachers
-    from raydistill.tuning.sweep import shared_inputs
+    from raydistill.tuning.inputs import shared_inputs
     from raydistill.tuning.trial import trial_settings
 
     cfg = tune_config(storage, f"distill.soft_targets={where}", teacher=local_teacher)
@@ -380,6 +380,39 @@ def test_a_sweeps_soft_targets_are_the_teachers_logits_on_every_training_example
     np.testing.assert_array_equal(y, bundle.y_train)
     np.testing.assert_allclose(logits, h, rtol=1e-4, atol=1e-4)
     assert data["val"][0] is bundle.x_val
+
+
+def test_a_sweeps_view_cache_is_the_same_computed_here_or_by_ray_data(ray_session, storage, local_teacher):
+    # With distill.cached_views the trials get (x, y, idx, values, indices, rest); the view cache's own
+    # formula is tested in test_views.py. Here: the sweep's two placements hand the trials the same cache
+    # (the same seeded views, the same top-k), and idx is each row's training-set index.
+    import numpy as np
+
+    from raydistill.core.data import load_data
+    from raydistill.core.teachers import load_teachers
+    from raydistill.tuning.inputs import shared_inputs
+    from raydistill.tuning.trial import trial_settings
+
+    caches = {}
+    for where in ("workers", "ray_data"):
+        cfg = tune_config(storage, f"distill.soft_targets={where}", "distill.cached_views=2",
+                          "distill.augment={translate: 1}", teacher=local_teacher)
+        bundle = load_data(cfg.data, cfg.run.seed)
+        teachers = load_teachers(cfg, bundle)
+        caches[where] = shared_inputs(cfg, bundle, teachers, trial_settings(cfg, bundle, teachers, storage / where))["train"]
+    here, pool = caches["workers"], caches["ray_data"]
+    assert len(here) == len(pool) == 6
+    np.testing.assert_array_equal(here[2], np.arange(len(bundle.y_train)))
+    assert here[3].shape[:2] == (len(bundle.y_train), 2)  # (N, views, k)
+    for a, b in zip(here[:3] + here[5:], pool[:3] + pool[5:], strict=True):  # x, y, idx, rest
+        np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=1e-3, atol=1e-3)
+
+    def dense(values, indices):  # top-k (value, class) pairs back to (N, V, C): near-ties may swap places
+        out = np.full((*values.shape[:2], bundle.num_classes), np.nan)
+        np.put_along_axis(out, np.asarray(indices, np.int64), np.asarray(values, np.float64), axis=-1)
+        return out
+
+    np.testing.assert_allclose(dense(*here[3:5]), dense(*pool[3:5]), rtol=1e-2, atol=1e-2)
 
 
 def test_trial_lines_carry_the_count_the_point_and_the_best_so_far():
