@@ -43,7 +43,7 @@ def kd(s, t, y, T, alpha):  # alpha * CE + (1 - alpha) * T^2 * KL(softmax(t/T) |
     return alpha * F.cross_entropy(s, y) + (1 - alpha) * soft
 
 
-def train(model, x, y, a, logits=None):
+def train(model, x, y, a, logits=None, mix=kd, after_epoch=None):  # mix(s, t, y, T, alpha): the KD loss
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
     for epoch in range(a.epochs):
         model.train()
@@ -51,10 +51,12 @@ def train(model, x, y, a, logits=None):
         for i in range(0, len(x), a.batch):
             idx = order[i:i + a.batch]
             out = model(x[idx])
-            loss = F.cross_entropy(out, y[idx]) if logits is None else kd(out, logits[idx], y[idx], a.T, a.alpha)
+            loss = F.cross_entropy(out, y[idx]) if logits is None else mix(out, logits[idx], y[idx], a.T, a.alpha)
             opt.zero_grad()
             loss.backward()
             opt.step()
+        if after_epoch:
+            after_epoch(model)
 
 
 @torch.no_grad()

@@ -13,7 +13,7 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from plain_torch import mlp, read_idx  # the stage baseline's IDX reader and MLP (its own folder)
+from plain_torch import mlp, read_idx, train  # the stage baseline's IDX reader, MLP and loop (its own folder)
 
 
 def load(root, val_fraction, seed):  # train / val / test, normalized by the training split's mean and std
@@ -44,24 +44,14 @@ def soft(method, s, t, y, T):  # kd: T^2 KL(p_t || q); dkd: T^2 (TCKD + 8 NCKD),
     return (tckd + 8.0 * nckd).mean() * T * T
 
 
-def train(model, data, a, logits=None, point=None):  # -> val accuracy after the last epoch (Tune's score)
+def train_point(model, data, a, logits, point):  # -> val accuracy after the last epoch (Tune's score)
     (x, y), (xv, yv) = data
-    opt, val = torch.optim.Adam(model.parameters(), lr=a.lr), 0.0
-    for epoch in range(a.epochs):
-        model.train()
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(a.seed * 1000 + epoch))
-        for i in range(0, len(x), a.batch):
-            idx = order[i:i + a.batch]
-            out = model(x[idx])
-            loss = F.cross_entropy(out, y[idx])
-            if logits is not None:
-                method, T, alpha = point
-                loss = alpha * loss + (1 - alpha) * soft(method, out, logits[idx], y[idx], T)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        val = accuracy(model, xv, yv)  # every epoch, as a Tune trial reports it
-    return val
+    method, T, alpha = point
+    mix = lambda s, t, yb, T, alpha: alpha * F.cross_entropy(s, yb) + (1 - alpha) * soft(method, s, t, yb, T)  # noqa: E731
+    vals = []  # every epoch, as a Tune trial reports it
+    train(model, x, y, argparse.Namespace(**vars(a), T=T, alpha=alpha), logits, mix,
+          after_epoch=lambda m: vals.append(accuracy(m, xv, yv)))
+    return vals[-1]
 
 
 @torch.no_grad()
@@ -82,7 +72,7 @@ def trial(point):  # one grid point, in a worker process with its share of the c
     data, logits, a = SHARED["data"], SHARED["logits"], SHARED["a"]
     torch.manual_seed(a.seed)
     model = mlp(a.hidden, 0.0)
-    return point, train(model, data, a, logits, point), model.state_dict()
+    return point, train_point(model, data, a, logits, point), model.state_dict()
 
 
 def main():
@@ -95,6 +85,7 @@ def main():
     p.add_argument("--hidden", type=int, nargs="+", default=[32])
     p.add_argument("--teacher-hidden", type=int, nargs="+", default=[1200, 1200])
     p.add_argument("--teacher-epochs", type=int, default=5)
+    p.add_argument("--teacher-file", default="", help="reuse the teacher saved here (trained and saved if absent)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
@@ -105,7 +96,12 @@ def main():
     train_set, val_set, (xte, yte) = load(a.root, 0.1, a.seed)
     load_s = time.perf_counter() - start
     teacher = mlp(a.teacher_hidden, 0.5)  # the sweep's input, not timed: the platform's sweeps reuse one teacher too
-    train(teacher, (train_set, val_set), argparse.Namespace(**{**vars(a), "epochs": a.teacher_epochs, "lr": 1e-3, "batch": 64}))
+    if a.teacher_file and Path(a.teacher_file).is_file():  # trained by an earlier run of the same benchmark
+        teacher.load_state_dict(torch.load(a.teacher_file, weights_only=True))
+    else:
+        train(teacher, *train_set, argparse.Namespace(**{**vars(a), "epochs": a.teacher_epochs, "lr": 1e-3, "batch": 64}))
+        if a.teacher_file:
+            torch.save(teacher.state_dict(), a.teacher_file)
     start = time.perf_counter()
     with torch.no_grad():
         teacher.eval()

@@ -56,7 +56,8 @@ PLAIN_SCRIPT = Path(__file__).with_name("plain_tune.py")
 
 
 def plain_command(cfg, temperatures: list[float], alphas: list[float], methods: list[str], procs: int) -> list[str]:
-    """``plain_tune.py``'s command line for the same grid, data, student and recipe as ``cfg``'s sweep."""
+    """``plain_tune.py``'s command line for the same grid, data, student and recipe as ``cfg``'s sweep; its
+    teacher is trained by the first plain run and reused by the others (``--teacher-file``)."""
     student, d = cfg.distill.student, cfg.distill
     teacher = cfg.teacher.model
     if student.name != "mlp" or teacher.name != "mlp" or cfg.data.name not in ("fashion_mnist", "mnist") or not cfg.data.root \
@@ -70,7 +71,8 @@ def plain_command(cfg, temperatures: list[float], alphas: list[float], methods: 
             "--alphas", *map(str, alphas), "--hidden", *map(str, student.args.get("hidden", [])),
             "--epochs", str(cfg.tune.max_epochs), "--batch", str(d.batch_size), "--lr", str(d.lr),
             "--teacher-epochs", str(cfg.teacher.epochs), "--seed", str(cfg.run.seed),
-            "--teacher-hidden", *map(str, teacher.args.get("hidden", []))]
+            "--teacher-hidden", *map(str, teacher.args.get("hidden", [])),
+            "--teacher-file", str(Path(cfg.run.storage_path) / "plain_teacher.pt")]
 
 
 def measure_plain(command: list[str]) -> dict:
