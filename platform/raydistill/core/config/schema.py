@@ -141,7 +141,7 @@ class TuneSection:
     method: list[str] = field(default_factory=list)  # [] = keep distill.method; else one grid axis of methods
     scheduler: str = "asha"  # asha | none
     searcher: str = "random"  # random | optuna
-    grace_period: int = 3
+    grace_period: int = 1  # epochs before ASHA's first rung (Ray's default); rungs at grace * rf^k
     reduction_factor: int = 3
     max_epochs: int = 15
     metric: str = "val_accuracy"
