@@ -78,17 +78,19 @@ def search_space(cfg: Config) -> dict:
     return space
 
 
-def scheduler_and_searcher(cfg: Config) -> tuple:
+def scheduler_and_searcher(cfg: Config, cap: int) -> tuple:
     """ASHA (Li et al. 2020, https://arxiv.org/abs/1810.05934) on the ``epoch`` metric, or None
-    (FIFO, full budget); Optuna's TPE or None (random/grid variants)."""
+    (FIFO, full budget); and the searcher, seeded with ``run.seed`` so the same config samples the same
+    points: Optuna's TPE (Tune caps its concurrency) or Tune's random/grid variant generator, which
+    takes the cap ``cap`` itself (Tune ignores ``max_concurrent_trials`` for it)."""
     from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import BasicVariantGenerator
 
     t = cfg.tune
     scheduler = (ASHAScheduler(time_attr="epoch", max_t=t.max_epochs, grace_period=t.grace_period,
                                reduction_factor=t.reduction_factor) if t.scheduler == "asha" else None)
-    searcher = None
     if t.searcher == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
-        searcher = OptunaSearch(seed=cfg.run.seed)
-    return scheduler, searcher
+        return scheduler, OptunaSearch(seed=cfg.run.seed)
+    return scheduler, BasicVariantGenerator(max_concurrent=cap, random_state=cfg.run.seed)

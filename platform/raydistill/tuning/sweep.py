@@ -94,9 +94,9 @@ def build_tuner(cfg: Config, fn, sweep_dir: Path, cap: int, callbacks: Sequence 
     # warns when that happens often; on small data sets it does, harmlessly (~10 ms each).
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     t = cfg.tune
-    scheduler, searcher = scheduler_and_searcher(cfg)
+    scheduler, searcher = scheduler_and_searcher(cfg, cap)
     tune_config = tune.TuneConfig(metric=t.metric, mode=t.mode, num_samples=t.num_samples, scheduler=scheduler,
-                                  search_alg=searcher, max_concurrent_trials=cap,
+                                  search_alg=searcher, max_concurrent_trials=cap if t.searcher == "optuna" else None,
                                   reuse_actors=trial_workers(cfg) == 1)
     run_config = tune.RunConfig(name=sweep_dir.name, storage_path=str(sweep_dir.parent),
                                 failure_config=tune.FailureConfig(max_failures=t.max_retries),
