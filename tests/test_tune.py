@@ -6,6 +6,7 @@ output file; an interrupted sweep resumed without rerunning finished trials.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -176,9 +177,12 @@ def test_sweep_writes_one_row_per_trial_and_reports_the_failing_trial(sweep):
     assert len(done) == 5 and done["epochs_run"].between(1, 4).all()
     assert (done["early_stopped"] == (done["epochs_run"] < 4)).all()
     # ASHA stops a trial only where it reports at a rung: grace * rf^k epochs below max_epochs
-    grace, rf, max_epochs = 1, 2, 4
+    grace, rf, max_epochs = cfg.tune.grace_period, cfg.tune.reduction_factor, cfg.tune.max_epochs
     rungs = {grace * rf ** k for k in range(max_epochs) if grace * rf ** k < max_epochs}  # {1, 2}
     assert set(done.loc[done["early_stopped"], "epochs_run"]) <= rungs
+    # what ASHA saved, in sweep.json: trial-epochs run of num_trials x max_epochs
+    summary = json.loads((result.sweep_dir / "sweep.json").read_text())
+    assert summary["trial_epochs"] == {"run": int(frame["epochs_run"].sum()), "budget": 6 * max_epochs}
     assert done["final_val_accuracy"].between(0, 1).all()
     assert (done["best_val_accuracy"] >= done["final_val_accuracy"]).all()
     assert done["temperature"].between(1, 20).all() and done["alpha"].between(0, 1).all()

@@ -237,22 +237,24 @@ def finish_sweep(cfg: Config, bundle, teachers, settings, sweep_dir: Path, timin
     plot_curves(histories, rows, k=cfg.tune.top_k, mode=cfg.tune.mode, path=sweep_dir / CURVES_FILE)
     write_best_yaml(cfg, best, teacher=cfg.distill.teacher, sweep_dir=sweep_dir)
     timings["report_s"] = time.perf_counter() - clock
+    epochs = {"run": int(sum(r["epochs_run"] for r in rows)), "budget": len(rows) * cfg.tune.max_epochs}
     summary = {"sweep": str(sweep_dir), "trials": len(rows), "best": best, "artifact": str(artifact),
-               "timings": timings}
+               "timings": timings, "trial_epochs": epochs}
     (sweep_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-    _print_summary(cfg, rows, best, artifact, sweep_dir, timings)
+    _print_summary(cfg, rows, best, artifact, sweep_dir, timings, epochs)
     return SweepResult(sweep_dir, rows, best=best, artifact=artifact, timings=timings, histories=histories)
 
 
 def _print_summary(cfg: Config, rows: list[dict], best: dict, artifact: Path, sweep_dir: Path,
-                   timings: dict) -> None:
+                   timings: dict, epochs: dict) -> None:
     t = cfg.tune
     logger.info("\n" + format_top_table(rows, mode=t.mode, k=t.top_k, metric=t.metric))
     logger.info(f"\nchosen student: {artifact}\n  trial {best['trial_id']}: T={best['temperature']:.3f} "
           f"alpha={best['alpha']:.3f} lr={best['lr']:.2e} {t.metric}={best['score']:.4f} "
           f"test_accuracy={best['test_accuracy']:.4f}\n"
           f"time: soft targets {timings['soft_targets_s']:.1f} s, trials {timings['trials_s']:.1f} s, "
-          f"chosen student + report {timings['report_s']:.1f} s\n"
+          f"chosen student + report {timings['report_s']:.1f} s; trial-epochs {epochs['run']} of {epochs['budget']} "
+          f"({sum(bool(r['early_stopped']) for r in rows)} of {len(rows)} trials stopped early)\n"
           f"sweep files in {sweep_dir}: {RESULTS_FILE} {HEATMAP_FILE} {CURVES_FILE} {BEST_FILE} {SUMMARY_FILE}\n"
           f"run the best config: raydistill distill --config {sweep_dir / BEST_FILE}")
 
