@@ -81,10 +81,11 @@ def search_space(cfg: Config) -> dict:
 def scheduler_and_searcher(cfg: Config, cap: int) -> tuple:
     """ASHA (Li et al. 2020, https://arxiv.org/abs/1810.05934) on the ``epoch`` metric, or None
     (FIFO, full budget); and the searcher, seeded with ``run.seed`` so the same config samples the same
-    points: Optuna's TPE (Tune caps its concurrency) or Tune's random/grid variant generator, which
-    takes the cap ``cap`` itself (Tune ignores ``max_concurrent_trials`` for it)."""
+    points, running at most ``cap`` trials at once: Optuna's TPE behind a ``ConcurrencyLimiter``, or
+    Tune's random/grid variant generator with ``max_concurrent`` (it ignores Tune's
+    ``max_concurrent_trials``, so the cap lives here for both)."""
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search import BasicVariantGenerator
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
     t = cfg.tune
     scheduler = (ASHAScheduler(time_attr="epoch", max_t=t.max_epochs, grace_period=t.grace_period,
@@ -92,5 +93,5 @@ def scheduler_and_searcher(cfg: Config, cap: int) -> tuple:
     if t.searcher == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
-        return scheduler, OptunaSearch(seed=cfg.run.seed)
+        return scheduler, ConcurrencyLimiter(OptunaSearch(seed=cfg.run.seed), max_concurrent=cap)
     return scheduler, BasicVariantGenerator(max_concurrent=cap, random_state=cfg.run.seed)

@@ -96,7 +96,7 @@ def build_tuner(cfg: Config, fn, sweep_dir: Path, cap: int, callbacks: Sequence 
     t = cfg.tune
     scheduler, searcher = scheduler_and_searcher(cfg, cap)
     tune_config = tune.TuneConfig(metric=t.metric, mode=t.mode, num_samples=t.num_samples, scheduler=scheduler,
-                                  search_alg=searcher, max_concurrent_trials=cap if t.searcher == "optuna" else None,
+                                  search_alg=searcher,  # it holds the concurrency cap (tuning/space.py)
                                   reuse_actors=trial_workers(cfg) == 1)
     run_config = tune.RunConfig(name=sweep_dir.name, storage_path=str(sweep_dir.parent),
                                 failure_config=tune.FailureConfig(max_failures=t.max_retries),
