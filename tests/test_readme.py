@@ -214,6 +214,7 @@ BAD_INPUT = [("digits_accuracy.py", ["--set", "distill.temperature=-1"], "distil
              ("federated_robust.py", ["--set", "federated.rounds=0"], "federated.rounds"),
              ("kd_fashion.py", ["--set", "distill.temperature=-1"], "distill.temperature"),
              ("kd_methods.py", ["--set", "distill.lr=-1"], "distill.lr"),
+             ("kd_methods.py", ["--alone-augment", "{flip: true}"], "distill.augment.flip"),
              ("kd_val.py", ["--config", "configs/digits.yaml", "--set", "distill.epochs=0"], "distill.epochs"),
              ("tune_asha.py", ["--set", "tune.num_samples=0"], "tune.num_samples"),
              ("tune_asha.py", ["--plain", "1"], "--plain"),  # digits: no IDX files for the plain script
