@@ -12,6 +12,8 @@ config's ``distill`` recipe (Adam, cosine) for ``--student-epochs`` epochs. Two 
 - **augmented** (the teacher's flips and +-2 px shifts): the student alone with them, and ``kd`` on
   the teacher's logits cached on V seeded views per example (core.views), V = 1, 4, 8; the V-view
   cache is the first V views of the 8-view one (a view is a function of seed, example and view).
+  ``--views-augment`` gives these two rows another augmentation and ``--views-epochs`` another
+  schedule (a "patient" one: Beyer et al. 2022), the student alone always with the same as kd.
 
 Every method uses the config's T and alpha (``--set distill.temperature=...`` to use another, e.g.
 the one ``kd_val.py`` chose on the validation split) and the methods' own defaults (``distill.dkd_*``,
@@ -22,7 +24,8 @@ student alone (e.g. ``'{hflip: true}'``, a recipe the validation split found bet
 
 In process (``engine.fit``, the loss the Ray Train stage runs per batch), no Ray.
 
-    python benchmarks/kd_methods.py [--seeds 0 1 2] [--student-epochs 10] [--rows kd dkd ...] [--teacher-cache DIR] [--alone-augment '{hflip: true}'] [--set distill.temperature=1 ...]
+    python benchmarks/kd_methods.py [--seeds 0 1 2] [--student-epochs 10] [--rows kd dkd ...] [--teacher-cache DIR]
+        [--alone-augment '{hflip: true}'] [--views-augment '{hflip: true}'] [--views-epochs 120] [--set distill.temperature=1 ...]
 
 Goal (issue 16): the best method beats the student alone by >= 1.0 pt on the mean and on every seed.
 """
@@ -111,10 +114,11 @@ def teacher_for(cfg, bundle, seed: int, cache: Path | None) -> tuple[torch.nn.Mo
 
 
 def one_seed(cfg, bundle, seed: int, rows=ROWS, teacher_cache: Path | None = None,
-             alone_augment: AugmentSpec | None = None) -> dict:
+             alone_augment: AugmentSpec | None = None, views_recipe=None) -> dict:
     """Teacher, then each of ``rows``' students (and their student-alone baselines; with
     ``alone_augment`` one more, trained with that augmentation) from the same init; test accuracies
-    and wall times."""
+    and wall times. ``views_recipe``: the ``distill`` section of the augmented rows (default: the
+    config's with the teacher's augmentation)."""
     teacher, t_time, cached = teacher_for(cfg, bundle, seed, teacher_cache)
     logits = predict_logits(teacher, bundle.x_train)  # (N, C), once: the logit methods' cached targets
     d, student = cfg.distill, cfg.distill.student
@@ -130,18 +134,19 @@ def one_seed(cfg, bundle, seed: int, rows=ROWS, teacher_cache: Path | None = Non
                                 teachers=[teacher] if online else ())
         out[method], out[f"{method}_s"] = _accuracy(model, bundle), seconds
     if any(row in rows for row in AUG_ROWS):
-        out.update(augmented_rows(cfg, bundle, teacher, seed, rows))
+        out.update(augmented_rows(cfg, bundle, teacher, seed, rows, views_recipe))
     if alone_augment is not None:
         model, seconds = _train(student, bundle, dataclasses.replace(d, augment=alone_augment), seed=seed)
         out["alone+other"], out["alone+other_s"] = _accuracy(model, bundle), seconds
     return out
 
 
-def augmented_rows(cfg, bundle, teacher, seed: int, rows=AUG_ROWS) -> dict:
-    """The student alone with the teacher's augmentation, then ``kd`` on 1/4/8 cached views of it
-    (those of the ``kd views=V`` rows in ``rows``)."""
+def augmented_rows(cfg, bundle, teacher, seed: int, rows=AUG_ROWS, recipe=None) -> dict:
+    """The student alone with ``recipe`` (a ``distill`` section; default: the config's with the
+    teacher's augmentation), then ``kd`` with it on 1/4/8 cached views of that augmentation (those of
+    the ``kd views=V`` rows in ``rows``)."""
     wanted = [(views, row) for views, row in zip(VIEWS, AUG_ROWS) if row in rows]
-    d = dataclasses.replace(cfg.distill, augment=cfg.teacher.augment)
+    d = recipe or dataclasses.replace(cfg.distill, augment=cfg.teacher.augment)
     student = d.student
     model, seconds = _train(student, bundle, d, seed=seed)
     out = {"alone+aug": _accuracy(model, bundle), "alone+aug_s": seconds}
@@ -212,6 +217,16 @@ def augment_name(spec: AugmentSpec | None) -> str:
     return " and ".join(parts) or "no augmentation"
 
 
+def _views_recipe(args, overrides: list[str], teacher_augment: AugmentSpec):
+    """The augmented rows' ``distill`` section: the config's, with ``--views-augment`` (default: the
+    teacher's augmentation) and ``--views-epochs``, both validated by the config loader (a bad value is
+    refused, naming its key, before any data is read)."""
+    extra = [f"distill.augment={args.views_augment}"] if args.views_augment is not None else []
+    extra += [f"distill.epochs={args.views_epochs}"] if args.views_epochs is not None else []
+    d = load_config(args.config, [*overrides, *extra]).distill
+    return d if args.views_augment is not None else dataclasses.replace(d, augment=teacher_augment)
+
+
 def _cache_line(results: list[dict]) -> str:
     if "cache_s" not in results[0]:
         return "no view cache: augmented rows not run"
@@ -232,6 +247,12 @@ def main() -> None:
     parser.add_argument("--alone-augment", default=None, metavar="YAML",
                         help="one more student-alone row, trained with this augmentation (a distill.augment "
                              "value, e.g. '{hflip: true}'); the goal is checked against the best alone row")
+    parser.add_argument("--views-augment", default=None, metavar="YAML",
+                        help="the augmentation of the augmented rows (the student alone and kd on cached views; "
+                             "a distill.augment value; default: the teacher's)")
+    parser.add_argument("--views-epochs", default=None, metavar="N",
+                        help="epochs of the augmented rows (default: --student-epochs): a longer, 'patient' "
+                             "schedule on cached views, against the student alone with the same schedule")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -239,18 +260,20 @@ def main() -> None:
     cfg = load_config(args.config, [*base, *args.overrides])
     other = (None if args.alone_augment is None else
              load_config(args.config, [*base, *args.overrides, f"distill.augment={args.alone_augment}"]).distill.augment)
+    views = _views_recipe(args, [*base, *args.overrides], cfg.teacher.augment)
     cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, augment=AugmentSpec()))
     started = time.perf_counter()
     results = []
     for seed in args.seeds:
         bundle = load_data(cfg.data, seed)
-        results.append(one_seed(cfg, bundle, seed, args.rows, args.teacher_cache, other))
+        results.append(one_seed(cfg, bundle, seed, args.rows, args.teacher_cache, other, views))
         print(f"seed {seed}: " + json.dumps({k: round(v, 4) if isinstance(v, float) else v
                                              for k, v in results[-1].items()}), flush=True)
     d = cfg.distill
     print(f"\n{cfg.data.name}: teacher {describe(cfg.teacher.model)} ({cfg.teacher.epochs} epochs), "
           f"student {describe(d.student)} ({results[0]['ratio']:.1f}x fewer parameters), {d.epochs} epochs "
-          f"{d.optimizer} lr {d.lr} {d.scheduler}, no augmentation / augmented {dataclasses.asdict(cfg.teacher.augment)} "
+          f"{d.optimizer} lr {d.lr} {d.scheduler}, no augmentation / augmented {dataclasses.asdict(views.augment)} "
+          f"({views.epochs} epochs) "
           f"({_cache_line(results)}); T={d.temperature} alpha={d.alpha} "
           f"dkd {d.dkd_alpha}/{d.dkd_beta} hint_weight {d.hint_weight}; seeds {args.seeds} "
           f"({sum(r['teacher_cached'] for r in results)} teachers from --teacher-cache); "

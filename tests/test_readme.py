@@ -215,6 +215,8 @@ BAD_INPUT = [("digits_accuracy.py", ["--set", "distill.temperature=-1"], "distil
              ("kd_fashion.py", ["--set", "distill.temperature=-1"], "distill.temperature"),
              ("kd_methods.py", ["--set", "distill.lr=-1"], "distill.lr"),
              ("kd_methods.py", ["--alone-augment", "{flip: true}"], "distill.augment.flip"),
+             ("kd_methods.py", ["--views-augment", "{flip: true}"], "distill.augment.flip"),
+             ("kd_methods.py", ["--views-epochs", "0"], "distill.epochs"),
              ("kd_val.py", ["--config", "configs/digits.yaml", "--set", "distill.epochs=0"], "distill.epochs"),
              ("tune_asha.py", ["--set", "tune.num_samples=0"], "tune.num_samples"),
              ("tune_asha.py", ["--plain", "1"], "--plain"),  # digits: no IDX files for the plain script
