@@ -113,12 +113,11 @@ def teacher_for(cfg, bundle, seed: int, cache: Path | None) -> tuple[torch.nn.Mo
     return teacher, seconds, False
 
 
-def one_seed(cfg, bundle, seed: int, rows=ROWS, teacher_cache: Path | None = None,
-             alone_augment: AugmentSpec | None = None, views_recipe=None) -> dict:
+def one_seed(cfg, bundle, seed: int, views_recipe, rows=ROWS, teacher_cache: Path | None = None,
+             alone_augment: AugmentSpec | None = None) -> dict:
     """Teacher, then each of ``rows``' students (and their student-alone baselines; with
     ``alone_augment`` one more, trained with that augmentation) from the same init; test accuracies
-    and wall times. ``views_recipe``: the ``distill`` section of the augmented rows (default: the
-    config's with the teacher's augmentation)."""
+    and wall times. ``views_recipe``: the ``distill`` section of the augmented rows (``_views_recipe``)."""
     teacher, t_time, cached = teacher_for(cfg, bundle, seed, teacher_cache)
     logits = predict_logits(teacher, bundle.x_train)  # (N, C), once: the logit methods' cached targets
     d, student = cfg.distill, cfg.distill.student
@@ -134,19 +133,17 @@ def one_seed(cfg, bundle, seed: int, rows=ROWS, teacher_cache: Path | None = Non
                                 teachers=[teacher] if online else ())
         out[method], out[f"{method}_s"] = _accuracy(model, bundle), seconds
     if any(row in rows for row in AUG_ROWS):
-        out.update(augmented_rows(cfg, bundle, teacher, seed, rows, views_recipe))
+        out.update(augmented_rows(bundle, teacher, seed, views_recipe, rows))
     if alone_augment is not None:
         model, seconds = _train(student, bundle, dataclasses.replace(d, augment=alone_augment), seed=seed)
         out["alone+other"], out["alone+other_s"] = _accuracy(model, bundle), seconds
     return out
 
 
-def augmented_rows(cfg, bundle, teacher, seed: int, rows=AUG_ROWS, recipe=None) -> dict:
-    """The student alone with ``recipe`` (a ``distill`` section; default: the config's with the
-    teacher's augmentation), then ``kd`` with it on 1/4/8 cached views of that augmentation (those of
-    the ``kd views=V`` rows in ``rows``)."""
+def augmented_rows(bundle, teacher, seed: int, d, rows=AUG_ROWS) -> dict:
+    """The student alone with the ``distill`` section ``d`` (its augmentation and epochs), then ``kd``
+    with it on 1/4/8 cached views of that augmentation (those of the ``kd views=V`` rows in ``rows``)."""
     wanted = [(views, row) for views, row in zip(VIEWS, AUG_ROWS) if row in rows]
-    d = recipe or dataclasses.replace(cfg.distill, augment=cfg.teacher.augment)
     student = d.student
     model, seconds = _train(student, bundle, d, seed=seed)
     out = {"alone+aug": _accuracy(model, bundle), "alone+aug_s": seconds}
@@ -217,13 +214,18 @@ def augment_name(spec: AugmentSpec | None) -> str:
     return " and ".join(parts) or "no augmentation"
 
 
+def _distill_with(args, overrides: list[str], **values):
+    """The config's ``distill`` section with ``values`` (``augment='{hflip: true}'``, ``epochs=120``;
+    None: left as configured) set through the config loader, so a bad one is refused, naming its key,
+    before any data is read."""
+    extra = [f"distill.{key}={value}" for key, value in values.items() if value is not None]
+    return load_config(args.config, [*overrides, *extra]).distill
+
+
 def _views_recipe(args, overrides: list[str], teacher_augment: AugmentSpec):
-    """The augmented rows' ``distill`` section: the config's, with ``--views-augment`` (default: the
-    teacher's augmentation) and ``--views-epochs``, both validated by the config loader (a bad value is
-    refused, naming its key, before any data is read)."""
-    extra = [f"distill.augment={args.views_augment}"] if args.views_augment is not None else []
-    extra += [f"distill.epochs={args.views_epochs}"] if args.views_epochs is not None else []
-    d = load_config(args.config, [*overrides, *extra]).distill
+    """The augmented rows' ``distill`` section: ``--views-augment`` (default: the teacher's
+    augmentation) and ``--views-epochs`` (default: ``--student-epochs``)."""
+    d = _distill_with(args, overrides, augment=args.views_augment, epochs=args.views_epochs)
     return d if args.views_augment is not None else dataclasses.replace(d, augment=teacher_augment)
 
 
@@ -259,14 +261,14 @@ def main() -> None:
     base = [f"data.root={FASHION}", "run.quiet=true", STUDENT, "distill.mode=online", f"distill.epochs={args.student_epochs}"]
     cfg = load_config(args.config, [*base, *args.overrides])
     other = (None if args.alone_augment is None else
-             load_config(args.config, [*base, *args.overrides, f"distill.augment={args.alone_augment}"]).distill.augment)
+             _distill_with(args, [*base, *args.overrides], augment=args.alone_augment).augment)
     views = _views_recipe(args, [*base, *args.overrides], cfg.teacher.augment)
     cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, augment=AugmentSpec()))
     started = time.perf_counter()
     results = []
     for seed in args.seeds:
         bundle = load_data(cfg.data, seed)
-        results.append(one_seed(cfg, bundle, seed, args.rows, args.teacher_cache, other, views))
+        results.append(one_seed(cfg, bundle, seed, views, args.rows, args.teacher_cache, other))
         print(f"seed {seed}: " + json.dumps({k: round(v, 4) if isinstance(v, float) else v
                                              for k, v in results[-1].items()}), flush=True)
     d = cfg.distill
