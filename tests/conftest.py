@@ -30,6 +30,21 @@ os.environ.setdefault("RAYDISTILL_CACHE_DIR", os.path.join(_TMP, "cache"))
 free_port = free_local_port
 
 
+def load_benchmark(name: str):
+    """Import benchmarks/<name>.py as its own module (definitions only: each guards its run with __main__),
+    with benchmarks/ on sys.path as when it runs as a script (it may import a script beside it)."""
+    import importlib.util
+    import sys
+
+    folder = str(REPO / "benchmarks")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """The one local Ray runtime for the test session (2 CPUs, 512 MiB object store)."""

@@ -279,15 +279,9 @@ def test_the_plain_grid_search_baseline_trains_on_the_written_formulas(batch, me
     # benchmarks/plain_tune.py (the script raydistill tune is timed against) writes each loss out on its
     # own; the timing comparison holds only if it optimizes the same objective: check it, float64,
     # against the papers' formulas (numpy), DKD with its default weights 1 and 8.
-    import importlib.util
-    import sys
+    from conftest import load_benchmark
 
-    from conftest import REPO
-
-    sys.path.insert(0, str(REPO / "benchmarks"))  # as when run as a script: it imports plain_torch beside it
-    spec = importlib.util.spec_from_file_location("plain_tune", REPO / "benchmarks" / "plain_tune.py")
-    plain = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(plain)
+    plain = load_benchmark("plain_tune")  # it imports plain_torch beside it
     zs, zt, y = batch
     T = 2.0
     z = lambda v: (v - v.mean(1, keepdims=True)) / (v.std(1, ddof=1, keepdims=True) + 1e-7)  # noqa: E731

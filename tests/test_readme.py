@@ -13,7 +13,7 @@ import pytest
 from raydistill.cli.commands import build_parser
 from raydistill.core.config import load_config
 
-from conftest import REPO
+from conftest import REPO, load_benchmark
 
 README = (REPO / "README.md").read_text()
 DIGITS = "configs/digits.yaml"
@@ -253,27 +253,17 @@ def test_a_benchmark_given_bad_input_names_it_and_exits_2_without_a_traceback():
         assert "\nerror: " in "\n" + err and named in err and "Traceback" not in err, (script, err)
 
 
-def _kd_methods():
-    import importlib.util
-
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("kd_methods_goal", REPO / "benchmarks" / "kd_methods.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.mark.parametrize("kd, met", [((0.9238, 0.9193, 0.9202), False),  # the README's closest table: +0.98, +0.99
-                                     ((0.9238, 0.9196, 0.9204), True)])  # +1.01 on the worst seed
+@pytest.mark.parametrize("kd, met", [((0.9238, 0.9193, 0.9202), False),  # the README's 120-epoch table: +0.98, +0.99
+                                     ((0.9225, 0.9205, 0.9210), True)])  # its 180-epoch table: +1.07 on the worst seed
 def test_the_kd_methods_goal_line_needs_one_point_on_the_mean_and_every_seed_over_the_best_alone_row(kd, met):
     # The README quotes this line as the verdict. Gaps by hand against the best alone row on the
     # mean ("student alone, flips" here: 0.9094 > 0.9073 > 0.9043), printed under the table's name for it.
     alone, aug, flips = (0.9063, 0.9074, 0.9083), (0.9023, 0.9023, 0.9084), (0.9085, 0.9095, 0.9103)
     results = [{"alone": a, "alone+aug": b, "alone+other": c, "kd views=8": k}
                for a, b, c, k in zip(alone, aug, flips, kd)]
-    line = _kd_methods().verdict(results, "flips")
-    gaps = [round(100 * (k - c), 2) for k, c in zip(kd, flips)]
-    mean = round(sum(gaps) / 3, 2)
+    line = load_benchmark("kd_methods").verdict(results, "flips")
+    gaps = [100 * (k - c) for k, c in zip(kd, flips)]
+    mean = sum(gaps) / 3
     assert f"kd views=8 vs student alone, flips: mean {mean:+.2f} pt, per seed " in line, line
     assert " ".join(f"{g:+.2f}" for g in gaps) in line
     assert line.endswith(": met (student alone, flips 0.9094 ± 0.0009)") == met, line
