@@ -199,3 +199,24 @@ def test_a_model_answering_nan_scores_zero_accuracy_not_the_share_of_class_zero(
     healthy = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
     expected = float((healthy(torch.from_numpy(x)).argmax(1) == 0).float().mean())  # by hand
     assert evaluate(healthy, x, np.zeros(10, dtype=np.int64))["accuracy"] == pytest.approx(expected)
+
+
+def test_fit_trains_convolutions_channels_last_and_hands_back_the_default_layout_with_the_same_step():
+    # Prepare: a small cnn, a copy for a hand-written NCHW Adam step, one full batch of digits.
+    bundle = load_data(DataSection(), seed=0)
+    x, y = bundle.x_train[:64], bundle.y_train[:64]
+    torch.manual_seed(0)
+    model = build_model("cnn", bundle.input_shape, 10, {"channels": [4, 8], "fc": 16})
+    by_hand = copy.deepcopy(model)
+    seen = []  # the first conv weight's layout at each forward while fit trains
+    model[0].register_forward_hook(lambda m, i, o: seen.append(m.weight.is_contiguous(memory_format=torch.channels_last)))
+    # Execute: fit's one step (batch = all 64, Adam at a constant lr) and the same step written out.
+    fit(model, x, y, epochs=1, lr=1e-2, batch_size=64)
+    optimizer = torch.optim.Adam(by_hand.parameters(), lr=1e-2)
+    F.cross_entropy(by_hand(torch.as_tensor(x)), torch.as_tensor(y)).backward()
+    optimizer.step()
+    # Assert: trained channels-last, given back contiguous, and the same weights as the NCHW step.
+    assert seen == [True]
+    assert all(p.is_contiguous() for p in model.parameters())
+    for (name, p), q in zip(model.named_parameters(), by_hand.parameters()):
+        assert torch.allclose(p, q, atol=1e-6), name

@@ -7,6 +7,7 @@ Batches are tuples of tensors: ``(x, y)`` with ``x`` ``(B, C, H, W)`` and ``y`` 
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
@@ -23,7 +24,7 @@ from .recipe import augmented, make_optimizer, make_scheduler
 from .views import ViewCache, local_views
 
 __all__ = ["KDSettings", "make_optimizer", "iterate_batches", "read_only_tensors", "rank_shard", "teacher_probs", "run_teachers", "batch_loss",
-           "train_epoch", "predict_logits", "evaluation_sums", "metrics_from_sums", "evaluate", "fit"]
+           "train_epoch", "conv_layout", "predict_logits", "evaluation_sums", "metrics_from_sums", "evaluate", "fit"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -203,6 +204,27 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, *, batch_size: int 
     return metrics_from_sums(sums)
 
 
+@contextmanager
+def conv_layout(modules: Sequence[nn.Module | None], device: torch.device | str = "cpu") -> Iterator[None]:
+    """Train ``modules`` with their 4-D tensors (conv weights ``(C_out, C_in, kH, kW)``) in channels-last
+    order on a CPU, and give them back in the default (contiguous) order: oneDNN's convolution and
+    max-pool run in that order on a CPU without converting per call (cnn 4/8 fc 256 at batch 128:
+    ~1.4x the steps per second here). The values are the same; only the strides change, so state dicts
+    saved afterwards look as before. Modules without 4-D tensors, and other devices, are left alone.
+    Convert before building the optimizer: ``Module.to`` swaps ``param.data`` and keeps the Parameters."""
+    convs = [m for m in modules if m is not None and any(p.dim() == 4 for p in m.parameters())]
+    if torch.device(device).type != "cpu" or not convs:
+        yield
+        return
+    for m in convs:
+        m.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        for m in convs:
+            m.to(memory_format=torch.contiguous_format)
+
+
 def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, lr: float, batch_size: int,
         seed: int = 0, recipe: RecipeSection | None = None, kd: KDSettings | None = None,
         teacher_logits: np.ndarray | None = None, teachers: Sequence[nn.Module] = (),
@@ -214,6 +236,19 @@ def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, lr: floa
     ``ViewCache.build`` of all of ``x``) instead of ``recipe.augment``. Returns per-epoch mean losses."""
     recipe = recipe or RecipeSection()
     hint = hint_for(kd, model, teachers, tuple(np.shape(x)[1:]), seed=seed + 1)  # fitnet only
+    with conv_layout([model, hint, *teachers], device):
+        losses = _fit_epochs(model, x, y, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, recipe=recipe,
+                             kd=kd, teacher_logits=teacher_logits, teachers=teachers, fill=fill, device=device,
+                             views=views, view_cache=view_cache, hint=hint)
+    if hint is not None:
+        hint.remove()  # the caller's teacher runs without the tap afterwards
+    return losses
+
+
+def _fit_epochs(model: nn.Module, x, y, *, epochs: int, lr: float, batch_size: int, seed: int, recipe: RecipeSection,
+                kd: KDSettings | None, teacher_logits, teachers: Sequence[nn.Module], fill, device, views, view_cache,
+                hint: nn.Module | None) -> list[float]:
+    """``fit``'s optimizer, schedule and epochs (the modules already in their training layout)."""
     optimizer = make_optimizer(model if hint is None else nn.ModuleList([model, hint]), lr, recipe)
     scheduler = make_scheduler(optimizer, recipe, epochs)
     arrays = [x, y] if teacher_logits is None else [x, y, teacher_logits]
@@ -229,6 +264,4 @@ def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, lr: floa
                                   label_smoothing=recipe.label_smoothing, grad_clip=recipe.grad_clip,
                                   epoch=epoch + 1, hint=hint))
         scheduler.step()
-    if hint is not None:
-        hint.remove()  # the caller's teacher runs without the tap afterwards
     return losses

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .config.schema import RecipeSection
-from .engine import KDSettings, evaluation_sums, metrics_from_sums, train_epoch
+from .engine import KDSettings, conv_layout, evaluation_sums, metrics_from_sums, train_epoch
 from .hints import hint_for
 from .recipe import augmented, make_optimizer, make_scheduler
 from .models import build_model
@@ -100,42 +100,43 @@ def run_epochs(spec: StageSpec, *, train_batches: Callable[[int], Batches], val_
         model.load_state_dict(resume.model)
         if hint is not None:
             hint.load_state_dict(resume.hint)
-    trained = prepare_model(model)  # DDP wrapper on many ranks; shares parameters with `model`
-    trained_hint = prepare_model(hint) if hint is not None else None  # its gradients all-reduce too
-    recipe = spec.recipe
-    optimizer = make_optimizer(trained if hint is None else nn.ModuleList([model, hint]), spec.lr, recipe)
-    scheduler = make_scheduler(optimizer, recipe, spec.epochs)
-    state = TrainState({}, {}, 0, [])
-    if resume is not None:
-        optimizer.load_state_dict(resume.optimizer)
-        scheduler.load_state_dict(resume.scheduler)
-        state = TrainState({}, {}, resume.epoch, list(resume.history), resume.resumed_at + [resume.epoch])
-    fill = spec.fill or (0.0,) * spec.input_shape[0]
-    for epoch in range(state.epoch, spec.epochs):
-        before_epoch(epoch)
-        started = time.perf_counter()
-        # augmentation draws are seeded per (seed, epoch): a resumed run sees the same views
-        batches = (views.batches(train_batches(epoch), epoch) if views is not None else
-                   augmented(train_batches(epoch), recipe.augment, fill, seed=shuffle_seed(spec.seed, epoch) + 1))
-        train_loss = train_epoch(trained, batches, optimizer, kd=spec.kd, teachers=teachers, device=device,
-                                 label_smoothing=recipe.label_smoothing, grad_clip=recipe.grad_clip,
-                                 epoch=epoch + 1, hint=trained_hint)
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        epoch_time = time.perf_counter() - started
-        val = metrics_from_sums(reduce_sums(evaluation_sums(model, val_batches(), device)))
-        metrics = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val["loss"],
-                   "val_accuracy": val["accuracy"], "lr": lr, "epoch_time_s": epoch_time}
-        state = TrainState(_cpu_state(model), optimizer.state_dict(), epoch + 1, state.history + [metrics],
-                           state.resumed_at, scheduler.state_dict(), _cpu_state(hint) if hint is not None else {})
-        report(metrics, state)
+    with conv_layout([model, hint, *teachers], device):  # channels-last while training on a CPU
+        trained = prepare_model(model)  # DDP wrapper on many ranks; shares parameters with `model`
+        trained_hint = prepare_model(hint) if hint is not None else None  # its gradients all-reduce too
+        recipe = spec.recipe
+        optimizer = make_optimizer(trained if hint is None else nn.ModuleList([model, hint]), spec.lr, recipe)
+        scheduler = make_scheduler(optimizer, recipe, spec.epochs)
+        state = TrainState({}, {}, 0, [])
+        if resume is not None:
+            optimizer.load_state_dict(resume.optimizer)
+            scheduler.load_state_dict(resume.scheduler)
+            state = TrainState({}, {}, resume.epoch, list(resume.history), resume.resumed_at + [resume.epoch])
+        fill = spec.fill or (0.0,) * spec.input_shape[0]
+        for epoch in range(state.epoch, spec.epochs):
+            before_epoch(epoch)
+            started = time.perf_counter()
+            # augmentation draws are seeded per (seed, epoch): a resumed run sees the same views
+            batches = (views.batches(train_batches(epoch), epoch) if views is not None else
+                       augmented(train_batches(epoch), recipe.augment, fill, seed=shuffle_seed(spec.seed, epoch) + 1))
+            train_loss = train_epoch(trained, batches, optimizer, kd=spec.kd, teachers=teachers, device=device,
+                                     label_smoothing=recipe.label_smoothing, grad_clip=recipe.grad_clip,
+                                     epoch=epoch + 1, hint=trained_hint)
+            lr = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+            epoch_time = time.perf_counter() - started
+            val = metrics_from_sums(reduce_sums(evaluation_sums(model, val_batches(), device)))
+            metrics = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val["loss"],
+                       "val_accuracy": val["accuracy"], "lr": lr, "epoch_time_s": epoch_time}
+            state = TrainState(_cpu_state(model), optimizer.state_dict(), epoch + 1, state.history + [metrics],
+                               state.resumed_at, scheduler.state_dict(), _cpu_state(hint) if hint is not None else {})
+            report(metrics, state)
     if hint is not None:
         hint.remove()
     return state
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in model.state_dict().items()}
 
 
 STATE_FILE = "state.pt"  # the TrainState inside every checkpoint directory (Ray Train's and Tune's)
