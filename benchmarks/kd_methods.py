@@ -22,9 +22,12 @@ row is compared with the student alone trained with the same recipe, and the goa
 of the student-alone rows: the two above, and with ``--alone-augment`` one more augmentation for the
 student alone (e.g. ``'{hflip: true}'``, a recipe the validation split found better for it).
 
-In process (``engine.fit``, the loss the Ray Train stage runs per batch), no Ray.
+Each training is ``engine.fit`` (the loss the Ray Train stage runs per batch), one after another in
+this process, or with ``--workers N`` N at a time as Ray tasks of one CPU and one thread each
+(``_jobs``: on 2 cores two 1-thread trainings finish ~1.7x the epochs of one 2-thread one);
+the trainings themselves are in ``_kd_rows``.
 
-    python benchmarks/kd_methods.py [--seeds 0 1 2] [--student-epochs 10] [--rows kd dkd ...] [--teacher-cache DIR]
+    python benchmarks/kd_methods.py [--seeds 0 1 2] [--student-epochs 10] [--rows kd dkd ...] [--teacher-cache DIR] [--workers 2]
         [--alone-augment '{hflip: true}'] [--views-augment '{hflip: true}'] [--views-epochs 120] [--set distill.temperature=1 ...]
 
 Goal (issue 16): the best method beats the student alone by >= 1.0 pt on the mean and on every seed.
@@ -33,21 +36,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import statistics
 import time
 from pathlib import Path
 
-import torch
-
-from raydistill.core.config import ModelSpec, load_config
+from raydistill.core.config import ConfigError, ModelSpec, load_config
 from raydistill.core.config.schema import AugmentSpec
 from raydistill.core.data import load_data
-from raydistill.core.engine import KDSettings, evaluate, fit, predict_logits
 from raydistill.core.models import build_model, count_parameters
-from raydistill.core.recipe import raw_zero_fill
-from raydistill.core.views import ViewCache, resolve_topk
+
+from _jobs import Jobs
+from _kd_rows import cache_job, row_job, teacher_job, views_job
 
 FASHION = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fashion-mnist"
 STUDENT = "distill.student={name: cnn, args: {channels: [8, 16], fc: 24}}"  # the default, before --set
@@ -69,97 +69,55 @@ def describe(spec: ModelSpec) -> str:
     return f"{spec.name} {args}"
 
 
-def _train(spec: ModelSpec, bundle, section, *, seed: int, kd=None, logits=None, teachers=(), views=None,
-           view_cache=()) -> tuple[torch.nn.Module, float]:
-    """A fresh ``spec`` (init from ``seed``) trained in process with ``section``'s recipe; (model, seconds)."""
-    torch.manual_seed(seed)
-    model = build_model(spec.name, bundle.input_shape, bundle.num_classes, spec.args)
-    started = time.perf_counter()
-    fit(model, bundle.x_train, bundle.y_train, epochs=section.epochs, lr=section.lr, batch_size=section.batch_size,
-        seed=seed, recipe=section, kd=kd, teacher_logits=logits, teachers=teachers,
-        fill=raw_zero_fill(bundle.normalization, bundle.input_shape[0]), views=views, view_cache=view_cache)
-    return model.eval(), time.perf_counter() - started
-
-
-def _accuracy(model, bundle) -> float:
-    return evaluate(model, bundle.x_test, bundle.y_test)["accuracy"]
-
-
-def teacher_for(cfg, bundle, seed: int, cache: Path | None) -> tuple[torch.nn.Module, float, bool]:
-    """The seed's teacher (init and batches from ``1000 + seed``), the seconds its training took, and
-    whether it came from ``cache``.
-
-    With ``cache``, a teacher trained earlier with the same teacher and data sections, seed and torch
-    version is loaded from ``cache/teacher-<sha256 of those>.pt`` (tensors only: ``weights_only``) and
-    its recorded training time reported; otherwise it is trained and stored there."""
-    key = json.dumps([dataclasses.asdict(cfg.teacher), dataclasses.asdict(cfg.data), seed, torch.__version__],
-                     sort_keys=True, default=str)
-    path = cache / f"teacher-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt" if cache else None
-    if path is not None and path.exists():
-        spec = cfg.teacher.model
-        teacher = build_model(spec.name, bundle.input_shape, bundle.num_classes, spec.args)
-        try:
-            saved = torch.load(path, weights_only=True)
-            teacher.load_state_dict(saved["state"])
-            return teacher.eval(), float(saved["seconds"]), True
-        except Exception as error:  # noqa: BLE001 - unreadable or another shape: train it again
-            why = f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"
-            print(f"seed {seed}: cached teacher {path} unusable ({why}); training it", flush=True)
-    teacher, seconds = _train(cfg.teacher.model, bundle, cfg.teacher, seed=1000 + seed)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"state": teacher.state_dict(), "seconds": seconds}, path.with_suffix(".tmp"))
-        path.with_suffix(".tmp").replace(path)  # whole or absent: a killed run leaves no half teacher
-    return teacher, seconds, False
-
-
-def one_seed(cfg, bundle, seed: int, views_recipe, rows=ROWS, teacher_cache: Path | None = None,
-             alone_augment: AugmentSpec | None = None) -> dict:
-    """Teacher, then each of ``rows``' students (and their student-alone baselines; with
-    ``alone_augment`` one more, trained with that augmentation) from the same init; test accuracies
-    and wall times. ``views_recipe``: the ``distill`` section of the augmented rows (``_views_recipe``)."""
-    teacher, t_time, cached = teacher_for(cfg, bundle, seed, teacher_cache)
-    logits = predict_logits(teacher, bundle.x_train)  # (N, C), once: the logit methods' cached targets
+def submit_rows(jobs: Jobs, cfg, bundles: list, seeds: list[int], teachers: list, views_recipe, rows=ROWS,
+                alone_augment: AugmentSpec | None = None) -> list[dict]:
+    """Per seed, each of ``rows``' students (and their student-alone baselines; with ``alone_augment`` one
+    more, trained with that augmentation) from the same init, as ``jobs``: {row: handle of (accuracy,
+    seconds)}. ``teachers``: each seed's ``teacher_job`` (handle); ``views_recipe``: the augmented rows'
+    ``distill`` section (``_views_recipe``). Submitted longest chains first, so that Ray tasks keep every
+    CPU busy to the end: the rows that wait for a teacher (view cache -> kd on views), then the long
+    student-alone row, then the short ones."""
     d, student = cfg.distill, cfg.distill.student
-    alone, alone_time = _train(student, bundle, d, seed=seed)
-    ratio = count_parameters(teacher) / count_parameters(alone)
-    assert ratio >= 20, f"the student must be >= 20x smaller than the teacher, got {ratio:.1f}x"
-    out = {"teacher": _accuracy(teacher, bundle), "teacher_s": t_time, "teacher_cached": cached,
-           "alone": _accuracy(alone, bundle), "alone_s": alone_time, "ratio": ratio}
-    for method in (m for m in METHODS if m in rows):
-        kd = KDSettings.for_distill(dataclasses.replace(d, method=method))
-        online = method == "fitnet"
-        model, seconds = _train(student, bundle, d, seed=seed, kd=kd, logits=None if online else logits,
-                                teachers=[teacher] if online else ())
-        out[method], out[f"{method}_s"] = _accuracy(model, bundle), seconds
-    if any(row in rows for row in AUG_ROWS):
-        out.update(augmented_rows(bundle, teacher, seed, views_recipe, rows))
-    if alone_augment is not None:
-        model, seconds = _train(student, bundle, dataclasses.replace(d, augment=alone_augment), seed=seed)
-        out["alone+other"], out["alone+other_s"] = _accuracy(model, bundle), seconds
-    return out
-
-
-def augmented_rows(bundle, teacher, seed: int, d, rows=AUG_ROWS) -> dict:
-    """The student alone with the ``distill`` section ``d`` (its augmentation and epochs), then ``kd``
-    with it on 1/4/8 cached views of that augmentation (those of the ``kd views=V`` rows in ``rows``)."""
+    out = [{} for _ in seeds]
     wanted = [(views, row) for views, row in zip(VIEWS, AUG_ROWS) if row in rows]
-    student = d.student
-    model, seconds = _train(student, bundle, d, seed=seed)
-    out = {"alone+aug": _accuracy(model, bundle), "alone+aug_s": seconds}
-    fill = raw_zero_fill(bundle.normalization, bundle.input_shape[0])
-    started = time.perf_counter()
-    most = ViewCache(views=max(v for v, _ in wanted), spec=d.augment, fill=fill, seed=seed, num_classes=bundle.num_classes)
-    with torch.no_grad():
-        cache = most.build(teacher, torch.as_tensor(bundle.x_train), torch.arange(len(bundle.y_train)),
-                           resolve_topk(d.cache_topk, bundle.num_classes))
-    out["cache_s"] = time.perf_counter() - started
-    kd = KDSettings.for_distill(dataclasses.replace(d, method="kd"))
-    for views, row in wanted:
-        model, seconds = _train(student, bundle, d, seed=seed, kd=kd, views=dataclasses.replace(most, views=views),
-                                view_cache=[c[:, :views] for c in cache])
-        out[row], out[f"{row}_s"] = _accuracy(model, bundle), seconds
+    for o, bundle, seed, teacher in zip(out, bundles, seeds, teachers):
+        if wanted:
+            o["cache"] = jobs.submit(cache_job, teacher, bundle, seed, views_recipe, max(v for v, _ in wanted))
+            for views, row in wanted:
+                o[row] = jobs.submit(views_job, o["cache"], student, bundle, seed, views_recipe, views)
+        for method in (m for m in METHODS if m in rows):
+            o[method] = jobs.submit(row_job, student, bundle, d, seed, teacher, method)
+    for o, bundle, seed in zip(out, bundles, seeds):
+        if wanted:
+            o["alone+aug"] = jobs.submit(row_job, student, bundle, views_recipe, seed)
+    for o, bundle, seed in zip(out, bundles, seeds):
+        o["alone"] = jobs.submit(row_job, student, bundle, d, seed)
+        if alone_augment is not None:
+            o["alone+other"] = jobs.submit(row_job, student, bundle, dataclasses.replace(d, augment=alone_augment), seed)
     return out
+
+
+def collect(jobs: Jobs, teacher, handles: dict, ratio: float) -> dict:
+    """One seed's results, as the table reads them: ``row`` and ``row_s`` per row, the teacher's, the cache's."""
+    t = jobs.get(teacher)
+    out = {k: t[k] for k in ("teacher", "teacher_s", "teacher_cached")} | {"ratio": ratio}
+    for row, handle in handles.items():
+        if row == "cache":
+            out["cache_s"] = jobs.get(handle)[2]
+        else:
+            out[row], out[f"{row}_s"] = jobs.get(handle)
+    return out
+
+
+def size_ratio(cfg, bundle) -> float:
+    """Teacher parameters / student parameters; refused below 20x before anything trains."""
+    count = [count_parameters(build_model(s.name, bundle.input_shape, bundle.num_classes, s.args))
+             for s in (cfg.teacher.model, cfg.distill.student)]
+    ratio = count[0] / count[1]
+    if ratio < 20:
+        raise SystemExit(f"the student must be >= 20x smaller than the teacher: {count[1]:,} vs {count[0]:,} "
+                         f"parameters ({ratio:.1f}x)")
+    return ratio
 
 
 def baseline(row: str) -> str:
@@ -246,7 +204,10 @@ def main() -> None:
     parser.add_argument("--config", default="configs/fashion_mnist.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--student-epochs", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads with --workers 1")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="trainings run at a time, as Ray tasks of 1 CPU and 1 thread each (default 1: one "
+                             "after another in this process on --threads threads)")
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS),
                         help="distilled rows to run (default: all); their student-alone baselines always run")
     parser.add_argument("--teacher-cache", type=Path, default=None,
@@ -263,20 +224,29 @@ def main() -> None:
                              "schedule on cached views, against the student alone with the same schedule")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
     base = [f"data.root={FASHION}", "run.quiet=true", STUDENT, "distill.mode=online", f"distill.epochs={args.student_epochs}"]
     cfg = load_config(args.config, [*base, *args.overrides])
     other = (None if args.alone_augment is None else
              _distill_with(args, [*base, *args.overrides], augment=args.alone_augment).augment)
     views = _views_recipe(args, [*base, *args.overrides], cfg.teacher.augment)
     cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, augment=AugmentSpec()))
+    bundles = [load_data(cfg.data, seed) for seed in args.seeds]
+    ratio = size_ratio(cfg, bundles[0])
     started = time.perf_counter()
-    results = []
-    for seed in args.seeds:
-        bundle = load_data(cfg.data, seed)
-        results.append(one_seed(cfg, bundle, seed, views, args.rows, args.teacher_cache, other))
-        print(f"seed {seed}: " + json.dumps({k: round(v, 4) if isinstance(v, float) else v
-                                             for k, v in results[-1].items()}), flush=True)
+    jobs = Jobs(args.workers, threads=args.threads)
+    try:
+        bundles = [jobs.put(b) for b in bundles]
+        teachers = [jobs.submit(teacher_job, cfg, b, seed, args.teacher_cache) for b, seed in zip(bundles, args.seeds)]
+        handles = submit_rows(jobs, cfg, bundles, args.seeds, teachers, views, args.rows, other)
+        results = []
+        for seed, teacher, rows in zip(args.seeds, teachers, handles):
+            results.append(collect(jobs, teacher, rows, ratio))
+            print(f"seed {seed}: " + json.dumps({k: round(v, 4) if isinstance(v, float) else v
+                                                 for k, v in results[-1].items()}), flush=True)
+    finally:
+        jobs.close()
     d = cfg.distill
     print(f"\n{cfg.data.name}: teacher {describe(cfg.teacher.model)} ({cfg.teacher.epochs} epochs), "
           f"student {describe(d.student)} ({results[0]['ratio']:.1f}x fewer parameters), {d.epochs} epochs "
@@ -285,7 +255,8 @@ def main() -> None:
           f"({_cache_line(results)}); T={d.temperature} alpha={d.alpha} "
           f"dkd {d.dkd_alpha}/{d.dkd_beta} hint_weight {d.hint_weight}; seeds {args.seeds} "
           f"({sum(r['teacher_cached'] for r in results)} teachers from --teacher-cache); "
-          f"{time.perf_counter() - started:.0f} s; {args.threads} threads")
+          f"{time.perf_counter() - started:.0f} s; "
+          + (f"{args.threads} threads" if args.workers == 1 else f"{args.workers} Ray tasks at a time, 1 thread each"))
     print(table(results, args.seeds, describe(cfg.teacher.model), augment_name(other)))
     print(verdict(results, augment_name(other)))
     print(json.dumps({"benchmark": "kd_methods", "seeds": args.seeds, "results": results}))

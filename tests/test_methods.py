@@ -292,3 +292,33 @@ def test_the_plain_grid_search_baseline_trains_on_the_written_formulas(batch, me
         expected = float(np.mean(_kl(_softmax(t / T), _softmax(s / T)))) * T * T
     got = plain.soft(method, torch.tensor(zs), torch.tensor(zt), torch.tensor(y), T).item()
     assert got == pytest.approx(expected, rel=1e-6)
+
+
+def test_kd_methods_on_ray_tasks_gives_each_row_what_one_thread_in_process_gives(tmp_path):
+    # benchmarks/kd_methods.py --workers 2 runs its trainings as one-CPU Ray tasks, a row starting when its
+    # inputs (teacher -> view cache -> kd on views) are done; in process on one thread (the reference) the
+    # same rows run one after another. Same seeds, same init, same batches, same kernels: same accuracies.
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    def rows(*extra: str) -> dict:
+        args = ["--seeds", "0", "--rows", "kd", "kd views=4", "--student-epochs", "1", "--views-epochs", "2",
+                "--alone-augment", "{hflip: true}", "--set", "data.train_limit=2000", "--set", "teacher.epochs=1",
+                "--set", "distill.student={name: cnn, args: {channels: [4, 8], fc: 256}}",
+                "--set", "teacher.model.args.fc=1024", "--teacher-cache", str(tmp_path / "teachers"), *extra]
+        proc = subprocess.run([sys.executable, "benchmarks/kd_methods.py", *args], cwd=REPO, capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        found = json.loads(proc.stdout.strip().splitlines()[-1])["results"][0]
+        return {k: v for k, v in found.items() if not k.endswith("_s")}, proc.stdout
+
+    in_process, _ = rows("--workers", "1", "--threads", "1")
+    on_ray, out = rows("--workers", "2")
+    wanted = {"teacher", "alone", "kd", "alone+aug", "kd views=4", "alone+other"}
+    assert wanted <= set(in_process) and in_process["teacher_cached"] is False
+    assert on_ray["teacher_cached"] is True  # the second run read the first one's teacher
+    assert {k: on_ray[k] for k in wanted} == {k: in_process[k] for k in wanted}
+    assert "2 Ray tasks at a time, 1 thread each" in out
