@@ -37,7 +37,6 @@ class Jobs:
     def __init__(self, workers: int, *, threads: int = 2):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
-        self.workers = workers
         self._ray = None
         if workers == 1:
             torch.set_num_threads(threads)

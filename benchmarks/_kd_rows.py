@@ -72,14 +72,18 @@ def teacher_job(cfg, bundle, seed: int, cache: Path | None) -> dict:
     return {"model": teacher, "teacher": accuracy(teacher, bundle), "teacher_s": seconds, "teacher_cached": cached}
 
 
-def row_job(spec: ModelSpec, bundle, section, seed: int, teacher: dict | None = None, method: str | None = None,
-            views: ViewCache | None = None, view_cache=()) -> tuple[float, float]:
-    """One student row: (test accuracy, seconds). ``method``: a logit method on the teacher's logits of
-    the clean images (once, as ``distill.mode=cached``) or ``fitnet`` online; ``views``: kd on cached views."""
+def logits_job(teacher: dict, bundle) -> torch.Tensor:
+    """The teacher's logits ``(N, C)`` on the clean training images, once per seed: the logit methods'
+    cached targets (as ``distill.mode=cached``)."""
+    return torch.as_tensor(predict_logits(teacher["model"], bundle.x_train))
+
+
+def row_job(spec: ModelSpec, bundle, section, seed: int, *, method: str | None = None, logits=None,
+            teacher: dict | None = None, views: ViewCache | None = None, view_cache=()) -> tuple[float, float]:
+    """One student row: (test accuracy, seconds). ``method``: a logit method on ``logits`` (``logits_job``),
+    ``fitnet`` online on ``teacher``, or ``kd`` on cached ``views``; None: the student alone."""
     kd = None if method is None else KDSettings.for_distill(dataclasses.replace(section, method=method))
-    online = [teacher["model"]] if method == "fitnet" else []
-    cached = method is not None and not online and views is None
-    logits = predict_logits(teacher["model"], bundle.x_train) if cached else None  # (N, C)
+    online = [teacher["model"]] if teacher is not None else []
     model, seconds = train(spec, bundle, section, seed=seed, kd=kd, logits=logits, teachers=online, views=views,
                            view_cache=view_cache)
     return accuracy(model, bundle), seconds

@@ -47,7 +47,7 @@ from raydistill.core.data import load_data
 from raydistill.core.models import build_model, count_parameters
 
 from _jobs import Jobs
-from _kd_rows import cache_job, row_job, teacher_job, views_job
+from _kd_rows import cache_job, logits_job, row_job, teacher_job, views_job
 
 FASHION = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fashion-mnist"
 STUDENT = "distill.student={name: cnn, args: {channels: [8, 16], fc: 24}}"  # the default, before --set
@@ -85,8 +85,11 @@ def submit_rows(jobs: Jobs, cfg, bundles: list, seeds: list[int], teachers: list
             o["cache"] = jobs.submit(cache_job, teacher, bundle, seed, views_recipe, max(v for v, _ in wanted))
             for views, row in wanted:
                 o[row] = jobs.submit(views_job, o["cache"], student, bundle, seed, views_recipe, views)
-        for method in (m for m in METHODS if m in rows):
-            o[method] = jobs.submit(row_job, student, bundle, d, seed, teacher, method)
+        methods = [m for m in METHODS if m in rows]
+        logits = jobs.submit(logits_job, teacher, bundle) if set(methods) - {"fitnet"} else None
+        for method in methods:
+            source = {"teacher": teacher} if method == "fitnet" else {"logits": logits}
+            o[method] = jobs.submit(row_job, student, bundle, d, seed, method=method, **source)
     for o, bundle, seed in zip(out, bundles, seeds):
         if wanted:
             o["alone+aug"] = jobs.submit(row_job, student, bundle, views_recipe, seed)

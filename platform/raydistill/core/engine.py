@@ -236,32 +236,22 @@ def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, lr: floa
     ``ViewCache.build`` of all of ``x``) instead of ``recipe.augment``. Returns per-epoch mean losses."""
     recipe = recipe or RecipeSection()
     hint = hint_for(kd, model, teachers, tuple(np.shape(x)[1:]), seed=seed + 1)  # fitnet only
-    with conv_layout([model, hint, *teachers], device):
-        losses = _fit_epochs(model, x, y, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, recipe=recipe,
-                             kd=kd, teacher_logits=teacher_logits, teachers=teachers, fill=fill, device=device,
-                             views=views, view_cache=view_cache, hint=hint)
+    with conv_layout([model, hint, *teachers], device):  # channels-last while training on a CPU
+        optimizer = make_optimizer(model if hint is None else nn.ModuleList([model, hint]), lr, recipe)
+        scheduler = make_scheduler(optimizer, recipe, epochs)
+        arrays = [x, y] if teacher_logits is None else [x, y, teacher_logits]
+        if views is not None:
+            arrays, local = local_views(views, [x, y, torch.arange(len(y)), *view_cache])
+        fill = fill if fill is not None else (0.0,) * int(np.shape(x)[1])
+        losses = []
+        for epoch in range(epochs):
+            batches = iterate_batches(arrays, batch_size, shuffle=True, seed=seed + epoch)
+            batches = (local.batches(batches, epoch) if views is not None else
+                       augmented(batches, recipe.augment, fill, seed=seed + epoch + 1))
+            losses.append(train_epoch(model, batches, optimizer, kd=kd, teachers=teachers, device=device,
+                                      label_smoothing=recipe.label_smoothing, grad_clip=recipe.grad_clip,
+                                      epoch=epoch + 1, hint=hint))
+            scheduler.step()
     if hint is not None:
         hint.remove()  # the caller's teacher runs without the tap afterwards
-    return losses
-
-
-def _fit_epochs(model: nn.Module, x, y, *, epochs: int, lr: float, batch_size: int, seed: int, recipe: RecipeSection,
-                kd: KDSettings | None, teacher_logits, teachers: Sequence[nn.Module], fill, device, views, view_cache,
-                hint: nn.Module | None) -> list[float]:
-    """``fit``'s optimizer, schedule and epochs (the modules already in their training layout)."""
-    optimizer = make_optimizer(model if hint is None else nn.ModuleList([model, hint]), lr, recipe)
-    scheduler = make_scheduler(optimizer, recipe, epochs)
-    arrays = [x, y] if teacher_logits is None else [x, y, teacher_logits]
-    if views is not None:
-        arrays, local = local_views(views, [x, y, torch.arange(len(y)), *view_cache])
-    fill = fill if fill is not None else (0.0,) * int(np.shape(x)[1])
-    losses = []
-    for epoch in range(epochs):
-        batches = iterate_batches(arrays, batch_size, shuffle=True, seed=seed + epoch)
-        batches = (local.batches(batches, epoch) if views is not None else
-                   augmented(batches, recipe.augment, fill, seed=seed + epoch + 1))
-        losses.append(train_epoch(model, batches, optimizer, kd=kd, teachers=teachers, device=device,
-                                  label_smoothing=recipe.label_smoothing, grad_clip=recipe.grad_clip,
-                                  epoch=epoch + 1, hint=hint))
-        scheduler.step()
     return losses
