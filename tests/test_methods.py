@@ -255,6 +255,49 @@ def test_fitnet_fit_pulls_the_students_features_toward_the_teachers_and_leaves_t
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in teacher.modules())
 
 
+def _hooks(model: torch.nn.Module) -> int:
+    """Forward hooks on any module of ``model`` (torch's own registries, counted)."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_fitnet_fit_that_fails_mid_training_still_takes_its_taps_off_the_teacher():
+    from raydistill.core.engine import fit
+
+    student, teacher = _mlp_pair(4)
+    x = torch.randn(64, 1, 2, 4).numpy()
+    y = np.random.default_rng(1).integers(0, 3, 64)
+    y[40] = 7  # a label outside the 3 classes: cross-entropy fails on the batch that holds it
+    kd = KDSettings(temperature=4.0, alpha=0.5, method=parse_method("fitnet"), hint_weight=1.0)
+    assert _hooks(teacher) == 0
+    with pytest.raises((IndexError, RuntimeError)):
+        fit(student, x, y, epochs=2, lr=1e-2, batch_size=16, seed=0, kd=kd, teachers=[teacher])
+    assert _hooks(teacher) == 0 and _hooks(student) == 0
+
+
+def test_fitnet_run_epochs_that_fails_after_an_epoch_still_takes_its_taps_off_the_teacher():
+    from raydistill.core.loop import StageSpec, run_epochs
+    from raydistill.core.engine import iterate_batches
+    from raydistill.core.models import build_model
+
+    torch.manual_seed(0)
+    teacher = build_model("mlp", (1, 4, 4), 3, {"hidden": [12]})
+    x, y = torch.randn(48, 1, 4, 4).numpy(), np.random.default_rng(2).integers(0, 3, 48)
+    kd = KDSettings(temperature=2.0, alpha=0.5, method=parse_method("fitnet"), hint_weight=1.0)
+    spec = StageSpec(stage="student", model_name="mlp", model_args={"hidden": [6]}, input_shape=(1, 4, 4),
+                     num_classes=3, epochs=3, lr=0.01, batch_size=16, seed=0, kd=kd)
+    epochs = []
+
+    def report_then_die(metrics, state):
+        epochs.append(metrics["epoch"])
+        raise ConnectionError("the driver went away")  # as a lost Ray Train session would
+
+    with pytest.raises(ConnectionError):
+        run_epochs(spec, train_batches=lambda e: iterate_batches([x, y], 16, shuffle=True, seed=e),
+                   val_batches=lambda: iterate_batches([x, y], 48, shuffle=False), report=report_then_die,
+                   teachers=[teacher])
+    assert epochs == [1] and _hooks(teacher) == 0
+
+
 def test_fitnet_needs_online_one_teacher_and_no_tune_sweep(tmp_path):
     from raydistill.core.config import ConfigError, load_config
     from raydistill.core.preflight import preflight

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config.schema import RecipeSection
-from .hints import hint_for
+from .hints import hint_for, tapped
 from .losses import ensemble_soft_targets, kd_loss_from_probs, soft_targets
 from .methods import Method, parse_method, soft_term, standardize, warmup_weight
 from .recipe import augmented, make_optimizer, make_scheduler
@@ -236,7 +236,7 @@ def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, lr: floa
     ``ViewCache.build`` of all of ``x``) instead of ``recipe.augment``. Returns per-epoch mean losses."""
     recipe = recipe or RecipeSection()
     hint = hint_for(kd, model, teachers, tuple(np.shape(x)[1:]), seed=seed + 1)  # fitnet only
-    with conv_layout([model, hint, *teachers], device):  # channels-last while training on a CPU
+    with tapped(hint), conv_layout([model, hint, *teachers], device):  # taps off at the end; channels-last on a CPU
         optimizer = make_optimizer(model if hint is None else nn.ModuleList([model, hint]), lr, recipe)
         scheduler = make_scheduler(optimizer, recipe, epochs)
         arrays = [x, y] if teacher_logits is None else [x, y, teacher_logits]
@@ -252,6 +252,4 @@ def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, lr: floa
                                       label_smoothing=recipe.label_smoothing, grad_clip=recipe.grad_clip,
                                       epoch=epoch + 1, hint=hint))
             scheduler.step()
-    if hint is not None:
-        hint.remove()  # the caller's teacher runs without the tap afterwards
     return losses

@@ -27,7 +27,8 @@ of ``resnet32x4``; ``5`` is the CNN's second pooled map) or ``auto``: the input 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -137,4 +138,15 @@ def hint_for(kd, model: nn.Module, teachers: Sequence[nn.Module], input_shape: S
                     teacher_layer=kd.hint_layer).to(next(model.parameters()).device)
 
 
-__all__ = ["AUTO", "FeatureTap", "Hint", "HintError", "hint_for"]
+@contextmanager
+def tapped(hint: Hint | None) -> Iterator[Hint | None]:
+    """``hint`` (or None) for the length of a training: its taps come off the models when the block
+    ends, on an error too, so the caller's teacher never keeps a forward hook it did not add."""
+    try:
+        yield hint
+    finally:
+        if hint is not None:
+            hint.remove()
+
+
+__all__ = ["AUTO", "FeatureTap", "Hint", "HintError", "hint_for", "tapped"]

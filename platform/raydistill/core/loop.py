@@ -15,7 +15,7 @@ from torch import nn
 
 from .config.schema import RecipeSection
 from .engine import KDSettings, conv_layout, evaluation_sums, metrics_from_sums, train_epoch
-from .hints import hint_for
+from .hints import hint_for, tapped
 from .recipe import augmented, make_optimizer, make_scheduler
 from .models import build_model
 from .views import LocalViews, ViewCache
@@ -96,11 +96,11 @@ def run_epochs(spec: StageSpec, *, train_batches: Callable[[int], Batches], val_
         raise ValueError("run_epochs: spec.views and views go together (core.views.local_views of the train arrays)")
     model = build_for_spec(spec).to(device)
     hint = hint_for(spec.kd, model, teachers, spec.input_shape, seed=spec.seed + 1)
-    if resume is not None:
-        model.load_state_dict(resume.model)
-        if hint is not None:
-            hint.load_state_dict(resume.hint)
-    with conv_layout([model, hint, *teachers], device):  # channels-last while training on a CPU
+    with tapped(hint), conv_layout([model, hint, *teachers], device):  # taps off at the end; channels-last on a CPU
+        if resume is not None:
+            model.load_state_dict(resume.model)
+            if hint is not None:
+                hint.load_state_dict(resume.hint)
         trained = prepare_model(model)  # DDP wrapper on many ranks; shares parameters with `model`
         trained_hint = prepare_model(hint) if hint is not None else None  # its gradients all-reduce too
         recipe = spec.recipe
@@ -130,8 +130,6 @@ def run_epochs(spec: StageSpec, *, train_batches: Callable[[int], Batches], val_
             state = TrainState(_cpu_state(model), optimizer.state_dict(), epoch + 1, state.history + [metrics],
                                state.resumed_at, scheduler.state_dict(), _cpu_state(hint) if hint is not None else {})
             report(metrics, state)
-    if hint is not None:
-        hint.remove()
     return state
 
 
