@@ -136,6 +136,29 @@ def test_cached_views_give_the_online_loss_on_the_same_batch():
         assert len(set(rows)) == len(rows)
 
 
+@pytest.mark.parametrize("spec", [AugmentSpec(hflip=True), AugmentSpec(hflip=True, translate=1)])
+def test_views_that_make_the_same_image_go_through_the_teacher_once_and_get_its_logits_on_that_image(spec):
+    teacher, _ = _teacher_and_student()
+    x, idx = torch.randn(30, 1, 8, 8), torch.arange(7, 37)
+    seen = []  # every image the teacher is shown
+
+    def counting(v):
+        seen.extend(v.unbind(0))
+        return teacher(v).detach()
+
+    cache = ViewCache(views=8, spec=spec, fill=FILL, seed=4, num_classes=10)
+    values, _, _ = cache.build(counting, x, idx, 10, batch_size=8)
+    distinct = 0
+    for i in range(30):
+        images = [make_view(x[i:i + 1], [7 + i], v, seed=4, spec=spec, fill=FILL)[0] for v in range(8)]
+        distinct += len({img.numpy().tobytes() for img in images})  # the images this example's views make
+        # every view's targets are the teacher's logits on that view's own image (fp16 storage)
+        np.testing.assert_allclose(values[i].float().numpy(), teacher(torch.stack(images)).detach().numpy(),
+                                   rtol=2e-3, atol=2e-2)
+    assert len(seen) == distinct  # each distinct image once, not 8 x 30 = 240
+    assert distinct <= 60 if not spec.translate else distinct > 60  # flips only: at most 2 images per example
+
+
 def test_topk_views_give_each_example_the_teachers_top_probabilities_on_its_own_view():
     teacher, _ = _teacher_and_student()
     x, y, idx = torch.randn(40, 1, 8, 8), torch.randint(0, 10, (40,)), torch.arange(40)

@@ -137,14 +137,36 @@ class ViewCache:
               batch_size: int = 256) -> list[torch.Tensor]:
         """The cache of examples ``x`` ``(N, C, H, W)`` with training-set indices ``idx`` (N,):
         ``[values (N, V, [T,] k), indices (same), rest (N, V, [T])]``; ``teacher_logits(x_view)`` gives
-        ``(B, C)`` or ``(B, T, C)``."""
+        ``(B, C)`` or ``(B, T, C)`` for up to ``batch_size`` views at a time.
+
+        Views of one example that make the same image (the same offsets and, with flips on, the same
+        flip: :meth:`view_keys`) go through the teacher once and share its targets, so flips-only views
+        cost at most two teacher passes per example whatever ``V``."""
         parts = []
         for start in range(0, len(x), batch_size):
             xb, ib = x[start:start + batch_size], idx[start:start + batch_size].numpy()
-            per_view = [encode_topk(teacher_logits(make_view(xb, ib, v, seed=self.seed, spec=self.spec,
-                                                             fill=self.fill)), k) for v in range(self.views)]
-            parts.append([torch.stack([p[j] for p in per_view], dim=1) for j in range(3)])
+            keys = self.view_keys(ib)  # (B, V)
+            source = (keys.unsqueeze(2) == keys.unsqueeze(1)).int().argmax(dim=2)  # (B, V): first view with that key
+            rows, views = (source == torch.arange(self.views)).nonzero(as_tuple=True)  # the distinct images (P,)
+            encoded = [encode_topk(teacher_logits(make_view(xb[r], ib[r.numpy()], v.numpy(), seed=self.seed,
+                                                            spec=self.spec, fill=self.fill)), k)
+                       for r, v in zip(rows.split(batch_size), views.split(batch_size))]
+            slot = torch.zeros(keys.shape, dtype=torch.long)  # (B, V): each distinct image's place in ``encoded``
+            slot[rows, views] = torch.arange(len(rows))
+            at = slot.gather(1, source)  # (B, V): the place of the image each view makes
+            parts.append([torch.cat([e[j] for e in encoded])[at] for j in range(3)])
         return [torch.cat([p[j] for p in parts]) for j in range(3)]
+
+    def view_keys(self, idx) -> torch.Tensor:
+        """One int64 per view ``(B, V)`` of examples ``idx`` (B,) that is equal for two views exactly when
+        they make the same image: ``(row offset * (2t + 1) + column offset) * 2 + flip`` (flip 0 when
+        flips are off)."""
+        span = 2 * self.spec.translate + 1
+        keys = []
+        for v in range(self.views):
+            offsets, flips = view_draws(self.seed, idx, v, self.spec.translate)
+            keys.append((offsets[0] * span + offsets[1]) * 2 + (flips.long() if self.spec.hflip else 0))
+        return torch.stack(keys, dim=1)
 
 
 class LocalViews:
