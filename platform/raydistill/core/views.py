@@ -72,6 +72,12 @@ def make_view(x: torch.Tensor, idx, view, *, seed: int, spec: AugmentSpec, fill:
     return apply_augment(x, offsets, flips if spec.hflip else None, spec.translate, fill)
 
 
+def all_draws(seed: int, idx, views: int, translate: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`view_draws` of every view ``0..V-1`` of examples ``idx`` (B,): offsets ``(2, B, V)``, flips ``(B, V)``."""
+    draws = [view_draws(seed, idx, v, translate) for v in range(views)]
+    return torch.stack([d[0] for d in draws], dim=-1), torch.stack([d[1] for d in draws], dim=-1)
+
+
 def pick_views(seed: int, idx, epoch: int, views: int) -> np.ndarray:
     """Which of the ``views`` cached views each example ``idx`` (B,) trains on in ``epoch``: uniform,
     independent per (seed, example, epoch), int64 ``(B,)``."""
@@ -140,33 +146,24 @@ class ViewCache:
         ``(B, C)`` or ``(B, T, C)`` for up to ``batch_size`` views at a time.
 
         Views of one example that make the same image (the same offsets and, with flips on, the same
-        flip: :meth:`view_keys`) go through the teacher once and share its targets, so flips-only views
-        cost at most two teacher passes per example whatever ``V``."""
+        flip) go through the teacher once and share its targets, so flips-only views cost at most two
+        teacher passes per example whatever ``V``."""
         parts = []
         for start in range(0, len(x), batch_size):
             xb, ib = x[start:start + batch_size], idx[start:start + batch_size].numpy()
-            keys = self.view_keys(ib)  # (B, V)
+            offsets, flips = all_draws(self.seed, ib, self.views, self.spec.translate)  # (2, B, V), (B, V)
+            span = 2 * self.spec.translate + 1  # a view's image, as one number: its offsets and (if on) its flip
+            keys = (offsets[0] * span + offsets[1]) * 2 + (flips.long() if self.spec.hflip else 0)  # (B, V)
             source = (keys.unsqueeze(2) == keys.unsqueeze(1)).int().argmax(dim=2)  # (B, V): first view with that key
             rows, views = (source == torch.arange(self.views)).nonzero(as_tuple=True)  # the distinct images (P,)
-            encoded = [encode_topk(teacher_logits(make_view(xb[r], ib[r.numpy()], v.numpy(), seed=self.seed,
-                                                            spec=self.spec, fill=self.fill)), k)
-                       for r, v in zip(rows.split(batch_size), views.split(batch_size))]
+            encoded = [encode_topk(teacher_logits(apply_augment(
+                xb[r], offsets[:, r, v], flips[r, v] if self.spec.hflip else None, self.spec.translate, self.fill)), k)
+                for r, v in zip(rows.split(batch_size), views.split(batch_size))]
             slot = torch.zeros(keys.shape, dtype=torch.long)  # (B, V): each distinct image's place in ``encoded``
             slot[rows, views] = torch.arange(len(rows))
             at = slot.gather(1, source)  # (B, V): the place of the image each view makes
             parts.append([torch.cat([e[j] for e in encoded])[at] for j in range(3)])
         return [torch.cat([p[j] for p in parts]) for j in range(3)]
-
-    def view_keys(self, idx) -> torch.Tensor:
-        """One int64 per view ``(B, V)`` of examples ``idx`` (B,) that is equal for two views exactly when
-        they make the same image: ``(row offset * (2t + 1) + column offset) * 2 + flip`` (flip 0 when
-        flips are off)."""
-        span = 2 * self.spec.translate + 1
-        keys = []
-        for v in range(self.views):
-            offsets, flips = view_draws(self.seed, idx, v, self.spec.translate)
-            keys.append((offsets[0] * span + offsets[1]) * 2 + (flips.long() if self.spec.hflip else 0))
-        return torch.stack(keys, dim=1)
 
 
 class LocalViews:
@@ -182,9 +179,8 @@ class LocalViews:
         n, v = values.shape[:2]
         # every (row, view) pair flattened to row * V + view: one index_select per batch and array
         self.values, self.indices, self.rest = (c.reshape(n * v, *c.shape[2:]) for c in (values, indices, rest))
-        draws = [view_draws(views.seed, self.idx.numpy(), j, views.spec.translate) for j in range(v)]
-        self.offsets = torch.stack([d[0] for d in draws], dim=-1).reshape(2, n * v)  # (2, n * V)
-        self.flips = torch.stack([d[1] for d in draws], dim=-1).reshape(n * v)  # (n * V,)
+        offsets, flips = all_draws(views.seed, self.idx.numpy(), v, views.spec.translate)
+        self.offsets, self.flips = offsets.reshape(2, n * v), flips.reshape(n * v)  # (2, n * V), (n * V,)
         self.whole = values.shape[-1] >= views.num_classes  # k = C: class order, nothing to scatter
 
     def batches(self, batches: Iterable[tuple[torch.Tensor, ...]], epoch: int) -> Iterator[tuple[torch.Tensor, ...]]:
