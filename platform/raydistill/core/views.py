@@ -65,11 +65,18 @@ def view_draws(seed: int, idx, view, translate: int) -> tuple[torch.Tensor, torc
     return torch.from_numpy(np.stack([rows, cols])), torch.from_numpy(flips)
 
 
+def render(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, spec: AugmentSpec,
+           fill: tuple[float, ...]) -> torch.Tensor:
+    """The images ``(B, C, H, W)`` that draws ``offsets`` ``(2, B)`` and ``flips`` ``(B,)`` make of ``x``
+    under ``spec`` (flips ignored when ``spec.hflip`` is off): the one place the teacher's cached views
+    and the student's training views are drawn, so the two always match."""
+    return apply_augment(x, offsets, flips if spec.hflip else None, spec.translate, fill)
+
+
 def make_view(x: torch.Tensor, idx, view, *, seed: int, spec: AugmentSpec, fill: tuple[float, ...]) -> torch.Tensor:
     """View ``view`` (one for all, or one per example) of the examples ``x`` ``(B, C, H, W)`` whose
     training-set indices are ``idx`` (B,)."""
-    offsets, flips = view_draws(seed, idx, view, spec.translate)
-    return apply_augment(x, offsets, flips if spec.hflip else None, spec.translate, fill)
+    return render(x, *view_draws(seed, idx, view, spec.translate), spec, fill)
 
 
 def all_draws(seed: int, idx, views: int, translate: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,9 +163,8 @@ class ViewCache:
             keys = (offsets[0] * span + offsets[1]) * 2 + (flips.long() if self.spec.hflip else 0)  # (B, V)
             source = (keys.unsqueeze(2) == keys.unsqueeze(1)).int().argmax(dim=2)  # (B, V): first view with that key
             rows, views = (source == torch.arange(self.views)).nonzero(as_tuple=True)  # the distinct images (P,)
-            encoded = [encode_topk(teacher_logits(apply_augment(
-                xb[r], offsets[:, r, v], flips[r, v] if self.spec.hflip else None, self.spec.translate, self.fill)), k)
-                for r, v in zip(rows.split(batch_size), views.split(batch_size))]
+            encoded = [encode_topk(teacher_logits(render(xb[r], offsets[:, r, v], flips[r, v], self.spec, self.fill)), k)
+                       for r, v in zip(rows.split(batch_size), views.split(batch_size))]
             slot = torch.zeros(keys.shape, dtype=torch.long)  # (B, V): each distinct image's place in ``encoded``
             slot[rows, views] = torch.arange(len(rows))
             at = slot.gather(1, source)  # (B, V): the place of the image each view makes
@@ -190,8 +196,7 @@ class LocalViews:
         picks = torch.from_numpy(pick_views(cache.seed, self.idx.numpy(), epoch, cache.views))  # (n,), once per epoch
         for x, y, rows in batches:
             at = rows * cache.views + picks[rows]  # (B,) into the flattened (row, view) pairs
-            x_view = apply_augment(x, self.offsets.index_select(1, at), self.flips[at] if cache.spec.hflip else None,
-                                   cache.spec.translate, cache.fill)
+            x_view = render(x, self.offsets.index_select(1, at), self.flips[at], cache.spec, cache.fill)
             values = self.values.index_select(0, at)
             z_t = (values.float() if self.whole else
                    decode_topk(values, self.indices.index_select(0, at), self.rest.index_select(0, at), cache.num_classes))
