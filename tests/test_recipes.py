@@ -89,6 +89,24 @@ def test_translate_and_flip_of_non_square_multichannel_images_match_numpy():
                                   x.numpy()[flips.numpy()][..., ::-1])  # flips alone
 
 
+def test_cutout_erases_a_square_around_a_uniform_centre_and_clips_at_the_border():
+    x = torch.randn(3000, 2, 6, 5)  # H != W
+    fill = (-1.0, 3.0)
+    out = augment_batch(x, AugmentSpec(cutout=3), fill, torch.Generator().manual_seed(5))
+    spots = torch.randint(0, 2**16, (2, 3000), generator=torch.Generator().manual_seed(5))  # its only draws
+    centres = np.stack([spots[0].numpy() * 6 // 2**16, spots[1].numpy() * 5 // 2**16])
+    for b in range(3000):
+        r, c = centres[:, b]
+        want = x[b].numpy().copy()
+        want[0, max(r - 1, 0):r + 2, max(c - 1, 0):c + 2] = -1.0  # rows r-1..r+1, columns c-1..c+1, clipped
+        want[1, max(r - 1, 0):r + 2, max(c - 1, 0):c + 2] = 3.0
+        np.testing.assert_array_equal(out[b].numpy(), want)
+    for axis, side in ((0, 6), (1, 5)):  # every pixel row / column a centre about 1/side of the time
+        np.testing.assert_allclose(np.bincount(centres[axis], minlength=side) / 3000, 1 / side, atol=0.025)
+    even = augment_batch(x[:50], AugmentSpec(cutout=2), fill, torch.Generator().manual_seed(1))
+    assert all(int((e[0] == -1.0).sum()) in (1, 2, 4) for e in even)  # 2 x 2, clipped to 2 x 1 or 1 x 1 at the edge
+
+
 def test_hflip_mirrors_about_half_and_batches_stay_aligned():
     x = torch.randn(400, 1, 3, 5)
     out = augment_batch(x, AugmentSpec(hflip=True), (0.0,), torch.Generator().manual_seed(0))
@@ -173,6 +191,7 @@ def test_resumed_run_with_a_schedule_ends_with_the_uninterrupted_weights(tmp_pat
     ("distill.workers=some", "distill.workers"),
     ("distill.workers=0", "distill.workers"),
     ("teacher.augment.translate=-2", "teacher.augment.translate"),
+    ("distill.augment.cutout=-1", "distill.augment.cutout"),
     ("teacher.augment.hflip=true", "teacher.augment.hflip"),  # digits
     ("distill.augment.translate=2", "distill.augment"),  # cached mode
     ("teacher.augment.rotate=5", "teacher.augment.rotate"),

@@ -33,7 +33,7 @@ def numpy_view(img: np.ndarray, dy: int, dx: int, flip: bool, k: int, fill: floa
 def test_a_view_is_the_image_translated_and_flipped_by_its_own_draws():
     x = torch.randn(16, 1, 8, 8)
     idx = np.arange(100, 116)
-    offsets, flips = view_draws(3, idx, 2, SPEC.translate)
+    offsets, flips, _ = view_draws(3, idx, 2, SPEC)
     got = make_view(x, idx, 2, seed=3, spec=SPEC, fill=FILL).numpy()
     for i in range(16):
         # the crop starts at offset o of the padded image: the content moves by k - o
@@ -55,11 +55,41 @@ def test_a_view_depends_on_seed_example_and_view_only_not_on_batch_or_shard():
     assert not torch.equal(other_view, whole) and not torch.equal(other_seed, whole)
 
 
+def numpy_cutout(img: np.ndarray, row: int, col: int, size: int, fill: float) -> np.ndarray:
+    """``img`` ``(C, H, W)`` with the pixels of the size x size square whose centre is (row, col) set to ``fill``."""
+    out = img.copy()
+    for i in range(img.shape[1]):
+        for j in range(img.shape[2]):
+            if 0 <= i - row + size // 2 < size and 0 <= j - col + size // 2 < size:
+                out[:, i, j] = fill
+    return out
+
+
+def test_a_cutout_view_is_the_translated_flipped_image_with_its_square_erased():
+    spec = AugmentSpec(hflip=True, translate=1, cutout=3)
+    x = torch.randn(64, 2, 7, 9)
+    idx = np.arange(500, 564)
+    offsets, flips, spots = view_draws(8, idx, 1, spec)
+    got = make_view(x, idx, 1, seed=8, spec=spec, fill=(-0.5, 0.25)).numpy()
+    uncut = make_view(x, idx, 1, seed=8, spec=AugmentSpec(hflip=True, translate=1), fill=(-0.5, 0.25)).numpy()
+    for i in range(64):
+        row, col = int(spots[0, i]) * 7 // 2**16, int(spots[1, i]) * 9 // 2**16  # the centre pixel
+        want = np.stack([numpy_view(x[i, c:c + 1].numpy(), 1 - int(offsets[0, i]), 1 - int(offsets[1, i]),
+                                    bool(flips[i]), 1, f)[0] for c, f in enumerate((-0.5, 0.25))])
+        np.testing.assert_allclose(uncut[i], want)  # the same view without its cutout
+        want = np.stack([numpy_cutout(want[c:c + 1], row, col, 3, f)[0] for c, f in enumerate((-0.5, 0.25))])
+        np.testing.assert_allclose(got[i], want)
+        assert (got[i] != uncut[i]).any()  # every view loses pixels (a corner centre still erases 2 x 2)
+
+
 def test_draws_are_uniform_and_views_are_picked_uniformly_per_epoch():
-    offsets, flips = view_draws(0, np.arange(50_000), 1, 2)
+    offsets, flips, spots = view_draws(0, np.arange(50_000), 1, AugmentSpec(hflip=True, translate=2, cutout=3))
     for axis in range(2):
         np.testing.assert_allclose(np.bincount(offsets[axis].numpy(), minlength=5) / 50_000, 0.2, atol=0.01)
+        # cutout centres on a 10-px side: each pixel row / column 1/10 of the time
+        np.testing.assert_allclose(np.bincount(spots[axis].numpy() * 10 // 2**16, minlength=10) / 50_000, 0.1, atol=0.01)
     assert abs(float(flips.float().mean()) - 0.5) < 0.01
+    assert abs(np.corrcoef(spots[0].numpy(), offsets[0].numpy())[0, 1]) < 0.02  # independent of the offsets
     picks = [pick_views(0, np.arange(50_000), epoch, 4) for epoch in (1, 2)]
     for p in picks:
         np.testing.assert_allclose(np.bincount(p, minlength=4) / 50_000, 0.25, atol=0.01)
@@ -136,7 +166,8 @@ def test_cached_views_give_the_online_loss_on_the_same_batch():
         assert len(set(rows)) == len(rows)
 
 
-@pytest.mark.parametrize("spec", [AugmentSpec(hflip=True), AugmentSpec(hflip=True, translate=1)])
+@pytest.mark.parametrize("spec", [AugmentSpec(hflip=True), AugmentSpec(hflip=True, translate=1),
+                                  AugmentSpec(hflip=True, cutout=3)])
 def test_views_that_make_the_same_image_go_through_the_teacher_once_and_get_its_logits_on_that_image(spec):
     teacher, _ = _teacher_and_student()
     x, idx = torch.randn(30, 1, 8, 8), torch.arange(7, 37)
@@ -156,7 +187,7 @@ def test_views_that_make_the_same_image_go_through_the_teacher_once_and_get_its_
         np.testing.assert_allclose(values[i].float().numpy(), teacher(torch.stack(images)).detach().numpy(),
                                    rtol=2e-3, atol=2e-2)
     assert len(seen) == distinct  # each distinct image once, not 8 x 30 = 240
-    assert distinct <= 60 if not spec.translate else distinct > 60  # flips only: at most 2 images per example
+    assert distinct <= 60 if not (spec.translate or spec.cutout) else distinct > 60  # flips only: <= 2 images per example
 
 
 def test_topk_views_give_each_example_the_teachers_top_probabilities_on_its_own_view():

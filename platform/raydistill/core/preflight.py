@@ -33,16 +33,21 @@ def _check_splits(cfg: Config, bundle: DataBundle) -> None:
                           "raise it, or set 0 for no validation split")
 
 
-def _check_translate(cfg: Config, bundle: DataBundle) -> None:
+def _check_augment(cfg: Config, bundle: DataBundle) -> None:
     """``augment.translate`` k shifts by up to k px: below half the image's shorter side, or the
-    shifted images are mostly fill (k >= the side leaves them blank) and the padded batch grows as (H+2k)(W+2k)."""
+    shifted images are mostly fill (k >= the side leaves them blank) and the padded batch grows as
+    (H+2k)(W+2k). ``augment.cutout`` s erases an s x s square: below the shorter side, or a centred
+    square blanks the whole image."""
     height, width = bundle.input_shape[1:]
     most = (min(height, width) - 1) // 2
     for section in ("teacher", "distill"):
-        k = getattr(cfg, section).augment.translate
-        if k > most:
-            raise ConfigError(f"{section}.augment.translate: {k} px on the {height} x {width} px images of "
+        spec = getattr(cfg, section).augment
+        if spec.translate > most:
+            raise ConfigError(f"{section}.augment.translate: {spec.translate} px on the {height} x {width} px images of "
                               f"{bundle.name} would shift most of each image out of view; use at most {most} px")
+        if spec.cutout >= min(height, width):
+            raise ConfigError(f"{section}.augment.cutout: a {spec.cutout} px square on the {height} x {width} px images "
+                              f"of {bundle.name} can erase a whole image; use at most {min(height, width) - 1} px")
 
 
 def _check_trial_schedule(cfg: Config) -> None:
@@ -78,7 +83,7 @@ def preflight(cfg: Config, stage: str) -> DataBundle:
     except UnknownNameError as exc:  # pragma: no cover - guarded above
         raise ConfigError(f"data.name: {exc}") from exc
     _check_splits(cfg, bundle)
-    _check_translate(cfg, bundle)
+    _check_augment(cfg, bundle)
     if stage in ("teacher", "pipeline", "compress-report"):
         _check_model("teacher.model", cfg.teacher.model.name, cfg.teacher.model.args, bundle)
         for i, spec in enumerate(cfg.teacher.models if stage == "teacher" else []):

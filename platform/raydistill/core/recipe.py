@@ -14,6 +14,7 @@ from torch import nn
 from .config.schema import AugmentSpec, RecipeSection
 
 _NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
+SPOT_RANGE = 1 << 16  # cutout centres are drawn in [0, 2^16) per axis and scaled to the image (apply_cutout)
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, decay_norms_and_biases: bool) -> list[dict]:
@@ -76,14 +77,16 @@ def raw_zero_fill(normalization: dict | None, channels: int) -> tuple[float, ...
 def augment_batch(x: torch.Tensor, spec: AugmentSpec, fill: tuple[float, ...],
                   generator: torch.Generator) -> torch.Tensor:
     """Random translate by up to ``+-spec.translate`` px per example and axis (border = ``fill``),
-    then a random horizontal flip when ``spec.hflip``. ``x`` is ``(B, C, H, W)``; so is the result.
-    Draws come only from ``generator`` (offsets first, then flips): :func:`apply_augment` applies them."""
+    then a random horizontal flip when ``spec.hflip``, then a random ``spec.cutout`` square erased.
+    ``x`` is ``(B, C, H, W)``; so is the result. Draws come only from ``generator`` (offsets, flips,
+    then cutout spots): :func:`apply_augment` and :func:`apply_cutout` apply them."""
     if not spec.active():
         return x
     b, k = x.shape[0], spec.translate
     offsets = torch.randint(0, 2 * k + 1, (2, b), generator=generator) if k > 0 else None
     flips = torch.rand(b, generator=generator) < 0.5 if spec.hflip else None
-    return apply_augment(x, offsets, flips, k, fill)
+    spots = torch.randint(0, SPOT_RANGE, (2, b), generator=generator) if spec.cutout > 0 else None
+    return apply_cutout(apply_augment(x, offsets, flips, k, fill), spots, spec.cutout, fill)
 
 
 def apply_augment(x: torch.Tensor, offsets: torch.Tensor | None, flips: torch.Tensor | None, translate: int,
@@ -110,6 +113,26 @@ def apply_augment(x: torch.Tensor, offsets: torch.Tensor | None, flips: torch.Te
     rows = offsets[0][:, None] + torch.arange(h)  # (B, H)
     flat = (rows[:, :, None] * wp + cols[:, None, :]).reshape(b, 1, h * w).expand(b, c, h * w)
     return padded.reshape(b, c, hp * wp).gather(2, flat).reshape(b, c, h, w)
+
+
+def apply_cutout(x: torch.Tensor, spots: torch.Tensor | None, size: int, fill: tuple[float, ...]) -> torch.Tensor:
+    """Cutout (DeVries & Taylor 2017): erase a ``size`` x ``size`` square of each example ``x[i]``
+    ``(C, H, W)`` to ``fill``; ``size <= 0`` or no ``spots`` leaves ``x`` as it is.
+
+    ``spots`` ``(2, B)`` in ``[0, SPOT_RANGE)`` place the square's centre at pixel
+    ``(r, c) = (spots[0] * H // SPOT_RANGE, spots[1] * W // SPOT_RANGE)`` (uniform over the pixels,
+    so a square near the border is clipped and erases less); it covers rows ``r - size // 2`` to
+    ``r - size // 2 + size - 1`` and the same columns around ``c``.
+    """
+    if size <= 0 or spots is None:
+        return x
+    b, c, h, w = x.shape
+    top = spots[0] * h // SPOT_RANGE - size // 2  # (B,)
+    left = spots[1] * w // SPOT_RANGE - size // 2
+    rows = torch.arange(h) - top[:, None]  # (B, H): 0..size-1 inside the square
+    cols = torch.arange(w) - left[:, None]  # (B, W)
+    inside = ((rows >= 0) & (rows < size))[:, :, None] & ((cols >= 0) & (cols < size))[:, None, :]  # (B, H, W)
+    return torch.where(inside[:, None], torch.as_tensor(fill, dtype=x.dtype).view(1, c, 1, 1), x)
 
 
 def augmented(batches, spec: AugmentSpec, fill: tuple[float, ...], seed: int):

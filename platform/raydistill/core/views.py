@@ -6,8 +6,8 @@ must see the student's input); each epoch the student draws one of them per exam
 exactly the view the teacher saw, so cached targets cost ``V`` teacher passes in total instead of one
 per step.
 
-A view is a function of ``(seed, example index, view)`` only: its translate offsets and flip come from
-a counter-based hash (splitmix64), not from a stream, so any worker regenerates any example's view
+A view is a function of ``(seed, example index, view)`` only: its translate offsets, flip and cutout
+square come from a counter-based hash (splitmix64), not from a stream, so any worker regenerates any example's view
 without the others, whatever the sharding or batch order.
 
 Targets are stored per view as the top ``k`` logits (fp16) with their class indices (int16) and one
@@ -19,18 +19,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
 from .config.schema import AugmentSpec
-from .recipe import apply_augment
+from .recipe import SPOT_RANGE, apply_augment, apply_cutout
 
 logger = logging.getLogger(__name__)
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_SALT_VIEW, _SALT_PICK = np.uint64(0x5EED0F), np.uint64(0x91C4)
+_SALT_VIEW, _SALT_PICK, _SALT_SPOT = np.uint64(0x5EED0F), np.uint64(0x91C4), np.uint64(0xC07)
 DEFAULT_TOPK_ABOVE = 10  # top-k kept per view when C > 100 and distill.cache_topk is 0 (auto)
 
 
@@ -53,36 +53,67 @@ def _hash(seed: int, idx: np.ndarray, a, salt: np.uint64) -> np.ndarray:
         return _splitmix64(h + np.asarray(a, np.uint64))
 
 
-def view_draws(seed: int, idx, view, translate: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The draws of view ``view`` (one for all, or one per example) of examples ``idx`` (B,): offsets
-    ``(2, B)`` in ``[0, 2 * translate]`` (row, column; :func:`core.recipe.apply_augment`'s layout) and
-    flips ``(B,)`` bool, from ``(seed, idx, view)`` alone."""
-    h = _hash(seed, np.asarray(idx, np.int64), view, _SALT_VIEW)
-    span = np.uint64(2 * translate + 1)
+class Draws(NamedTuple):
+    """The random draws that make views: translate offsets ``(2, *S)`` in ``[0, 2 * translate]`` (row,
+    column; :func:`core.recipe.apply_augment`'s layout), flips ``(*S)`` bool, and cutout spots
+    ``(2, *S)`` in ``[0, SPOT_RANGE)`` (:func:`core.recipe.apply_cutout`; None when cutout is off),
+    for a batch shape ``S`` (``(B,)``, or ``(B, V)`` for every view)."""
+
+    offsets: torch.Tensor
+    flips: torch.Tensor
+    spots: torch.Tensor | None
+
+    def pick(self, *index) -> "Draws":
+        """The draws at ``index`` of the batch dimensions ``S`` (offsets and spots keep their leading 2)."""
+        spots = None if self.spots is None else self.spots[(slice(None), *index)]
+        return Draws(self.offsets[(slice(None), *index)], self.flips[index], spots)
+
+
+def view_draws(seed: int, idx, view, spec: AugmentSpec) -> Draws:
+    """The draws of view ``view`` (one for all, or one per example) of examples ``idx`` (B,), from
+    ``(seed, idx, view)`` alone: offsets and flip from one hash, the cutout spot from another."""
+    idx = np.asarray(idx, np.int64)
+    h = _hash(seed, idx, view, _SALT_VIEW)
+    span = np.uint64(2 * spec.translate + 1)
     rows = (h % span).astype(np.int64)
     cols = ((h >> np.uint64(16)) % span).astype(np.int64)
     flips = ((h >> np.uint64(40)) & np.uint64(1)).astype(bool)
-    return torch.from_numpy(np.stack([rows, cols])), torch.from_numpy(flips)
+    spots = None
+    if spec.cutout > 0:
+        g = _hash(seed, idx, view, _SALT_SPOT)
+        spots = torch.from_numpy(np.stack([g % np.uint64(SPOT_RANGE), (g >> np.uint64(32)) % np.uint64(SPOT_RANGE)]).astype(np.int64))
+    return Draws(torch.from_numpy(np.stack([rows, cols])), torch.from_numpy(flips), spots)
 
 
-def render(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, spec: AugmentSpec,
-           fill: tuple[float, ...]) -> torch.Tensor:
-    """The images ``(B, C, H, W)`` that draws ``offsets`` ``(2, B)`` and ``flips`` ``(B,)`` make of ``x``
-    under ``spec`` (flips ignored when ``spec.hflip`` is off): the one place the teacher's cached views
-    and the student's training views are drawn, so the two always match."""
-    return apply_augment(x, offsets, flips if spec.hflip else None, spec.translate, fill)
+def render(x: torch.Tensor, draws: Draws, spec: AugmentSpec, fill: tuple[float, ...]) -> torch.Tensor:
+    """The images ``(B, C, H, W)`` that ``draws`` (batch shape ``(B,)``) make of ``x`` under ``spec``
+    (flips ignored when ``spec.hflip`` is off): the one place the teacher's cached views and the
+    student's training views are drawn, so the two always match."""
+    shifted = apply_augment(x, draws.offsets, draws.flips if spec.hflip else None, spec.translate, fill)
+    return apply_cutout(shifted, draws.spots, spec.cutout, fill)
 
 
 def make_view(x: torch.Tensor, idx, view, *, seed: int, spec: AugmentSpec, fill: tuple[float, ...]) -> torch.Tensor:
     """View ``view`` (one for all, or one per example) of the examples ``x`` ``(B, C, H, W)`` whose
     training-set indices are ``idx`` (B,)."""
-    return render(x, *view_draws(seed, idx, view, spec.translate), spec, fill)
+    return render(x, view_draws(seed, idx, view, spec), spec, fill)
 
 
-def all_draws(seed: int, idx, views: int, translate: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`view_draws` of every view ``0..V-1`` of examples ``idx`` (B,): offsets ``(2, B, V)``, flips ``(B, V)``."""
-    draws = [view_draws(seed, idx, v, translate) for v in range(views)]
-    return torch.stack([d[0] for d in draws], dim=-1), torch.stack([d[1] for d in draws], dim=-1)
+def all_draws(seed: int, idx, views: int, spec: AugmentSpec) -> Draws:
+    """:func:`view_draws` of every view ``0..V-1`` of examples ``idx`` (B,): batch shape ``(B, V)``."""
+    draws = [view_draws(seed, idx, v, spec) for v in range(views)]
+    spots = None if spec.cutout <= 0 else torch.stack([d.spots for d in draws], dim=-1)
+    return Draws(torch.stack([d.offsets for d in draws], dim=-1), torch.stack([d.flips for d in draws], dim=-1), spots)
+
+
+def image_keys(draws: Draws, spec: AugmentSpec, height: int, width: int) -> torch.Tensor:
+    """One int64 per view ``(*S)`` that is equal for two views of an example exactly when their draws
+    make the same image: the offsets, the flip (when on) and the cutout centre pixel (when on)."""
+    span = 2 * spec.translate + 1
+    keys = (draws.offsets[0] * span + draws.offsets[1]) * 2 + (draws.flips.long() if spec.hflip else 0)
+    if draws.spots is not None:
+        keys = (keys * height + draws.spots[0] * height // SPOT_RANGE) * width + draws.spots[1] * width // SPOT_RANGE
+    return keys
 
 
 def pick_views(seed: int, idx, epoch: int, views: int) -> np.ndarray:
@@ -158,12 +189,11 @@ class ViewCache:
         parts = []
         for start in range(0, len(x), batch_size):
             xb, ib = x[start:start + batch_size], idx[start:start + batch_size].numpy()
-            offsets, flips = all_draws(self.seed, ib, self.views, self.spec.translate)  # (2, B, V), (B, V)
-            span = 2 * self.spec.translate + 1  # a view's image, as one number: its offsets and (if on) its flip
-            keys = (offsets[0] * span + offsets[1]) * 2 + (flips.long() if self.spec.hflip else 0)  # (B, V)
+            draws = all_draws(self.seed, ib, self.views, self.spec)  # batch shape (B, V)
+            keys = image_keys(draws, self.spec, *x.shape[2:])  # (B, V): a view's image, as one number
             source = (keys.unsqueeze(2) == keys.unsqueeze(1)).int().argmax(dim=2)  # (B, V): first view with that key
             rows, views = (source == torch.arange(self.views)).nonzero(as_tuple=True)  # the distinct images (P,)
-            encoded = [encode_topk(teacher_logits(render(xb[r], offsets[:, r, v], flips[r, v], self.spec, self.fill)), k)
+            encoded = [encode_topk(teacher_logits(render(xb[r], draws.pick(r, v), self.spec, self.fill)), k)
                        for r, v in zip(rows.split(batch_size), views.split(batch_size))]
             slot = torch.zeros(keys.shape, dtype=torch.long)  # (B, V): each distinct image's place in ``encoded``
             slot[rows, views] = torch.arange(len(rows))
@@ -175,7 +205,7 @@ class ViewCache:
 class LocalViews:
     """One process's share of a view cache, ready to train on: its rows' training-set indices ``idx``
     (n,), the cached ``values, indices, rest`` (``(n, V, [T,] k)``, ``(n, V, [T])``), and every view's
-    draws computed once here (offsets ``(2, n V)``, flips ``(n V,)``; 17 bytes per pair), so that a
+    draws computed once here (batch shape ``(n V,)``; 17 bytes per pair, 33 with cutout), so that a
     batch costs a few ``index_select`` at ``row * V + view`` instead of hashes and copies of its
     examples' whole ``(V, k)`` cache."""
 
@@ -185,8 +215,9 @@ class LocalViews:
         n, v = values.shape[:2]
         # every (row, view) pair flattened to row * V + view: one index_select per batch and array
         self.values, self.indices, self.rest = (c.reshape(n * v, *c.shape[2:]) for c in (values, indices, rest))
-        offsets, flips = all_draws(views.seed, self.idx.numpy(), v, views.spec.translate)
-        self.offsets, self.flips = offsets.reshape(2, n * v), flips.reshape(n * v)  # (2, n * V), (n * V,)
+        draws = all_draws(views.seed, self.idx.numpy(), v, views.spec)
+        self.draws = Draws(draws.offsets.reshape(2, n * v), draws.flips.reshape(n * v),
+                           None if draws.spots is None else draws.spots.reshape(2, n * v))  # batch shape (n V,)
         self.whole = values.shape[-1] >= views.num_classes  # k = C: class order, nothing to scatter
 
     def batches(self, batches: Iterable[tuple[torch.Tensor, ...]], epoch: int) -> Iterator[tuple[torch.Tensor, ...]]:
@@ -196,7 +227,7 @@ class LocalViews:
         picks = torch.from_numpy(pick_views(cache.seed, self.idx.numpy(), epoch, cache.views))  # (n,), once per epoch
         for x, y, rows in batches:
             at = rows * cache.views + picks[rows]  # (B,) into the flattened (row, view) pairs
-            x_view = render(x, self.offsets.index_select(1, at), self.flips[at], cache.spec, cache.fill)
+            x_view = render(x, self.draws.pick(at), cache.spec, cache.fill)
             values = self.values.index_select(0, at)
             z_t = (values.float() if self.whole else
                    decode_topk(values, self.indices.index_select(0, at), self.rest.index_select(0, at), cache.num_classes))

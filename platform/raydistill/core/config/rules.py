@@ -163,7 +163,8 @@ def _validate_recipe(cfg: Any, section: str) -> None:
                  f"multistep needs increasing epochs in (0, {r.epochs}), got {r.milestones}")
     else:
         _require(not r.milestones, f"{section}.milestones", f"only used by scheduler: multistep (got {r.scheduler})")
-    _require(r.augment.translate >= 0, f"{section}.augment.translate", f"must be >= 0 px, got {r.augment.translate}")
+    for key in ("translate", "cutout"):
+        _require(getattr(r.augment, key) >= 0, f"{section}.augment.{key}", f"must be >= 0 px, got {getattr(r.augment, key)}")
     _require(not (r.augment.hflip and cfg.data.name in DIGIT_DATA_SETS), f"{section}.augment.hflip",
              f"data set '{cfg.data.name}' holds digits, and a mirrored digit is another digit (or none); "
              "use augment.translate instead")
