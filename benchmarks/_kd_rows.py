@@ -38,6 +38,16 @@ def accuracy(model, bundle) -> float:
     return evaluate(model, bundle.x_test, bundle.y_test)["accuracy"]
 
 
+def _recipe_key(section) -> dict:
+    """``section`` as a dict for the teacher cache's key, without options added after teachers were
+    cached while they are off (``augment.cutout = 0``): a teacher trained before an option existed
+    trained exactly as one trained with it off, so its cached file stays valid."""
+    out = dataclasses.asdict(section)
+    if out["augment"]["cutout"] == 0:
+        del out["augment"]["cutout"]
+    return out
+
+
 def teacher_for(cfg, bundle, seed: int, cache: Path | None) -> tuple[torch.nn.Module, float, bool]:
     """The seed's teacher (init and batches from ``1000 + seed``), the seconds its training took, and
     whether it came from ``cache``.
@@ -45,7 +55,7 @@ def teacher_for(cfg, bundle, seed: int, cache: Path | None) -> tuple[torch.nn.Mo
     With ``cache``, a teacher trained earlier with the same teacher and data sections, seed and torch
     version is loaded from ``cache/teacher-<sha256 of those>.pt`` (tensors only: ``weights_only``) and
     its recorded training time reported; otherwise it is trained and stored there."""
-    key = json.dumps([dataclasses.asdict(cfg.teacher), dataclasses.asdict(cfg.data), seed, torch.__version__],
+    key = json.dumps([_recipe_key(cfg.teacher), dataclasses.asdict(cfg.data), seed, torch.__version__],
                      sort_keys=True, default=str)
     path = cache / f"teacher-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt" if cache else None
     if path is not None and path.exists():

@@ -174,10 +174,11 @@ def verdict(results: list[dict], other: str = "") -> str:
 
 
 def augment_name(spec: AugmentSpec | None) -> str:
-    """``flips``, ``flips and +-2 px shifts``: ``--alone-augment`` as the table names its row."""
+    """``flips``, ``flips and +-2 px shifts``, ``flips and 12 px cutout``: ``--alone-augment`` as the table names its row."""
     if spec is None:
         return ""
-    parts = (["flips"] if spec.hflip else []) + ([f"+-{spec.translate} px shifts"] if spec.translate else [])
+    parts = ((["flips"] if spec.hflip else []) + ([f"+-{spec.translate} px shifts"] if spec.translate else [])
+             + ([f"{spec.cutout} px cutout"] if spec.cutout else []))
     return " and ".join(parts) or "no augmentation"
 
 
