@@ -61,7 +61,7 @@ def plain_command(cfg, temperatures: list[float], alphas: list[float], methods: 
     student, d = cfg.distill.student, cfg.distill
     teacher = cfg.teacher.model
     if student.name != "mlp" or teacher.name != "mlp" or cfg.data.name not in ("fashion_mnist", "mnist") or not cfg.data.root \
-            or d.augment.translate or d.augment.hflip \
+            or d.augment.active() or d.cached_views \
             or d.optimizer != "adam" or d.scheduler != "none" or d.weight_decay or d.label_smoothing or d.mode != "cached":
         raise ConfigError("--plain: plain_tune.py writes out only MLP teachers and students on (fashion_)mnist files "
                           "(data.root set) with Adam at a constant "

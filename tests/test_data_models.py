@@ -122,7 +122,7 @@ def test_a_shift_of_half_the_image_or_more_is_refused(section):
     with pytest.raises(ConfigError, match=f"{section}.augment.translate: 4 px on the 8 x 8 px images of digits .* at most 3 px"):
         preflight(load_config(None, [f"{section}.augment.translate=4", *online]), "teacher")
     preflight(load_config(None, [f"{section}.augment.cutout=7", *online]), "teacher")  # 7 of 8 px: fine
-    with pytest.raises(ConfigError, match=f"{section}.augment.cutout: a 8 px square on the 8 x 8 px images of digits .* at most 7 px"):
+    with pytest.raises(ConfigError, match=f"{section}.augment.cutout: squares of 8 px on the 8 x 8 px images of digits .* at most 7 px"):
         preflight(load_config(None, [f"{section}.augment.cutout=8", *online]), "teacher")
 
 

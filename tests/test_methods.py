@@ -365,19 +365,3 @@ def test_kd_methods_on_ray_tasks_gives_each_row_what_one_thread_in_process_gives
     assert on_ray["teacher_cached"] is True  # the second run read the first one's teacher
     assert {k: on_ray[k] for k in wanted} == {k: in_process[k] for k in wanted}
     assert "2 Ray tasks at a time, 1 thread each" in out
-
-
-def test_the_teacher_cache_key_is_unchanged_by_cutout_off_and_changed_by_cutout_on():
-    # Found when augment.cutout was added: the key hashed every recipe field, so the new field (off) gave
-    # every teacher cached before it a new key, and the README's --teacher-cache commands retrained them.
-    from conftest import REPO, load_benchmark
-
-    from raydistill.core.config import load_config
-
-    rows = load_benchmark("_kd_rows")
-    fashion = str(REPO / "configs" / "fashion_mnist.yaml")
-    off = rows._recipe_key(load_config(fashion, []).teacher)
-    assert off["augment"] == {"translate": 2, "hflip": True}  # the fields (and values) before cutout existed
-    on = rows._recipe_key(load_config(fashion, ["teacher.augment.cutout=6"]).teacher)
-    assert on["augment"] == {"translate": 2, "hflip": True, "cutout": 6}
-    assert {k: v for k, v in on.items() if k != "augment"} == {k: v for k, v in off.items() if k != "augment"}

@@ -221,6 +221,9 @@ BAD_INPUT = [("digits_accuracy.py", ["--set", "distill.temperature=-1"], "distil
              ("kd_val.py", ["--config", "configs/digits.yaml", "--set", "distill.epochs=0"], "distill.epochs"),
              ("tune_asha.py", ["--set", "tune.num_samples=0"], "tune.num_samples"),
              ("tune_asha.py", ["--plain", "1"], "--plain"),  # digits: no IDX files for the plain script
+             ("tune_asha.py", ["--plain", "1", "--set", "data.name=fashion_mnist", "--set",  # fine but for the views:
+               "data.root=../shared/datasets/fashion-mnist", "--set", "distill.cached_views=4",  # the plain script has
+               "--set", "distill.augment={cutout: 4}"], "--plain"),  # no augmentation, no cached views
              ("plain_augment.py", ["--fashion-root", "no/such/dir"], "no/such/dir"),
              ("federated_scale.py", ["--fashion-root", "no/such/dir"], "no/such/dir"),
              ("distill_throughput.py", ["--dataset", "imagenet"], "imagenet")]
@@ -270,3 +273,15 @@ def test_the_kd_methods_goal_line_needs_one_point_on_the_mean_and_every_seed_ove
     assert " ".join(f"{g:+.2f}" for g in gaps) in line
     assert line.endswith(": met (student alone, flips 0.9094 ± 0.0009)") == met, line
     assert ("NOT met" in line) != met
+
+
+def test_the_teacher_cache_key_is_unchanged_by_cutout_off_and_changed_by_cutout_on():
+    # Found when augment.cutout was added: the key hashed every recipe field, so the new field (off) gave
+    # every teacher cached before it a new key, and the README's --teacher-cache commands retrained them.
+    rows = load_benchmark("_kd_rows")
+    fashion = str(REPO / "configs" / "fashion_mnist.yaml")
+    off = rows._recipe_key(load_config(fashion, []).teacher)
+    assert off["augment"] == {"translate": 2, "hflip": True}  # the fields (and values) before cutout existed
+    on = rows._recipe_key(load_config(fashion, ["teacher.augment.cutout=6"]).teacher)
+    assert on["augment"] == {"translate": 2, "hflip": True, "cutout": 6}
+    assert {k: v for k, v in on.items() if k != "augment"} == {k: v for k, v in off.items() if k != "augment"}

@@ -107,6 +107,21 @@ def test_cutout_erases_a_square_around_a_uniform_centre_and_clips_at_the_border(
     assert all(int((e[0] == -1.0).sum()) in (1, 2, 4) for e in even)  # 2 x 2, clipped to 2 x 1 or 1 x 1 at the edge
 
 
+def test_shift_flip_and_cutout_together_erase_the_square_in_the_shifted_flipped_image():
+    x = torch.randn(40, 1, 6, 7)
+    spec = AugmentSpec(translate=1, hflip=True, cutout=3)
+    out = augment_batch(x, spec, (-4.0,), torch.Generator().manual_seed(2)).numpy()
+    g = torch.Generator().manual_seed(2)  # the draws, in augment_batch's order: offsets, flips, spots
+    off, flips, spots = (torch.randint(0, 3, (2, 40), generator=g).numpy(), (torch.rand(40, generator=g) < 0.5).numpy(),
+                         torch.randint(0, 2**16, (2, 40), generator=g).numpy())
+    for b in range(40):
+        want = np.pad(x[b, 0].numpy(), 1, constant_values=-4.0)[off[0, b]:off[0, b] + 6, off[1, b]:off[1, b] + 7]
+        want = want[:, ::-1].copy() if flips[b] else want.copy()
+        r, c = spots[0, b] * 6 // 2**16, spots[1, b] * 7 // 2**16
+        want[max(r - 1, 0):r + 2, max(c - 1, 0):c + 2] = -4.0  # in the shifted, flipped image's coordinates
+        np.testing.assert_array_equal(out[b, 0], want)
+
+
 def test_hflip_mirrors_about_half_and_batches_stay_aligned():
     x = torch.randn(400, 1, 3, 5)
     out = augment_batch(x, AugmentSpec(hflip=True), (0.0,), torch.Generator().manual_seed(0))

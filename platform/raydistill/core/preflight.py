@@ -37,7 +37,7 @@ def _check_augment(cfg: Config, bundle: DataBundle) -> None:
     """``augment.translate`` k shifts by up to k px: below half the image's shorter side, or the
     shifted images are mostly fill (k >= the side leaves them blank) and the padded batch grows as
     (H+2k)(W+2k). ``augment.cutout`` s erases an s x s square: below the shorter side, or a centred
-    square blanks the whole image."""
+    square erases a whole band of the image (all of a square image)."""
     height, width = bundle.input_shape[1:]
     most = (min(height, width) - 1) // 2
     for section in ("teacher", "distill"):
@@ -46,8 +46,8 @@ def _check_augment(cfg: Config, bundle: DataBundle) -> None:
             raise ConfigError(f"{section}.augment.translate: {spec.translate} px on the {height} x {width} px images of "
                               f"{bundle.name} would shift most of each image out of view; use at most {most} px")
         if spec.cutout >= min(height, width):
-            raise ConfigError(f"{section}.augment.cutout: a {spec.cutout} px square on the {height} x {width} px images "
-                              f"of {bundle.name} can erase a whole image; use at most {min(height, width) - 1} px")
+            raise ConfigError(f"{section}.augment.cutout: squares of {spec.cutout} px on the {height} x {width} px images "
+                              f"of {bundle.name} can erase a whole band of an image; use at most {min(height, width) - 1} px")
 
 
 def _check_trial_schedule(cfg: Config) -> None:

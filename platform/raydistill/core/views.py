@@ -107,8 +107,10 @@ def all_draws(seed: int, idx, views: int, spec: AugmentSpec) -> Draws:
 
 
 def image_keys(draws: Draws, spec: AugmentSpec, height: int, width: int) -> torch.Tensor:
-    """One int64 per view ``(*S)`` that is equal for two views of an example exactly when their draws
-    make the same image: the offsets, the flip (when on) and the cutout centre pixel (when on)."""
+    """One int64 per view ``(*S)``, equal for two views of an example only when their draws make the
+    same image: the offsets, the flip (when on) and the cutout centre pixel (when on). (Different keys
+    can still make one image, e.g. a square erasing only shifted-in border: one more teacher pass,
+    never a wrong target.)"""
     span = 2 * spec.translate + 1
     keys = (draws.offsets[0] * span + draws.offsets[1]) * 2 + (draws.flips.long() if spec.hflip else 0)
     if draws.spots is not None:
@@ -184,7 +186,7 @@ class ViewCache:
         ``(B, C)`` or ``(B, T, C)`` for up to ``batch_size`` views at a time.
 
         Views of one example that make the same image (the same offsets and, with flips on, the same
-        flip) go through the teacher once and share its targets, so flips-only views cost at most two
+        flip; with cutout on, the same square) go through the teacher once and share its targets, so flips-only views cost at most two
         teacher passes per example whatever ``V``."""
         parts = []
         for start in range(0, len(x), batch_size):

@@ -54,7 +54,7 @@ class AugmentSpec:
 
     translate: int = 0  # random shift by up to +-k px, raw-zero fill: Hinton's jitter; = random crop with padding k
     hflip: bool = False  # random horizontal flip (refused for digit data sets: a flipped digit is another digit)
-    cutout: int = 0  # erase a random k x k px square (DeVries & Taylor 2017; raw-zero fill, clipped at the border)
+    cutout: int = 0  # erase a random k x k px square (DeVries & Taylor 2017, who fill with the mean; here raw zero)
 
     def active(self) -> bool:
         return self.translate > 0 or self.hflip or self.cutout > 0
