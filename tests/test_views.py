@@ -135,11 +135,12 @@ def _teacher_and_student():
     return teacher, student
 
 
-def test_cached_views_give_the_online_loss_on_the_same_batch():
+@pytest.mark.parametrize("spec", [SPEC, AugmentSpec(hflip=True, translate=2, cutout=4)])
+def test_cached_views_give_the_online_loss_on_the_same_batch(spec):
     teacher, student = _teacher_and_student()
     x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,))
     idx = torch.arange(100, 164)  # training-set indices of a share that does not start at 0 (rows != idx)
-    cache = ViewCache(views=4, spec=SPEC, fill=FILL, seed=11, num_classes=10)
+    cache = ViewCache(views=4, spec=spec, fill=FILL, seed=11, num_classes=10)
     values, indices, rest = cache.build(lambda v: teacher(v).detach(), x, idx, 10, batch_size=24)
     assert values.shape == (64, 4, 10) and rest.shape == (64, 4)
     kd = KDSettings(temperature=4.0, alpha=0.3)
@@ -152,7 +153,7 @@ def test_cached_views_give_the_online_loss_on_the_same_batch():
         for row in range(len(y_b)):
             matches = [i for i in range(64) if torch.equal(y[i], y_b[row]) and
                        torch.equal(make_view(x[i:i + 1], [100 + i], int(pick_views(11, [100 + i], epoch, 4)[0]),
-                                             seed=11, spec=SPEC, fill=FILL)[0], x_view[row])]
+                                             seed=11, spec=spec, fill=FILL)[0], x_view[row])]
             assert len(matches) == 1
             rows += matches
         # the cached logits are the teacher's on exactly this view (fp16 storage), not on another one

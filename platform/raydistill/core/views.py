@@ -68,6 +68,12 @@ class Draws(NamedTuple):
         spots = None if self.spots is None else self.spots[(slice(None), *index)]
         return Draws(self.offsets[(slice(None), *index)], self.flips[index], spots)
 
+    def take(self, at: torch.Tensor) -> "Draws":
+        """The draws at positions ``at`` (B,) of a flat batch ``(N,)``: :meth:`pick` for one index
+        tensor, as ``index_select`` (the training loop's per-batch path; cheaper than fancy indexing)."""
+        spots = None if self.spots is None else self.spots.index_select(1, at)
+        return Draws(self.offsets.index_select(1, at), self.flips.index_select(0, at), spots)
+
 
 def view_draws(seed: int, idx, view, spec: AugmentSpec) -> Draws:
     """The draws of view ``view`` (one for all, or one per example) of examples ``idx`` (B,), from
@@ -229,7 +235,7 @@ class LocalViews:
         picks = torch.from_numpy(pick_views(cache.seed, self.idx.numpy(), epoch, cache.views))  # (n,), once per epoch
         for x, y, rows in batches:
             at = rows * cache.views + picks[rows]  # (B,) into the flattened (row, view) pairs
-            x_view = render(x, self.draws.pick(at), cache.spec, cache.fill)
+            x_view = render(x, self.draws.take(at), cache.spec, cache.fill)
             values = self.values.index_select(0, at)
             z_t = (values.float() if self.whole else
                    decode_topk(values, self.indices.index_select(0, at), self.rest.index_select(0, at), cache.num_classes))
