@@ -115,20 +115,27 @@ def apply_augment(x: torch.Tensor, offsets: torch.Tensor | None, flips: torch.Te
     return padded.reshape(b, c, hp * wp).gather(2, flat).reshape(b, c, h, w)
 
 
+def cutout_centres(spots: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The centre pixels ``(row, col)`` (each ``spots``' batch shape) that cutout ``spots`` ``(2, ...)``
+    in ``[0, SPOT_RANGE)`` pick on a ``height`` x ``width`` image: ``spots[0] * H // SPOT_RANGE`` and
+    ``spots[1] * W // SPOT_RANGE``."""
+    return spots[0] * height // SPOT_RANGE, spots[1] * width // SPOT_RANGE
+
+
 def apply_cutout(x: torch.Tensor, spots: torch.Tensor | None, size: int, fill: tuple[float, ...]) -> torch.Tensor:
     """Cutout (DeVries & Taylor 2017): erase a ``size`` x ``size`` square of each example ``x[i]``
     ``(C, H, W)`` to ``fill``; ``size <= 0`` or no ``spots`` leaves ``x`` as it is.
 
     ``spots`` ``(2, B)`` in ``[0, SPOT_RANGE)`` place the square's centre at pixel
-    ``(r, c) = (spots[0] * H // SPOT_RANGE, spots[1] * W // SPOT_RANGE)`` (uniform over the pixels,
+    ``(r, c)`` = :func:`cutout_centres` (uniform over the pixels,
     so a square near the border is clipped and erases less); it covers rows ``r - size // 2`` to
     ``r - size // 2 + size - 1`` and the same columns around ``c``.
     """
     if size <= 0 or spots is None:
         return x
     b, c, h, w = x.shape
-    top = spots[0] * h // SPOT_RANGE - size // 2  # (B,)
-    left = spots[1] * w // SPOT_RANGE - size // 2
+    centre_row, centre_col = cutout_centres(spots, h, w)
+    top, left = centre_row - size // 2, centre_col - size // 2  # (B,)
     rows = torch.arange(h) - top[:, None]  # (B, H): 0..size-1 inside the square
     cols = torch.arange(w) - left[:, None]  # (B, W)
     inside = ((rows >= 0) & (rows < size))[:, :, None] & ((cols >= 0) & (cols < size))[:, None, :]  # (B, H, W)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .config.schema import AugmentSpec
-from .recipe import SPOT_RANGE, apply_augment, apply_cutout
+from .recipe import SPOT_RANGE, apply_augment, apply_cutout, cutout_centres
 
 logger = logging.getLogger(__name__)
 
@@ -63,16 +63,22 @@ class Draws(NamedTuple):
     flips: torch.Tensor
     spots: torch.Tensor | None
 
+    def each(self, paired, flat) -> "Draws":
+        """``paired`` applied to offsets and spots (their leading 2 kept), ``flat`` to flips; spots stay None."""
+        return Draws(paired(self.offsets), flat(self.flips), None if self.spots is None else paired(self.spots))
+
     def pick(self, *index) -> "Draws":
-        """The draws at ``index`` of the batch dimensions ``S`` (offsets and spots keep their leading 2)."""
-        spots = None if self.spots is None else self.spots[(slice(None), *index)]
-        return Draws(self.offsets[(slice(None), *index)], self.flips[index], spots)
+        """The draws at ``index`` of the batch dimensions ``S``."""
+        return self.each(lambda t: t[(slice(None), *index)], lambda t: t[index])
 
     def take(self, at: torch.Tensor) -> "Draws":
         """The draws at positions ``at`` (B,) of a flat batch ``(N,)``: :meth:`pick` for one index
         tensor, as ``index_select`` (the training loop's per-batch path; cheaper than fancy indexing)."""
-        spots = None if self.spots is None else self.spots.index_select(1, at)
-        return Draws(self.offsets.index_select(1, at), self.flips.index_select(0, at), spots)
+        return self.each(lambda t: t.index_select(1, at), lambda t: t.index_select(0, at))
+
+    def flatten(self) -> "Draws":
+        """The batch dimensions ``S`` flattened to one, ``(B, V)`` -> ``(B V,)`` (row-major: ``b * V + v``)."""
+        return self.each(lambda t: t.reshape(2, -1), lambda t: t.reshape(-1))
 
 
 def view_draws(seed: int, idx, view, spec: AugmentSpec) -> Draws:
@@ -108,8 +114,7 @@ def make_view(x: torch.Tensor, idx, view, *, seed: int, spec: AugmentSpec, fill:
 def all_draws(seed: int, idx, views: int, spec: AugmentSpec) -> Draws:
     """:func:`view_draws` of every view ``0..V-1`` of examples ``idx`` (B,): batch shape ``(B, V)``."""
     draws = [view_draws(seed, idx, v, spec) for v in range(views)]
-    spots = None if spec.cutout <= 0 else torch.stack([d.spots for d in draws], dim=-1)
-    return Draws(torch.stack([d.offsets for d in draws], dim=-1), torch.stack([d.flips for d in draws], dim=-1), spots)
+    return Draws(*(None if field[0] is None else torch.stack(field, dim=-1) for field in zip(*draws)))
 
 
 def image_keys(draws: Draws, spec: AugmentSpec, height: int, width: int) -> torch.Tensor:
@@ -120,7 +125,8 @@ def image_keys(draws: Draws, spec: AugmentSpec, height: int, width: int) -> torc
     span = 2 * spec.translate + 1
     keys = (draws.offsets[0] * span + draws.offsets[1]) * 2 + (draws.flips.long() if spec.hflip else 0)
     if draws.spots is not None:
-        keys = (keys * height + draws.spots[0] * height // SPOT_RANGE) * width + draws.spots[1] * width // SPOT_RANGE
+        row, col = cutout_centres(draws.spots, height, width)
+        keys = (keys * height + row) * width + col
     return keys
 
 
@@ -192,8 +198,8 @@ class ViewCache:
         ``(B, C)`` or ``(B, T, C)`` for up to ``batch_size`` views at a time.
 
         Views of one example that make the same image (the same offsets and, with flips on, the same
-        flip; with cutout on, the same square) go through the teacher once and share its targets, so flips-only views cost at most two
-        teacher passes per example whatever ``V``."""
+        flip; with cutout on, the same square) go through the teacher once and share its targets, so
+        flips-only views cost at most two teacher passes per example whatever ``V``."""
         parts = []
         for start in range(0, len(x), batch_size):
             xb, ib = x[start:start + batch_size], idx[start:start + batch_size].numpy()
@@ -223,9 +229,7 @@ class LocalViews:
         n, v = values.shape[:2]
         # every (row, view) pair flattened to row * V + view: one index_select per batch and array
         self.values, self.indices, self.rest = (c.reshape(n * v, *c.shape[2:]) for c in (values, indices, rest))
-        draws = all_draws(views.seed, self.idx.numpy(), v, views.spec)
-        self.draws = Draws(draws.offsets.reshape(2, n * v), draws.flips.reshape(n * v),
-                           None if draws.spots is None else draws.spots.reshape(2, n * v))  # batch shape (n V,)
+        self.draws = all_draws(views.seed, self.idx.numpy(), v, views.spec).flatten()  # batch shape (n V,)
         self.whole = values.shape[-1] >= views.num_classes  # k = C: class order, nothing to scatter
 
     def batches(self, batches: Iterable[tuple[torch.Tensor, ...]], epoch: int) -> Iterator[tuple[torch.Tensor, ...]]:
