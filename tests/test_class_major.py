@@ -6,13 +6,26 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
+from raydistill.core.config.schema import AugmentSpec
+from raydistill.core.engine import KDSettings, batch_loss, iterate_batches, view_softener
 from raydistill.core.losses import class_major, kd_loss, softmax_classes
+from raydistill.core.methods import parse_method
+from raydistill.core.views import ViewCache, local_views
+
+SPEC = AugmentSpec(hflip=True, translate=1)
+
 
 def _softmax64(z: np.ndarray) -> np.ndarray:
     """Row-wise softmax in float64 numpy (max-shifted)."""
     e = np.exp(z - z.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def _standardize64(z: np.ndarray) -> np.ndarray:
+    """Logit standardization: (z - mean) / (std with Bessel's correction + 1e-7), per row."""
+    return (z - z.mean(-1, keepdims=True)) / (z.std(-1, ddof=1, keepdims=True) + 1e-7)
 
 
 @pytest.mark.parametrize("classes, major", [(2, False), (3, True), (10, True), (15, True), (16, False), (100, False)])
@@ -45,3 +58,50 @@ def test_kd_loss_value_and_gradient_are_the_formulas_in_either_layout(classes, a
     assert loss.item() == pytest.approx(value, rel=1e-5)
     np.testing.assert_allclose(leaf.grad.double().numpy(), grad, rtol=1e-4, atol=1e-7)
     assert leaf.grad.is_contiguous()
+
+
+def _views_and_arrays(views: int = 3, teachers: int = 0, k: int = 10):
+    """A view cache of 40 random 1 x 6 x 6 images (random logits stand in for a teacher's): arrays and LocalViews."""
+    g = torch.Generator().manual_seed(2)
+    x, y, idx = torch.randn(40, 1, 6, 6, generator=g), torch.randint(0, 10, (40,), generator=g), torch.arange(5, 45)
+    cache = ViewCache(views=views, spec=SPEC, fill=(0.0,), seed=9, num_classes=10)
+    shape = (3, 10) if teachers else (10,)
+    values, indices, rest = cache.build(lambda v: torch.randn(len(v), *shape, generator=g) * 3, x, idx, k, batch_size=16)
+    return local_views(cache, [x, y, idx, values, indices, rest])
+
+
+@pytest.mark.parametrize("method, teachers, k", [("kd", 0, 10), ("kd+lskd", 0, 10), ("kd", 3, 10), ("dkd", 0, 4)])
+def test_cached_views_soften_the_logits_they_would_give_to_the_written_probabilities(method, teachers, k):
+    arrays, local = _views_and_arrays(teachers=teachers, k=k)
+    weights = (1.0, 2.0, 5.0) if teachers else (1.0,)
+    kd = KDSettings(temperature=3.0, alpha=0.2, method=parse_method(method), teacher_weights=weights)
+    soften = view_softener(kd)
+    for epoch in (0, 1):
+        plain = list(local.batches(iterate_batches(arrays, 16, shuffle=True, seed=epoch), epoch))
+        soft = list(local.batches(iterate_batches(arrays, 16, shuffle=True, seed=epoch), epoch, soften=soften))
+        assert len(plain) == len(soft) == 3
+        for (x_a, y_a, z_t), (x_b, y_b, p_t) in zip(plain, soft):
+            assert torch.equal(x_a, x_b) and torch.equal(y_a, y_b)  # the same views of the same examples
+            z = z_t.double().numpy()
+            if "lskd" in method:
+                z = _standardize64(z)
+            per = _softmax64(z / 3.0)  # (B, C) or (B, K, C)
+            want = per if not teachers else np.einsum("k,bkc->bc", np.array(weights) / sum(weights), per)
+            assert p_t.shape == (len(y_b), 10)
+            np.testing.assert_allclose(p_t.double().numpy(), want, rtol=1e-5, atol=1e-7)
+
+
+def test_a_batch_of_softened_views_gives_the_loss_of_its_logits():
+    arrays, local = _views_and_arrays()
+    torch.manual_seed(0)
+    student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 10))
+    kd = KDSettings(temperature=4.0, alpha=0.3)
+    batch = next(local.batches(iterate_batches(arrays, 16, shuffle=False), 2))
+    soft = next(local.batches(iterate_batches(arrays, 16, shuffle=False), 2, soften=view_softener(kd)))
+    z_s, p_t = student(batch[0]).detach().double().numpy(), _softmax64(batch[2].double().numpy() / 4.0)
+    log_q = np.log(_softmax64(z_s / 4.0))
+    ce = -np.log(_softmax64(z_s))[np.arange(16), batch[1].numpy()].mean()
+    want = 0.3 * ce + 0.7 * 16.0 * (p_t * (np.log(p_t) - log_q)).sum(1).mean()
+    assert batch_loss(student, soft, kd=kd, probs=True).item() == pytest.approx(want, rel=1e-5)
+    assert batch_loss(student, batch, kd=kd).item() == pytest.approx(want, rel=1e-5)
+    assert F.cross_entropy(student(batch[0]), batch[1]).item() != pytest.approx(want, rel=1e-3)  # the soft term counts

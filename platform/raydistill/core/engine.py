@@ -23,7 +23,7 @@ from .methods import Method, parse_method, soft_term, standardize, warmup_weight
 from .recipe import augmented, make_optimizer, make_scheduler
 from .views import ViewCache, local_views
 
-__all__ = ["KDSettings", "make_optimizer", "iterate_batches", "read_only_tensors", "rank_shard", "teacher_probs", "run_teachers", "batch_loss",
+__all__ = ["KDSettings", "make_optimizer", "iterate_batches", "read_only_tensors", "rank_shard", "teacher_probs", "view_softener", "run_teachers", "batch_loss",
            "train_epoch", "conv_layout", "predict_logits", "evaluation_sums", "metrics_from_sums", "evaluate", "fit"]
 
 
@@ -97,6 +97,12 @@ def teacher_probs(teacher_logits: torch.Tensor, kd: KDSettings) -> torch.Tensor:
     return ensemble_soft_targets(per_teacher, kd.teacher_weights, kd.temperature)
 
 
+def view_softener(kd: KDSettings | None):
+    """What ``core.views.LocalViews.batches`` softens cached logits with (:func:`teacher_probs` at
+    ``kd``), so the training loop gets probabilities; None (logits) without distillation."""
+    return None if kd is None else (lambda z_t: teacher_probs(z_t, kd))
+
+
 @torch.no_grad()
 def run_teachers(teachers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
     """Online teacher logits: ``(B, C)`` for one teacher, ``(B, K, C)`` for K."""
@@ -106,26 +112,28 @@ def run_teachers(teachers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor
 
 def batch_loss(model: nn.Module, batch: tuple[torch.Tensor, ...], *, kd: KDSettings | None,
                teachers: Sequence[nn.Module] = (), label_smoothing: float = 0.0, epoch: int = 1,
-               hint: nn.Module | None = None) -> torch.Tensor:
+               hint: nn.Module | None = None, probs: bool = False) -> torch.Tensor:
     """Cross-entropy (with ``label_smoothing``) when ``kd`` is None; else
-    ``alpha * CE + (1 - alpha) * w(epoch) * D`` (core.methods) against cached (3rd element) or online
-    (``teachers``, run on the same possibly augmented ``x``) teacher logits; ``epoch`` is 1-based.
+    ``alpha * CE + (1 - alpha) * w(epoch) * D`` (core.methods) against cached (3rd element; with
+    ``probs`` already :func:`teacher_probs` of the logits) or online (``teachers``, run on the same
+    possibly augmented ``x``) teacher logits; ``epoch`` is 1-based.
     With a ``hint`` (core.hints.Hint, method fitnet) ``+ hint_weight * H`` for this batch."""
     x, y = batch[0], batch[1]
     logits = model(x)
     if kd is None or (kd.alpha == 1.0 and hint is None):
         return F.cross_entropy(logits, y, label_smoothing=label_smoothing)
     z_t = batch[2] if len(batch) > 2 else run_teachers(teachers, x)
-    loss = _logit_loss(logits, z_t, y, kd, label_smoothing, epoch)
+    loss = _logit_loss(logits, z_t, y, kd, label_smoothing, epoch, probs=probs and len(batch) > 2)
     return loss if hint is None else loss + kd.hint_weight * hint()
 
 
 def _logit_loss(logits: torch.Tensor, z_t: torch.Tensor, y: torch.Tensor, kd: KDSettings, label_smoothing: float,
-                epoch: int) -> torch.Tensor:
-    """``alpha * CE + (1 - alpha) * w(epoch) * D`` from the student's and the teachers' logits."""
+                epoch: int, *, probs: bool = False) -> torch.Tensor:
+    """``alpha * CE + (1 - alpha) * w(epoch) * D`` from the student's and the teachers' logits (``probs``:
+    ``z_t`` is already :func:`teacher_probs` of them)."""
     if kd.alpha == 1.0:
         return F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-    probs = teacher_probs(z_t.float(), kd)
+    probs = z_t if probs else teacher_probs(z_t.float(), kd)
     if kd.method.base == "kd" and not kd.method.standardize and kd.warmup_epochs <= 0:  # Hinton's KD: one fused node (losses._KDLoss)
         return kd_loss_from_probs(logits, probs, y, temperature=kd.temperature, alpha=kd.alpha,
                                   label_smoothing=label_smoothing)
@@ -137,10 +145,11 @@ def _logit_loss(logits: torch.Tensor, z_t: torch.Tensor, y: torch.Tensor, kd: KD
 def train_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]], optimizer: torch.optim.Optimizer,
                 *, kd: KDSettings | None = None, teachers: Sequence[nn.Module] = (),
                 device: torch.device | str = "cpu", label_smoothing: float = 0.0, grad_clip: float = 0.0,
-                epoch: int = 1, hint: nn.Module | None = None) -> float:
+                epoch: int = 1, hint: nn.Module | None = None, probs: bool = False) -> float:
     """One pass over ``batches`` (epoch ``epoch``, 1-based: a soft term's warm-up); returns the
     example-weighted mean loss. ``hint`` (method fitnet) trains with the model; ``optimizer`` holds
-    its parameters too."""
+    its parameters too. ``probs``: the batches' third element is the teacher's softened probabilities
+    (:func:`teacher_probs`, e.g. ``core.views`` with ``soften``), not its logits."""
     model.train()
     trained = [model] if hint is None else [model, hint]
     if hint is not None:
@@ -151,7 +160,7 @@ def train_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]], o
     for batch in batches:
         batch = tuple(b.to(device, non_blocking=True) for b in batch)
         loss = batch_loss(model, batch, kd=kd, teachers=teachers, label_smoothing=label_smoothing, epoch=epoch,
-                          hint=hint)
+                          hint=hint, probs=probs)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip > 0:
@@ -243,13 +252,14 @@ def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, lr: floa
         if views is not None:
             arrays, local = local_views(views, [x, y, torch.arange(len(y)), *view_cache])
         fill = fill if fill is not None else (0.0,) * int(np.shape(x)[1])
+        soften = view_softener(kd) if views is not None else None
         losses = []
         for epoch in range(epochs):
             batches = iterate_batches(arrays, batch_size, shuffle=True, seed=seed + epoch)
-            batches = (local.batches(batches, epoch) if views is not None else
+            batches = (local.batches(batches, epoch, soften=soften) if views is not None else
                        augmented(batches, recipe.augment, fill, seed=seed + epoch + 1))
             losses.append(train_epoch(model, batches, optimizer, kd=kd, teachers=teachers, device=device,
                                       label_smoothing=recipe.label_smoothing, grad_clip=recipe.grad_clip,
-                                      epoch=epoch + 1, hint=hint))
+                                      epoch=epoch + 1, hint=hint, probs=soften is not None))
             scheduler.step()
     return losses

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Iterable, Iterator, NamedTuple, Sequence
+from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
 from .config.schema import AugmentSpec
+from .losses import class_major
 from .recipe import SPOT_RANGE, apply_augment, apply_cutout, cutout_centres
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _SALT_VIEW, _SALT_PICK, _SALT_SPOT = np.uint64(0x5EED0F), np.uint64(0x91C4), np.uint64(0xC07)
 DEFAULT_TOPK_ABOVE = 10  # top-k kept per view when C > 100 and distill.cache_topk is 0 (auto)
+_EPOCH_CHUNK = 65_536  # rows softened at a time when an epoch's targets are computed at once
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -83,7 +85,8 @@ class Draws(NamedTuple):
 
 def view_draws(seed: int, idx, view, spec: AugmentSpec) -> Draws:
     """The draws of view ``view`` (one for all, or one per example) of examples ``idx`` (B,), from
-    ``(seed, idx, view)`` alone: offsets and flip from one hash, the cutout spot from another."""
+    ``(seed, idx, view)`` alone: offsets and flip from one hash, the cutout spot from another (any
+    shapes that broadcast: the batch shape is theirs)."""
     idx = np.asarray(idx, np.int64)
     h = _hash(seed, idx, view, _SALT_VIEW)
     span = np.uint64(2 * spec.translate + 1)
@@ -112,9 +115,9 @@ def make_view(x: torch.Tensor, idx, view, *, seed: int, spec: AugmentSpec, fill:
 
 
 def all_draws(seed: int, idx, views: int, spec: AugmentSpec) -> Draws:
-    """:func:`view_draws` of every view ``0..V-1`` of examples ``idx`` (B,): batch shape ``(B, V)``."""
-    draws = [view_draws(seed, idx, v, spec) for v in range(views)]
-    return Draws(*(None if field[0] is None else torch.stack(field, dim=-1) for field in zip(*draws)))
+    """:func:`view_draws` of every view ``0..V-1`` of examples ``idx`` (B,): batch shape ``(B, V)``, in
+    one broadcast hash (``idx`` as ``(B, 1)`` against the views ``(V,)``)."""
+    return view_draws(seed, np.asarray(idx, np.int64)[:, None], np.arange(views), spec)
 
 
 def image_keys(draws: Draws, spec: AugmentSpec, height: int, width: int) -> torch.Tensor:
@@ -219,9 +222,10 @@ class ViewCache:
 class LocalViews:
     """One process's share of a view cache, ready to train on: its rows' training-set indices ``idx``
     (n,), the cached ``values, indices, rest`` (``(n, V, [T,] k)``, ``(n, V, [T])``), and every view's
-    draws computed once here (batch shape ``(n V,)``; 17 bytes per pair, 33 with cutout), so that a
-    batch costs a few ``index_select`` at ``row * V + view`` instead of hashes and copies of its
-    examples' whole ``(V, k)`` cache."""
+    draws computed once here (batch shape ``(n V,)``; 17 bytes per pair, 33 with cutout). Each epoch
+    gathers every row's pair ``row * V + view`` once (its draws and, softened, its targets: ``n C``
+    floats, at most the cache's own size), so that a batch costs a few ``index_select`` by row instead
+    of hashes and copies of its examples' whole ``(V, k)`` cache."""
 
     def __init__(self, views: ViewCache, idx, cache: Sequence[torch.Tensor]):
         self.views, self.idx = views, torch.as_tensor(idx)
@@ -231,19 +235,42 @@ class LocalViews:
         self.values, self.indices, self.rest = (c.reshape(n * v, *c.shape[2:]) for c in (values, indices, rest))
         self.draws = all_draws(views.seed, self.idx.numpy(), v, views.spec).flatten()  # batch shape (n V,)
         self.whole = values.shape[-1] >= views.num_classes  # k = C: class order, nothing to scatter
+        self.major = class_major(torch.empty(0, views.num_classes))  # epoch targets stored (C, n): see batches
 
-    def batches(self, batches: Iterable[tuple[torch.Tensor, ...]], epoch: int) -> Iterator[tuple[torch.Tensor, ...]]:
+    def batches(self, batches: Iterable[tuple[torch.Tensor, ...]], epoch: int,
+                soften: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
         """``(x, y, rows)`` batches (``rows`` index this share) -> ``(x_view, y, z_t)``: each example's
-        view for ``epoch`` (:func:`pick_views`) and the teacher's logits on exactly that view."""
+        view for ``epoch`` (:func:`pick_views`) and the teacher's logits on exactly that view.
+
+        With ``soften`` (teacher logits ``(N, [T,] C)`` -> the probabilities ``(N, C)`` the loss uses, e.g.
+        ``engine.teacher_probs`` at the run's temperature) the third element is ``soften(z_t)`` instead. For
+        a whole cache (``k = C``) that is computed once per epoch for the share's ``n`` rows (``n C`` floats,
+        class-major when :func:`core.losses.class_major`), so a batch costs one ``index_select`` for its
+        targets instead of a gather, a decode and a softmax; the values are the same as per batch."""
         cache = self.views
         picks = torch.from_numpy(pick_views(cache.seed, self.idx.numpy(), epoch, cache.views))  # (n,), once per epoch
+        pairs = torch.arange(len(picks)) * cache.views + picks  # (n,): each row's pair ``row * V + view`` this epoch
+        draws = self.draws.take(pairs)  # this epoch's draws per row, batch shape (n,)
+        probs = self._epoch_probs(pairs, soften) if soften is not None and self.whole else None
         for x, y, rows in batches:
-            at = rows * cache.views + picks[rows]  # (B,) into the flattened (row, view) pairs
-            x_view = render(x, self.draws.take(at), cache.spec, cache.fill)
-            values = self.values.index_select(0, at)
-            z_t = (values.float() if self.whole else
-                   decode_topk(values, self.indices.index_select(0, at), self.rest.index_select(0, at), cache.num_classes))
-            yield x_view, y, z_t
+            x_view = render(x, draws.take(rows), cache.spec, cache.fill)
+            if probs is not None:  # (C, n) class-major or (n, C): the rows' columns or rows, as (B, C)
+                yield x_view, y, (probs.index_select(1, rows).t() if self.major else probs.index_select(0, rows))
+                continue
+            z_t = self._logits(pairs.index_select(0, rows))
+            yield x_view, y, (z_t if soften is None else soften(z_t))
+
+    def _logits(self, at: torch.Tensor) -> torch.Tensor:
+        """The teacher logits ``(B, [T,] C)`` float32 of the pairs ``at`` (B,)."""
+        values = self.values.index_select(0, at)
+        if self.whole:
+            return values.float()
+        return decode_topk(values, self.indices.index_select(0, at), self.rest.index_select(0, at), self.views.num_classes)
+
+    def _epoch_probs(self, pairs: torch.Tensor, soften: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``soften`` of every row's logits this epoch: ``(C, n)`` contiguous when :attr:`major`, else ``(n, C)``."""
+        probs = torch.cat([soften(self._logits(part)) for part in pairs.split(_EPOCH_CHUNK)])  # (n, C)
+        return probs.t().contiguous() if self.major else probs.contiguous()
 
 
 def local_views(views: ViewCache | None, arrays: Sequence) -> tuple[list, LocalViews | None]:
