@@ -2,7 +2,8 @@
 
 Batches are tuples of tensors: ``(x, y)`` with ``x`` ``(B, C, H, W)`` and ``y`` ``(B,)``, or
 ``(x, y, z_t)`` with cached teacher logits ``z_t`` ``(B, C)`` (one teacher) or ``(B, K, C)``
-(an ensemble of K teachers).
+(an ensemble of K teachers), or — cached views, ``probs=True`` — ``(x, y, p_t)`` with the teachers'
+softened probabilities ``p_t = teacher_probs(z_t)`` ``(B, C)`` already computed.
 """
 from __future__ import annotations
 
@@ -99,8 +100,9 @@ def teacher_probs(teacher_logits: torch.Tensor, kd: KDSettings) -> torch.Tensor:
 
 def view_softener(kd: KDSettings | None):
     """What ``core.views.LocalViews.batches`` softens cached logits with (:func:`teacher_probs` at
-    ``kd``), so the training loop gets probabilities; None (logits) without distillation."""
-    return None if kd is None else (lambda z_t: teacher_probs(z_t, kd))
+    ``kd``), so the training loop gets probabilities; None (logits, which nothing reads) without
+    distillation or at ``alpha = 1`` (plain cross-entropy)."""
+    return None if kd is None or kd.alpha == 1.0 else (lambda z_t: teacher_probs(z_t, kd))
 
 
 @torch.no_grad()

@@ -1,22 +1,31 @@
 """Distillation losses: pure tensor functions, no Ray, no state."""
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 
-CLASS_MAJOR_BELOW = 16  # one AVX-512 vector of fp32; see class_major
+FP32_LANES = {"AVX512": 16, "AVX2": 8}  # fp32 per SIMD vector of the CPU kernels torch dispatches to
+
+
+@functools.cache
+def class_major_below() -> int:
+    """Class counts below this run class-major on a CPU: one fp32 vector of the kernels torch uses here
+    (``torch.backends.cpu.get_cpu_capability()``: 16 on AVX-512, 8 on AVX2; 0, i.e. never, elsewhere)."""
+    return FP32_LANES.get(torch.backends.cpu.get_cpu_capability(), 0)
 
 
 def class_major(logits: torch.Tensor) -> bool:
     """Whether a softmax over the class axis of ``(B, C)`` ``logits`` runs faster on the ``(C, B)``
     transpose. PyTorch's CPU kernel vectorizes along the class axis, and with fewer classes than one
-    vector (3..15 here) it takes a slow path: ``log_softmax`` of ``(256, 10)`` 50 us row-major vs 12 us
-    class-major; from 16 classes on the row layout wins (256 x 16: 7 vs 15 us; torch 2.14, 1 thread,
-    ``/tmp`` micro-benchmark recorded in the README). Same values either way (the same sums per row)."""
-    return logits.device.type == "cpu" and logits.dim() == 2 and 2 < logits.shape[-1] < CLASS_MAJOR_BELOW
+    vector holds it takes a slow path: ``log_softmax`` of ``(256, 10)`` 39 us row-major vs 6 us
+    class-major on AVX-512, where from 16 classes on the row layout wins (256 x 16: 4 vs 10 us); with
+    AVX2 kernels the turn is at 8 (``benchmarks/softmax_layout.py``, torch 2.14, 1 thread, fp32). Same
+    values either way (the same sums per row)."""
+    return logits.device.type == "cpu" and logits.dim() == 2 and 1 < logits.shape[-1] < class_major_below()
 
 
 def softmax_classes(logits: torch.Tensor) -> torch.Tensor:

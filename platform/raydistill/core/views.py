@@ -224,7 +224,7 @@ class LocalViews:
     (n,), the cached ``values, indices, rest`` (``(n, V, [T,] k)``, ``(n, V, [T])``), and every view's
     draws computed once here (batch shape ``(n V,)``; 17 bytes per pair, 33 with cutout). Each epoch
     gathers every row's pair ``row * V + view`` once (its draws and, softened, its targets: ``n C``
-    floats, at most the cache's own size), so that a batch costs a few ``index_select`` by row instead
+    fp32 floats), so that a batch costs a few ``index_select`` by row instead
     of hashes and copies of its examples' whole ``(V, k)`` cache."""
 
     def __init__(self, views: ViewCache, idx, cache: Sequence[torch.Tensor]):
@@ -244,9 +244,10 @@ class LocalViews:
 
         With ``soften`` (teacher logits ``(N, [T,] C)`` -> the probabilities ``(N, C)`` the loss uses, e.g.
         ``engine.teacher_probs`` at the run's temperature) the third element is ``soften(z_t)`` instead. For
-        a whole cache (``k = C``) that is computed once per epoch for the share's ``n`` rows (``n C`` floats,
-        class-major when :func:`core.losses.class_major`), so a batch costs one ``index_select`` for its
-        targets instead of a gather, a decode and a softmax; the values are the same as per batch."""
+        a whole cache (``k = C``) that is computed once per epoch for the share's ``n`` rows (``n C`` fp32
+        floats, class-major when :func:`core.losses.class_major`; at most twice the share's fp16 values),
+        so a batch costs one ``index_select`` for its targets instead of a gather, a decode and a
+        softmax; the values are the same as per batch."""
         cache = self.views
         picks = torch.from_numpy(pick_views(cache.seed, self.idx.numpy(), epoch, cache.views))  # (n,), once per epoch
         pairs = torch.arange(len(picks)) * cache.views + picks  # (n,): each row's pair ``row * V + view`` this epoch
@@ -268,9 +269,15 @@ class LocalViews:
         return decode_topk(values, self.indices.index_select(0, at), self.rest.index_select(0, at), self.views.num_classes)
 
     def _epoch_probs(self, pairs: torch.Tensor, soften: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """``soften`` of every row's logits this epoch: ``(C, n)`` contiguous when :attr:`major`, else ``(n, C)``."""
-        probs = torch.cat([soften(self._logits(part)) for part in pairs.split(_EPOCH_CHUNK)])  # (n, C)
-        return probs.t().contiguous() if self.major else probs.contiguous()
+        """``soften`` of every row's logits this epoch: ``(C, n)`` contiguous when :attr:`major`, else
+        ``(n, C)``; written chunk by chunk into one array (peak: it plus one chunk)."""
+        n, c = len(pairs), self.views.num_classes
+        probs = torch.empty((c, n) if self.major else (n, c))
+        for start in range(0, n, _EPOCH_CHUNK):
+            part = soften(self._logits(pairs[start:start + _EPOCH_CHUNK]))  # (chunk, C)
+            (probs[:, start:start + len(part)] if self.major else probs[start:start + len(part)]).copy_(
+                part.t() if self.major else part)
+        return probs
 
 
 def local_views(views: ViewCache | None, arrays: Sequence) -> tuple[list, LocalViews | None]:
