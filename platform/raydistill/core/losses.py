@@ -18,18 +18,24 @@ def class_major_below() -> int:
     return FP32_LANES.get(torch.backends.cpu.get_cpu_capability(), 0)
 
 
+def few_classes(classes: int) -> bool:
+    """Whether ``classes`` is fewer than one SIMD vector of fp32 holds (:func:`class_major_below`), where a
+    CPU softmax over them is faster class-major (:func:`class_major`)."""
+    return 1 < classes < class_major_below()
+
+
 def class_major(logits: torch.Tensor) -> bool:
     """Whether a softmax over the class axis of ``(B, C)`` ``logits`` runs faster on the ``(C, B)``
-    transpose. PyTorch's CPU kernel vectorizes along the class axis, and with fewer classes than one
+    transpose (a CPU tensor with :func:`few_classes`). PyTorch's CPU kernel vectorizes along the class axis, and with fewer classes than one
     vector holds it takes a slow path: ``log_softmax`` of ``(256, 10)`` 39 us row-major vs 6 us
     class-major on AVX-512, where from 16 classes on the row layout wins (256 x 16: 4 vs 10 us); with
     AVX2 kernels the turn is at 8 (``benchmarks/softmax_layout.py``, torch 2.14, 1 thread, fp32). Same
     values either way (the same sums per row)."""
-    return logits.device.type == "cpu" and logits.dim() == 2 and 1 < logits.shape[-1] < class_major_below()
+    return logits.device.type == "cpu" and logits.dim() == 2 and few_classes(logits.shape[-1])
 
 
 def softmax_classes(logits: torch.Tensor) -> torch.Tensor:
-    """``softmax`` over the last (class) axis of ``(B, C)`` logits, ``(B, C)`` out; class-major when
+    """``softmax`` over the last (class) axis of ``(..., C)`` logits, same shape out; class-major when
     :func:`class_major` (then the result is the transpose view of a contiguous ``(C, B)``)."""
     if class_major(logits):
         return F.softmax(logits.t().contiguous(), dim=0).t()
@@ -38,8 +44,7 @@ def softmax_classes(logits: torch.Tensor) -> torch.Tensor:
 
 def soft_targets(teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """``softmax(z_t / T)`` over the class axis: ``(B, C)`` -> ``(B, C)`` probabilities (or ``(..., C)``)."""
-    return softmax_classes(teacher_logits / temperature) if teacher_logits.dim() == 2 else \
-        F.softmax(teacher_logits / temperature, dim=-1)
+    return softmax_classes(teacher_logits / temperature)
 
 
 def ensemble_soft_targets(teacher_logits: Sequence[torch.Tensor], weights: Sequence[float],

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .config.schema import AugmentSpec
-from .losses import class_major
+from .losses import few_classes
 from .recipe import SPOT_RANGE, apply_augment, apply_cutout, cutout_centres
 
 logger = logging.getLogger(__name__)
@@ -235,7 +235,7 @@ class LocalViews:
         self.values, self.indices, self.rest = (c.reshape(n * v, *c.shape[2:]) for c in (values, indices, rest))
         self.draws = all_draws(views.seed, self.idx.numpy(), v, views.spec).flatten()  # batch shape (n V,)
         self.whole = values.shape[-1] >= views.num_classes  # k = C: class order, nothing to scatter
-        self.major = class_major(torch.empty(0, views.num_classes))  # epoch targets stored (C, n): see batches
+        self.major = few_classes(views.num_classes)  # epoch targets stored (C, n) on a CPU: see batches
 
     def batches(self, batches: Iterable[tuple[torch.Tensor, ...]], epoch: int,
                 soften: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
@@ -245,7 +245,7 @@ class LocalViews:
         With ``soften`` (teacher logits ``(N, [T,] C)`` -> the probabilities ``(N, C)`` the loss uses, e.g.
         ``engine.teacher_probs`` at the run's temperature) the third element is ``soften(z_t)`` instead. For
         a whole cache (``k = C``) that is computed once per epoch for the share's ``n`` rows (``n C`` fp32
-        floats, class-major when :func:`core.losses.class_major`; at most twice the share's fp16 values),
+        floats, class-major when :func:`core.losses.few_classes`; at most twice the share's fp16 values),
         so a batch costs one ``index_select`` for its targets instead of a gather, a decode and a
         softmax; the values are the same as per batch."""
         cache = self.views
