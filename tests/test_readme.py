@@ -225,6 +225,8 @@ BAD_INPUT = [("digits_accuracy.py", ["--set", "distill.temperature=-1"], "distil
                "data.root=../shared/datasets/fashion-mnist", "--set", "distill.cached_views=4",  # the plain script has
                "--set", "distill.augment={cutout: 4}"], "--plain"),  # no augmentation, no cached views
              ("plain_augment.py", ["--fashion-root", "no/such/dir"], "no/such/dir"),
+             ("kd_plain_script.py", ["--fashion-root", "no/such/dir"], "no/such/dir"),
+             ("kd_plain_script.py", ["--epochs", "0"], "--epochs"),
              ("federated_scale.py", ["--fashion-root", "no/such/dir"], "no/such/dir"),
              ("distill_throughput.py", ["--dataset", "imagenet"], "imagenet")]
 

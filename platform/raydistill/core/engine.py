@@ -58,8 +58,6 @@ class KDSettings:
         return (1.0 - self.alpha) * warmup_weight(epoch, self.warmup_epochs)
 
 
-
-
 def iterate_batches(arrays: Sequence[np.ndarray | torch.Tensor], batch_size: int, *, shuffle: bool,
                     seed: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
     """Yield aligned mini-batches of ``arrays`` (same first dimension), shuffled by ``seed``."""
