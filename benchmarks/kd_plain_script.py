@@ -1,10 +1,11 @@
 """Accuracy and time of raydistill's KD against the plain PyTorch KD script a user would write, in one run,
 on the same cores, data, teacher, student, loss, optimizer, batch and epochs (Fashion-MNIST, 60k/10k).
 
-One teacher for every row and seed, trained by the plain script (Adam 1e-3, 3 epochs, random flips and
-+-2 px shifts): ``--teacher cnn`` (conv 32-64, fc 128; the default) or ``mlp`` (1200-1200, cheaper online,
-but hardly better than the student, so KD has little to give). Per seed, four students (MLP 784-128-10, Adam 1e-3, batch 256, ``--epochs`` epochs,
-the same flips and shifts):
+One teacher for every row and seed, trained by the plain script (Adam 1e-3, ``--teacher-epochs``
+epochs, 3 by default, random flips and +-2 px shifts): ``--teacher cnn`` (conv 32-64, fc 128; the
+default) or ``mlp`` (1200-1200: cheaper online, but hardly better than the student, so KD has little to
+give). Per seed, four students (MLP 784-128-10, Adam 1e-3, batch 256, ``--epochs`` epochs, the same
+flips and shifts):
 
   plain alone     the script without a teacher (cross-entropy)
   plain KD        the script with the teacher online every step:
@@ -17,7 +18,8 @@ The plain rows import nothing from raydistill. T, a and the schedule are fixed b
 settings the README's KD rows use); nothing is chosen on the test split. Prints each seed, then the table
 (mean +- std, median, every seed, each row against plain KD: mean difference and seeds won/lost).
 
-    .venv/bin/python benchmarks/kd_plain_script.py [--seeds 0 1 2 3 4 5] [--epochs 10] [--threads 2] [--teacher cnn|mlp]
+    .venv/bin/python benchmarks/kd_plain_script.py [--seeds 0 1 2 3 4 5] [--epochs 10] [--threads 2]
+        [--teacher cnn|mlp] [--teacher-epochs 3]
 """
 from __future__ import annotations
 
@@ -169,9 +171,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2, help="torch threads for every row (the cores used)")
     parser.add_argument("--teacher", choices=("cnn", "mlp"), default="cnn")
+    parser.add_argument("--teacher-epochs", type=int, default=3)
     parser.add_argument("--fashion-root", default=str(SHARED_FASHION))
     args = parser.parse_args()
-    for flag, value in (("--epochs", args.epochs), ("--threads", args.threads)):
+    for flag, value in (("--epochs", args.epochs), ("--threads", args.threads),
+                        ("--teacher-epochs", args.teacher_epochs)):
         if value < 1:
             raise ConfigError(f"{flag} must be >= 1, got {value}")
     if len(set(args.seeds)) != len(args.seeds):
@@ -180,17 +184,19 @@ def main() -> None:
     data = load(args.fashion_root)
     torch.manual_seed(0)
     start = time.perf_counter()
-    teacher = plain_train(plain_cnn() if args.teacher == "cnn" else plain_mlp([1200, 1200]), data["x"], data["y"], epochs=3, seed=1000, fill=data["fill"])
+    teacher = plain_cnn() if args.teacher == "cnn" else plain_mlp([1200, 1200])
+    teacher = plain_train(teacher, data["x"], data["y"], epochs=args.teacher_epochs, seed=1000, fill=data["fill"])
     name = "conv 32-64 fc 128" if args.teacher == "cnn" else "MLP 1200-1200"
-    print(f"teacher ({name}, 3 epochs): test {accuracy(teacher, data['xt'], data['yt']):.4f} "
+    name += f", {args.teacher_epochs} epochs"
+    print(f"teacher ({name}): test {accuracy(teacher, data['xt'], data['yt']):.4f} "
           f"in {time.perf_counter() - start:.0f} s", flush=True)
     results = []
     for seed in args.seeds:
         results.append(run_seed(seed, data, teacher, args.epochs))
         torch.set_num_threads(args.threads)  # engine.fit leaves the thread count as it found it; be sure
         print(f"seed {seed}: " + json.dumps({k: round(v, 4) for k, v in results[-1].items()}), flush=True)
-    print(f"\nfashion_mnist, teacher {name}, student MLP 128, {args.epochs} epochs, Adam {LR}, batch {BATCH}, T={T}, alpha={ALPHA}, "
-          f"flips and +-2 px shifts; seeds {args.seeds}; {args.threads} threads")
+    print(f"\nfashion_mnist, teacher {name}, student MLP 128, {args.epochs} epochs, Adam {LR}, batch {BATCH}, "
+          f"T={T}, alpha={ALPHA}, flips and +-2 px shifts; seeds {args.seeds}; {args.threads} threads")
     print(table(results, args.seeds))
 
 
