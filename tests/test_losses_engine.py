@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from raydistill.core.config import DataSection
+from raydistill.core.config.schema import AugmentSpec, RecipeSection
 from raydistill.core.data import load_data
 from raydistill.core.engine import KDSettings, evaluate, fit, predict_logits
 from raydistill.core.losses import ensemble_soft_targets, kd_loss
@@ -220,3 +221,54 @@ def test_fit_trains_convolutions_channels_last_and_hands_back_the_default_layout
     assert all(p.is_contiguous() for p in model.parameters())
     for (name, p), q in zip(model.named_parameters(), by_hand.parameters()):
         assert torch.allclose(p, q, atol=1e-6), name
+
+
+def _shift_flip64(x, rows, cols, flips, k, fill):
+    """numpy, one example at a time: pad by ``k`` with ``fill``, crop at (rows[i], cols[i]), mirror where flips[i]."""
+    out = np.empty_like(x)
+    for i in range(len(x)):
+        padded = np.pad(x[i], ((0, 0), (k, k), (k, k)), constant_values=fill)
+        crop = padded[:, rows[i]:rows[i] + x.shape[2], cols[i]:cols[i] + x.shape[3]]
+        out[i] = crop[:, :, ::-1] if flips[i] else crop
+    return out
+
+
+def test_online_kd_under_augmentation_trains_like_the_script_a_user_writes():
+    # benchmarks/kd_plain_script.py compares engine.fit with a plain script on different random streams;
+    # this pins down that, given the same batches, the two are the same computation. The script's side is
+    # written here from the documented draws (order: randperm(n) of Generator(seed + epoch); augmentation:
+    # Generator(seed + epoch + 1) gives offsets randint(0, 2k+1, (2, B)), then flips rand(B) < 0.5), numpy
+    # shifts and flips, and Hinton's loss with F.kl_div.
+    bundle = load_data(DataSection(), seed=0)
+    torch.manual_seed(0)
+    teacher = build_model("mlp", bundle.input_shape, 10, {"hidden": [64]})
+    fit(teacher, bundle.x_train, bundle.y_train, epochs=2, lr=1e-2, batch_size=64)
+    teacher.eval()
+    torch.manual_seed(1)
+    engine_student = build_model("mlp", bundle.input_shape, 10, {"hidden": [16]})
+    script_student, initial = copy.deepcopy(engine_student), copy.deepcopy(engine_student)
+    spec, fill, T, alpha, seed, epochs, batch = AugmentSpec(hflip=True, translate=1), -0.5, 4.0, 0.5, 3, 2, 64
+    fit(engine_student, bundle.x_train, bundle.y_train, epochs=epochs, lr=1e-2, batch_size=batch, seed=seed,
+        kd=KDSettings(temperature=T, alpha=alpha), teachers=[teacher], recipe=RecipeSection(augment=spec),
+        fill=(fill,))
+    opt = torch.optim.Adam(script_student.parameters(), 1e-2)
+    x, y = np.asarray(bundle.x_train, np.float32), torch.as_tensor(bundle.y_train)
+    for epoch in range(epochs):
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed + epoch)).numpy()
+        draws = torch.Generator().manual_seed(seed + epoch + 1)
+        for start in range(0, len(y), batch):
+            i = order[start:start + batch]
+            offsets = torch.randint(0, 3, (2, len(i)), generator=draws).numpy()
+            flips = (torch.rand(len(i), generator=draws) < 0.5).numpy()
+            xb = torch.from_numpy(_shift_flip64(x[i], offsets[0], offsets[1], flips, 1, fill))
+            z = script_student(xb)
+            with torch.no_grad():
+                p = F.softmax(teacher(xb) / T, dim=1)
+            loss = alpha * F.cross_entropy(z, y[i]) + (1 - alpha) * T * T * F.kl_div(
+                F.log_softmax(z / T, dim=1), p, reduction="batchmean")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    for a, b, w0 in zip(engine_student.parameters(), script_student.parameters(), initial.parameters()):
+        assert torch.allclose(a, b, atol=1e-4), float((a - b).abs().max())
+        assert (a - w0).abs().max() > 1e-2  # both moved far more than they differ
