@@ -223,7 +223,7 @@ def test_fit_trains_convolutions_channels_last_and_hands_back_the_default_layout
         assert torch.allclose(p, q, atol=1e-6), name
 
 
-def _shift_flip64(x, rows, cols, flips, k, fill):
+def _shift_flip(x, rows, cols, flips, k, fill):
     """numpy, one example at a time: pad by ``k`` with ``fill``, crop at (rows[i], cols[i]), mirror where flips[i]."""
     out = np.empty_like(x)
     for i in range(len(x)):
@@ -235,10 +235,11 @@ def _shift_flip64(x, rows, cols, flips, k, fill):
 
 def test_online_kd_under_augmentation_trains_like_the_script_a_user_writes():
     # benchmarks/kd_plain_script.py compares engine.fit with a plain script on different random streams;
-    # this pins down that, given the same batches, the two are the same computation. The script's side is
-    # written here from the documented draws (order: randperm(n) of Generator(seed + epoch); augmentation:
-    # Generator(seed + epoch + 1) gives offsets randint(0, 2k+1, (2, B)), then flips rand(B) < 0.5), numpy
-    # shifts and flips, and Hinton's loss with F.kl_div.
+    # this pins down that, given the same batches, the two are the same computation. The script's side
+    # rebuilds the engine's batches from its seeding (order: randperm(n) of Generator(seed + epoch), as
+    # engine.iterate_batches; augmentation: Generator(seed + epoch + 1) drawing offsets randint(0, 2k+1,
+    # (2, B)) then flips rand(B) < 0.5, as recipe.augment_batch documents) — so a change to that seeding
+    # must change this test too — with numpy shifts and flips and Hinton's loss written with F.kl_div.
     bundle = load_data(DataSection(), seed=0)
     torch.manual_seed(0)
     teacher = build_model("mlp", bundle.input_shape, 10, {"hidden": [64]})
@@ -260,7 +261,7 @@ def test_online_kd_under_augmentation_trains_like_the_script_a_user_writes():
             i = order[start:start + batch]
             offsets = torch.randint(0, 3, (2, len(i)), generator=draws).numpy()
             flips = (torch.rand(len(i), generator=draws) < 0.5).numpy()
-            xb = torch.from_numpy(_shift_flip64(x[i], offsets[0], offsets[1], flips, 1, fill))
+            xb = torch.from_numpy(_shift_flip(x[i], offsets[0], offsets[1], flips, 1, fill))
             z = script_student(xb)
             with torch.no_grad():
                 p = F.softmax(teacher(xb) / T, dim=1)
