@@ -26,10 +26,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,7 +42,8 @@ from raydistill.core.models import build_model
 from raydistill.core.recipe import raw_zero_fill
 from raydistill.core.views import ViewCache
 
-SHARED_FASHION = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fashion-mnist"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from distill_throughput import SHARED_FASHION  # noqa: E402
 BATCH, T, ALPHA, LR, VIEWS = 256, 4.0, 0.5, 1e-3, 8
 SPEC = AugmentSpec(hflip=True, translate=2)
 ROWS = ("plain alone", "plain KD", "online KD", "cached views")
@@ -140,8 +141,8 @@ def table(results: list[dict], seeds: list[int]) -> str:
     """Markdown: each row's accuracy (mean +- std, median, per seed), against plain KD, and its time."""
     base = [r["plain KD"] for r in results]
     base_s = statistics.median(r["plain KD_s"] for r in results)
-    lines = [f"| row | test accuracy, mean ± std | median | per seed ({' '.join(map(str, seeds))}) | vs plain KD, mean "
-             "| seeds won/lost vs plain KD | time per run (median) | time vs plain KD |",
+    lines = [f"| row | test accuracy, mean ± std | median | per seed ({' '.join(map(str, seeds))}) "
+             "| vs plain KD, mean | seeds won/lost vs plain KD | time per run (median) | time vs plain KD |",
              "|---|---:|---:|---|---:|---:|---:|---:|"]
     for row in ROWS:
         acc = [r[row] for r in results]
@@ -193,7 +194,7 @@ def main() -> None:
     results = []
     for seed in args.seeds:
         results.append(run_seed(seed, data, teacher, args.epochs))
-        torch.set_num_threads(args.threads)  # engine.fit leaves the thread count as it found it; be sure
+        torch.set_num_threads(args.threads)  # every row of the next seed on the same cores
         print(f"seed {seed}: " + json.dumps({k: round(v, 4) for k, v in results[-1].items()}), flush=True)
     print(f"\nfashion_mnist, teacher {name}, student MLP 128, {args.epochs} epochs, Adam {LR}, batch {BATCH}, "
           f"T={T}, alpha={ALPHA}, flips and +-2 px shifts; seeds {args.seeds}; {args.threads} threads")

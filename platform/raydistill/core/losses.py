@@ -26,8 +26,8 @@ def few_classes(classes: int) -> bool:
 
 def class_major(logits: torch.Tensor) -> bool:
     """Whether a softmax over the class axis of ``(B, C)`` ``logits`` runs faster on the ``(C, B)``
-    transpose (a CPU tensor with :func:`few_classes`). PyTorch's CPU kernel vectorizes along the class axis, and with fewer classes than one
-    vector holds it takes a slow path: ``log_softmax`` of ``(256, 10)`` 39 us row-major vs 6 us
+    transpose (a CPU tensor with :func:`few_classes`). PyTorch's CPU kernel vectorizes along the class
+    axis, and with fewer classes than one vector holds it takes a slow path: ``log_softmax`` of ``(256, 10)`` 39 us row-major vs 6 us
     class-major on AVX-512, where from 16 classes on the row layout wins (256 x 16: 4 vs 10 us); with
     AVX2 kernels the turn is at 8 (``benchmarks/softmax_layout.py``, torch 2.14, 1 thread, fp32). Same
     values either way (the same sums per row)."""
