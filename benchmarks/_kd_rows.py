@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from raydistill.core.config import ModelSpec
-from raydistill.core.engine import KDSettings, evaluate, fit, predict_logits
+from raydistill.core.engine import KDSettings, evaluate, fit, predict_logits, teacher_view_cache
 from raydistill.core.models import build_model
 from raydistill.core.recipe import raw_zero_fill
 from raydistill.core.views import ViewCache, resolve_topk
@@ -104,9 +104,8 @@ def cache_job(teacher: dict, bundle, seed: int, d, views: int) -> tuple[ViewCach
     started = time.perf_counter()
     fill = raw_zero_fill(bundle.normalization, bundle.input_shape[0])
     most = ViewCache(views=views, spec=d.augment, fill=fill, seed=seed, num_classes=bundle.num_classes)
-    with torch.no_grad():
-        cache = most.build(teacher["model"], torch.as_tensor(bundle.x_train), torch.arange(len(bundle.y_train)),
-                           resolve_topk(d.cache_topk, bundle.num_classes))
+    cache = teacher_view_cache(most, [teacher["model"]], torch.as_tensor(bundle.x_train),
+                               torch.arange(len(bundle.y_train)), resolve_topk(d.cache_topk, bundle.num_classes))
     return most, cache, time.perf_counter() - started
 
 

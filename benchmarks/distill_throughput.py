@@ -34,7 +34,7 @@ from raydistill.core.artifacts import load_card, new_artifact_path, save_artifac
 from raydistill.core.cards import build_card
 from raydistill.core.config import load_config
 from raydistill.core.data import load_data
-from raydistill.core.engine import KDSettings, fit, predict_logits
+from raydistill.core.engine import KDSettings, fit, predict_logits, teacher_view_cache
 from raydistill.core.models import build_model
 from raydistill.core.config.schema import AugmentSpec, RecipeSection
 from raydistill.core.views import ViewCache
@@ -144,9 +144,8 @@ def main() -> None:
     views = ViewCache(views=VIEWS, spec=AUGMENT, fill=(0.0,) * bundle.input_shape[0], seed=0,
                       num_classes=bundle.num_classes)
     t0 = time.perf_counter()
-    with torch.no_grad():
-        cache = views.build(teacher, torch.as_tensor(bundle.x_train), torch.arange(len(bundle.y_train)),
-                            bundle.num_classes)
+    cache = teacher_view_cache(views, [teacher], torch.as_tensor(bundle.x_train), torch.arange(len(bundle.y_train)),
+                               bundle.num_classes)
     cache_s = time.perf_counter() - t0
     passes, walls = [], {}
     for r in range(args.repeats):

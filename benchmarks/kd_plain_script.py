@@ -37,7 +37,7 @@ from torch import nn
 from raydistill.core.config import ConfigError, load_config
 from raydistill.core.config.schema import AugmentSpec, RecipeSection
 from raydistill.core.data import load_data
-from raydistill.core.engine import KDSettings, fit
+from raydistill.core.engine import KDSettings, fit, teacher_view_cache
 from raydistill.core.models import build_model
 from raydistill.core.recipe import raw_zero_fill
 from raydistill.core.views import ViewCache
@@ -125,8 +125,7 @@ def run_seed(seed: int, data: dict, teacher: nn.Module, epochs: int) -> dict:
 
     def cached():
         views = ViewCache(views=VIEWS, spec=SPEC, fill=(fill,), seed=seed, num_classes=10)
-        with torch.no_grad():
-            cache = views.build(teacher, x, torch.arange(len(y)), 10)
+        cache = teacher_view_cache(views, [teacher], x, torch.arange(len(y)), 10)
         student = build_model("mlp", (1, 28, 28), 10, {"hidden": [128]})
         fit(student, data["xn"], data["yn"], epochs=epochs, lr=LR, batch_size=BATCH, seed=seed, kd=kd,
             views=views, view_cache=cache)

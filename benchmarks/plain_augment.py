@@ -21,7 +21,7 @@ from distill_throughput import AUGMENT, STUDENTS, VIEWS, timed_fit, timed_views_
 from raydistill.core.config import load_config  # noqa: E402
 from raydistill.core.config.schema import RecipeSection  # noqa: E402
 from raydistill.core.data import load_data  # noqa: E402
-from raydistill.core.engine import KDSettings, fit  # noqa: E402
+from raydistill.core.engine import KDSettings, fit, teacher_view_cache  # noqa: E402
 from raydistill.core.models import build_model  # noqa: E402
 from raydistill.core.recipe import raw_zero_fill  # noqa: E402
 from raydistill.core.views import ViewCache  # noqa: E402
@@ -74,8 +74,7 @@ def main() -> None:
     teacher = build_model("mlp", bundle.input_shape, bundle.num_classes, {"hidden": [1200, 1200]})
     fit(teacher, bundle.x_train, bundle.y_train, epochs=1, lr=1e-3, batch_size=BATCH)
     views = ViewCache(views=VIEWS, spec=AUGMENT, fill=fill, seed=0, num_classes=bundle.num_classes)
-    with torch.no_grad():
-        cache = views.build(teacher.eval(), x, torch.arange(len(y)), bundle.num_classes)
+    cache = teacher_view_cache(views, [teacher], x, torch.arange(len(y)), bundle.num_classes)
     kd = KDSettings(temperature=4.0, alpha=0.5)
     for r in range(args.passes):
         p = plain_epoch(images)

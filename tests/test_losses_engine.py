@@ -209,8 +209,9 @@ def test_fit_trains_convolutions_channels_last_and_hands_back_the_default_layout
     torch.manual_seed(0)
     model = build_model("cnn", bundle.input_shape, 10, {"channels": [4, 8], "fc": 16})
     by_hand = copy.deepcopy(model)
-    seen = []  # the first conv weight's layout at each forward while fit trains
-    model[0].register_forward_hook(lambda m, i, o: seen.append(m.weight.is_contiguous(memory_format=torch.channels_last)))
+    seen = []  # the second conv weight's layout at each forward while fit trains (the first, one input
+    # channel, is channels-last and contiguous at once: a size-1 axis has any stride)
+    model[3].register_forward_hook(lambda m, i, o: seen.append(m.weight.is_contiguous(memory_format=torch.channels_last)))
     # Execute: fit's one step (batch = all 64, Adam at a constant lr) and the same step written out.
     fit(model, x, y, epochs=1, lr=1e-2, batch_size=64)
     optimizer = torch.optim.Adam(by_hand.parameters(), lr=1e-2)

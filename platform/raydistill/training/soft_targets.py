@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from raydistill.core.artifacts import model_from_state
-from raydistill.core.engine import run_teachers
+from raydistill.core.engine import teacher_logits, teacher_view_cache
 from raydistill.core.views import ViewCache
 from raydistill.runtime import cpu_share
 
@@ -53,11 +53,11 @@ class TeacherLogits:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x = torch.from_numpy(np.array(batch["x"], dtype=np.float32))  # a writable copy
-        if self.views is None:
-            batch["logits"] = run_teachers(self.models, x.to(self.device)).cpu().numpy()  # (B, C) or (B, K, C)
+        if self.views is None:  # (B, C) or (B, K, C); channels-last on a CPU, as every teacher pass
+            batch["logits"] = teacher_logits(self.models, x, batch_size=max(1, len(x)), device=self.device).numpy()
             return batch
-        cache = self.views.build(lambda xv: run_teachers(self.models, xv.to(self.device)).cpu(), x,
-                                 torch.from_numpy(np.asarray(batch["idx"], np.int64)), self.topk)
+        cache = teacher_view_cache(self.views, self.models, x, torch.from_numpy(np.asarray(batch["idx"], np.int64)),
+                                   self.topk, device=self.device)
         batch.update({name: t.numpy() for name, t in zip(VIEW_COLUMNS, cache)})
         return batch
 

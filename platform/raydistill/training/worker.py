@@ -16,7 +16,8 @@ import torch.distributed as dist
 import ray.train
 import ray.train.torch
 
-from raydistill.core.engine import iterate_batches, rank_shard, read_only_tensors, run_teachers
+from raydistill.core.engine import (iterate_batches, rank_shard, read_only_tensors, teacher_logits,
+                                    teacher_view_cache)
 from raydistill.core.views import local_views
 from raydistill.core.loop import (STATE_FILE, StageSpec, TrainState, run_epochs, save_train_state, shuffle_seed,
                                   state_from_checkpoint)
@@ -29,23 +30,15 @@ logger = logging.getLogger(__name__)
 
 
 
-@torch.no_grad()
-def predict_logits(teachers, x: torch.Tensor, *, device, batch_size: int = 1024) -> torch.Tensor:
-    """The teachers' logits ``(N, C)`` (one) or ``(N, K, C)`` (K) for inputs ``x``, in eval mode, on CPU."""
-    return torch.cat([run_teachers(teachers, x[i:i + batch_size].to(device)).cpu()
-                      for i in range(0, len(x), batch_size)])
-
-
 def cached_share(train: list[torch.Tensor], teachers, views, topk: int, *, rank: int, device) -> list[torch.Tensor]:
     """This rank's ``(x, y)`` share plus the teachers' logits on it, ``(x, y, z_t)``; with a view cache
     ``(x, y, idx, values, indices, rest)``, where ``idx`` are the share's training-set indices
     (``rank_shard`` gives rank ``r`` rows ``[r * n, (r + 1) * n)``), which regenerate each view."""
     x = train[0]
     if views is None:
-        return [*train, predict_logits(teachers, x, device=device)]
+        return [*train, teacher_logits(teachers, x, device=device)]
     idx = torch.arange(rank * len(x), (rank + 1) * len(x))
-    cache = views.build(lambda xv: run_teachers(teachers, xv.to(device)).cpu(), x, idx, topk)
-    return [*train, idx, *cache]
+    return [*train, idx, *teacher_view_cache(views, teachers, x, idx, topk, device=device)]
 
 
 def _resolve(value):
