@@ -20,7 +20,7 @@ import json
 import numpy as np
 import torch
 
-from raydistill.core.config import load_config
+from raydistill.core.config import ConfigError, load_config
 from raydistill.core.data import load_data
 from raydistill.core.engine import KDSettings, evaluate, fit, predict_logits
 from raydistill.core.models import build_model
@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     if args.folds < 2:
-        parser.error(f"--folds must be >= 2 (each fold's teacher trains on the others), got {args.folds}")
+        raise ConfigError(f"--folds must be >= 2 (each fold's teacher trains on the others), got {args.folds}")
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config, args.overrides)
     grid = [(m, t, a) for m in (args.methods or [cfg.distill.method]) for t in args.temperatures for a in args.alphas]

@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from raydistill.core.config import load_config
+from raydistill.core.config import ConfigError, load_config
 from raydistill.core.data import load_data
 from raydistill.core.engine import KDSettings, evaluate, fit, predict_logits
 from raydistill.core.models import build_model
@@ -94,8 +94,8 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_config(args.config, args.overrides)
     if cfg.distill.augment.active():
-        parser.error("distill.augment: this benchmark caches each teacher's logits on the clean images; "
-                     "augmented students would see targets of other inputs (use distill.mode=online in the stage)")
+        raise ConfigError("distill.augment: this benchmark caches each teacher's logits on the clean images; "
+                          "augmented students would see targets of other inputs (use distill.mode=online in the stage)")
     bundle = load_data(cfg.data, cfg.run.seed)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     start = time.perf_counter()

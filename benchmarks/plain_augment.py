@@ -18,7 +18,7 @@ from torchvision.transforms import v2
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from distill_throughput import AUGMENT, STUDENTS, VIEWS, timed_fit, timed_views_fit  # noqa: E402
 
-from raydistill.core.config import load_config  # noqa: E402
+from raydistill.core.config import ConfigError, load_config  # noqa: E402
 from raydistill.core.config.schema import RecipeSection  # noqa: E402
 from raydistill.core.data import load_data  # noqa: E402
 from raydistill.core.engine import KDSettings, fit, teacher_view_cache  # noqa: E402
@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=3, help="epochs timed per row (the table reports each)")
     args = parser.parse_args()
     if args.passes < 1:
-        parser.error(f"--passes must be >= 1, got {args.passes}")
+        raise ConfigError(f"--passes must be >= 1, got {args.passes}")
     torch.set_num_threads(1)
     cfg = load_config("configs/fashion_mnist.yaml", [f"data.root={args.fashion_root}",
                                                      "data.val_fraction=0.1", "run.quiet=true"])

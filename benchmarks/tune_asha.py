@@ -138,7 +138,7 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     if args.repeats < 1 or any(p < 1 for p in args.plain):
-        parser.error("--repeats and --plain must be >= 1")
+        raise ConfigError("--repeats and --plain must be >= 1")
     storage = tempfile.mkdtemp(prefix="rd-tune-asha-")
     # 1-worker trials (2 at a time on 2 CPUs) unless --set distill.workers=N says otherwise
     cfg = load_config(args.config, ["distill.workers=1", *args.overrides, f"run.storage_path={storage}",

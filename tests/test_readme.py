@@ -228,7 +228,13 @@ BAD_INPUT = [("digits_accuracy.py", ["--set", "distill.temperature=-1"], "distil
              ("kd_plain_script.py", ["--fashion-root", "no/such/dir"], "no/such/dir"),
              ("kd_plain_script.py", ["--epochs", "0"], "--epochs"),
              ("federated_scale.py", ["--fashion-root", "no/such/dir"], "no/such/dir"),
-             ("distill_throughput.py", ["--dataset", "imagenet"], "imagenet")]
+             ("distill_throughput.py", ["--dataset", "imagenet"], "imagenet"),
+             ("teacher_layout.py", ["--images", "0"], "--images"),
+             ("teacher_layout.py", ["--fashion-root", "no/such/dir"], "no/such/dir"),
+             ("plain_augment.py", ["--passes", "0"], "--passes"),
+             ("digits_kd_cv.py", ["--folds", "1"], "--folds"),
+             ("tune_asha.py", ["--repeats", "0"], "--repeats"),
+             ("ensemble_vs_single.py", ["--set", "distill.augment={hflip: true}"], "distill.augment")]
 
 
 def test_a_benchmark_given_bad_input_names_it_and_exits_2_without_a_traceback():
