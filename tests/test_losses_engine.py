@@ -211,7 +211,8 @@ def test_fit_trains_convolutions_channels_last_and_hands_back_the_default_layout
     by_hand = copy.deepcopy(model)
     seen = []  # the second conv weight's layout at each forward while fit trains (the first, one input
     # channel, is channels-last and contiguous at once: a size-1 axis has any stride)
-    model[3].register_forward_hook(lambda m, i, o: seen.append(m.weight.is_contiguous(memory_format=torch.channels_last)))
+    model[3].register_forward_hook(lambda m, i, o: seen.append(
+        m.weight.is_contiguous(memory_format=torch.channels_last)))
     # Execute: fit's one step (batch = all 64, Adam at a constant lr) and the same step written out.
     fit(model, x, y, epochs=1, lr=1e-2, batch_size=64)
     optimizer = torch.optim.Adam(by_hand.parameters(), lr=1e-2)

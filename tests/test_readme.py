@@ -234,7 +234,8 @@ BAD_INPUT = [("digits_accuracy.py", ["--set", "distill.temperature=-1"], "distil
              ("plain_augment.py", ["--passes", "0"], "--passes"),
              ("digits_kd_cv.py", ["--folds", "1"], "--folds"),
              ("tune_asha.py", ["--repeats", "0"], "--repeats"),
-             ("ensemble_vs_single.py", ["--set", "distill.augment={hflip: true}"], "distill.augment")]
+             ("ensemble_vs_single.py", ["--set", "distill.mode=online", "--set", "distill.augment={translate: 1}"],
+              "this benchmark caches each teacher's logits")]
 
 
 def test_a_benchmark_given_bad_input_names_it_and_exits_2_without_a_traceback():

@@ -236,9 +236,9 @@ def test_teacher_logits_actor_and_worker_share_build_the_same_cache_as_the_teach
 
 
 def test_every_teacher_pass_runs_a_conv_teacher_channels_last_and_gives_back_its_values_and_layout():
-    # Cached soft targets are all teacher forwards; oneDNN runs a conv teacher 1.5-3x faster channels-last
+    # Cached soft targets are all teacher forwards; oneDNN runs a conv teacher ~2x faster channels-last
     # on a CPU. Hooked on the second conv: (8, 4, 3, 3) is channels-last or contiguous, never both.
-    from raydistill.training.soft_targets import TeacherLogits
+    from raydistill.training.soft_targets import VIEW_COLUMNS, TeacherLogits
     from raydistill.training.worker import cached_share
 
     teacher, _ = _teacher_and_student()
@@ -249,21 +249,37 @@ def test_every_teacher_pass_runs_a_conv_teacher_channels_last_and_gives_back_its
         view1 = teacher(make_view(x, np.arange(20), 1, seed=5, spec=SPEC, fill=FILL)).numpy()
     card = {"architecture": {"name": "cnn", "args": {"channels": [4, 8], "fc": 16}}, "input_shape": [1, 8, 8],
             "class_names": [str(c) for c in range(10)]}
-    actor = TeacherLogits([(card, {k: v.numpy() for k, v in teacher.state_dict().items()})])
-    layouts = []
-    for model in (teacher, actor.models[0]):
+    state = {k: v.numpy() for k, v in teacher.state_dict().items()}
+    actor, views_actor = TeacherLogits([(card, state)]), TeacherLogits([(card, state)], views=cache, topk=10)
+    layouts = []  # the hooked weight's layout at each forward of the pass under way
+    for model in (teacher, actor.models[0], views_actor.models[0]):
         model[3].register_forward_hook(lambda m, i, o: layouts.append(m.weight.is_contiguous(
             memory_format=torch.channels_last)))
-    got = {"predict_logits": predict_logits(teacher, x.numpy(), batch_size=8),
-           "cached_share": cached_share([x, y], [teacher], None, 10, rank=0, device="cpu")[2].numpy(),
-           "actor": actor({"x": x.numpy()})["logits"]}
-    values, indices, rest = cached_share([x, y], [teacher], cache, 10, rank=0, device="cpu")[3:]
-    got["views"] = decode_topk(values[:, 1], indices[:, 1], rest[:, 1], 10).numpy()
-    assert len(layouts) >= 5 and all(layouts)  # every pass: 3 batches, 1 share, 1 actor batch, the views
+
+    def channels_last(name, run):
+        layouts.clear()
+        out = run()
+        assert layouts and all(layouts), (name, layouts)  # every forward of this pass
+        return out
+
+    def view_1(values, indices, rest):
+        return decode_topk(torch.as_tensor(values[:, 1]), torch.as_tensor(indices[:, 1]), torch.as_tensor(rest[:, 1]),
+                           10).numpy()
+
+    share_views = channels_last("cached_share views", lambda: cached_share([x, y], [teacher], cache, 10, rank=0,
+                                                                            device="cpu")[3:])
+    actor_views = channels_last("actor views", lambda: views_actor({"x": x.numpy(), "idx": np.arange(20)}))
+    got = {"predict_logits": channels_last("predict_logits",
+                                           lambda: predict_logits(teacher, x.numpy(), batch_size=8)),
+           "cached_share": channels_last("cached_share", lambda: cached_share([x, y], [teacher], None, 10, rank=0,
+                                                                              device="cpu")[2].numpy()),
+           "actor": channels_last("actor", lambda: actor({"x": x.numpy()})["logits"]),
+           "cached_share views": view_1(*share_views),
+           "actor views": view_1(*(actor_views[c] for c in VIEW_COLUMNS))}
     for name, want, tol in [("predict_logits", clean, 1e-4), ("cached_share", clean, 1e-4), ("actor", clean, 1e-4),
-                            ("views", view1, 2e-3)]:  # views are stored as fp16
+                            ("cached_share views", view1, 2e-3), ("actor views", view1, 2e-3)]:  # fp16 views
         np.testing.assert_allclose(got[name], want, rtol=tol, atol=tol, err_msg=name)
-    assert all(p.is_contiguous() for m in (teacher, actor.models[0]) for p in m.parameters())
+    assert all(p.is_contiguous() for m in (teacher, actor.models[0], views_actor.models[0]) for p in m.parameters())
 
 
 @pytest.mark.parametrize("sets, message", [

@@ -176,14 +176,15 @@ def train_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]], o
 def teacher_logits(teachers: Sequence[nn.Module], x: np.ndarray | torch.Tensor, *, batch_size: int = 1024,
                    device: torch.device | str = "cpu") -> torch.Tensor:
     """The teachers' logits for inputs ``(N, C_in, H, W)``: ``(N, C)`` for one teacher, ``(N, K, C)``
-    for K, on the CPU, in eval mode; conv teachers run channels-last on a CPU (:func:`conv_layout`:
-    1.5-2.7x faster for a conv 32-64 teacher here), with the same values."""
+    for K (``N = 0`` too), on the CPU, in eval mode; conv teachers run channels-last on a CPU
+    (:func:`conv_layout`: ~1.7x faster for a conv 32-64 teacher here, ``benchmarks/teacher_layout.py``),
+    with the same values up to float rounding."""
     for t in teachers:
         t.eval()
     with conv_layout(teachers, device):
         out = [run_teachers(teachers, torch.as_tensor(x[i:i + batch_size]).to(device)).cpu()
-               for i in range(0, len(x), batch_size)]
-    return torch.cat(out) if out else torch.zeros((0, 0))
+               for i in range(0, len(x), batch_size) or [0]]  # an empty x: one empty batch, for the shape
+    return torch.cat(out)
 
 
 def predict_logits(model: nn.Module, x: np.ndarray | torch.Tensor, *, batch_size: int = 1024,
@@ -197,7 +198,8 @@ def teacher_view_cache(views: ViewCache, teachers: Sequence[nn.Module], x: torch
                        k: int, *, device: torch.device | str = "cpu") -> list[torch.Tensor]:
     """``views.build`` (core.views: ``[values, indices, rest]``) for examples ``x`` ``(N, C_in, H, W)``
     with training-set indices ``idx`` ``(N,)``, top-``k``, with the teachers in eval mode and, on a CPU,
-    channels-last (:func:`conv_layout`: 2-3x faster for a conv 32-64 teacher on 8 views here)."""
+    channels-last (:func:`conv_layout`: ~2x faster for a conv 32-64 teacher on 8 views here,
+    ``benchmarks/teacher_layout.py``; the same values up to float rounding)."""
     for t in teachers:
         t.eval()
     with conv_layout(teachers, device):
