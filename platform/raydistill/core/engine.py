@@ -177,7 +177,7 @@ def teacher_logits(teachers: Sequence[nn.Module], x: np.ndarray | torch.Tensor, 
                    device: torch.device | str = "cpu") -> torch.Tensor:
     """The teachers' logits for inputs ``(N, C_in, H, W)``: ``(N, C)`` for one teacher, ``(N, K, C)``
     for K (``N = 0`` too), on the CPU, in eval mode; conv teachers run channels-last on a CPU
-    (:func:`conv_layout`: ~1.7x faster for a conv 32-64 teacher here, ``benchmarks/teacher_layout.py``),
+    (:func:`conv_layout`: ~2x faster for a conv 32-64 teacher here, ``benchmarks/teacher_layout.py``),
     with the same values up to float rounding."""
     for t in teachers:
         t.eval()
