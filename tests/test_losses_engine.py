@@ -225,6 +225,20 @@ def test_fit_trains_convolutions_channels_last_and_hands_back_the_default_layout
         assert torch.allclose(p, q, atol=1e-6), name
 
 
+def test_a_model_already_channels_last_is_used_and_handed_back_as_it_was():
+    # conv_layout converts only what is in the default layout, so an outer one (an actor that converted its
+    # teachers once, fit's own) is not undone by an inner pass such as predict_logits.
+    torch.manual_seed(0)
+    model = build_model("cnn", (1, 8, 8), 10, {"channels": [4, 8], "fc": 16})
+    x = torch.randn(6, 1, 8, 8)
+    with torch.no_grad():
+        want = model.eval()(x).numpy()  # default layout
+    model.to(memory_format=torch.channels_last)
+    got = predict_logits(model, x.numpy())
+    assert model[3].weight.is_contiguous(memory_format=torch.channels_last) and not model[3].weight.is_contiguous()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def _shift_flip(x, rows, cols, flips, k, fill):
     """numpy, one example at a time: pad by ``k`` with ``fill``, crop at (rows[i], cols[i]), mirror where flips[i]."""
     out = np.empty_like(x)

@@ -25,8 +25,9 @@ from .recipe import augmented, make_optimizer, make_scheduler
 from .views import ViewCache, local_views
 
 __all__ = ["KDSettings", "make_optimizer", "iterate_batches", "read_only_tensors", "rank_shard", "teacher_probs",
-           "view_softener", "run_teachers", "batch_loss", "train_epoch", "conv_layout", "teacher_logits",
-           "predict_logits", "teacher_view_cache", "evaluation_sums", "metrics_from_sums", "evaluate", "fit"]
+           "view_softener", "run_teachers", "batch_loss", "train_epoch", "conv_layout", "teacher_pass",
+           "teacher_logits", "predict_logits", "teacher_view_cache", "evaluation_sums", "metrics_from_sums",
+           "evaluate", "fit"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -179,9 +180,7 @@ def teacher_logits(teachers: Sequence[nn.Module], x: np.ndarray | torch.Tensor, 
     for K (``N = 0`` too), on the CPU, in eval mode; conv teachers run channels-last on a CPU
     (:func:`conv_layout`: ~2x faster for a conv 32-64 teacher here, ``benchmarks/teacher_layout.py``),
     with the same values up to float rounding."""
-    for t in teachers:
-        t.eval()
-    with conv_layout(teachers, device):
+    with teacher_pass(teachers, device):
         out = [run_teachers(teachers, torch.as_tensor(x[i:i + batch_size]).to(device)).cpu()
                for i in range(0, len(x), batch_size) or [0]]  # an empty x: one empty batch, for the shape
     return torch.cat(out)
@@ -200,9 +199,7 @@ def teacher_view_cache(views: ViewCache, teachers: Sequence[nn.Module], x: torch
     with training-set indices ``idx`` ``(N,)``, top-``k``, with the teachers in eval mode and, on a CPU,
     channels-last (:func:`conv_layout`: ~2x faster for a conv 32-64 teacher on 8 views here,
     ``benchmarks/teacher_layout.py``; the same values up to float rounding)."""
-    for t in teachers:
-        t.eval()
-    with conv_layout(teachers, device):
+    with teacher_pass(teachers, device):
         return views.build(lambda xv: run_teachers(teachers, xv.to(device)).cpu(), x, idx, k)
 
 
@@ -240,6 +237,15 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, *, batch_size: int 
 
 
 @contextmanager
+def teacher_pass(teachers: Sequence[nn.Module], device: torch.device | str = "cpu") -> Iterator[None]:
+    """Teachers in eval mode and, on a CPU, channels-last (:func:`conv_layout`) for the inference inside."""
+    for t in teachers:
+        t.eval()
+    with conv_layout(teachers, device):
+        yield
+
+
+@contextmanager
 def conv_layout(modules: Sequence[nn.Module | None], device: torch.device | str = "cpu") -> Iterator[None]:
     """Train ``modules`` with their 4-D tensors (conv weights ``(C_out, C_in, kH, kW)``) in channels-last
     order on a CPU, and give them back in the default (contiguous) order: oneDNN's convolution and
@@ -247,7 +253,8 @@ def conv_layout(modules: Sequence[nn.Module | None], device: torch.device | str 
     ~1.4x the steps per second here). The values are the same; only the strides change, so state dicts
     saved afterwards look as before. Modules without 4-D tensors, and other devices, are left alone.
     Convert before building the optimizer: ``Module.to`` swaps ``param.data`` and keeps the Parameters."""
-    convs = [m for m in modules if m is not None and any(p.dim() == 4 for p in m.parameters())]
+    convs = [m for m in modules if m is not None and any(p.dim() == 4 for p in m.parameters())
+             and not any(p.dim() == 4 and not p.is_contiguous() for p in m.parameters())]  # not yet: nested, kept
     if torch.device(device).type != "cpu" or not convs:
         yield
         return

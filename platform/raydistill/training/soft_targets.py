@@ -8,13 +8,14 @@ one teacher or ``(K, C)`` for an ensemble of K, fed to student workers as their 
 from __future__ import annotations
 
 import warnings
+from contextlib import ExitStack
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from raydistill.core.artifacts import model_from_state
-from raydistill.core.engine import teacher_logits, teacher_view_cache
+from raydistill.core.engine import teacher_logits, teacher_pass, teacher_view_cache
 from raydistill.core.views import ViewCache
 from raydistill.runtime import cpu_share
 
@@ -50,6 +51,9 @@ class TeacherLogits:
         for card, state in teachers:
             self.models.append(model_from_state(card, state).to(self.device))
         self.views, self.topk = views, topk
+        # the actor only infers: its teachers go channels-last once for its life, not per batch
+        self._layout = ExitStack()
+        self._layout.enter_context(teacher_pass(self.models, self.device))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x = torch.from_numpy(np.array(batch["x"], dtype=np.float32))  # a writable copy
