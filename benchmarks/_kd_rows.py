@@ -19,7 +19,8 @@ from raydistill.core.config import ModelSpec
 from raydistill.core.engine import KDSettings, evaluate, fit, predict_logits, teacher_view_cache
 from raydistill.core.models import build_model
 from raydistill.core.recipe import raw_zero_fill
-from raydistill.core.views import ViewCache, resolve_topk
+from raydistill.core.topk import resolve_topk
+from raydistill.core.views import ViewCache
 
 
 def train(spec: ModelSpec, bundle, section, *, seed: int, kd=None, logits=None, teachers=(), views=None,

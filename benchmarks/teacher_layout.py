@@ -31,7 +31,8 @@ from raydistill.core.data import load_data
 from raydistill.core.engine import run_teachers, teacher_logits, teacher_view_cache
 from raydistill.core.models import build_model
 from raydistill.core.recipe import raw_zero_fill
-from raydistill.core.views import ViewCache, decode_topk
+from raydistill.core.topk import decode_topk
+from raydistill.core.views import ViewCache
 
 SPEC = AugmentSpec(hflip=True, translate=2)
 

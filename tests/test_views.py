@@ -10,8 +10,8 @@ from raydistill.core.config import ConfigError, load_config
 from raydistill.core.config.schema import AugmentSpec
 from raydistill.core.engine import KDSettings, batch_loss, iterate_batches, predict_logits
 from raydistill.core.models import build_model
-from raydistill.core.views import (ViewCache, cache_bytes, decode_topk, encode_topk, local_views, make_view,
-                                   pick_views, resolve_topk, view_draws)
+from raydistill.core.topk import cache_bytes, decode_topk, encode_topk, resolve_topk
+from raydistill.core.views import ViewCache, local_views, make_view, pick_views, view_draws
 
 from conftest import REPO
 

@@ -8,7 +8,6 @@ softened probabilities ``p_t = teacher_probs(z_t)`` ``(B, C)`` already computed.
 from __future__ import annotations
 
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config.schema import RecipeSection
+from .layout import conv_layout, teacher_pass
 from .hints import hint_for, tapped
 from .losses import ensemble_soft_targets, kd_loss_from_probs, soft_targets
 from .methods import Method, parse_method, soft_term, standardize, warmup_weight
@@ -234,37 +234,6 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, *, batch_size: int 
     """Accuracy and mean cross-entropy of ``model`` on ``(x, y)``."""
     sums = evaluation_sums(model, iterate_batches([x, y], batch_size, shuffle=False), device)
     return metrics_from_sums(sums)
-
-
-@contextmanager
-def teacher_pass(teachers: Sequence[nn.Module], device: torch.device | str = "cpu") -> Iterator[None]:
-    """Teachers in eval mode and, on a CPU, channels-last (:func:`conv_layout`) for the inference inside."""
-    for t in teachers:
-        t.eval()
-    with conv_layout(teachers, device):
-        yield
-
-
-@contextmanager
-def conv_layout(modules: Sequence[nn.Module | None], device: torch.device | str = "cpu") -> Iterator[None]:
-    """Train ``modules`` with their 4-D tensors (conv weights ``(C_out, C_in, kH, kW)``) in channels-last
-    order on a CPU, and give them back in the default (contiguous) order: oneDNN's convolution and
-    max-pool run in that order on a CPU without converting per call (cnn 4/8 fc 256 at batch 128:
-    ~1.4x the steps per second here). The values are the same; only the strides change, so state dicts
-    saved afterwards look as before. Modules without 4-D tensors, and other devices, are left alone.
-    Convert before building the optimizer: ``Module.to`` swaps ``param.data`` and keeps the Parameters."""
-    convs = [m for m in modules if m is not None and any(p.dim() == 4 for p in m.parameters())
-             and not any(p.dim() == 4 and not p.is_contiguous() for p in m.parameters())]  # not yet: nested, kept
-    if torch.device(device).type != "cpu" or not convs:
-        yield
-        return
-    for m in convs:
-        m.to(memory_format=torch.channels_last)
-    try:
-        yield
-    finally:
-        for m in convs:
-            m.to(memory_format=torch.contiguous_format)
 
 
 def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, lr: float, batch_size: int,

@@ -24,7 +24,8 @@ from raydistill.core.data import DataBundle, load_data
 from raydistill.core.engine import KDSettings, evaluate
 from raydistill.core.hints import Hint, HintError
 from raydistill.core.loop import STATE_FILE, StageSpec, TrainState, build_for_spec, load_train_state
-from raydistill.core.views import ViewCache, cache_bytes, resolve_topk
+from raydistill.core.topk import cache_bytes, resolve_topk
+from raydistill.core.views import ViewCache
 from raydistill.runtime import WorkerPlan, cluster_cpus, cluster_gpus, stage_workers
 from raydistill.training.in_process import fit_in_process
 from raydistill.training.resume import record_run

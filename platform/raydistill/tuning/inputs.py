@@ -36,7 +36,7 @@ def driver_soft_targets(cfg: Config, bundle, pairs, views) -> tuple:
 
     from raydistill.core.artifacts import model_from_state
     from raydistill.core.engine import read_only_tensors
-    from raydistill.core.views import resolve_topk
+    from raydistill.core.topk import resolve_topk
     from raydistill.training.worker import cached_share
 
     device = torch.device("cuda" if cfg.run.use_gpu and torch.cuda.is_available() else "cpu")
