@@ -31,7 +31,8 @@ def train(spec: ModelSpec, bundle, section, *, seed: int, kd=None, logits=None, 
     started = time.perf_counter()
     fit(model, bundle.x_train, bundle.y_train, epochs=section.epochs, lr=section.lr, batch_size=section.batch_size,
         seed=seed, recipe=section, kd=kd, teacher_logits=logits, teachers=teachers,
-        fill=raw_zero_fill(bundle.normalization, bundle.input_shape[0]), views=views, view_cache=view_cache)
+        fill=raw_zero_fill(bundle.normalization, bundle.input_shape[0]), views=views, view_cache=view_cache,
+        num_classes=bundle.num_classes)
     return model.eval(), time.perf_counter() - started
 
 
@@ -41,11 +42,13 @@ def accuracy(model, bundle) -> float:
 
 def _recipe_key(section) -> dict:
     """``section`` as a dict for the teacher cache's key, without options added after teachers were
-    cached while they are off (``augment.cutout = 0``): a teacher trained before an option existed
-    trained exactly as one trained with it off, so its cached file stays valid."""
+    cached while they are at their defaults (``augment.cutout = 0``, ``mixup = 0``, ``mixup_alpha = 1``):
+    a teacher trained before an option existed trained exactly as one trained with it off, so its
+    cached file stays valid."""
     out = dataclasses.asdict(section)
-    if out["augment"]["cutout"] == 0:
-        del out["augment"]["cutout"]
+    for key, off in (("cutout", 0), ("mixup", 0.0), ("mixup_alpha", 1.0)):
+        if out["augment"][key] == off:
+            del out["augment"][key]
     return out
 
 
@@ -104,9 +107,11 @@ def cache_job(teacher: dict, bundle, seed: int, d, views: int) -> tuple[ViewCach
     """The teacher's logits on ``views`` seeded views of ``d.augment`` per example: (ViewCache, cache, seconds)."""
     started = time.perf_counter()
     fill = raw_zero_fill(bundle.normalization, bundle.input_shape[0])
-    most = ViewCache(views=views, spec=d.augment, fill=fill, seed=seed, num_classes=bundle.num_classes)
-    cache = teacher_view_cache(most, [teacher["model"]], torch.as_tensor(bundle.x_train),
-                               torch.arange(len(bundle.y_train)), resolve_topk(d.cache_topk, bundle.num_classes))
+    most = ViewCache(views=views, spec=d.augment, fill=fill, seed=seed, num_classes=bundle.num_classes,
+                     population=len(bundle.y_train))
+    x = torch.as_tensor(bundle.x_train)
+    cache = teacher_view_cache(most, [teacher["model"]], x, torch.arange(len(bundle.y_train)),
+                               resolve_topk(d.cache_topk, bundle.num_classes), pool=x)
     return most, cache, time.perf_counter() - started
 
 

@@ -406,10 +406,11 @@ def test_a_sweeps_soft_targets_are_the_teachers_logits_on_every_training_example
     assert data["val"][0] is bundle.x_val
 
 
-def test_a_sweeps_view_cache_is_the_same_computed_here_or_by_ray_data(ray_session, storage, local_teacher):
+@pytest.mark.parametrize("augment", ["{translate: 1}", "{translate: 1, mixup: 0.5}"])
+def test_a_sweeps_view_cache_is_the_same_computed_here_or_by_ray_data(ray_session, storage, local_teacher, augment):
     # With distill.cached_views the trials get (x, y, idx, values, indices, rest); the view cache's own
-    # formula is tested in test_views.py. Here: the sweep's two placements hand the trials the same cache
-    # (the same seeded views, the same top-k), and idx is each row's training-set index.
+    # formula is tested in test_views.py (mixed views: test_mixup.py). Here: the sweep's two placements hand
+    # the trials the same cache (the same seeded views and partners, the same top-k), in training-set order.
     import numpy as np
 
     from raydistill.core.data import load_data
@@ -420,7 +421,7 @@ def test_a_sweeps_view_cache_is_the_same_computed_here_or_by_ray_data(ray_sessio
     caches = {}
     for where in ("workers", "ray_data"):
         cfg = tune_config(storage, f"distill.soft_targets={where}", "distill.cached_views=2",
-                          "distill.augment={translate: 1}", teacher=local_teacher)
+                          f"distill.augment={augment}", teacher=local_teacher)
         bundle = load_data(cfg.data, cfg.run.seed)
         teachers = load_teachers(cfg, bundle)
         caches[where] = shared_inputs(cfg, bundle, teachers, trial_settings(cfg, bundle, teachers, storage / where))["train"]

@@ -33,7 +33,7 @@ def numpy_view(img: np.ndarray, dy: int, dx: int, flip: bool, k: int, fill: floa
 def test_a_view_is_the_image_translated_and_flipped_by_its_own_draws():
     x = torch.randn(16, 1, 8, 8)
     idx = np.arange(100, 116)
-    offsets, flips, _ = view_draws(3, idx, 2, SPEC)
+    offsets, flips, *_ = view_draws(3, idx, 2, SPEC)
     got = make_view(x, idx, 2, seed=3, spec=SPEC, fill=FILL).numpy()
     for i in range(16):
         # the crop starts at offset o of the padded image: the content moves by k - o
@@ -69,7 +69,7 @@ def test_a_cutout_view_is_the_translated_flipped_image_with_its_square_erased():
     spec = AugmentSpec(hflip=True, translate=1, cutout=3)
     x = torch.randn(64, 2, 7, 9)
     idx = np.arange(500, 564)
-    offsets, flips, spots = view_draws(8, idx, 1, spec)
+    offsets, flips, spots, _ = view_draws(8, idx, 1, spec)
     got = make_view(x, idx, 1, seed=8, spec=spec, fill=(-0.5, 0.25)).numpy()
     uncut = make_view(x, idx, 1, seed=8, spec=AugmentSpec(hflip=True, translate=1), fill=(-0.5, 0.25)).numpy()
     for i in range(64):
@@ -83,7 +83,7 @@ def test_a_cutout_view_is_the_translated_flipped_image_with_its_square_erased():
 
 
 def test_draws_are_uniform_and_views_are_picked_uniformly_per_epoch():
-    offsets, flips, spots = view_draws(0, np.arange(50_000), 1, AugmentSpec(hflip=True, translate=2, cutout=3))
+    offsets, flips, spots, _ = view_draws(0, np.arange(50_000), 1, AugmentSpec(hflip=True, translate=2, cutout=3))
     for axis in range(2):
         np.testing.assert_allclose(np.bincount(offsets[axis].numpy(), minlength=5) / 50_000, 0.2, atol=0.01)
         # cutout centres on a 10-px side: each pixel row / column 1/10 of the time

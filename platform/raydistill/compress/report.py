@@ -119,7 +119,7 @@ def _student_artifact(cfg: Config, bundle: DataBundle, teacher_path: Path, teach
     logits = predict_logits(teacher, bundle.x_train) if distilled and not online else None
     fit(model, bundle.x_train, bundle.y_train, epochs=d.epochs, lr=d.lr, batch_size=d.batch_size,
         seed=cfg.run.seed, recipe=d, kd=kd, teacher_logits=logits, teachers=[teacher] if online else (),
-        fill=raw_zero_fill(bundle.normalization, bundle.input_shape[0]))
+        fill=raw_zero_fill(bundle.normalization, bundle.input_shape[0]), num_classes=bundle.num_classes)
     test = evaluate(model, bundle.x_test, bundle.y_test)
     kind = "student" if distilled else "baseline"
     extra = ({"distillation": {**distillation_record(d), "mode": f"{d.mode} (in-process)"}}

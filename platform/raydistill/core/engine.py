@@ -194,13 +194,14 @@ def predict_logits(model: nn.Module, x: np.ndarray | torch.Tensor, *, batch_size
 
 @torch.no_grad()
 def teacher_view_cache(views: ViewCache, teachers: Sequence[nn.Module], x: torch.Tensor, idx: torch.Tensor,
-                       k: int, *, device: torch.device | str = "cpu") -> list[torch.Tensor]:
+                       k: int, *, device: torch.device | str = "cpu", pool=None) -> list[torch.Tensor]:
     """``views.build`` (core.views: ``[values, indices, rest]``) for examples ``x`` ``(N, C_in, H, W)``
-    with training-set indices ``idx`` ``(N,)``, top-``k``, with the teachers in eval mode and, on a CPU,
+    with training-set indices ``idx`` ``(N,)``, top-``k`` (mixed views: partners from ``pool``, the
+    training images), with the teachers in eval mode and, on a CPU,
     channels-last (:func:`conv_layout`: ~2x faster for a conv 32-64 teacher on 8 views here,
     ``benchmarks/teacher_layout.py``; the same values up to float rounding)."""
     with teacher_pass(teachers, device):
-        return views.build(lambda xv: run_teachers(teachers, xv.to(device)).cpu(), x, idx, k)
+        return views.build(lambda xv: run_teachers(teachers, xv.to(device)).cpu(), x, idx, k, pool=pool)
 
 
 @torch.no_grad()
@@ -240,11 +241,12 @@ def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, lr: floa
         seed: int = 0, recipe: RecipeSection | None = None, kd: KDSettings | None = None,
         teacher_logits: np.ndarray | None = None, teachers: Sequence[nn.Module] = (),
         fill: tuple[float, ...] | None = None, device: torch.device | str = "cpu",
-        views: ViewCache | None = None, view_cache: Sequence[torch.Tensor] = ()) -> list[float]:
+        views: ViewCache | None = None, view_cache: Sequence[torch.Tensor] = (), num_classes: int = 0) -> list[float]:
     """Single-process training with ``recipe`` (optimizer, schedule, augmentation; Adam at a constant
     lr when None): in-process students, benchmarks; method fitnet trains its connector alongside
     (``teachers`` online); with ``views`` the student trains on cached views (``view_cache`` =
-    ``ViewCache.build`` of all of ``x``) instead of ``recipe.augment``. Returns per-epoch mean losses."""
+    ``ViewCache.build`` of all of ``x``) instead of ``recipe.augment`` (whose ``mixup`` needs
+    ``num_classes``). Returns per-epoch mean losses."""
     recipe = recipe or RecipeSection()
     hint = hint_for(kd, model, teachers, tuple(np.shape(x)[1:]), seed=seed + 1)  # fitnet only
     with tapped(hint), conv_layout([model, hint, *teachers], device):  # taps off at the end; channels-last on a CPU
@@ -252,14 +254,15 @@ def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, lr: floa
         scheduler = make_scheduler(optimizer, recipe, epochs)
         arrays = [x, y] if teacher_logits is None else [x, y, teacher_logits]
         if views is not None:
-            arrays, local = local_views(views, [x, y, torch.arange(len(y)), *view_cache])
+            pool = (x, y) if views.spec.mixup > 0 else None  # mixed views' partners: the training set
+            arrays, local = local_views(views, [x, y, torch.arange(len(y)), *view_cache], pool)
         fill = fill if fill is not None else (0.0,) * int(np.shape(x)[1])
         soften = view_softener(kd) if views is not None else None
         losses = []
         for epoch in range(epochs):
             batches = iterate_batches(arrays, batch_size, shuffle=True, seed=seed + epoch)
             batches = (local.batches(batches, epoch, soften=soften) if views is not None else
-                       augmented(batches, recipe.augment, fill, seed=seed + epoch + 1))
+                       augmented(batches, recipe.augment, fill, seed=seed + epoch + 1, num_classes=num_classes))
             losses.append(train_epoch(model, batches, optimizer, kd=kd, teachers=teachers, device=device,
                                       label_smoothing=recipe.label_smoothing, grad_clip=recipe.grad_clip,
                                       epoch=epoch + 1, hint=hint, probs=soften is not None))

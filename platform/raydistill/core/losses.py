@@ -77,7 +77,8 @@ class _KDLoss(torch.autograd.Function):
         dL/dz_s = alpha/B * (softmax(z_s) - t_y) + (1 - alpha) * T/B * (softmax(z_s/T) - p_t)
 
     (the T^2 of the loss times the 1/T of d(z_s/T)/dz_s), where ``t_y = (1 - eps) * onehot(y) + eps/C``
-    is the label-smoothed hard target (``eps = 0``: the one-hot). The teacher side gets no gradient.
+    is the label-smoothed hard target (``eps = 0``: the one-hot); labels given as a distribution per row
+    ``(B, C)`` (mixed views, core.mixup) stand for ``onehot(y)``. The teacher side gets no gradient.
     """
 
     @staticmethod
@@ -92,14 +93,20 @@ class _KDLoss(torch.autograd.Function):
         # kl_div(log q, p) = sum p (log p - log q) over the batch, with 0 log 0 = 0
         value = F.kl_div(log_q, p, reduction="sum") * ((1.0 - alpha) * temperature**2 / batch)
         log_p = F.log_softmax(z, dim=d) if alpha > 0.0 else None  # for the hard CE
-        if log_p is not None:  # CE against t_y = (1 - eps) onehot + eps/C (nll_loss wants (B, C))
+        # labels as a distribution (B, C): t_y itself, in z's layout
+        t_y = (labels.t() if d == 0 else labels) * (1.0 - smoothing) + smoothing / classes if labels.dim() == 2 else None
+        if log_p is not None and t_y is not None:
+            value = torch.add(value, -(t_y * log_p).sum() / batch, alpha=alpha)
+        elif log_p is not None:  # CE against t_y = (1 - eps) onehot + eps/C (nll_loss wants (B, C))
             hard = F.nll_loss(log_p.t() if d == 0 else log_p, labels)
             if smoothing > 0.0:
                 hard = hard * (1.0 - smoothing) - log_p.sum() * (smoothing / (batch * classes))
             value = torch.add(value, hard, alpha=alpha)
         if ctx.needs_input_grad[0]:  # a loss only looked at (logits without grad) skips the gradient
             grad = log_q.exp_().sub_(p).mul_((1.0 - alpha) * temperature / batch)
-            if log_p is not None:  # softmax(z_s) - t_y: minus eps/C everywhere, minus 1 - eps at the label
+            if log_p is not None and t_y is not None:
+                grad.add_(log_p.exp_().sub_(t_y), alpha=alpha / batch)
+            elif log_p is not None:  # softmax(z_s) - t_y: minus eps/C everywhere, minus 1 - eps at the label
                 hard_grad = log_p.exp_().sub_(smoothing / classes) if smoothing > 0.0 else log_p.exp_()
                 at = labels.view(1, batch) if d == 0 else labels.view(batch, 1)
                 grad.add_(hard_grad.scatter_(d, at, smoothing - 1.0, reduce="add"), alpha=alpha / batch)
@@ -117,7 +124,8 @@ def kd_loss_from_probs(student_logits: torch.Tensor, teacher_probs: torch.Tensor
                        *, temperature: float, alpha: float, label_smoothing: float = 0.0) -> torch.Tensor:
     """:func:`kd_loss` with the teacher given as softened probabilities ``(B, C)`` (ensembles).
 
-    ``teacher_probs`` is a target: it gets no gradient.
+    ``teacher_probs`` is a target: it gets no gradient. ``labels``: class indices ``(B,)``, or a target
+    distribution per row ``(B, C)`` (mixed views, core.mixup), which the hard term then learns.
     """
     if alpha >= 1.0:
         return F.cross_entropy(student_logits, labels, label_smoothing=label_smoothing)

@@ -110,9 +110,11 @@ def dkd_term(student_logits: torch.Tensor, teacher_probs: torch.Tensor, labels: 
 def soft_term(method: Method, student_logits: torch.Tensor, teacher_probs: torch.Tensor, labels: torch.Tensor,
               temperature: float, *, dkd_alpha: float = 1.0, dkd_beta: float = 8.0) -> torch.Tensor:
     """The method's ``D`` on the student's logits (z-scored first under ``+lskd``; ``teacher_probs``
-    are then already from standardized teacher logits, see ``engine.teacher_probs``)."""
+    are then already from standardized teacher logits, see ``engine.teacher_probs``). ``labels``: ``(B,)``,
+    or ``(B, C)`` distributions (mixed views, core.mixup), whose larger part is DKD's target class."""
     z_s = standardize(student_logits) if method.standardize else student_logits
     if method.base == "dkd":
+        labels = labels if labels.dim() == 1 else labels.argmax(dim=-1)
         return dkd_term(z_s, teacher_probs, labels, temperature, dkd_alpha=dkd_alpha, dkd_beta=dkd_beta)
     return kd_term(z_s, teacher_probs, temperature)
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .config.schema import AugmentSpec, RecipeSection
+from .mixup import mix_batch
 
 _NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
 SPOT_RANGE = 1 << 16  # cutout centres are drawn in [0, 2^16) per axis and scaled to the image (apply_cutout)
@@ -142,11 +143,19 @@ def apply_cutout(x: torch.Tensor, spots: torch.Tensor | None, size: int, fill: t
     return torch.where(inside[:, None], torch.as_tensor(fill, dtype=x.dtype).view(1, c, 1, 1), x)
 
 
-def augmented(batches, spec: AugmentSpec, fill: tuple[float, ...], seed: int):
-    """``batches`` with :func:`augment_batch` applied to each batch's inputs, seeded by ``seed``."""
+def augmented(batches, spec: AugmentSpec, fill: tuple[float, ...], seed: int, num_classes: int = 0):
+    """``batches`` with :func:`augment_batch` applied to each batch's inputs, seeded by ``seed``; with
+    ``spec.mixup`` then classic mixup (:func:`core.mixup.mix_batch`: labels ``(B, num_classes)``)."""
     if not spec.active():
         yield from batches
         return
+    if spec.mixup > 0 and num_classes < 2:
+        raise ValueError(f"augment.mixup mixes labels: it needs the number of classes, got {num_classes}")
     generator = torch.Generator().manual_seed(seed)
     for batch in batches:
-        yield (augment_batch(batch[0], spec, fill, generator), *batch[1:])
+        x = augment_batch(batch[0], spec, fill, generator)
+        if spec.mixup > 0:
+            x, y = mix_batch(x, batch[1], spec, generator, num_classes)
+            yield (x, y, *batch[2:])
+            continue
+        yield (x, *batch[1:])

@@ -7,8 +7,9 @@ exactly the view the teacher saw, so cached targets cost ``V`` teacher passes in
 per step.
 
 A view is a function of ``(seed, example index, view)`` only: its translate offsets, flip and cutout
-square come from a counter-based hash (splitmix64), not from a stream, so any worker regenerates any example's view
-without the others, whatever the sharding or batch order.
+square — and with ``augment.mixup`` its partner and weight (core.mixup) — come from a counter-based hash
+(splitmix64), not from a stream, so any worker regenerates any example's view without the others,
+whatever the sharding or batch order.
 
 Targets are stored per view as the top ``k`` logits (fp16) with their class indices (int16) and one
 ``rest`` logit (fp16) for every class outside the top k, chosen so that at ``T = 1`` the outside
@@ -26,13 +27,15 @@ import torch
 
 from .config.schema import AugmentSpec
 from .losses import few_classes
-from .recipe import SPOT_RANGE, apply_augment, apply_cutout, cutout_centres
+from .mixup import Mix, blend, mix_draws, mixed_labels
 from .topk import decode_topk, encode_topk
+from .recipe import SPOT_RANGE, apply_augment, apply_cutout, cutout_centres
 
 logger = logging.getLogger(__name__)
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _SALT_VIEW, _SALT_PICK, _SALT_SPOT = np.uint64(0x5EED0F), np.uint64(0x91C4), np.uint64(0xC07)
+_SALT_MIX, _SALT_PARTNER = np.uint64(0x313C), np.uint64(0xBA27)
 _EPOCH_CHUNK = 65_536  # rows softened at a time when an epoch's targets are computed at once
 
 
@@ -59,15 +62,19 @@ class Draws(NamedTuple):
     """The random draws that make views: translate offsets ``(2, *S)`` in ``[0, 2 * translate]`` (row,
     column; :func:`core.recipe.apply_augment`'s layout), flips ``(*S)`` bool, and cutout spots
     ``(2, *S)`` in ``[0, SPOT_RANGE)`` (:func:`core.recipe.apply_cutout`; None when cutout is off),
-    for a batch shape ``S`` (``(B,)``, or ``(B, V)`` for every view)."""
+    and the mixup draws (:class:`core.mixup.Mix`; None when mixup is off), for a batch shape ``S``
+    (``(B,)``, or ``(B, V)`` for every view)."""
 
     offsets: torch.Tensor
     flips: torch.Tensor
     spots: torch.Tensor | None
+    mix: Mix | None = None
 
     def each(self, paired, flat) -> "Draws":
-        """``paired`` applied to offsets and spots (their leading 2 kept), ``flat`` to flips; spots stay None."""
-        return Draws(paired(self.offsets), flat(self.flips), None if self.spots is None else paired(self.spots))
+        """``paired`` applied to offsets and spots (their leading 2 kept), ``flat`` to flips and the mixup
+        draws; spots and mix stay None."""
+        return Draws(paired(self.offsets), flat(self.flips), None if self.spots is None else paired(self.spots),
+                     None if self.mix is None else self.mix.each(flat))
 
     def pick(self, *index) -> "Draws":
         """The draws at ``index`` of the batch dimensions ``S``."""
@@ -83,10 +90,11 @@ class Draws(NamedTuple):
         return self.each(lambda t: t.reshape(2, -1), lambda t: t.reshape(-1))
 
 
-def view_draws(seed: int, idx, view, spec: AugmentSpec) -> Draws:
+def view_draws(seed: int, idx, view, spec: AugmentSpec, population: int = 0) -> Draws:
     """The draws of view ``view`` (one for all, or one per example) of examples ``idx`` (B,), from
-    ``(seed, idx, view)`` alone: offsets and flip from one hash, the cutout spot from another (any
-    shapes that broadcast: the batch shape is theirs)."""
+    ``(seed, idx, view)`` alone: offsets and flip from one hash, the cutout spot from another, the
+    mixup draws (partners among ``population`` training examples) from two more (any shapes that
+    broadcast: the batch shape is theirs)."""
     idx = np.asarray(idx, np.int64)
     h = _hash(seed, idx, view, _SALT_VIEW)
     span = np.uint64(2 * spec.translate + 1)
@@ -97,27 +105,41 @@ def view_draws(seed: int, idx, view, spec: AugmentSpec) -> Draws:
     if spec.cutout > 0:
         g = _hash(seed, idx, view, _SALT_SPOT)
         spots = torch.from_numpy(np.stack([g % np.uint64(SPOT_RANGE), (g >> np.uint64(32)) % np.uint64(SPOT_RANGE)]).astype(np.int64))
-    return Draws(torch.from_numpy(np.stack([rows, cols])), torch.from_numpy(flips), spots)
+    mix = None
+    if spec.mixup > 0:
+        mix = mix_draws(_hash(seed, idx, view, _SALT_MIX), _hash(seed, idx, view, _SALT_PARTNER), idx, spec, population)
+    return Draws(torch.from_numpy(np.stack([rows, cols])), torch.from_numpy(flips), spots, mix)
 
 
-def render(x: torch.Tensor, draws: Draws, spec: AugmentSpec, fill: tuple[float, ...]) -> torch.Tensor:
+def render(x: torch.Tensor, draws: Draws, spec: AugmentSpec, fill: tuple[float, ...],
+           pool: torch.Tensor | None = None) -> torch.Tensor:
     """The images ``(B, C, H, W)`` that ``draws`` (batch shape ``(B,)``) make of ``x`` under ``spec``
     (flips ignored when ``spec.hflip`` is off): the one place the teacher's cached views and the
-    student's training views are drawn, so the two always match."""
+    student's training views are drawn, so the two always match. Mixed views (``draws.mix``) blend in
+    their partners from ``pool``, the whole training set ``(N, C, H, W)`` (:func:`core.mixup.blend`)."""
     shifted = apply_augment(x, draws.offsets, draws.flips if spec.hflip else None, spec.translate, fill)
-    return apply_cutout(shifted, draws.spots, spec.cutout, fill)
+    own = apply_cutout(shifted, draws.spots, spec.cutout, fill)
+    if draws.mix is None:
+        return own
+    if pool is None:
+        raise ValueError("mixed views (augment.mixup) need the training set their partners come from (pool)")
+    partners = torch.as_tensor(pool).index_select(0, draws.mix.partners).to(own.dtype)
+    flips = draws.mix.flips if spec.hflip else None
+    return blend(own, apply_augment(partners, draws.offsets, flips, spec.translate, fill), draws.mix.lams)
 
 
-def make_view(x: torch.Tensor, idx, view, *, seed: int, spec: AugmentSpec, fill: tuple[float, ...]) -> torch.Tensor:
+def make_view(x: torch.Tensor, idx, view, *, seed: int, spec: AugmentSpec, fill: tuple[float, ...],
+              pool: torch.Tensor | None = None) -> torch.Tensor:
     """View ``view`` (one for all, or one per example) of the examples ``x`` ``(B, C, H, W)`` whose
-    training-set indices are ``idx`` (B,)."""
-    return render(x, view_draws(seed, idx, view, spec), spec, fill)
+    training-set indices are ``idx`` (B,); mixed views take partners from ``pool`` (the training set)."""
+    population = 0 if pool is None else len(pool)
+    return render(x, view_draws(seed, idx, view, spec, population), spec, fill, pool)
 
 
-def all_draws(seed: int, idx, views: int, spec: AugmentSpec) -> Draws:
+def all_draws(seed: int, idx, views: int, spec: AugmentSpec, population: int = 0) -> Draws:
     """:func:`view_draws` of every view ``0..V-1`` of examples ``idx`` (B,): batch shape ``(B, V)``, in
     one broadcast hash (``idx`` as ``(B, 1)`` against the views ``(V,)``)."""
-    return view_draws(seed, np.asarray(idx, np.int64)[:, None], np.arange(views), spec)
+    return view_draws(seed, np.asarray(idx, np.int64)[:, None], np.arange(views), spec, population)
 
 
 def image_keys(draws: Draws, spec: AugmentSpec, height: int, width: int) -> torch.Tensor:
@@ -130,6 +152,8 @@ def image_keys(draws: Draws, spec: AugmentSpec, height: int, width: int) -> torc
     if draws.spots is not None:
         row, col = cutout_centres(draws.spots, height, width)
         keys = (keys * height + row) * width + col
+    if draws.mix is not None:  # a mixture is its view's own image: -1 - view (batch shape (B, V))
+        keys = torch.where(draws.mix.lams < 1.0, -1 - torch.arange(keys.shape[-1]), keys)
     return keys
 
 
@@ -142,31 +166,38 @@ def pick_views(seed: int, idx, epoch: int, views: int) -> np.ndarray:
 @dataclass(frozen=True)
 class ViewCache:
     """How the student gets views back: ``views`` V, the augmentation and its border ``fill``, the
-    ``seed`` that drew them, and the class count to decode top-k targets to."""
+    ``seed`` that drew them, the class count to decode top-k targets to, and (mixed views) the
+    training set's size ``population`` that partners are drawn from."""
 
     views: int
     spec: AugmentSpec
     fill: tuple[float, ...]
     seed: int
     num_classes: int
+    population: int = 0
+
+    def draws(self, idx, views: int | None = None) -> Draws:
+        """:func:`all_draws` of examples ``idx`` (B,) under this cache: batch shape ``(B, V)``."""
+        return all_draws(self.seed, idx, self.views if views is None else views, self.spec, self.population)
 
     def build(self, teacher_logits, x: torch.Tensor, idx: torch.Tensor, k: int,
-              batch_size: int = 256) -> list[torch.Tensor]:
+              batch_size: int = 256, pool: torch.Tensor | None = None) -> list[torch.Tensor]:
         """The cache of examples ``x`` ``(N, C, H, W)`` with training-set indices ``idx`` (N,):
         ``[values (N, V, [T,] k), indices (same), rest (N, V, [T])]``; ``teacher_logits(x_view)`` gives
         ``(B, C)`` or ``(B, T, C)`` for up to ``batch_size`` views at a time.
 
         Views of one example that make the same image (the same offsets and, with flips on, the same
         flip; with cutout on, the same square) go through the teacher once and share its targets, so
-        flips-only views cost at most two teacher passes per example whatever ``V``."""
+        flips-only views cost at most two teacher passes per example whatever ``V``; mixed views
+        (``spec.mixup``) blend in partners from ``pool``, the whole training set, each its own pass."""
         parts = []
         for start in range(0, len(x), batch_size):
             xb, ib = x[start:start + batch_size], idx[start:start + batch_size].numpy()
-            draws = all_draws(self.seed, ib, self.views, self.spec)  # batch shape (B, V)
+            draws = self.draws(ib)  # batch shape (B, V)
             keys = image_keys(draws, self.spec, *x.shape[2:])  # (B, V): a view's image, as one number
             source = (keys.unsqueeze(2) == keys.unsqueeze(1)).int().argmax(dim=2)  # (B, V): first view with that key
             rows, views = (source == torch.arange(self.views)).nonzero(as_tuple=True)  # the distinct images (P,)
-            encoded = [encode_topk(teacher_logits(render(xb[r], draws.pick(r, v), self.spec, self.fill)), k)
+            encoded = [encode_topk(teacher_logits(render(xb[r], draws.pick(r, v), self.spec, self.fill, pool)), k)
                        for r, v in zip(rows.split(batch_size), views.split(batch_size))]
             slot = torch.zeros(keys.shape, dtype=torch.long)  # (B, V): each distinct image's place in ``encoded``
             slot[rows, views] = torch.arange(len(rows))
@@ -181,15 +212,20 @@ class LocalViews:
     draws computed once here (batch shape ``(n V,)``; 17 bytes per pair, 33 with cutout). Each epoch
     gathers every row's pair ``row * V + view`` once (its draws and, softened, its targets: ``n C``
     fp32 floats), so that a batch costs a few ``index_select`` by row instead
-    of hashes and copies of its examples' whole ``(V, k)`` cache."""
+    of hashes and copies of its examples' whole ``(V, k)`` cache. Mixed views (``augment.mixup``) need
+    ``pool``, the whole training set ``(x, y)`` their partners come from; their hard targets are the
+    mixed labels ``(B, C)`` (:func:`core.mixup.mixed_labels`) instead of class indices."""
 
-    def __init__(self, views: ViewCache, idx, cache: Sequence[torch.Tensor]):
+    def __init__(self, views: ViewCache, idx, cache: Sequence[torch.Tensor], pool: Sequence | None = None):
         self.views, self.idx = views, torch.as_tensor(idx)
+        if views.spec.mixup > 0 and pool is None:
+            raise ValueError("mixed views (augment.mixup) need the training set (x, y) their partners come from")
+        self.pool = None if views.spec.mixup == 0 else [torch.as_tensor(a) for a in pool]
         values, indices, rest = (torch.as_tensor(c) for c in cache)
         n, v = values.shape[:2]
         # every (row, view) pair flattened to row * V + view: one index_select per batch and array
         self.values, self.indices, self.rest = (c.reshape(n * v, *c.shape[2:]) for c in (values, indices, rest))
-        self.draws = all_draws(views.seed, self.idx.numpy(), v, views.spec).flatten()  # batch shape (n V,)
+        self.draws = views.draws(self.idx.numpy(), v).flatten()  # batch shape (n V,)
         self.whole = values.shape[-1] >= views.num_classes  # k = C: class order, nothing to scatter
         self.major = few_classes(views.num_classes)  # epoch targets stored (C, n) on a CPU: see batches
 
@@ -210,7 +246,11 @@ class LocalViews:
         draws = self.draws.take(pairs)  # this epoch's draws per row, batch shape (n,)
         probs = self._epoch_probs(pairs, soften) if soften is not None and self.whole else None
         for x, y, rows in batches:
-            x_view = render(x, draws.take(rows), cache.spec, cache.fill)
+            drawn = draws.take(rows)
+            x_view = render(x, drawn, cache.spec, cache.fill, None if self.pool is None else self.pool[0])
+            if drawn.mix is not None:
+                partner_y = self.pool[1].index_select(0, drawn.mix.partners)
+                y = mixed_labels(y, partner_y, drawn.mix.lams, cache.num_classes)
             if probs is not None:  # (C, n) class-major or (n, C): the rows' columns or rows, as (B, C)
                 yield x_view, y, (probs.index_select(1, rows).t() if self.major else probs.index_select(0, rows))
                 continue
@@ -236,11 +276,12 @@ class LocalViews:
         return probs
 
 
-def local_views(views: ViewCache | None, arrays: Sequence) -> tuple[list, LocalViews | None]:
+def local_views(views: ViewCache | None, arrays: Sequence, pool: Sequence | None = None) -> tuple[list, LocalViews | None]:
     """Training arrays with a view cache, ``(x, y, idx, values, indices, rest)``, as ``[x, y, rows]``
     (``rows = 0..n-1``: what batches carry) and the :class:`LocalViews` that turns a batch's rows into
-    views and targets; without views, the arrays unchanged and None."""
+    views and targets (mixed views: partners from ``pool``, the training set's ``(x, y)``); without
+    views, the arrays unchanged and None."""
     if views is None:
         return list(arrays), None
     x, y, idx, *cache = arrays
-    return [x, y, torch.arange(len(y))], LocalViews(views, idx, cache)
+    return [x, y, torch.arange(len(y))], LocalViews(views, idx, cache, pool)

@@ -137,7 +137,7 @@ def student_spec(cfg: Config, bundle: DataBundle, *, kd: KDSettings | None, stag
     if kd is None or cfg.distill.cached_views <= 0:
         return spec
     views = ViewCache(views=cfg.distill.cached_views, spec=cfg.distill.augment, fill=spec.fill, seed=cfg.run.seed,
-                      num_classes=bundle.num_classes)
+                      num_classes=bundle.num_classes, population=len(bundle.y_train))
     return dataclasses.replace(spec, views=views)
 
 
@@ -228,7 +228,8 @@ def ray_data_soft_targets(cfg: Config, bundle: DataBundle, pairs: Sequence[tuple
     """The training set with the teachers' logits (or their view cache), by a Ray Data actor pool."""
     views = student_spec(cfg, bundle, kd=KDSettings.for_distill(cfg.distill), stage="student").views
     ds = to_ray_dataset(bundle.x_train, bundle.y_train, with_index=views is not None)
-    return compute_soft_targets(ds, pairs, actors=cfg.distill.soft_target_actors, views=views,
+    pool = bundle.x_train if views is not None and views.spec.mixup > 0 else None  # mixed views' partners
+    return compute_soft_targets(ds, pairs, actors=cfg.distill.soft_target_actors, views=views, pool=pool,
                                 topk=resolve_topk(cfg.distill.cache_topk, bundle.num_classes), **resources)
 
 

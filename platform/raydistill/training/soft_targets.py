@@ -12,10 +12,11 @@ from contextlib import ExitStack
 from typing import Any, Sequence
 
 import numpy as np
+import ray
 import torch
 
 from raydistill.core.artifacts import model_from_state
-from raydistill.core.engine import teacher_logits, teacher_pass, teacher_view_cache
+from raydistill.core.engine import read_only_tensors, teacher_logits, teacher_pass, teacher_view_cache
 from raydistill.core.views import ViewCache
 from raydistill.runtime import cpu_share
 
@@ -43,7 +44,7 @@ class TeacherLogits:
     """Callable class for ``map_batches``: builds the teachers once per actor, adds ``logits``."""
 
     def __init__(self, teachers: Sequence[tuple[dict, dict]], use_gpu: bool = False, threads: int = 1,
-                 views: ViewCache | None = None, topk: int = 0):
+                 views: ViewCache | None = None, topk: int = 0, pool=None):
         torch.set_num_threads(max(1, threads))  # Ray gives the actor its CPUs; torch should use them all
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -51,6 +52,9 @@ class TeacherLogits:
         for card, state in teachers:
             self.models.append(model_from_state(card, state).to(self.device))
         self.views, self.topk = views, topk
+        # mixed views' partners (core.mixup): the training images, from the object store (zero-copy here)
+        images = ray.get(pool) if isinstance(pool, ray.ObjectRef) else pool
+        self.pool = None if images is None else read_only_tensors([images])[0]
         # the actor only infers: its teachers go channels-last once for its life, not per batch
         self._layout = ExitStack()
         self._layout.enter_context(teacher_pass(self.models, self.device))
@@ -61,16 +65,17 @@ class TeacherLogits:
             batch["logits"] = teacher_logits(self.models, x, batch_size=max(1, len(x)), device=self.device).numpy()
             return batch
         cache = teacher_view_cache(self.views, self.models, x, torch.from_numpy(np.asarray(batch["idx"], np.int64)),
-                                   self.topk, device=self.device)
+                                   self.topk, device=self.device, pool=self.pool)
         batch.update({name: t.numpy() for name, t in zip(VIEW_COLUMNS, cache)})
         return batch
 
 
 def compute_soft_targets(ds, teachers: Sequence[tuple[dict, dict]], *, actors: int = 1,
                          use_gpu: bool = False, cpus: float = 1.0, batch_size: int = 1024,
-                         views: ViewCache | None = None, topk: int = 0):
+                         views: ViewCache | None = None, topk: int = 0, pool: np.ndarray | None = None):
     """Materialized dataset ``ds`` plus the teachers' logits, computed once (with ``views``: their
-    top-``topk`` logits on every cached view; ``ds`` then needs ``idx``).
+    top-``topk`` logits on every cached view; ``ds`` then needs ``idx``; mixed views need ``pool``, the
+    training images ``(N, C, H, W)`` their partners come from, put once in the object store).
 
     ``teachers`` is a list of ``(model card, numpy state dict)``. On CPUs the ``actors`` share the
     cluster's ``cpus``: each gets ``cpus / actors`` (whole CPUs when enough) as torch threads.
@@ -80,7 +85,8 @@ def compute_soft_targets(ds, teachers: Sequence[tuple[dict, dict]], *, actors: i
     resources = {"num_gpus": 1} if use_gpu else {"num_cpus": per_actor}
     from ray.data import ActorPoolStrategy
 
-    kwargs = {"teachers": numpy_teachers, "use_gpu": use_gpu, "threads": int(per_actor), "views": views, "topk": topk}
+    kwargs = {"teachers": numpy_teachers, "use_gpu": use_gpu, "threads": int(per_actor), "views": views, "topk": topk,
+              "pool": None if pool is None else ray.put(np.ascontiguousarray(pool, np.float32))}
     # max_restarts=0: Ray Data's default (restart forever) makes Ray's core worker log an error line
     # for every pool actor, because its constructor arguments live in the object store
     # (ray-project/ray#53727) — on every successful run. The pass is one read of the training set: an
@@ -96,7 +102,11 @@ def compute_soft_targets(ds, teachers: Sequence[tuple[dict, dict]], *, actors: i
 
 def soft_target_arrays(ds) -> tuple[np.ndarray, ...]:
     """``(x, y, logits)`` numpy arrays of a materialized soft-target dataset (in order), or with a view
-    cache ``(x, y, idx, values, indices, rest)``: what ``core.views.local_views`` takes."""
+    cache ``(x, y, idx, values, indices, rest)`` in training-set order (sorted by ``idx``, which mixed
+    views' partners index): what ``core.views.local_views`` takes."""
     batches = list(ds.iter_batches(batch_size=4096, batch_format="numpy"))
-    keys = ("x", "y", "idx", *VIEW_COLUMNS) if batches and "rest" in batches[0] else ("x", "y", "logits")
-    return tuple(np.concatenate([b[k] for b in batches]) for k in keys)
+    if not (batches and "rest" in batches[0]):
+        return tuple(np.concatenate([b[k] for b in batches]) for k in ("x", "y", "logits"))
+    arrays = [np.concatenate([b[k] for b in batches]) for k in ("x", "y", "idx", *VIEW_COLUMNS)]
+    order = np.argsort(arrays[2], kind="stable")
+    return tuple(a if np.array_equal(order, np.arange(len(order))) else a[order] for a in arrays)

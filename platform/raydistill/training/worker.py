@@ -30,15 +30,17 @@ logger = logging.getLogger(__name__)
 
 
 
-def cached_share(train: list[torch.Tensor], teachers, views, topk: int, *, rank: int, device) -> list[torch.Tensor]:
+def cached_share(train: list[torch.Tensor], teachers, views, topk: int, *, rank: int, device,
+                 pool: torch.Tensor | None = None) -> list[torch.Tensor]:
     """This rank's ``(x, y)`` share plus the teachers' logits on it, ``(x, y, z_t)``; with a view cache
     ``(x, y, idx, values, indices, rest)``, where ``idx`` are the share's training-set indices
-    (``rank_shard`` gives rank ``r`` rows ``[r * n, (r + 1) * n)``), which regenerate each view."""
+    (``rank_shard`` gives rank ``r`` rows ``[r * n, (r + 1) * n)``), which regenerate each view (mixed
+    views: with partners from ``pool``, the whole training set's images)."""
     x = train[0]
     if views is None:
         return [*train, teacher_logits(teachers, x, device=device)]
     idx = torch.arange(rank * len(x), (rank + 1) * len(x))
-    return [*train, idx, *teacher_view_cache(views, teachers, x, idx, topk, device=device)]
+    return [*train, idx, *teacher_view_cache(views, teachers, x, idx, topk, device=device, pool=pool)]
 
 
 def _resolve(value):
@@ -126,8 +128,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train = _shard_tensors(config["data"]["train"], rank, world)  # (x, y) or (x, y, teacher logits)
     val = _shard_tensors(config["data"]["val"], rank, world)
     teachers = _online_teachers(config.get("teachers_ref"), device)
+    # mixed views (core.mixup) draw partners from the whole training set: (x, y) in training-set order
+    pool = read_only_tensors(_resolve(config["data"]["train"])[:2]) if spec.views and spec.views.spec.mixup else None
     if teachers and config.get("cache_logits"):  # cached mode, logits made here: once, for this rank's share
-        train, teachers = cached_share(train, teachers, spec.views, config.get("cache_topk", 0), rank=rank, device=device), []
+        train, teachers = cached_share(train, teachers, spec.views, config.get("cache_topk", 0), rank=rank,
+                                       device=device, pool=pool and pool[0]), []
 
     def report(metrics: dict, state: TrainState) -> None:
         metrics["threads"] = torch.get_num_threads()  # evidence the worker used the CPUs it was given
@@ -146,7 +151,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 checkpoint = ray.train.Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=checkpoint)
 
-    train, views = local_views(spec.views, train)  # with a view cache: (x, y, rows) + the share's cache
+    train, views = local_views(spec.views, train, pool)  # with a view cache: (x, y, rows) + the share's cache
     run_epochs(spec,
                train_batches=lambda e: iterate_batches(train, spec.batch_size, shuffle=True,
                                                        seed=shuffle_seed(spec.seed, e, world=world, rank=rank)),

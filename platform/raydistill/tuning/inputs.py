@@ -43,7 +43,7 @@ def driver_soft_targets(cfg: Config, bundle, pairs, views) -> tuple:
     models = [model_from_state(card, state).to(device) for card, state in pairs]
     train = list(read_only_tensors((bundle.x_train, bundle.y_train)))
     out = cached_share(train, models, views, resolve_topk(cfg.distill.cache_topk, bundle.num_classes),
-                       rank=0, device=device)
+                       rank=0, device=device, pool=train[0])  # all of it: mixed views' partners too
     return tuple(t.numpy() for t in out)
 
 

@@ -115,7 +115,7 @@ def distill_trial(config: dict, *, data: dict[str, tuple[np.ndarray, ...]], sett
     if not settings.ray_logs:  # Tune logs "Checkpoint successfully created at ..." per epoch otherwise
         logging.getLogger("ray.train").setLevel(logging.WARNING)
     train, val = read_only_tensors(data["train"]), read_only_tensors(data["val"])
-    train, views = local_views(spec.views, train)  # with a view cache: (x, y, rows) + the cache
+    train, views = local_views(spec.views, train, pool=train[:2])  # with a view cache: (x, y, rows) + the cache
     run_epochs(spec,
                # the same shuffling seeds as a 1-worker `raydistill distill` (rank 0 of world 1)
                train_batches=lambda e: iterate_batches(train, spec.batch_size, shuffle=True,

@@ -165,6 +165,11 @@ def _validate_recipe(cfg: Any, section: str) -> None:
         _require(not r.milestones, f"{section}.milestones", f"only used by scheduler: multistep (got {r.scheduler})")
     for key in ("translate", "cutout"):
         _require(getattr(r.augment, key) >= 0, f"{section}.augment.{key}", f"must be >= 0 px, got {getattr(r.augment, key)}")
+    _fraction(r.augment.mixup, f"{section}.augment.mixup")
+    _require(math.isfinite(r.augment.mixup_alpha) and r.augment.mixup_alpha > 0, f"{section}.augment.mixup_alpha",
+             f"must be a finite number > 0 (lam ~ Beta(a, a)), got {r.augment.mixup_alpha}")
+    _require(r.augment.mixup == 0 or getattr(r, "cached_views", 0) > 0, f"{section}.augment.mixup", "mixes cached "
+             "views (the teacher labels each mixture once, core.mixup): needs distill.cached_views=K, or mixup=0")
     _require(not (r.augment.hflip and cfg.data.name in DIGIT_DATA_SETS), f"{section}.augment.hflip",
              f"data set '{cfg.data.name}' holds digits, and a mirrored digit is another digit (or none); "
              "use augment.translate instead")
@@ -194,8 +199,9 @@ def _validate_tune(cfg: Any) -> None:
     _range_pair(t.temperature, "tune.temperature", low=0, high=MAX_TEMPERATURE)
     _require(all(v > 0 for v in t.temperature), "tune.temperature", "temperatures must be > 0")
     _range_pair(t.alpha, "tune.alpha", low=0, high=1)
-    _one_of(t.temperature_search, "tune.temperature_search", ("loguniform", "uniform", "grid"))
-    _one_of(t.alpha_search, "tune.alpha_search", ("uniform", "grid"))
+    for key, choices in (("temperature_search", ("loguniform", "uniform", "grid")), ("alpha_search", ("uniform", "grid")),
+                         ("scheduler", ("asha", "none")), ("searcher", ("random", "optuna")), ("mode", ("max", "min"))):
+        _one_of(getattr(t, key), f"tune.{key}", choices)
     for name, search in (("temperature", t.temperature_search), ("alpha", t.alpha_search)):
         values = getattr(t, name)
         if search != "grid":
@@ -208,9 +214,6 @@ def _validate_tune(cfg: Any) -> None:
     _require(len(set(t.method)) == len(t.method), "tune.method", f"must not repeat a method, got {t.method}")
     _require("fitnet" not in t.method, "tune.method", "Tune's trials distill from cached soft targets and fitnet "
              "needs the teacher's features online; sweep logit methods and run fitnet with `raydistill distill`")
-    _one_of(t.scheduler, "tune.scheduler", ("asha", "none"))
-    _one_of(t.searcher, "tune.searcher", ("random", "optuna"))
-    _one_of(t.mode, "tune.mode", ("max", "min"))
     _require(t.max_concurrent >= 0, "tune.max_concurrent", "must be >= 0 (0 = from the cluster's CPUs)")
     _require(t.max_retries >= 0, "tune.max_retries", "must be >= 0")
     _one_of(t.metric, "tune.metric", ("val_accuracy", "val_loss", "train_loss"))
@@ -230,7 +233,7 @@ def _validate_federated(cfg: Any) -> None:
     _fraction(f.fraction, "federated.fraction", low_open=True)
     _require(f.dirichlet_alpha > 0, "federated.dirichlet_alpha", f"must be > 0, got {f.dirichlet_alpha}")
     _positive(cfg, "federated", "clients", "rounds", "local_epochs", "batch_size", "lr",
-              "round_timeout_s", "actor_memory_gb", "distill_temperature")
+              "round_timeout_s", "actor_memory_gb", "distill_temperature", "distill_lr")
     _require(f.mu >= 0, "federated.mu", "must be >= 0")
     _require(f.min_clients >= 1, "federated.min_clients", "must be >= 1")
     _require(f.min_partition_size >= 1, "federated.min_partition_size", "must be >= 1")
@@ -239,7 +242,6 @@ def _validate_federated(cfg: Any) -> None:
     _fraction(f.proxy_fraction, "federated.proxy_fraction", low_open=True, high_open=True)
     _fraction(f.client_kd_alpha, "federated.client_kd_alpha")
     _one_of(f.optimizer, "federated.optimizer", ("sgd", "adam"))
-    _positive(cfg, "federated", "distill_lr")
     _require(f.distill_epochs >= 0, "federated.distill_epochs", "must be >= 0")
 
 
@@ -247,10 +249,8 @@ def _validate_serve(cfg: Any) -> None:
     s = cfg.serve
     _require(1 <= s.port <= 65535, "serve.port", f"must be in 1..65535, got {s.port}")
     _positive(cfg, "serve", "max_batch_size", "max_instances", "max_body_bytes", "num_cpus",
-              "target_ongoing_requests")
+              "target_ongoing_requests", "max_ongoing_requests", "look_back_period_s")
     _require(s.batch_wait_timeout_s >= 0, "serve.batch_wait_timeout_s", "must be >= 0")
-    _positive(cfg, "serve", "max_ongoing_requests")
-    _positive(cfg, "serve", "look_back_period_s")
     for name in ("upscale_delay_s", "downscale_delay_s"):
         _require(getattr(s, name) >= 0, f"serve.{name}", f"must be >= 0, got {getattr(s, name)}")
     _require(bool(s.app_name.strip()), "serve.app_name", "must not be empty")
