@@ -22,7 +22,8 @@ from raydistill.core.engine import KDSettings, iterate_batches, make_optimizer, 
 from raydistill.core.models import build_model
 from raydistill.runtime import free_local_port
 
-from distill_throughput import SHARED_FASHION, STUDENTS
+from _paths import FASHION
+from distill_throughput import STUDENTS
 
 
 def _train(rank: int, world: int, threads: int, student: str, epochs: int, batch: int, port: int, out) -> None:
@@ -30,7 +31,7 @@ def _train(rank: int, world: int, threads: int, student: str, epochs: int, batch
     torch.set_num_threads(threads)
     if world > 1:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    cfg = load_config(None, ["data.name=fashion_mnist", f"data.root={SHARED_FASHION}"])
+    cfg = load_config(None, ["data.name=fashion_mnist", f"data.root={FASHION}"])
     bundle = load_data(cfg.data, 0)
     x, y = torch.as_tensor(bundle.x_train[rank::world]), torch.as_tensor(bundle.y_train[rank::world])
     logits = torch.randn(len(y), bundle.num_classes)  # stands in for cached teacher logits

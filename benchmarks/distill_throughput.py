@@ -25,7 +25,6 @@ import argparse
 import json
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,7 +38,8 @@ from raydistill.core.models import build_model
 from raydistill.core.config.schema import AugmentSpec, RecipeSection
 from raydistill.core.views import ViewCache
 
-SHARED_FASHION = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fashion-mnist"
+from _paths import FASHION
+
 STUDENTS = {"mlp128": ("mlp", {"hidden": [128]}), "cnn_small": ("cnn_small", {})}
 
 
@@ -118,7 +118,7 @@ def one_repeat(bundle, spec, teacher, teacher_path, logits, views, args, base, *
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset", default="fashion_mnist")
-    parser.add_argument("--root", default=str(SHARED_FASHION))
+    parser.add_argument("--root", default=str(FASHION))
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3,

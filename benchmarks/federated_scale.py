@@ -27,7 +27,8 @@ from raydistill.federated.plan import pool_size
 from raydistill.federated.server import run_federated
 from raydistill.runtime import cluster_cpus, init_ray
 
-REPO = Path(__file__).resolve().parents[1]
+from _paths import FASHION, REPO
+
 
 PARTITIONS = {"IID": ["federated.partition=iid"],
               "Dirichlet alpha=1.0": ["federated.partition=dirichlet", "federated.dirichlet_alpha=1.0"],
@@ -114,7 +115,7 @@ def print_tables(scale: list[dict], accuracy: list[dict]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fashion-root", default=str(REPO.parent / "shared/datasets/fashion-mnist"))
+    parser.add_argument("--fashion-root", default=str(FASHION))
     parser.add_argument("--clients", type=int, nargs="+", default=[10, 100, 1000])
     parser.add_argument("--scale-rounds", type=int, default=5)
     parser.add_argument("--acc-clients", type=int, default=10)

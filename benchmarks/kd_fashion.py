@@ -24,7 +24,8 @@ from raydistill.core.config import load_config
 from raydistill.runtime import init_ray
 from raydistill.training.driver import distill_student, train_teacher
 
-REPO = Path(__file__).resolve().parents[1]
+from _paths import FASHION, REPO
+
 ROWS = ("teacher", "student alone", "distilled student")
 
 
@@ -79,7 +80,7 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     storage = tempfile.mkdtemp(prefix="rd-kd-fashion-")
-    cfg = load_config(args.config, [f"data.root={REPO.parent / 'shared' / 'datasets' / 'fashion-mnist'}",
+    cfg = load_config(args.config, [f"data.root={FASHION}",
                                     *args.overrides, f"run.storage_path={storage}", "run.quiet=true"])
     init_ray(cfg.run.address, dashboard=False)
     runs = {s: run_seed(cfg, s) for s in args.seeds}

@@ -47,9 +47,9 @@ from raydistill.core.data import load_data
 from raydistill.core.models import build_model, count_parameters
 
 from _jobs import Jobs
+from _paths import FASHION
 from _kd_rows import cache_job, logits_job, row_job, teacher_job, views_job
 
-FASHION = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fashion-mnist"
 STUDENT = "distill.student={name: cnn, args: {channels: [8, 16], fc: 24}}"  # the default, before --set
 METHODS = ("kd", "dkd", "kd+lskd", "dkd+lskd", "fitnet")
 VIEWS = (1, 4, 8)

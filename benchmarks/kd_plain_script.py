@@ -43,7 +43,7 @@ from raydistill.core.recipe import raw_zero_fill
 from raydistill.core.views import ViewCache
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from distill_throughput import SHARED_FASHION  # noqa: E402
+from _paths import FASHION  # noqa: E402
 BATCH, T, ALPHA, LR, VIEWS = 256, 4.0, 0.5, 1e-3, 8
 SPEC = AugmentSpec(hflip=True, translate=2)
 ROWS = ("plain alone", "plain KD", "online KD", "cached views")
@@ -172,7 +172,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads for every row (the cores used)")
     parser.add_argument("--teacher", choices=("cnn", "mlp"), default="cnn")
     parser.add_argument("--teacher-epochs", type=int, default=3)
-    parser.add_argument("--fashion-root", default=str(SHARED_FASHION))
+    parser.add_argument("--fashion-root", default=str(FASHION))
     args = parser.parse_args()
     for flag, value in (("--epochs", args.epochs), ("--threads", args.threads),
                         ("--teacher-epochs", args.teacher_epochs)):

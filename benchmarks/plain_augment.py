@@ -16,6 +16,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _paths import FASHION  # noqa: E402
 from distill_throughput import AUGMENT, STUDENTS, VIEWS, timed_fit, timed_views_fit  # noqa: E402
 
 from raydistill.core.config import ConfigError, load_config  # noqa: E402
@@ -58,7 +59,7 @@ def plain_epoch(images: AugmentedImages) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--fashion-root", default="../shared/datasets/fashion-mnist")
+    parser.add_argument("--fashion-root", default=str(FASHION))
     parser.add_argument("--passes", type=int, default=3, help="epochs timed per row (the table reports each)")
     args = parser.parse_args()
     if args.passes < 1:

@@ -21,8 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_FASHION = REPO.parent / "shared" / "datasets" / "fashion-mnist"
+from _paths import FASHION, REPO
+
 STAGES = ("teacher", "baseline", "distill")
 
 
@@ -83,7 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--root", default=str(SHARED_FASHION))
+    parser.add_argument("--root", default=str(FASHION))
     args = parser.parse_args()
     env = {**os.environ, "RAY_TMPDIR": os.environ.get("RAY_TMPDIR", "/tmp/raydistill-ray")}
     Path(env["RAY_TMPDIR"]).mkdir(parents=True, exist_ok=True)

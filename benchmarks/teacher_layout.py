@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from distill_throughput import SHARED_FASHION
+from _paths import FASHION
 from raydistill.core.config import ConfigError, load_config
 from raydistill.core.config.schema import AugmentSpec
 from raydistill.core.data import load_data
@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--views", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--fashion-root", default=str(SHARED_FASHION))
+    parser.add_argument("--fashion-root", default=str(FASHION))
     args = parser.parse_args()
     for flag, value in (("--images", args.images), ("--views", args.views), ("--threads", args.threads),
                         ("--rounds", args.rounds)):
