@@ -46,9 +46,11 @@ def _recipe_key(section) -> dict:
     a teacher trained before an option existed trained exactly as one trained with it off, so its
     cached file stays valid."""
     out = dataclasses.asdict(section)
-    for key, off in (("cutout", 0), ("mixup", 0.0), ("mixup_alpha", 1.0)):
+    for key, off in (("cutout", 0), ("mixup", 0.0)):
         if out["augment"][key] == off:
             del out["augment"][key]
+    if "mixup" not in out["augment"]:  # Beta's a means nothing without mixup
+        del out["augment"]["mixup_alpha"]
     return out
 
 

@@ -262,7 +262,8 @@ def test_cifar100_recipe_runs_unchanged_as_a_pipeline_job_via_cli(head):
                                                   "scheduler", "gamma")} == {
             "optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0005, "batch_size": 64,
             "scheduler": "multistep", "gamma": 0.1}
-        assert card["training"]["augment"] == {"translate": 4, "hflip": True, "cutout": 0}
+        assert card["training"]["augment"] == {"translate": 4, "hflip": True, "cutout": 0, "mixup": 0.0,
+                                               "mixup_alpha": 1.0}
         assert [h["lr"] for h in card["metrics"]["history"]] == pytest.approx([0.05, 0.005])  # x0.1 at the milestone
         assert len(card["class_names"]) == 100
 

@@ -3,6 +3,8 @@
 against a label distribution. Checked against numpy / float64 re-implementations of the formulas."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -37,9 +39,9 @@ def numpy_mixed_view(pool: np.ndarray, i: int, seed: int, view: int, spec: Augme
     partner moved by the same offsets and mirrored by its own flip; the draws are the inputs."""
     offsets, flips, _, mix = view_draws(seed, [i], view, spec, len(pool))
     dy, dx = spec.translate - int(offsets[0, 0]), spec.translate - int(offsets[1, 0])
-    own = numpy_view(pool[i], dy, dx, bool(flips[0]), spec.translate, fill)
+    own = numpy_view(pool[i], dy, dx, spec.hflip and bool(flips[0]), spec.translate, fill)
     lam, j = float(mix.lams[0]), int(mix.partners[0])
-    partner = numpy_view(pool[j], dy, dx, bool(mix.flips[0]), spec.translate, fill)
+    partner = numpy_view(pool[j], dy, dx, spec.hflip and bool(mix.flips[0]), spec.translate, fill)  # no flips: digits
     return own if lam == 1.0 else lam * own + (1.0 - lam) * partner
 
 
@@ -63,7 +65,7 @@ def test_a_mixed_view_depends_on_seed_example_and_view_only_not_on_the_batch():
     part = make_view(pool[perm], perm, 2, seed=1, spec=SPEC, fill=FILL, pool=pool)
     assert torch.equal(part, whole[perm])
     assert not torch.equal(make_view(pool, np.arange(50), 2, seed=2, spec=SPEC, fill=FILL, pool=pool), whole)
-    with pytest.raises(ValueError, match="the training set"):
+    with pytest.raises(ValueError, match="population must be >= 1, got 0"):
         make_view(pool, np.arange(50), 2, seed=1, spec=SPEC, fill=FILL)
 
 
@@ -95,7 +97,7 @@ def float64_kd(z: torch.Tensor, p: torch.Tensor, t: torch.Tensor, temperature: f
     return alpha * ce + (1 - alpha) * temperature**2 * kl
 
 
-@pytest.mark.parametrize("classes", [10, 20])  # class-major and row-major softmax on a CPU (core.losses)
+@pytest.mark.parametrize("classes", [4, 10, 20])  # class-major (4: on AVX2 and AVX-512) and row-major softmax
 @pytest.mark.parametrize("eps", [0.0, 0.1])
 def test_kd_loss_against_a_label_distribution_is_the_formula_and_its_gradient(classes, eps):
     g = torch.Generator().manual_seed(classes)
@@ -164,8 +166,10 @@ def test_mixed_cached_views_train_on_the_mixture_its_label_and_the_teachers_logi
         cached = batch_loss(student, (x_view, y_b, z_t), kd=kd)
         assert float(cached.detach()) == pytest.approx(float(online.detach()), rel=2e-3)
     assert checked > 10
-    with pytest.raises(ValueError, match="the training set"):
+    with pytest.raises(ValueError, match="training set of 48 examples, so they need all of it .pool.; got no pool"):
         local_views(cache, [x, y, torch.arange(n), values, indices, rest])
+    with pytest.raises(ValueError, match="got 47 rows"):  # a share, or a pool out of step with the draws
+        local_views(cache, [x, y, torch.arange(n), values, indices, rest], pool=(x[:47], y[:47]))
 
 
 def test_ray_data_actor_and_worker_share_build_mixtures_from_the_whole_training_set():
@@ -178,27 +182,30 @@ def test_ray_data_actor_and_worker_share_build_mixtures_from_the_whole_training_
     card = {"architecture": {"name": "cnn", "args": {"channels": [4, 8], "fc": 16}}, "input_shape": [1, 8, 8],
             "class_names": [str(c) for c in range(10)]}
     state = {k: v.numpy() for k, v in teacher.state_dict().items()}
-    out = TeacherLogits([(card, state)], views=cache, topk=10, pool=x.numpy())({"x": x.numpy()[10:], "idx": np.arange(10, 20)})
-    shard = cached_share([x[10:], torch.zeros(10, dtype=torch.long)], [teacher], cache, 10, rank=1, device="cpu", pool=x)
+    actor = TeacherLogits([(card, state)], views=cache, topk=10, pool=x.numpy())
+    out = actor({"x": x.numpy()[10:], "idx": np.arange(10, 20)})
+    shard = cached_share([x[10:], torch.zeros(10, dtype=torch.long)], [teacher], cache, 10, rank=1, device="cpu",
+                         pool=x)
     partners = view_draws(5, np.arange(10, 20)[:, None], np.arange(3), SPEC, 20).mix.partners
     assert (partners < 10).any()  # partners outside this share's rows: they come from the whole set
     for v in range(3):
         want = teacher(torch.from_numpy(np.stack([numpy_mixed_view(x.numpy(), i, 5, v, SPEC, FILL[0])
                                                   for i in range(10, 20)]).astype(np.float32))).detach()
         for values, indices, rest in ((out["values"], out["indices"], out["rest"]), shard[3:6]):
-            got = decode_topk(torch.as_tensor(values[:, v]), torch.as_tensor(indices[:, v]), torch.as_tensor(rest[:, v]), 10)
+            got = decode_topk(*(torch.as_tensor(a[:, v]) for a in (values, indices, rest)), 10)
             np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=2e-3, atol=2e-3)
 
 
 @pytest.mark.parametrize("sets, message", [
     (["distill.augment={translate: 1, mixup: 0.5}"], "distill.augment.mixup: mixes cached views"),
-    (["teacher.augment={translate: 1, mixup: 0.5}"], "teacher.augment.mixup: mixes cached views"),
-    (["distill.cached_views=4", "distill.augment={translate: 1, mixup: 1.5}"], "distill.augment.mixup: must be in [0, 1]"),
-    (["distill.cached_views=4", "distill.augment={translate: 1, mixup: .nan}"], "distill.augment.mixup: must be a finite number"),
-    (["distill.cached_views=4", "distill.augment={mixup: 0.5, mixup_alpha: 0}"], "distill.augment.mixup_alpha: must be"),
+    (["teacher.augment={translate: 1, mixup: 0.5}"], "teacher.augment.mixup: mixes cached views (the teacher labels "
+                                                      "each mixture once, core.mixup): only distill.augment"),
+    (["distill.cached_views=4", "distill.augment={mixup: 1.5}"], "distill.augment.mixup: must be in [0, 1]"),
+    (["distill.cached_views=4", "distill.augment={mixup: .nan}"], "distill.augment.mixup: must be a finite number"),
+    (["distill.cached_views=4", "distill.augment={mixup: 0.5, mixup_alpha: 0}"], "distill.augment.mixup_alpha: must"),
 ])
 def test_mixup_settings_that_cannot_work_are_config_errors(sets, message):
-    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("[", r"\[")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(DIGITS, ["distill.mode=cached", *sets])
     ok = load_config(DIGITS, ["distill.mode=cached", "distill.cached_views=4", "distill.augment={mixup: 0.5}"])
     assert ok.distill.augment.mixup == 0.5 and ok.distill.augment.active()  # mixup alone makes views
@@ -219,10 +226,81 @@ def test_without_a_cache_the_recipe_is_classic_mixup_within_the_batch_with_mixed
             if lam >= 1 - 1e-6:  # not mixed (or mixed with its own class: then lam is not seen in the label)
                 continue
             # the image is lam * its own + (1 - lam) * one other example of the batch, whose class has 1 - lam
-            others = [j for j in range(100) if int(yb[j]) != int(yb[r]) and abs(float(ym[r, int(yb[j])]) - (1 - lam)) < 1e-6
+            others = [j for j in range(100) if int(yb[j]) != int(yb[r])
+                      and abs(float(ym[r, int(yb[j])]) - (1 - lam)) < 1e-6
                       and torch.allclose(xm[r], lam * xb[r] + (1 - lam) * xb[j], atol=1e-5)]
             assert others, f"row {r}: no partner in the batch makes its image"
             mixed += 1
     assert 120 < mixed < 200  # ~50% of 400 mixed, less the ~10% that drew a partner of their own class
     with pytest.raises(ValueError, match="needs the number of classes"):
         next(augmented(batches, spec, (0.0,), seed=3))
+
+
+@pytest.mark.parametrize("method, warmup", [("kd", 2), ("kd+lskd", 0), ("dkd", 0)])  # the unfused loss paths
+@pytest.mark.parametrize("alpha", [0.0, 0.4, 1.0])
+def test_every_method_learns_a_label_distribution_through_its_hard_term(method, warmup, alpha):
+    from raydistill.core.methods import parse_method
+
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(12, 1, 8, 8, generator=g)
+    _, student = _teacher_and_student()
+    z_t = torch.randn(12, 10, generator=g) * 2
+    cls = torch.randint(0, 10, (12,), generator=g)
+    other = (cls + 1 + torch.randint(0, 9, (12,), generator=g)) % 10
+    lam = 0.55 + 0.4 * torch.rand(12, 1, generator=g)  # the example's class stays the larger part (DKD's target)
+    t = lam * torch.eye(10)[cls] + (1 - lam) * torch.eye(10)[other]
+    kd = KDSettings(temperature=3.0, alpha=alpha, method=parse_method(method), warmup_epochs=warmup, dkd_beta=2.0)
+    as_rows = batch_loss(student, (x, t, z_t), kd=kd, epoch=1)
+    as_class = batch_loss(student, (x, cls, z_t), kd=kd, epoch=1)
+    # the soft term sees the same teacher and target class either way: the losses differ by alpha times the
+    # hard terms' difference, -sum t log s against -log s_y (float64)
+    log_s = torch.log_softmax(student(x).detach().double(), 1)
+    ce_rows = -(t.double() * log_s).sum(1).mean()
+    ce_class = -log_s.gather(1, cls[:, None])[:, 0].mean()
+    assert float((as_rows - as_class).detach()) == pytest.approx(alpha * float(ce_rows - ce_class), abs=2e-5)
+    if alpha == 1.0:
+        assert float(as_rows.detach()) == pytest.approx(float(ce_rows), rel=1e-5)
+
+
+def test_ray_data_arrays_come_back_in_training_set_order_and_lost_rows_are_refused(ray_session):
+    import pyarrow as pa
+    from ray.data.extensions import ArrowTensorArray
+
+    from raydistill.training.soft_targets import soft_target_arrays
+
+    n = 300
+    rng = np.random.default_rng(0)
+    cols = {"x": rng.normal(size=(n, 1, 4, 4)).astype(np.float32), "y": np.arange(n) % 10, "idx": np.arange(n),
+            "values": rng.normal(size=(n, 2, 10)).astype(np.float16), "indices": np.zeros((n, 2, 10), np.int16),
+            "rest": rng.normal(size=(n, 2)).astype(np.float16)}
+
+    def dataset(rows):
+        table = pa.table({k: ArrowTensorArray.from_numpy(np.ascontiguousarray(v[rows])) if v.ndim > 1
+                          else pa.array(v[rows]) for k, v in cols.items()})
+        return ray_session.data.from_arrow(table).random_shuffle(seed=1).materialize()
+
+    ds = dataset(np.arange(n))
+    shuffled = np.concatenate([b["idx"] for b in ds.iter_batches(batch_size=4096, batch_format="numpy")])
+    assert not np.array_equal(shuffled, np.arange(n))  # the order the arrays arrive in is not the training set's
+    for got, want in zip(soft_target_arrays(ds), cols.values(), strict=True):
+        np.testing.assert_array_equal(got, want)  # pool[j] is training row j again, with its own cache
+    with pytest.raises(ValueError, match="rows lost or repeated"):
+        soft_target_arrays(dataset(np.r_[np.arange(n - 1), 0]))
+
+
+def test_compress_reports_distilled_student_trains_on_the_cached_views_raydistill_distill_would():
+    from raydistill.compress.report import _view_cache
+    from raydistill.core.data import load_data
+
+    cfg = load_config(DIGITS, ["distill.mode=cached", "distill.cached_views=2",
+                               "distill.augment={translate: 1, mixup: 0.5}"])
+    bundle = load_data(cfg.data, 0)
+    teacher = build_model("cnn", bundle.input_shape, 10, {"channels": [4, 8], "fc": 16}).eval()
+    views, (values, indices, rest) = _view_cache(cfg.distill, bundle, teacher, (0.0,), seed=3)
+    n = len(bundle.y_train)
+    assert views.population == n and values.shape == (n, 2, 10)
+    for v in range(2):
+        want = teacher(torch.from_numpy(np.stack([numpy_mixed_view(bundle.x_train, i, 3, v, cfg.distill.augment, 0.0)
+                                                  for i in range(40)]).astype(np.float32))).detach()
+        np.testing.assert_allclose(values[:40, v].float().numpy(), want.numpy(), rtol=2e-3, atol=2e-2)
+    assert _view_cache(load_config(DIGITS, []).distill, bundle, teacher, (0.0,), seed=3) == (None, ())

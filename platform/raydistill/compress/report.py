@@ -28,9 +28,11 @@ from raydistill.compress.methods import (file_bytes, latency_ms, load_sparse_sta
                                prune_global_l1, save_sparse, weight_sparsity)
 from raydistill.core.config import Config
 from raydistill.core.data import DataBundle
-from raydistill.core.engine import KDSettings, evaluate, fit, predict_logits
+from raydistill.core.engine import KDSettings, evaluate, fit, predict_logits, teacher_view_cache
 from raydistill.core.models import build_model, count_parameters, quantize_int8
 from raydistill.core.recipe import raw_zero_fill
+from raydistill.core.topk import resolve_topk
+from raydistill.core.views import ViewCache
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +100,19 @@ def build_report(cfg: Config, teacher_path: Path, bundle: DataBundle, out_dir: P
     return rows
 
 
+def _view_cache(d, bundle: DataBundle, teacher: nn.Module, fill: tuple[float, ...], seed: int) -> tuple:
+    """``(ViewCache, cache)`` of the teacher on ``distill.cached_views`` seeded views of the training set
+    (what ``raydistill distill`` trains on), or ``(None, ())`` without views: cached logits of clean inputs."""
+    if d.cached_views <= 0:
+        return None, ()
+    n = len(bundle.y_train)
+    views = ViewCache(views=d.cached_views, spec=d.augment, fill=fill, seed=seed, num_classes=bundle.num_classes,
+                      population=n)
+    x = torch.as_tensor(bundle.x_train)
+    k = resolve_topk(d.cache_topk, bundle.num_classes)
+    return views, teacher_view_cache(views, [teacher], x, torch.arange(n), k, pool=x)
+
+
 def _kd_method(card: dict) -> str:
     d = card.get("distillation", {})
     return f"{d.get('method', 'kd')} T={d.get('temperature')} alpha={d.get('alpha')}" if d else "distilled"
@@ -107,7 +122,8 @@ def _student_artifact(cfg: Config, bundle: DataBundle, teacher_path: Path, teach
                       out_dir: Path, *, distilled: bool) -> Path:
     """Reuse ``compress.student``/``compress.baseline`` when set; else train ``distill.student``
     in-process (same init and batches for both; KD as ``distill.mode`` says: the teacher's logits
-    computed once (cached), or the teacher run on each augmented batch (online))."""
+    computed once (cached; with ``distill.cached_views`` on its seeded views, core.views), or the teacher
+    run on each augmented batch (online))."""
     ref = cfg.compress.student if distilled else cfg.compress.baseline
     if ref:
         return resolve_artifact(ref, cfg.storage_dir())
@@ -116,10 +132,12 @@ def _student_artifact(cfg: Config, bundle: DataBundle, teacher_path: Path, teach
     model = build_model(d.student.name, bundle.input_shape, bundle.num_classes, d.student.args)
     kd = KDSettings.for_distill(d) if distilled else None
     online = distilled and d.mode == "online"
-    logits = predict_logits(teacher, bundle.x_train) if distilled and not online else None
+    fill = raw_zero_fill(bundle.normalization, bundle.input_shape[0])
+    views, view_cache = _view_cache(d, bundle, teacher, fill, cfg.run.seed) if distilled and not online else (None, ())
+    logits = predict_logits(teacher, bundle.x_train) if distilled and not online and views is None else None
     fit(model, bundle.x_train, bundle.y_train, epochs=d.epochs, lr=d.lr, batch_size=d.batch_size,
         seed=cfg.run.seed, recipe=d, kd=kd, teacher_logits=logits, teachers=[teacher] if online else (),
-        fill=raw_zero_fill(bundle.normalization, bundle.input_shape[0]), num_classes=bundle.num_classes)
+        fill=fill, num_classes=bundle.num_classes, views=views, view_cache=view_cache)
     test = evaluate(model, bundle.x_test, bundle.y_test)
     kind = "student" if distilled else "baseline"
     extra = ({"distillation": {**distillation_record(d), "mode": f"{d.mode} (in-process)"}}

@@ -93,8 +93,9 @@ class _KDLoss(torch.autograd.Function):
         # kl_div(log q, p) = sum p (log p - log q) over the batch, with 0 log 0 = 0
         value = F.kl_div(log_q, p, reduction="sum") * ((1.0 - alpha) * temperature**2 / batch)
         log_p = F.log_softmax(z, dim=d) if alpha > 0.0 else None  # for the hard CE
-        # labels as a distribution (B, C): t_y itself, in z's layout
-        t_y = (labels.t() if d == 0 else labels) * (1.0 - smoothing) + smoothing / classes if labels.dim() == 2 else None
+        t_y = None  # labels as a distribution (B, C): t_y itself, in z's layout
+        if labels.dim() == 2:
+            t_y = (labels.t() if d == 0 else labels) * (1.0 - smoothing) + smoothing / classes
         if log_p is not None and t_y is not None:
             value = torch.add(value, -(t_y * log_p).sum() / batch, alpha=alpha)
         elif log_p is not None:  # CE against t_y = (1 - eps) onehot + eps/C (nll_loss wants (B, C))
@@ -148,7 +149,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     Parameters
     ----------
     student_logits, teacher_logits : ``(B, C)`` float tensors.
-    labels : ``(B,)`` int64 class indices.
+    labels : ``(B,)`` int64 class indices, or ``(B, C)`` target distributions (mixed views, core.mixup).
     temperature : T > 0; higher T gives softer targets.
     alpha : weight of the hard-label cross-entropy in [0, 1]; ``alpha=1`` is plain
         cross-entropy (the teacher is ignored), ``alpha=0`` pure distillation (labels ignored).

@@ -23,8 +23,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from scipy.special import betaincinv
-
 from .config.schema import AugmentSpec
 
 _UNIT = float(2 ** -53)  # a 53-bit uniform in [0, 1) from the top bits of a 64-bit hash
@@ -47,25 +45,31 @@ def uniform(h: np.ndarray) -> np.ndarray:
     return (h >> np.uint64(11)).astype(np.float64) * _UNIT
 
 
-def mix_draws(h: np.ndarray, g: np.ndarray, idx: np.ndarray, spec: AugmentSpec, population: int) -> Mix:
-    """The draws of views whose mixup hashes are ``h`` and ``g`` (uint64, batch shape ``S``) and whose
-    examples are ``idx`` (broadcast to ``S``): mixed when ``uniform(h) < spec.mixup``, then a partner
-    ``g mod population``, ``lam = F^-1(uniform(h'))`` of Beta(a, a) (``h'``: ``h`` re-hashed by its low bits)
-    and the partner's flip from a bit of ``g``."""
+def mix_draws(hashes: tuple[np.ndarray, np.ndarray, np.ndarray], idx: np.ndarray, spec: AugmentSpec,
+              population: int) -> Mix:
+    """The draws of views whose three mixup hashes are ``hashes = (h, g, k)`` (uint64, batch shape ``S``)
+    and whose examples are ``idx`` (broadcast to ``S``): mixed when ``uniform(h) < spec.mixup`` (the top
+    53 bits of ``h``), the partner's flip from the lowest bit of ``h``, the partner ``g mod population``
+    and ``lam = F^-1(uniform(k))`` of Beta(a, a): three independent hashes, so that no draw is tied to
+    another (a partner and its flip from one hash would be when ``population`` is a power-of-two multiple)."""
     if population < 1:
         raise ValueError(f"mixed views draw partners from the training set: population must be >= 1, got {population}")
+    h, g, k = hashes
     mixed = uniform(h) < spec.mixup
     idx = np.broadcast_to(np.asarray(idx, np.int64), mixed.shape)
     partners = np.where(mixed, (g % np.uint64(population)).astype(np.int64), idx)
-    lams = np.where(mixed, beta_quantile(uniform(g * np.uint64(0x9E3779B97F4A7C15) ^ h), spec.mixup_alpha), 1.0)
-    lams = lams.astype(np.float32)
-    flips = ((g >> np.uint64(7)) & np.uint64(1)).astype(bool) & mixed
+    lams = np.where(mixed, beta_quantile(uniform(k), spec.mixup_alpha), 1.0).astype(np.float32)
+    flips = (h & np.uint64(1)).astype(bool) & mixed
     return Mix(torch.from_numpy(partners), torch.from_numpy(lams), torch.from_numpy(flips))
 
 
 def beta_quantile(u: np.ndarray, a: float) -> np.ndarray:
     """``F^-1(u)`` of Beta(a, a) for uniforms ``u`` in [0, 1) (Beta(1, 1) is the uniform itself)."""
-    return u if a == 1.0 else betaincinv(a, a, u)
+    if a == 1.0:
+        return u
+    from scipy.special import betaincinv  # scipy (a scikit-learn dependency) only when a != 1
+
+    return betaincinv(a, a, u)
 
 
 def mix_batch(x: torch.Tensor, y: torch.Tensor, spec: AugmentSpec, generator: torch.Generator,

@@ -155,6 +155,9 @@ def augmented(batches, spec: AugmentSpec, fill: tuple[float, ...], seed: int, nu
     for batch in batches:
         x = augment_batch(batch[0], spec, fill, generator)
         if spec.mixup > 0:
+            if len(batch) > 2:
+                raise ValueError("classic mixup mixes images and labels only: a batch's cached teacher logits "
+                                 "(3rd element) would stay those of its clean rows; cache views instead (core.views)")
             x, y = mix_batch(x, batch[1], spec, generator, num_classes)
             yield (x, y, *batch[2:])
             continue

@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _SALT_VIEW, _SALT_PICK, _SALT_SPOT = np.uint64(0x5EED0F), np.uint64(0x91C4), np.uint64(0xC07)
-_SALT_MIX, _SALT_PARTNER = np.uint64(0x313C), np.uint64(0xBA27)
+_SALT_MIX, _SALT_PARTNER, _SALT_LAM = np.uint64(0x313C), np.uint64(0xBA27), np.uint64(0x1A3B)
 _EPOCH_CHUNK = 65_536  # rows softened at a time when an epoch's targets are computed at once
 
 
@@ -93,7 +93,7 @@ class Draws(NamedTuple):
 def view_draws(seed: int, idx, view, spec: AugmentSpec, population: int = 0) -> Draws:
     """The draws of view ``view`` (one for all, or one per example) of examples ``idx`` (B,), from
     ``(seed, idx, view)`` alone: offsets and flip from one hash, the cutout spot from another, the
-    mixup draws (partners among ``population`` training examples) from two more (any shapes that
+    mixup draws (partners among ``population`` training examples) from three more (any shapes that
     broadcast: the batch shape is theirs)."""
     idx = np.asarray(idx, np.int64)
     h = _hash(seed, idx, view, _SALT_VIEW)
@@ -107,7 +107,8 @@ def view_draws(seed: int, idx, view, spec: AugmentSpec, population: int = 0) -> 
         spots = torch.from_numpy(np.stack([g % np.uint64(SPOT_RANGE), (g >> np.uint64(32)) % np.uint64(SPOT_RANGE)]).astype(np.int64))
     mix = None
     if spec.mixup > 0:
-        mix = mix_draws(_hash(seed, idx, view, _SALT_MIX), _hash(seed, idx, view, _SALT_PARTNER), idx, spec, population)
+        mix = mix_draws(tuple(_hash(seed, idx, view, s) for s in (_SALT_MIX, _SALT_PARTNER, _SALT_LAM)), idx, spec,
+                        population)
     return Draws(torch.from_numpy(np.stack([rows, cols])), torch.from_numpy(flips), spots, mix)
 
 
@@ -190,6 +191,7 @@ class ViewCache:
         flip; with cutout on, the same square) go through the teacher once and share its targets, so
         flips-only views cost at most two teacher passes per example whatever ``V``; mixed views
         (``spec.mixup``) blend in partners from ``pool``, the whole training set, each its own pass."""
+        _check_pool(self, None if pool is None else len(pool))
         parts = []
         for start in range(0, len(x), batch_size):
             xb, ib = x[start:start + batch_size], idx[start:start + batch_size].numpy()
@@ -209,7 +211,7 @@ class ViewCache:
 class LocalViews:
     """One process's share of a view cache, ready to train on: its rows' training-set indices ``idx``
     (n,), the cached ``values, indices, rest`` (``(n, V, [T,] k)``, ``(n, V, [T])``), and every view's
-    draws computed once here (batch shape ``(n V,)``; 17 bytes per pair, 33 with cutout). Each epoch
+    draws computed once here (batch shape ``(n V,)``; 17 bytes per pair, 33 with cutout, 13 more with mixup). Each epoch
     gathers every row's pair ``row * V + view`` once (its draws and, softened, its targets: ``n C``
     fp32 floats), so that a batch costs a few ``index_select`` by row instead
     of hashes and copies of its examples' whole ``(V, k)`` cache. Mixed views (``augment.mixup``) need
@@ -218,8 +220,7 @@ class LocalViews:
 
     def __init__(self, views: ViewCache, idx, cache: Sequence[torch.Tensor], pool: Sequence | None = None):
         self.views, self.idx = views, torch.as_tensor(idx)
-        if views.spec.mixup > 0 and pool is None:
-            raise ValueError("mixed views (augment.mixup) need the training set (x, y) their partners come from")
+        _check_pool(views, None if pool is None else len(pool[0]))
         self.pool = None if views.spec.mixup == 0 else [torch.as_tensor(a) for a in pool]
         values, indices, rest = (torch.as_tensor(c) for c in cache)
         n, v = values.shape[:2]
@@ -276,7 +277,16 @@ class LocalViews:
         return probs
 
 
-def local_views(views: ViewCache | None, arrays: Sequence, pool: Sequence | None = None) -> tuple[list, LocalViews | None]:
+def _check_pool(views: ViewCache, size: int | None) -> None:
+    """Mixed views need the whole training set (``size`` rows, training-set order) their partners index."""
+    if views.spec.mixup > 0 and size != views.population:
+        got = "no pool" if size is None else f"{size} rows"
+        raise ValueError(f"mixed views (augment.mixup) draw partners from the whole training set of "
+                         f"{views.population} examples, so they need all of it (pool); got {got}")
+
+
+def local_views(views: ViewCache | None, arrays: Sequence,
+                pool: Sequence | None = None) -> tuple[list, LocalViews | None]:
     """Training arrays with a view cache, ``(x, y, idx, values, indices, rest)``, as ``[x, y, rows]``
     (``rows = 0..n-1``: what batches carry) and the :class:`LocalViews` that turns a batch's rows into
     views and targets (mixed views: partners from ``pool``, the training set's ``(x, y)``); without

@@ -109,4 +109,7 @@ def soft_target_arrays(ds) -> tuple[np.ndarray, ...]:
         return tuple(np.concatenate([b[k] for b in batches]) for k in ("x", "y", "logits"))
     arrays = [np.concatenate([b[k] for b in batches]) for k in ("x", "y", "idx", *VIEW_COLUMNS)]
     order = np.argsort(arrays[2], kind="stable")
+    if not np.array_equal(arrays[2][order], np.arange(len(order))):
+        raise ValueError(f"the soft-target dataset's idx column is not the training set's rows 0..{len(order) - 1} "
+                         "once each (rows lost or repeated), so its views cannot be regenerated")
     return tuple(a if np.array_equal(order, np.arange(len(order))) else a[order] for a in arrays)

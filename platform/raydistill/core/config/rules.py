@@ -169,7 +169,7 @@ def _validate_recipe(cfg: Any, section: str) -> None:
     _require(math.isfinite(r.augment.mixup_alpha) and r.augment.mixup_alpha > 0, f"{section}.augment.mixup_alpha",
              f"must be a finite number > 0 (lam ~ Beta(a, a)), got {r.augment.mixup_alpha}")
     _require(r.augment.mixup == 0 or getattr(r, "cached_views", 0) > 0, f"{section}.augment.mixup", "mixes cached "
-             "views (the teacher labels each mixture once, core.mixup): needs distill.cached_views=K, or mixup=0")
+             "views (the teacher labels each mixture once, core.mixup): only distill.augment with cached_views=K")
     _require(not (r.augment.hflip and cfg.data.name in DIGIT_DATA_SETS), f"{section}.augment.hflip",
              f"data set '{cfg.data.name}' holds digits, and a mirrored digit is another digit (or none); "
              "use augment.translate instead")
@@ -199,8 +199,9 @@ def _validate_tune(cfg: Any) -> None:
     _range_pair(t.temperature, "tune.temperature", low=0, high=MAX_TEMPERATURE)
     _require(all(v > 0 for v in t.temperature), "tune.temperature", "temperatures must be > 0")
     _range_pair(t.alpha, "tune.alpha", low=0, high=1)
-    for key, choices in (("temperature_search", ("loguniform", "uniform", "grid")), ("alpha_search", ("uniform", "grid")),
-                         ("scheduler", ("asha", "none")), ("searcher", ("random", "optuna")), ("mode", ("max", "min"))):
+    for key, choices in (("temperature_search", ("loguniform", "uniform", "grid")),
+                         ("alpha_search", ("uniform", "grid")), ("scheduler", ("asha", "none")),
+                         ("searcher", ("random", "optuna")), ("mode", ("max", "min"))):
         _one_of(getattr(t, key), f"tune.{key}", choices)
     for name, search in (("temperature", t.temperature_search), ("alpha", t.alpha_search)):
         values = getattr(t, name)
@@ -249,13 +250,12 @@ def _validate_serve(cfg: Any) -> None:
     s = cfg.serve
     _require(1 <= s.port <= 65535, "serve.port", f"must be in 1..65535, got {s.port}")
     _positive(cfg, "serve", "max_batch_size", "max_instances", "max_body_bytes", "num_cpus",
-              "target_ongoing_requests", "max_ongoing_requests", "look_back_period_s")
+              "target_ongoing_requests", "max_ongoing_requests", "look_back_period_s", "body_timeout_s",
+              "request_timeout_s")
     _require(s.batch_wait_timeout_s >= 0, "serve.batch_wait_timeout_s", "must be >= 0")
     for name in ("upscale_delay_s", "downscale_delay_s"):
         _require(getattr(s, name) >= 0, f"serve.{name}", f"must be >= 0, got {getattr(s, name)}")
     _require(bool(s.app_name.strip()), "serve.app_name", "must not be empty")
-    for name in ("body_timeout_s", "request_timeout_s"):
-        _require(getattr(s, name) > 0, f"serve.{name}", f"must be > 0 seconds, got {getattr(s, name)}")
     _require(1 <= s.min_replicas <= s.max_replicas, "serve.min_replicas",
              f"need 1 <= min_replicas <= max_replicas, got {s.min_replicas}, {s.max_replicas}")
     _one_of(s.quantize, "serve.quantize", QUANTIZE_MODES)
