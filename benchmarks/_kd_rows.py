@@ -109,8 +109,7 @@ def cache_job(teacher: dict, bundle, seed: int, d, views: int) -> tuple[ViewCach
     """The teacher's logits on ``views`` seeded views of ``d.augment`` per example: (ViewCache, cache, seconds)."""
     started = time.perf_counter()
     fill = raw_zero_fill(bundle.normalization, bundle.input_shape[0])
-    most = ViewCache(views=views, spec=d.augment, fill=fill, seed=seed, num_classes=bundle.num_classes,
-                     population=len(bundle.y_train))
+    most = ViewCache.of_section(d, bundle, fill=fill, seed=seed, views=views)
     x = torch.as_tensor(bundle.x_train)
     cache = teacher_view_cache(most, [teacher["model"]], x, torch.arange(len(bundle.y_train)),
                                resolve_topk(d.cache_topk, bundle.num_classes), pool=x)

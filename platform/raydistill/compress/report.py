@@ -105,12 +105,10 @@ def _view_cache(d, bundle: DataBundle, teacher: nn.Module, fill: tuple[float, ..
     (what ``raydistill distill`` trains on), or ``(None, ())`` without views: cached logits of clean inputs."""
     if d.cached_views <= 0:
         return None, ()
-    n = len(bundle.y_train)
-    views = ViewCache(views=d.cached_views, spec=d.augment, fill=fill, seed=seed, num_classes=bundle.num_classes,
-                      population=n)
+    views = ViewCache.of_section(d, bundle, fill=fill, seed=seed)
     x = torch.as_tensor(bundle.x_train)
     k = resolve_topk(d.cache_topk, bundle.num_classes)
-    return views, teacher_view_cache(views, [teacher], x, torch.arange(n), k, pool=x)
+    return views, teacher_view_cache(views, [teacher], x, torch.arange(len(x)), k, pool=x)
 
 
 def _kd_method(card: dict) -> str:

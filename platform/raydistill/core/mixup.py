@@ -85,6 +85,30 @@ def mix_batch(x: torch.Tensor, y: torch.Tensor, spec: AugmentSpec, generator: to
     return blend(x, x[partners], lams), mixed_labels(y, y[partners], lams, num_classes)
 
 
+def check_pool(spec: AugmentSpec, population: int, size: int | None) -> None:
+    """Mixed views need the whole training set (``size`` rows, training-set order) their partners index."""
+    if spec.mixup > 0 and size != population:
+        got = "no pool" if size is None else f"{size} rows"
+        raise ValueError(f"mixed views (augment.mixup) draw partners from the whole training set of "
+                         f"{population} examples, so they need all of it (pool); got {got}")
+
+
+def mix_in(own: torch.Tensor, x: torch.Tensor, mix: Mix, pool, move) -> torch.Tensor:
+    """The views ``own`` ``(B, C, H, W)`` (made of the batch ``x``) with their mixed rows blended with
+    their partners from ``pool`` (the training set), each moved as its row's own view by
+    ``move(images, rows, flips)``; only mixed rows fetch and move a partner. Never writes into ``x``."""
+    if pool is None:
+        raise ValueError("mixed views (augment.mixup) need the training set their partners come from (pool)")
+    rows = (mix.lams < 1.0).nonzero().squeeze(1)
+    if len(rows) == 0:
+        return own
+    partners = torch.as_tensor(pool).index_select(0, mix.partners.index_select(0, rows)).to(own.dtype)
+    moved = move(partners, rows, mix.flips.index_select(0, rows))
+    own = own.clone() if own is x else own
+    own[rows] = blend(own[rows], moved, mix.lams.index_select(0, rows))
+    return own
+
+
 def blend(own: torch.Tensor, partner: torch.Tensor, lams: torch.Tensor) -> torch.Tensor:
     """``lam * own + (1 - lam) * partner`` per example, images ``(B, C, H, W)``, ``lams`` ``(B,)``;
     exactly ``own`` where ``lam = 1``."""

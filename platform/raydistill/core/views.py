@@ -27,7 +27,7 @@ import torch
 
 from .config.schema import AugmentSpec
 from .losses import few_classes
-from .mixup import Mix, blend, mix_draws, mixed_labels
+from .mixup import Mix, check_pool, mix_draws, mix_in, mixed_labels
 from .topk import decode_topk, encode_topk
 from .recipe import SPOT_RANGE, apply_augment, apply_cutout, cutout_centres
 
@@ -117,16 +117,13 @@ def render(x: torch.Tensor, draws: Draws, spec: AugmentSpec, fill: tuple[float, 
     """The images ``(B, C, H, W)`` that ``draws`` (batch shape ``(B,)``) make of ``x`` under ``spec``
     (flips ignored when ``spec.hflip`` is off): the one place the teacher's cached views and the
     student's training views are drawn, so the two always match. Mixed views (``draws.mix``) blend in
-    their partners from ``pool``, the whole training set ``(N, C, H, W)`` (:func:`core.mixup.blend`)."""
+    their partners from ``pool``, the whole training set ``(N, C, H, W)`` (:func:`core.mixup.mix_in`)."""
     shifted = apply_augment(x, draws.offsets, draws.flips if spec.hflip else None, spec.translate, fill)
     own = apply_cutout(shifted, draws.spots, spec.cutout, fill)
     if draws.mix is None:
         return own
-    if pool is None:
-        raise ValueError("mixed views (augment.mixup) need the training set their partners come from (pool)")
-    partners = torch.as_tensor(pool).index_select(0, draws.mix.partners).to(own.dtype)
-    flips = draws.mix.flips if spec.hflip else None
-    return blend(own, apply_augment(partners, draws.offsets, flips, spec.translate, fill), draws.mix.lams)
+    return mix_in(own, x, draws.mix, pool, lambda images, rows, flips: apply_augment(
+        images, draws.offsets.index_select(1, rows), flips if spec.hflip else None, spec.translate, fill))
 
 
 def make_view(x: torch.Tensor, idx, view, *, seed: int, spec: AugmentSpec, fill: tuple[float, ...],
@@ -177,6 +174,13 @@ class ViewCache:
     num_classes: int
     population: int = 0
 
+    @classmethod
+    def of_section(cls, d, bundle, *, fill: tuple[float, ...], seed: int, views: int | None = None) -> "ViewCache":
+        """The view cache a ``distill`` section ``d`` asks for on ``bundle``'s training set (``views``:
+        another count than ``d.cached_views``), its size the mixed views' partner population."""
+        return cls(views=d.cached_views if views is None else views, spec=d.augment, fill=fill, seed=seed,
+                   num_classes=bundle.num_classes, population=len(bundle.y_train))
+
     def draws(self, idx, views: int | None = None) -> Draws:
         """:func:`all_draws` of examples ``idx`` (B,) under this cache: batch shape ``(B, V)``."""
         return all_draws(self.seed, idx, self.views if views is None else views, self.spec, self.population)
@@ -191,7 +195,7 @@ class ViewCache:
         flip; with cutout on, the same square) go through the teacher once and share its targets, so
         flips-only views cost at most two teacher passes per example whatever ``V``; mixed views
         (``spec.mixup``) blend in partners from ``pool``, the whole training set, each its own pass."""
-        _check_pool(self, None if pool is None else len(pool))
+        check_pool(self.spec, self.population, None if pool is None else len(pool))
         parts = []
         for start in range(0, len(x), batch_size):
             xb, ib = x[start:start + batch_size], idx[start:start + batch_size].numpy()
@@ -220,7 +224,7 @@ class LocalViews:
 
     def __init__(self, views: ViewCache, idx, cache: Sequence[torch.Tensor], pool: Sequence | None = None):
         self.views, self.idx = views, torch.as_tensor(idx)
-        _check_pool(views, None if pool is None else len(pool[0]))
+        check_pool(views.spec, views.population, None if pool is None else len(pool[0]))
         self.pool = None if views.spec.mixup == 0 else [torch.as_tensor(a) for a in pool]
         values, indices, rest = (torch.as_tensor(c) for c in cache)
         n, v = values.shape[:2]
@@ -275,14 +279,6 @@ class LocalViews:
             (probs[:, start:start + len(part)] if self.major else probs[start:start + len(part)]).copy_(
                 part.t() if self.major else part)
         return probs
-
-
-def _check_pool(views: ViewCache, size: int | None) -> None:
-    """Mixed views need the whole training set (``size`` rows, training-set order) their partners index."""
-    if views.spec.mixup > 0 and size != views.population:
-        got = "no pool" if size is None else f"{size} rows"
-        raise ValueError(f"mixed views (augment.mixup) draw partners from the whole training set of "
-                         f"{views.population} examples, so they need all of it (pool); got {got}")
 
 
 def local_views(views: ViewCache | None, arrays: Sequence,

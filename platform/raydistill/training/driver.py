@@ -136,8 +136,7 @@ def student_spec(cfg: Config, bundle: DataBundle, *, kd: KDSettings | None, stag
     spec = recipe_spec(stage, cfg.distill, cfg.distill.student, bundle, seed=cfg.run.seed, kd=kd)
     if kd is None or cfg.distill.cached_views <= 0:
         return spec
-    views = ViewCache(views=cfg.distill.cached_views, spec=cfg.distill.augment, fill=spec.fill, seed=cfg.run.seed,
-                      num_classes=bundle.num_classes, population=len(bundle.y_train))
+    views = ViewCache.of_section(cfg.distill, bundle, fill=spec.fill, seed=cfg.run.seed)
     return dataclasses.replace(spec, views=views)
 
 

@@ -112,4 +112,5 @@ def soft_target_arrays(ds) -> tuple[np.ndarray, ...]:
     if not np.array_equal(arrays[2][order], np.arange(len(order))):
         raise ValueError(f"the soft-target dataset's idx column is not the training set's rows 0..{len(order) - 1} "
                          "once each (rows lost or repeated), so its views cannot be regenerated")
-    return tuple(a if np.array_equal(order, np.arange(len(order))) else a[order] for a in arrays)
+    in_order = np.array_equal(arrays[2], np.arange(len(order)))  # Ray Data kept the rows' order: no copy
+    return tuple(arrays) if in_order else tuple(a[order] for a in arrays)
