@@ -218,6 +218,15 @@ BAD_INPUT = [("digits_accuracy.py", ["--set", "distill.temperature=-1"], "distil
              ("kd_methods.py", ["--views-augment", "{flip: true}"], "distill.augment.flip"),
              ("kd_methods.py", ["--views-epochs", "0"], "distill.epochs"),
              ("kd_methods.py", ["--workers", "0"], "--workers"),
+             ("kd_val_views.py", ["--workers", "0"], "--workers"),
+             ("kd_val_views.py", ["--alone", "no colon"], "--alone 'no colon'"),
+             ("kd_val_views.py", ["--alone", "a: distill.epochs=0"], "distill.epochs"),
+             ("kd_val_views.py", ["--kd", "k: distill.mode=online", "--alone", "a: distill.epochs=3"], "cached views"),
+             ("kd_val_views.py", ["--kd", "k: distill.mode=cached; distill.cached_views=2"], "--alone row"),
+             ("kd_val_views.py", ["--alone", "a: teacher.epochs=3"], "teacher.*"),
+             ("kd_val_views.py", ["--alone", "a: distill.epochs=3", "--alone", "a: distill.epochs=4"], "two rows"),
+             ("kd_val_views.py", ["--set", "data.val_fraction=0", "--alone", "a: distill.epochs=3"],
+              "data.val_fraction"),
              ("kd_val.py", ["--config", "configs/digits.yaml", "--set", "distill.epochs=0"], "distill.epochs"),
              ("tune_asha.py", ["--set", "tune.num_samples=0"], "tune.num_samples"),
              ("tune_asha.py", ["--plain", "1"], "--plain"),  # digits: no IDX files for the plain script
@@ -227,6 +236,7 @@ BAD_INPUT = [("digits_accuracy.py", ["--set", "distill.temperature=-1"], "distil
              ("plain_augment.py", ["--fashion-root", "no/such/dir"], "no/such/dir"),
              ("kd_plain_script.py", ["--fashion-root", "no/such/dir"], "no/such/dir"),
              ("kd_plain_script.py", ["--epochs", "0"], "--epochs"),
+             ("kd_plain_script.py", ["--mixup", "1.5"], "--mixup"),
              ("federated_scale.py", ["--fashion-root", "no/such/dir"], "no/such/dir"),
              ("distill_throughput.py", ["--dataset", "imagenet"], "imagenet"),
              ("teacher_layout.py", ["--images", "0"], "--images"),
@@ -294,3 +304,47 @@ def test_the_teacher_cache_key_is_unchanged_by_cutout_off_and_changed_by_cutout_
     on = rows._recipe_key(load_config(fashion, ["teacher.augment.cutout=6"]).teacher)
     assert on["augment"] == {"translate": 2, "hflip": True, "cutout": 6}
     assert {k: v for k, v in on.items() if k != "augment"} == {k: v for k, v in off.items() if k != "augment"}
+
+
+def test_kd_val_views_scores_each_row_against_the_best_alone_row_of_the_same_seed():
+    # Two alone rows that each win one seed: the kd row's gain per seed is over the better one of that seed.
+    bench = load_benchmark("kd_val_views")
+    alone_a, alone_b, kd = (0.9100, 0.9150), (0.9120, 0.9110), (0.9250, 0.9240)
+    results = {"a": [{"val": v, "train": 0.95, "s": 10.0} for v in alone_a],
+               "b": [{"val": v, "train": 0.96, "s": 12.0} for v in alone_b],
+               "kd": [{"val": v, "train": 0.97, "s": 600.0} for v in kd]}
+    teachers = [{"val": 0.9357, "s": 1100.0}, {"val": 0.9387, "s": 1200.0}]
+    text = bench.table(results, teachers, [0, 1], {"a": "alone", "b": "alone", "kd": "kd"})
+    gains = [100 * (0.9250 - 0.9120), 100 * (0.9240 - 0.9150)]  # +1.30 (b wins seed 0), +0.90 (a wins seed 1)
+    line = next(row for row in text.splitlines() if row.startswith("| kd |"))
+    assert f"| {sum(kd) / 2:.4f} ± {abs(kd[0] - kd[1]) / 2 ** 0.5:.4f} | 0.9250 0.9240 |" in line, line
+    assert f"| {sum(gains) / 2:+.2f} pt ({gains[0]:+.2f} {gains[1]:+.2f}) | 0.9700 | 600 s |" in line, line
+    assert "| teacher | 0.9372 ± 0.0021 | 0.9357 0.9387 |" in text
+
+
+def test_the_plain_scripts_mixup_mixes_a_fraction_of_rows_with_batch_partners_and_mixes_labels_alike():
+    # Each image a distinct one-hot pixel, so a mixed image names its weights: lam on its own pixel, 1 - lam on
+    # the partner's; the label must be lam * onehot(y_i) + (1 - lam) * onehot(y_j) with the same lam and j.
+    import torch
+    bench = load_benchmark("kd_plain_script")
+    n, rate = 400, 0.5
+    x = torch.eye(n * 4)[: n].reshape(n, 1, 40, 40)  # row i lights pixel i
+    y = torch.arange(n) % 10
+    out, label = bench.plain_mix(x, y, torch.Generator().manual_seed(3), rate)
+    flat = out.reshape(n, -1)[:, :n]
+    own = flat.diagonal()
+    mixed = own < 1
+    for i in range(n):
+        if mixed[i]:
+            j = int(torch.argmax(torch.where(torch.arange(n) == i, -1.0, flat[i])))
+            assert abs(float(flat[i, j]) - (1 - float(own[i]))) < 1e-6 and flat[i].count_nonzero() <= 2
+            want = torch.zeros(10)
+            want[y[i]] += own[i]
+            want[y[j]] += 1 - own[i]
+        else:
+            assert flat[i].count_nonzero() == 1  # unmixed, or mixed with itself: its own image
+            want = torch.nn.functional.one_hot(y[i], 10).float()
+        assert torch.allclose(label[i], want, atol=1e-6), (i, label[i], want)
+    # the rate: binomial(400, 0.5) mixed rows (a partner equal to the row itself counts as unmixed here)
+    assert abs(int(mixed.sum()) - n * rate) < 4 * (n * rate * (1 - rate)) ** 0.5
+    assert torch.allclose(label.sum(1), torch.ones(n))
