@@ -14,16 +14,23 @@ flips and shifts):
   cached views    ``engine.fit`` on the teacher's logits cached once on 8 seeded views per example
                   (``distill.cached_views=8``; the cache build counts in its time)
 
+With ``--mixup P`` every row mixes a fraction P of its inputs (lam ~ Beta(1, 1), labels mixed by lam):
+the plain script does classic in-batch mixup (Zhang et al. 2018; plain KD runs the teacher on the mixed
+batch, as a user adding mixup to that loop would), the cached-views row caches the teacher on mixed views
+(``distill.augment.mixup``, core.mixup: partners from the whole training set); ``online KD`` has no mixup
+in raydistill (refused outside cached views) and is left out.
+
 The plain rows import nothing from raydistill. T, a and the schedule are fixed before the run (the
 settings the README's KD rows use); nothing is chosen on the test split. Prints each seed, then the table
 (mean +- std, median, every seed, each row against plain KD: mean difference and seeds won/lost).
 
     .venv/bin/python benchmarks/kd_plain_script.py [--seeds 0 1 2 3 4 5] [--epochs 10] [--threads 2]
-        [--teacher cnn|mlp] [--teacher-epochs 3]
+        [--teacher cnn|mlp] [--teacher-epochs 3] [--mixup 0.5]
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -74,16 +81,29 @@ def plain_augment(x: torch.Tensor, g: torch.Generator, fill: float) -> torch.Ten
     return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
 
-def plain_train(model: nn.Module, x, y, *, epochs: int, seed: int, fill: float, teacher=None) -> nn.Module:
-    """The loop a user writes: CE alone, or online KD when ``teacher`` is given; ``seed`` seeds the batch
-    order and the augmentation."""
+def plain_mix(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, rate: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Classic in-batch mixup of a fraction ``rate`` of the rows: ``lam x_i + (1 - lam) x_j`` with j a
+    random row of the batch and lam ~ U(0, 1) = Beta(1, 1); the label distribution ``(B, 10)`` mixed alike."""
+    j = torch.randperm(len(x), generator=g)
+    lam = torch.where(torch.rand(len(x), generator=g) < rate, torch.rand(len(x), generator=g), torch.ones(len(x)))
+    onehot = F.one_hot(y, 10).float()
+    return (lam[:, None, None, None] * x + (1 - lam[:, None, None, None]) * x[j],
+            lam[:, None] * onehot + (1 - lam[:, None]) * onehot[j])
+
+
+def plain_train(model: nn.Module, x, y, *, epochs: int, seed: int, fill: float, teacher=None,
+                mixup: float = 0.0) -> nn.Module:
+    """The loop a user writes: CE alone, or online KD when ``teacher`` is given, on mixed batches with
+    ``mixup`` > 0; ``seed`` seeds the batch order and the augmentation."""
     opt, g = torch.optim.Adam(model.parameters(), LR), torch.Generator().manual_seed(seed)
     for _ in range(epochs):
         model.train()
         for i in torch.randperm(len(y), generator=g).split(BATCH):
             xb = plain_augment(x[i], g, fill)
+            if mixup:
+                xb, target = plain_mix(xb, y[i], g, mixup)
             z = model(xb)
-            loss = F.cross_entropy(z, y[i])
+            loss = F.cross_entropy(z, target if mixup else y[i])
             if teacher is not None:
                 with torch.no_grad():
                     p = F.softmax(teacher(xb) / T, 1)
@@ -101,10 +121,11 @@ def accuracy(model: nn.Module, x, y) -> float:
 
 
 # ---- the rows ----------------------------------------------------------------------------------------
-def run_seed(seed: int, data: dict, teacher: nn.Module, epochs: int) -> dict:
-    """Test accuracy and seconds of each row for one student seed."""
+def run_seed(seed: int, data: dict, teacher: nn.Module, epochs: int, mixup: float = 0.0) -> dict:
+    """Test accuracy and seconds of each row (``rows(mixup)``) for one student seed."""
     x, y, fill = data["x"], data["y"], data["fill"]
     kd = KDSettings(temperature=T, alpha=ALPHA)
+    spec = dataclasses.replace(SPEC, mixup=mixup)
     out = {}
 
     def timed(name, train):
@@ -113,9 +134,10 @@ def run_seed(seed: int, data: dict, teacher: nn.Module, epochs: int) -> dict:
         model = train()
         out[name], out[name + "_s"] = accuracy(model.eval(), data["xt"], data["yt"]), time.perf_counter() - start
 
-    timed("plain alone", lambda: plain_train(plain_mlp([128]), x, y, epochs=epochs, seed=seed, fill=fill))
+    timed("plain alone", lambda: plain_train(plain_mlp([128]), x, y, epochs=epochs, seed=seed, fill=fill,
+                                             mixup=mixup))
     timed("plain KD", lambda: plain_train(plain_mlp([128]), x, y, epochs=epochs, seed=seed, fill=fill,
-                                          teacher=teacher))
+                                          teacher=teacher, mixup=mixup))
 
     def online():
         student = build_model("mlp", (1, 28, 28), 10, {"hidden": [128]})
@@ -124,26 +146,32 @@ def run_seed(seed: int, data: dict, teacher: nn.Module, epochs: int) -> dict:
         return student
 
     def cached():
-        views = ViewCache(views=VIEWS, spec=SPEC, fill=(fill,), seed=seed, num_classes=10)
-        cache = teacher_view_cache(views, [teacher], x, torch.arange(len(y)), 10)
+        views = ViewCache(views=VIEWS, spec=spec, fill=(fill,), seed=seed, num_classes=10, population=len(y))
+        cache = teacher_view_cache(views, [teacher], x, torch.arange(len(y)), 10, pool=x)
         student = build_model("mlp", (1, 28, 28), 10, {"hidden": [128]})
         fit(student, data["xn"], data["yn"], epochs=epochs, lr=LR, batch_size=BATCH, seed=seed, kd=kd,
-            views=views, view_cache=cache)
+            views=views, view_cache=cache, num_classes=10)
         return student
 
-    timed("online KD", online)
+    if not mixup:
+        timed("online KD", online)
     timed("cached views", cached)
     return out
 
 
-def table(results: list[dict], seeds: list[int]) -> str:
+def rows(mixup: float) -> tuple[str, ...]:
+    """The table's rows: ``online KD`` has no mixup in raydistill (refused outside cached views)."""
+    return tuple(r for r in ROWS if not (mixup and r == "online KD"))
+
+
+def table(results: list[dict], seeds: list[int], mixup: float = 0.0) -> str:
     """Markdown: each row's accuracy (mean +- std, median, per seed), against plain KD, and its time."""
     base = [r["plain KD"] for r in results]
     base_s = statistics.median(r["plain KD_s"] for r in results)
     lines = [f"| row | test accuracy, mean ± std | median | per seed ({' '.join(map(str, seeds))}) "
              "| vs plain KD, mean | seeds won/lost vs plain KD | time per run (median) | time vs plain KD |",
              "|---|---:|---:|---|---:|---:|---:|---:|"]
-    for row in ROWS:
+    for row in rows(mixup):
         acc = [r[row] for r in results]
         diff = [a - b for a, b in zip(acc, base)]
         sec = statistics.median(r[row + "_s"] for r in results)
@@ -173,7 +201,10 @@ def main() -> None:
     parser.add_argument("--teacher", choices=("cnn", "mlp"), default="cnn")
     parser.add_argument("--teacher-epochs", type=int, default=3)
     parser.add_argument("--fashion-root", default=str(FASHION))
+    parser.add_argument("--mixup", type=float, default=0.0, help="fraction of every row's inputs mixed (0: none)")
     args = parser.parse_args()
+    if not 0 <= args.mixup <= 1:
+        raise ConfigError(f"--mixup must be in [0, 1], got {args.mixup}")
     for flag, value in (("--epochs", args.epochs), ("--threads", args.threads),
                         ("--teacher-epochs", args.teacher_epochs)):
         if value < 1:
@@ -192,12 +223,14 @@ def main() -> None:
           f"in {time.perf_counter() - start:.0f} s", flush=True)
     results = []
     for seed in args.seeds:
-        results.append(run_seed(seed, data, teacher, args.epochs))
+        results.append(run_seed(seed, data, teacher, args.epochs, args.mixup))
         torch.set_num_threads(args.threads)  # every row of the next seed on the same cores
         print(f"seed {seed}: " + json.dumps({k: round(v, 4) for k, v in results[-1].items()}), flush=True)
     print(f"\nfashion_mnist, teacher {name}, student MLP 128, {args.epochs} epochs, Adam {LR}, batch {BATCH}, "
-          f"T={T}, alpha={ALPHA}, flips and +-2 px shifts; seeds {args.seeds}; {args.threads} threads")
-    print(table(results, args.seeds))
+          f"T={T}, alpha={ALPHA}, flips and +-2 px shifts"
+          + (f", mixup {args.mixup:g} (lam ~ Beta(1, 1))" if args.mixup else "")
+          + f"; seeds {args.seeds}; {args.threads} threads")
+    print(table(results, args.seeds, args.mixup))
 
 
 if __name__ == "__main__":
