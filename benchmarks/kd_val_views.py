@@ -151,7 +151,10 @@ def main() -> None:
             handles[name] = [jobs.submit(student_val, cfg, b, s, None if kind == "alone" else
                                          jobs.submit(cache_job, t, b, s, cfg.distill, cfg.distill.cached_views))
                              for b, s, t in zip(bundles, args.seeds, teachers)]
-        results = {name: [jobs.get(h) for h in hs] for name, hs in handles.items()}
+        results = {}
+        for name, hs in handles.items():
+            results[name] = [jobs.get(h) for h in hs]
+            print(f"{name}: " + json.dumps([{k: round(v, 4) for k, v in r.items()} for r in results[name]]), flush=True)
         teacher_runs = [{k: v for k, v in jobs.get(t).items() if k != "model"} for t in teachers]
     finally:
         jobs.close()
