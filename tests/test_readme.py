@@ -219,6 +219,9 @@ BAD_INPUT = [("digits_accuracy.py", ["--set", "distill.temperature=-1"], "distil
              ("kd_methods.py", ["--views-epochs", "0"], "distill.epochs"),
              ("kd_methods.py", ["--workers", "0"], "--workers"),
              ("kd_val_views.py", ["--workers", "0"], "--workers"),
+             ("kd_val_views.py", ["--threads", "0"], "--threads"),
+             ("kd_val_views.py", ["--seeds", "1", "1"], "--seeds"),
+             ("kd_val_views.py", ["--teacher-cache", "README.md"], "not a folder"),
              ("kd_val_views.py", ["--alone", "no colon"], "--alone 'no colon'"),
              ("kd_val_views.py", ["--alone", "a: distill.epochs=0"], "distill.epochs"),
              ("kd_val_views.py", ["--kd", "k: distill.mode=online", "--alone", "a: distill.epochs=3"], "cached views"),
@@ -347,4 +350,10 @@ def test_the_plain_scripts_mixup_mixes_a_fraction_of_rows_with_batch_partners_an
         assert torch.allclose(label[i], want, atol=1e-6), (i, label[i], want)
     # the rate: binomial(400, 0.5) mixed rows (a partner equal to the row itself counts as unmixed here)
     assert abs(int(mixed.sum()) - n * rate) < 4 * (n * rate * (1 - rate)) ** 0.5
+    # lam ~ U(0, 1) on the mixed rows: mean 1/2 and standard deviation 1/sqrt(12), each within 4 standard errors
+    lam = own[mixed].double()
+    m = len(lam)
+    assert abs(float(lam.mean()) - 0.5) < 4 * (1 / 12 / m) ** 0.5
+    # var(s^2) ~ (mu4 - sigma^4) / m = (1/80 - 1/144) / m = 1 / (180 m), so var(s) ~ that / (4 sigma^2) = 1 / (60 m)
+    assert abs(float(lam.std()) - 12 ** -0.5) < 4 * (1 / 60 / m) ** 0.5
     assert torch.allclose(label.sum(1), torch.ones(n))
