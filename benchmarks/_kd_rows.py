@@ -36,8 +36,9 @@ def train(spec: ModelSpec, bundle, section, *, seed: int, kd=None, logits=None, 
     return model.eval(), time.perf_counter() - started
 
 
-def accuracy(model, bundle) -> float:
-    return evaluate(model, bundle.x_test, bundle.y_test)["accuracy"]
+def accuracy(model, bundle, split: str = "test") -> float:
+    """``model``'s accuracy on ``bundle``'s ``split`` (``test``, or ``val`` when choosing without it)."""
+    return evaluate(model, getattr(bundle, f"x_{split}"), getattr(bundle, f"y_{split}"))["accuracy"]
 
 
 def _recipe_key(section) -> dict:
@@ -82,10 +83,11 @@ def teacher_for(cfg, bundle, seed: int, cache: Path | None) -> tuple[torch.nn.Mo
     return teacher, seconds, False
 
 
-def teacher_job(cfg, bundle, seed: int, cache: Path | None) -> dict:
-    """The seed's teacher (``teacher_for``) and its test accuracy."""
+def teacher_job(cfg, bundle, seed: int, cache: Path | None, split: str = "test") -> dict:
+    """The seed's teacher (``teacher_for``) and its accuracy on ``split``."""
     teacher, seconds, cached = teacher_for(cfg, bundle, seed, cache)
-    return {"model": teacher, "teacher": accuracy(teacher, bundle), "teacher_s": seconds, "teacher_cached": cached}
+    return {"model": teacher, "teacher": accuracy(teacher, bundle, split), "teacher_s": seconds,
+            "teacher_cached": cached}
 
 
 def logits_job(teacher: dict, bundle) -> torch.Tensor:

@@ -30,6 +30,7 @@ the same seed, its accuracy on the first 10,000 training examples (underfit or n
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -40,11 +41,10 @@ from raydistill.core.data import load_data
 from raydistill.core.engine import KDSettings, evaluate
 
 from _jobs import Jobs
-from _kd_rows import cache_job, teacher_for, train
+from _kd_rows import accuracy, cache_job, teacher_job, train
 from _paths import FASHION
 from kd_methods import STUDENT, _ms
-
-TRAIN_PROBE = 10_000  # the training accuracy is measured on the first this-many training examples
+from kd_val import TRAIN_PROBE
 
 
 def parse_row(text: str, flag: str) -> tuple[str, list[str]]:
@@ -58,8 +58,8 @@ def parse_row(text: str, flag: str) -> tuple[str, list[str]]:
 
 
 def row_configs(args, base: list[str]) -> tuple:
-    """The common config and each row's ``(name, kind, config)``; every row is loaded (so a bad key is refused,
-    named, before any data is read) and must keep the common data and teacher sections."""
+    """The common config and each row's ``(name, kind, overrides, config)``; every row is loaded (a bad key is
+    refused, named, before any data is read) and must keep the common data and teacher sections."""
     common = load_config(args.config, base)
     if common.data.val_fraction <= 0:
         raise ConfigError("data.val_fraction must be > 0: the rows are scored on the validation split")
@@ -76,8 +76,8 @@ def row_configs(args, base: list[str]) -> tuple:
             if kind == "kd" and not (cfg.distill.mode == "cached" and cfg.distill.cached_views > 0):
                 raise ConfigError(f"--kd {name!r}: a kd row runs on cached views: set distill.mode=cached and "
                                   "distill.cached_views=K")
-            rows.append((name, kind, cfg))
-    if not any(kind == "alone" for _, kind, _ in rows):
+            rows.append((name, kind, overrides, cfg))
+    if not any(row[1] == "alone" for row in rows):
         raise ConfigError("give at least one --alone row: each row is compared with the best student-alone row")
     return common, rows
 
@@ -85,15 +85,13 @@ def row_configs(args, base: list[str]) -> tuple:
 def scores(model, bundle) -> dict:
     """Validation accuracy and accuracy on the first ``TRAIN_PROBE`` training examples."""
     n = TRAIN_PROBE
-    return {"val": evaluate(model, bundle.x_val, bundle.y_val)["accuracy"],
+    return {"val": accuracy(model, bundle, "val"),
             "train": evaluate(model, bundle.x_train[:n], bundle.y_train[:n])["accuracy"]}
 
 
-def teacher_val(cfg, bundle, seed: int, cache: Path | None) -> dict:
-    """The seed's teacher (``_kd_rows.teacher_for``: trained on the training split, or from ``cache``)."""
-    teacher, seconds, cached = teacher_for(cfg, bundle, seed, cache)
-    return {"model": teacher, "val": evaluate(teacher, bundle.x_val, bundle.y_val)["accuracy"], "s": seconds,
-            "cached": cached}
+def cache_key(d) -> str:
+    """What a kd row's view cache depends on besides seed and teacher: rows equal in it share one cache."""
+    return json.dumps([dataclasses.asdict(d.augment), d.cached_views, d.cache_topk], sort_keys=True)
 
 
 def student_val(cfg, bundle, seed: int, built: tuple | None = None) -> dict:
@@ -118,8 +116,8 @@ def table(results: dict, teachers: list[dict], seeds: list[int], kinds: dict) ->
     best = [max(results[n][i]["val"] for n in results if kinds[n] == "alone") for i in range(len(seeds))]
     lines = [f"| row | val accuracy, mean ± std | per seed ({' '.join(map(str, seeds))}) | vs best alone, mean "
              "(per seed) | train acc (first 10k) | wall time per run (median) |", "|---|---:|---|---|---:|---:|",
-             f"| teacher | {_ms([t['val'] for t in teachers])} | {_per_seed(t['val'] for t in teachers)} "
-             f"| | | {statistics.median(t['s'] for t in teachers):.0f} s |"]
+             f"| teacher | {_ms([t['teacher'] for t in teachers])} | {_per_seed(t['teacher'] for t in teachers)} "
+             f"| | | {statistics.median(t['teacher_s'] for t in teachers):.0f} s |"]
     for name, runs in results.items():
         gains = [100 * (r["val"] - b) for r, b in zip(runs, best)]
         lines.append(f"| {name} | {_ms([r['val'] for r in runs])} | {_per_seed(r['val'] for r in runs)} "
@@ -162,12 +160,16 @@ def main() -> None:
     jobs = Jobs(args.workers, threads=args.threads)
     try:
         bundles = [jobs.put(load_data(common.data, seed)) for seed in args.seeds]
-        teachers = [jobs.submit(teacher_val, common, b, s, args.teacher_cache) for b, s in zip(bundles, args.seeds)]
-        handles = {}  # kd rows first: their chains (cache -> kd) are the longest
-        for name, kind, cfg in rows:
-            handles[name] = [jobs.submit(student_val, cfg, b, s, None if kind == "alone" else
-                                         jobs.submit(cache_job, t, b, s, cfg.distill, cfg.distill.cached_views))
-                             for b, s, t in zip(bundles, args.seeds, teachers)]
+        teachers = [jobs.submit(teacher_job, common, b, s, args.teacher_cache, "val")
+                    for b, s in zip(bundles, args.seeds)]
+        handles, caches = {}, {}  # kd rows first: their chains (cache -> kd) are the longest
+        for name, kind, _, cfg in rows:
+            d = cfg.distill
+            for b, s, t in zip(bundles, args.seeds, teachers):
+                key = (cache_key(d), s)  # one teacher pass per distinct cache, however many rows train on it
+                if kind == "kd" and key not in caches:
+                    caches[key] = jobs.submit(cache_job, t, b, s, d, d.cached_views)
+                handles.setdefault(name, []).append(jobs.submit(student_val, cfg, b, s, caches.get(key)))
         results = {}
         for name, hs in handles.items():
             results[name] = [jobs.get(h) for h in hs]
@@ -176,21 +178,13 @@ def main() -> None:
     finally:
         jobs.close()
     print(f"\n{common.data.name}, validation split ({common.data.val_fraction:g} of the training set), seeds "
-          f"{args.seeds}, {sum(t['cached'] for t in teacher_runs)} teachers from --teacher-cache; "
+          f"{args.seeds}, {sum(t['teacher_cached'] for t in teacher_runs)} teachers from --teacher-cache; "
           f"{time.perf_counter() - started:.0f} s; "
           + (f"{args.threads} threads" if args.workers == 1 else f"{args.workers} Ray tasks at a time, 1 thread each"))
-    print(table(results, teacher_runs, args.seeds, {name: kind for name, kind, _ in rows}))
+    print(table(results, teacher_runs, args.seeds, {row[0]: row[1] for row in rows}))
     print(json.dumps({"benchmark": "kd_val_views", "seeds": args.seeds, "overrides": args.overrides,
-                      "rows": {name: [kind, texts] for name, kind, texts in _row_texts(args)},
+                      "rows": {name: [kind, overrides] for name, kind, overrides, _ in rows},
                       "teachers": teacher_runs, "results": results}))
-
-
-def _row_texts(args):
-    """``(name, kind, overrides)`` of every row, as given (for the JSON record)."""
-    for kind in ("kd", "alone"):
-        for text in getattr(args, kind):
-            name, overrides = parse_row(text, f"--{kind}")
-            yield name, kind, overrides
 
 
 if __name__ == "__main__":

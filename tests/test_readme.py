@@ -316,13 +316,25 @@ def test_kd_val_views_scores_each_row_against_the_best_alone_row_of_the_same_see
     results = {"a": [{"val": v, "train": 0.95, "s": 10.0} for v in alone_a],
                "b": [{"val": v, "train": 0.96, "s": 12.0} for v in alone_b],
                "kd": [{"val": v, "train": 0.97, "s": 600.0} for v in kd]}
-    teachers = [{"val": 0.9357, "s": 1100.0}, {"val": 0.9387, "s": 1200.0}]
+    teachers = [{"teacher": 0.9357, "teacher_s": 1100.0}, {"teacher": 0.9387, "teacher_s": 1200.0}]
     text = bench.table(results, teachers, [0, 1], {"a": "alone", "b": "alone", "kd": "kd"})
     gains = [100 * (0.9250 - 0.9120), 100 * (0.9240 - 0.9150)]  # +1.30 (b wins seed 0), +0.90 (a wins seed 1)
     line = next(row for row in text.splitlines() if row.startswith("| kd |"))
     assert f"| {sum(kd) / 2:.4f} ± {abs(kd[0] - kd[1]) / 2 ** 0.5:.4f} | 0.9250 0.9240 |" in line, line
     assert f"| {sum(gains) / 2:+.2f} pt ({gains[0]:+.2f} {gains[1]:+.2f}) | 0.9700 | 600 s |" in line, line
     assert "| teacher | 0.9372 ± 0.0021 | 0.9357 0.9387 |" in text
+
+
+def test_kd_val_views_rows_share_a_view_cache_exactly_when_what_it_holds_is_the_same():
+    # The alpha probe built the same 8-view cache (teacher passes over 54,000 images) once per row; rows that
+    # differ only in how they train on it must share it, rows that differ in what it holds must not.
+    bench = load_benchmark("kd_val_views")
+    fashion = str(REPO / "configs" / "fashion_mnist.yaml")
+    base = ["distill.mode=cached", "distill.cached_views=8", "distill.augment={hflip: true, mixup: 0.5}"]
+    key = lambda *extra: bench.cache_key(load_config(fashion, [*base, *extra]).distill)  # noqa: E731
+    assert key() == key("distill.alpha=0.1") == key("distill.epochs=3", "distill.temperature=2")
+    assert len({key(), key("distill.cached_views=16"), key("distill.augment={hflip: true, mixup: 0.25}"),
+                key("distill.cache_topk=3")}) == 4
 
 
 def test_the_plain_scripts_mixup_mixes_a_fraction_of_rows_with_batch_partners_and_mixes_labels_alike():
