@@ -191,17 +191,10 @@ def _distill_with(args, overrides: list[str], **values):
     return load_config(args.config, [*overrides, *extra]).distill
 
 
-def _as_views(augment: str | None) -> dict:
-    """The keys under which the config's rules take ``augment.mixup`` (it mixes cached views; the student
-    alone then gets classic in-batch mixup, core.mixup): cached mode on the most views, for a YAML naming it."""
-    return {"mode": "cached", "cached_views": max(VIEWS)} if augment and "mixup" in augment else {}
-
-
 def _views_recipe(args, overrides: list[str], teacher_augment: AugmentSpec):
     """The augmented rows' ``distill`` section: ``--views-augment`` (default: the teacher's
     augmentation) and ``--views-epochs`` (default: ``--student-epochs``)."""
-    d = _distill_with(args, overrides, augment=args.views_augment, epochs=args.views_epochs,
-                      **_as_views(args.views_augment))
+    d = _distill_with(args, overrides, augment=args.views_augment, epochs=args.views_epochs)
     return d if args.views_augment is not None else dataclasses.replace(d, augment=teacher_augment)
 
 
@@ -241,8 +234,7 @@ def main() -> None:
     base = [f"data.root={FASHION}", "run.quiet=true", STUDENT, "distill.mode=online", f"distill.epochs={args.student_epochs}"]
     cfg = load_config(args.config, [*base, *args.overrides])
     other = (None if args.alone_augment is None else
-             _distill_with(args, [*base, *args.overrides], augment=args.alone_augment,
-                           **_as_views(args.alone_augment)).augment)
+             _distill_with(args, [*base, *args.overrides], augment=args.alone_augment).augment)
     views = _views_recipe(args, [*base, *args.overrides], cfg.teacher.augment)
     cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, augment=AugmentSpec()))
     bundles = [load_data(cfg.data, seed) for seed in args.seeds]

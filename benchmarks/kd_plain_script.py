@@ -19,8 +19,7 @@ the plain script does classic in-batch mixup (Zhang et al. 2018; plain KD runs t
 batch, as a user adding mixup to that loop would), the cached-views row caches the teacher on mixed views
 (``distill.augment.mixup``, core.mixup: partners from the whole training set), and ``online KD`` is
 ``engine.fit``'s in-batch mixup (core.mixup.mix_batch) with the teacher online on the mixed batch — the
-plain KD loop's counterpart, called here directly: the config's rules take ``distill.augment.mixup`` only
-with cached views.
+plain KD loop's counterpart (``distill.mode=online`` with ``distill.augment.mixup``).
 
 The plain rows import nothing from raydistill. T, a and the schedule are fixed before the run (the
 settings the README's KD rows use); nothing is chosen on the test split. Prints each seed, then the table

@@ -8,8 +8,7 @@ data section does), then each ``--kd`` row (its own view cache, then kd on it) a
 all from the same student initialization and batches (seed), trained by ``engine.fit`` as in
 ``kd_methods.py`` (``_kd_rows``). A row is ``'NAME: override; override ...'``, the overrides on top of
 the common ones (``--set``); they may not change ``data.*`` or ``teacher.*`` (one teacher per seed).
-A student-alone row whose augmentation mixes (``distill.augment.mixup``) names cached views too, as the
-config's rules ask; it trains with classic in-batch mixup.
+A student-alone row whose augmentation mixes (``distill.augment.mixup``) trains with classic in-batch mixup.
 
 What a row uses: the student, recipe and schedule of ``distill`` (``student``, ``epochs``, ``lr``,
 ``optimizer``, ``scheduler``, ``batch_size``, ``augment`` — the config's own ``distill.augment`` when a

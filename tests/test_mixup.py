@@ -197,18 +197,28 @@ def test_ray_data_actor_and_worker_share_build_mixtures_from_the_whole_training_
 
 
 @pytest.mark.parametrize("sets, message", [
-    (["distill.augment={translate: 1, mixup: 0.5}"], "distill.augment.mixup: mixes cached views"),
-    (["teacher.augment={translate: 1, mixup: 0.5}"], "teacher.augment.mixup: mixes cached views (the teacher labels "
-                                                      "each mixture once, core.mixup): only distill.augment"),
+    # clean cached logits cannot label a mixture: views, or the teacher online
+    (["distill.mode=cached", "distill.augment={mixup: 0.5}"], "distill.augment: cached soft targets are the teacher's "
+                                                              "logits on clean inputs"),
     (["distill.cached_views=4", "distill.augment={mixup: 1.5}"], "distill.augment.mixup: must be in [0, 1]"),
     (["distill.cached_views=4", "distill.augment={mixup: .nan}"], "distill.augment.mixup: must be a finite number"),
     (["distill.cached_views=4", "distill.augment={mixup: 0.5, mixup_alpha: 0}"], "distill.augment.mixup_alpha: must"),
+    (["teacher.augment={mixup: -0.1}"], "teacher.augment.mixup: must be in [0, 1]"),
 ])
 def test_mixup_settings_that_cannot_work_are_config_errors(sets, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(DIGITS, ["distill.mode=cached", *sets])
-    ok = load_config(DIGITS, ["distill.mode=cached", "distill.cached_views=4", "distill.augment={mixup: 0.5}"])
-    assert ok.distill.augment.mixup == 0.5 and ok.distill.augment.active()  # mixup alone makes views
+
+
+@pytest.mark.parametrize("sets", [
+    ["distill.mode=cached", "distill.cached_views=4", "distill.augment={mixup: 0.5}"],  # mixup alone makes views
+    ["distill.mode=online", "distill.augment={translate: 1, mixup: 0.5}"],  # the teacher labels each mixed batch
+    ["teacher.augment={translate: 1, mixup: 0.3, mixup_alpha: 0.2}"],  # classic mixup for the teacher
+])
+def test_mixup_is_taken_wherever_the_teacher_sees_the_mixture(sets):
+    cfg = load_config(DIGITS, sets)
+    section = cfg.teacher if sets[0].startswith("teacher") else cfg.distill
+    assert section.augment.mixup > 0 and section.augment.active()
 
 
 def test_without_a_cache_the_recipe_is_classic_mixup_within_the_batch_with_mixed_labels():
@@ -304,3 +314,49 @@ def test_compress_reports_distilled_student_trains_on_the_cached_views_raydistil
                                                   for i in range(40)]).astype(np.float32))).detach()
         np.testing.assert_allclose(values[:40, v].float().numpy(), want.numpy(), rtol=2e-3, atol=2e-2)
     assert _view_cache(load_config(DIGITS, []).distill, bundle, teacher, (0.0,), seed=3) == (None, ())
+
+
+def _online_kd_loss64(student, teacher, x, labels, kd: KDSettings, x_teacher=None) -> float:
+    """The written KD loss on a batch, float64: ``a * (-sum_c t_c log s_c) + (1 - a) T^2 KL(p_t || q_s)``
+    with ``t`` the label distribution ``(B, C)`` and ``p_t``, ``q_s`` the teacher's and student's softmax at T
+    (the teacher on ``x_teacher``, default ``x``)."""
+    z_s, z_t = student(x).detach().double(), teacher(x if x_teacher is None else x_teacher).detach().double()
+    temp = kd.temperature
+    p_t = torch.softmax(z_t / temp, 1)
+    kl = (p_t * (torch.log(p_t) - torch.log_softmax(z_s / temp, 1))).sum(1)
+    hard = -(labels.double() * torch.log_softmax(z_s, 1)).sum(1)
+    return float((kd.alpha * hard + (1 - kd.alpha) * temp**2 * kl).mean())
+
+
+def test_online_kd_with_mixup_trains_on_the_written_loss_with_the_teacher_on_the_mixed_batch():
+    # the path `distill.mode=online` + `distill.augment.mixup` runs on Ray Train's workers (core.loop): at
+    # lr 0 each epoch's mean loss is the formula on that epoch's mixed batches, the teacher seeing the mixtures
+    from raydistill.core.config.schema import RecipeSection
+    from raydistill.core.loop import StageSpec, build_for_spec, run_epochs, shuffle_seed
+    from raydistill.core.recipe import augmented
+
+    g = torch.Generator().manual_seed(11)
+    x, y = torch.randn(48, 1, 6, 6, generator=g), torch.randint(0, 10, (48,), generator=g)
+    torch.manual_seed(5)
+    teacher = build_model("mlp", (1, 6, 6), 10, {"hidden": [16]}).eval()
+    kd = KDSettings(temperature=4.0, alpha=0.3)
+    spec = StageSpec(stage="student", model_name="mlp", model_args={"hidden": [8]}, input_shape=(1, 6, 6),
+                     num_classes=10, epochs=2, lr=0.0, batch_size=16, seed=3, kd=kd, fill=FILL,
+                     recipe=RecipeSection(augment=AugmentSpec(hflip=True, mixup=0.75, mixup_alpha=0.5)))
+    history = []
+    run_epochs(spec, train_batches=lambda e: iterate_batches([x, y], 16, shuffle=True, seed=e), val_batches=lambda: [],
+               report=lambda metrics, state: history.append(metrics["train_loss"]), teachers=[teacher])
+    student = build_for_spec(spec)  # the same seeded initial weights, unchanged at lr 0
+    for epoch, loss in enumerate(history):
+        batches = list(augmented(iterate_batches([x, y], 16, shuffle=True, seed=epoch), spec.recipe.augment, FILL,
+                                 seed=shuffle_seed(spec.seed, epoch) + 1, num_classes=10))
+        assert all(t.shape == (16, 10) for _, t in batches) and any((t.max(1).values < 1).any() for _, t in batches)
+        want = sum(_online_kd_loss64(student, teacher, xm, t, kd) * len(t) for xm, t in batches) / len(y)
+        assert loss == pytest.approx(want, rel=1e-5)
+        # a teacher labelling the clean batch, or the example's own class as the hard label, gives other numbers
+        clean = list(iterate_batches([x, y], 16, shuffle=True, seed=epoch))
+        on_clean = sum(_online_kd_loss64(student, teacher, xm, t, kd, x_teacher=xc) * len(t)
+                       for (xc, _), (xm, t) in zip(clean, batches)) / len(y)
+        one_hot = sum(_online_kd_loss64(student, teacher, xm, torch.eye(10)[yc], kd) * len(yc)
+                      for (_, yc), (xm, _) in zip(clean, batches)) / len(y)
+        assert loss != pytest.approx(on_clean, rel=1e-3) and loss != pytest.approx(one_hot, rel=1e-3)

@@ -168,8 +168,6 @@ def _validate_recipe(cfg: Any, section: str) -> None:
     _fraction(r.augment.mixup, f"{section}.augment.mixup")
     _require(math.isfinite(r.augment.mixup_alpha) and r.augment.mixup_alpha > 0, f"{section}.augment.mixup_alpha",
              f"must be a finite number > 0 (lam ~ Beta(a, a)), got {r.augment.mixup_alpha}")
-    _require(r.augment.mixup == 0 or getattr(r, "cached_views", 0) > 0, f"{section}.augment.mixup", "mixes cached "
-             "views (the teacher labels each mixture once, core.mixup): only distill.augment with cached_views=K")
     _require(not (r.augment.hflip and cfg.data.name in DIGIT_DATA_SETS), f"{section}.augment.hflip",
              f"data set '{cfg.data.name}' holds digits, and a mirrored digit is another digit (or none); "
              "use augment.translate instead")

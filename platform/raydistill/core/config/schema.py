@@ -55,8 +55,8 @@ class AugmentSpec:
     translate: int = 0  # random shift by up to +-k px, raw-zero fill: Hinton's jitter; = random crop with padding k
     hflip: bool = False  # random horizontal flip (refused for digit data sets: a flipped digit is another digit)
     cutout: int = 0  # erase a random k x k px square (DeVries & Taylor 2017, who fill with the mean; here raw zero)
-    mixup: float = 0.0  # cached views only: this fraction of views mixes in a partner example (core.mixup)
-    mixup_alpha: float = 1.0  # the mixed views' weight lam ~ Beta(mixup_alpha, mixup_alpha)
+    mixup: float = 0.0  # this fraction of inputs mixes in a partner: in the batch (classic), from the whole set (views)
+    mixup_alpha: float = 1.0  # the mixtures' weight lam ~ Beta(mixup_alpha, mixup_alpha) (core.mixup)
 
     def active(self) -> bool:
         return self.translate > 0 or self.hflip or self.cutout > 0 or self.mixup > 0
