@@ -36,7 +36,7 @@ def fold_scores(cfg, x, y, train_idx, held_idx, seed, grid, norm) -> dict[str, f
     teacher = build_model(t_cfg.model.name, x.shape[1:], int(y.max()) + 1, t_cfg.model.args)
     fill = raw_zero_fill(norm, x.shape[1])
     fit(teacher, x[train_idx], y[train_idx], epochs=t_cfg.epochs, lr=t_cfg.lr, batch_size=t_cfg.batch_size, seed=seed,
-        recipe=t_cfg, fill=fill)
+        recipe=t_cfg, fill=fill, num_classes=int(y.max()) + 1)
     online = d_cfg.mode == "online"  # the teacher labels each augmented view; else logits on clean inputs, once
     logits = None if online else predict_logits(teacher, x[train_idx])
     scores = {"teacher": evaluate(teacher, x[held_idx], y[held_idx])["accuracy"]}
@@ -47,7 +47,8 @@ def fold_scores(cfg, x, y, train_idx, held_idx, seed, grid, norm) -> dict[str, f
             dataclasses.replace(d_cfg, method=method), temperature=temperature, alpha=alpha)
         fit(student, x[train_idx], y[train_idx], epochs=d_cfg.epochs, lr=d_cfg.lr,
             batch_size=d_cfg.batch_size * workers, seed=seed, kd=kd, recipe=d_cfg, fill=fill,
-            teacher_logits=None if kd is None else logits, teachers=[teacher] if kd is not None and online else ())
+            teacher_logits=None if kd is None else logits, teachers=[teacher] if kd is not None and online else (),
+            num_classes=int(y.max()) + 1)
         key = "student alone" if kd is None else f"{method} T={temperature:g} alpha={alpha:g}"
         scores[key] = evaluate(student, x[held_idx], y[held_idx])["accuracy"]
     return scores

@@ -33,7 +33,7 @@ def train(spec, bundle, *, seed, section, kd=None, logits=None):
     torch.manual_seed(seed)
     model = build_model(spec.name, bundle.input_shape, bundle.num_classes, spec.args)
     fit(model, bundle.x_train, bundle.y_train, epochs=section.epochs, lr=section.lr, batch_size=section.batch_size,
-        seed=seed, recipe=section, kd=kd, teacher_logits=logits)
+        seed=seed, recipe=section, kd=kd, teacher_logits=logits, num_classes=bundle.num_classes)
     return model.eval()
 
 

@@ -42,7 +42,7 @@ def val_scores(cfg, seed: int, grid, student_epochs: list[int], alone_augmented:
     torch.manual_seed(seed)
     teacher = build_model(t.model.name, bundle.input_shape, bundle.num_classes, t.model.args)
     fit(teacher, bundle.x_train, bundle.y_train, epochs=t.epochs, lr=t.lr, batch_size=t.batch_size, seed=seed,
-        recipe=t, fill=fill)
+        recipe=t, fill=fill, num_classes=bundle.num_classes)
     scores = {"teacher": evaluate(teacher, bundle.x_val, bundle.y_val)["accuracy"]}
     online = d.mode == "online"
     logits = None if online else predict_logits(teacher, bundle.x_train)
@@ -56,7 +56,7 @@ def val_scores(cfg, seed: int, grid, student_epochs: list[int], alone_augmented:
             kd = None if temperature is None else KDSettings.for_distill(d, temperature=temperature, alpha=alpha)
             fit(student, bundle.x_train, bundle.y_train, epochs=epochs, lr=d.lr, batch_size=d.batch_size, seed=seed,
                 recipe=recipe, fill=fill, kd=kd, teacher_logits=logits if kd else None,
-                teachers=[teacher] if kd and online else ())
+                teachers=[teacher] if kd and online else (), num_classes=bundle.num_classes)
             key = name if len(student_epochs) == 1 else f"{epochs} ep {name}"
             scores[key] = evaluate(student, bundle.x_val, bundle.y_val)["accuracy"]
             scores[f"{key} train"] = evaluate(student, bundle.x_train[:TRAIN_PROBE], bundle.y_train[:TRAIN_PROBE])["accuracy"]

@@ -317,6 +317,24 @@ def test_fitnet_needs_online_one_teacher_and_no_tune_sweep(tmp_path):
     assert parse_method("fitnet") == Method("kd", False, True) and parse_method("fitnet").name == "fitnet"
 
 
+@pytest.mark.parametrize("augment", ["{hflip: true}", "{mixup: 0.5}"])
+def test_a_sweep_with_augmented_inputs_needs_cached_views_not_clean_logits(augment):
+    # trials train on logits cached once (tuning.inputs), so distill.mode=online with augmentation would
+    # pair flipped or mixed images with the teacher's logits of the clean ones: refused before any work
+    from raydistill.core.config import ConfigError, load_config
+    from raydistill.core.preflight import preflight
+
+    sets = ["data.name=synthetic", "distill.mode=online", f"distill.augment={augment}", "run.quiet=true"]
+    for stage, extra in (("tune", []), ("pipeline", ["pipeline.tune=true"])):
+        with pytest.raises(ConfigError, match=r"distill.augment: Tune's trials .* set distill.mode=cached and "
+                                              r"distill.cached_views=K"):
+            preflight(load_config(None, [*sets, *extra]), stage)
+    assert preflight(load_config(None, [*sets, "pipeline.tune=false"]), "pipeline") is not None  # no sweep
+    views = load_config(None, [*sets[:-2], "distill.mode=cached", "distill.cached_views=2",
+                               f"distill.augment={augment}", "run.quiet=true"])
+    assert preflight(views, "tune") is not None
+
+
 @pytest.mark.parametrize("method", ["kd", "lskd", "dkd", "dkd+lskd"])
 def test_the_plain_grid_search_baseline_trains_on_the_written_formulas(batch, method):
     # benchmarks/plain_tune.py (the script raydistill tune is timed against) writes each loss out on its

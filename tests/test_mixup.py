@@ -360,3 +360,29 @@ def test_online_kd_with_mixup_trains_on_the_written_loss_with_the_teacher_on_the
         one_hot = sum(_online_kd_loss64(student, teacher, xm, torch.eye(10)[yc], kd) * len(yc)
                       for (_, yc), (xm, _) in zip(clean, batches)) / len(y)
         assert loss != pytest.approx(on_clean, rel=1e-3) and loss != pytest.approx(one_hot, rel=1e-3)
+
+
+def test_the_teacher_and_baseline_stages_train_on_mixed_labels_with_label_smoothing():
+    # teacher.augment.mixup / the baseline: plain cross-entropy against the mixed label, smoothed by eps:
+    # -sum_c ((1 - eps) t_c + eps / C) log s_c per row (float64), at lr 0 on run_epochs' own batches
+    from raydistill.core.config.schema import RecipeSection
+    from raydistill.core.loop import StageSpec, build_for_spec, run_epochs, shuffle_seed
+    from raydistill.core.recipe import augmented
+
+    g = torch.Generator().manual_seed(12)
+    x, y = torch.randn(40, 1, 6, 6, generator=g), torch.randint(0, 10, (40,), generator=g)
+    eps = 0.1
+    spec = StageSpec(stage="teacher", model_name="mlp", model_args={"hidden": [8]}, input_shape=(1, 6, 6),
+                     num_classes=10, epochs=2, lr=0.0, batch_size=8, seed=4, fill=FILL,
+                     recipe=RecipeSection(label_smoothing=eps, augment=AugmentSpec(translate=1, mixup=0.5)))
+    history = []
+    run_epochs(spec, train_batches=lambda e: iterate_batches([x, y], 8, shuffle=True, seed=e), val_batches=lambda: [],
+               report=lambda metrics, state: history.append(metrics["train_loss"]))
+    model = build_for_spec(spec)
+    for epoch, loss in enumerate(history):
+        total = 0.0
+        for xm, t in augmented(iterate_batches([x, y], 8, shuffle=True, seed=epoch), spec.recipe.augment, FILL,
+                               seed=shuffle_seed(spec.seed, epoch) + 1, num_classes=10):
+            log_s = torch.log_softmax(model(xm).detach().double(), 1)
+            total += float(-(((1 - eps) * t.double() + eps / 10) * log_s).sum(1).sum())
+        assert loss == pytest.approx(total / len(y), rel=1e-5)

@@ -78,7 +78,7 @@ class _KDLoss(torch.autograd.Function):
 
     (the T^2 of the loss times the 1/T of d(z_s/T)/dz_s), where ``t_y = (1 - eps) * onehot(y) + eps/C``
     is the label-smoothed hard target (``eps = 0``: the one-hot); labels given as a distribution per row
-    ``(B, C)`` (mixed views, core.mixup) stand for ``onehot(y)``. The teacher side gets no gradient.
+    ``(B, C)`` (mixup or mixed views, core.mixup) stand for ``onehot(y)``. The teacher side gets no gradient.
     """
 
     @staticmethod
@@ -126,7 +126,7 @@ def kd_loss_from_probs(student_logits: torch.Tensor, teacher_probs: torch.Tensor
     """:func:`kd_loss` with the teacher given as softened probabilities ``(B, C)`` (ensembles).
 
     ``teacher_probs`` is a target: it gets no gradient. ``labels``: class indices ``(B,)``, or a target
-    distribution per row ``(B, C)`` (mixed views, core.mixup), which the hard term then learns.
+    distribution per row ``(B, C)`` (mixup or mixed views, core.mixup), which the hard term then learns.
     """
     if alpha >= 1.0:
         return F.cross_entropy(student_logits, labels, label_smoothing=label_smoothing)
@@ -149,7 +149,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     Parameters
     ----------
     student_logits, teacher_logits : ``(B, C)`` float tensors.
-    labels : ``(B,)`` int64 class indices, or ``(B, C)`` target distributions (mixed views, core.mixup).
+    labels : ``(B,)`` int64 class indices, or ``(B, C)`` target distributions (mixup or mixed views, core.mixup).
     temperature : T > 0; higher T gives softer targets.
     alpha : weight of the hard-label cross-entropy in [0, 1]; ``alpha=1`` is plain
         cross-entropy (the teacher is ignored), ``alpha=0`` pure distillation (labels ignored).

@@ -111,7 +111,7 @@ def soft_term(method: Method, student_logits: torch.Tensor, teacher_probs: torch
               temperature: float, *, dkd_alpha: float = 1.0, dkd_beta: float = 8.0) -> torch.Tensor:
     """The method's ``D`` on the student's logits (z-scored first under ``+lskd``; ``teacher_probs``
     are then already from standardized teacher logits, see ``engine.teacher_probs``). ``labels``: ``(B,)``,
-    or ``(B, C)`` distributions (mixed views, core.mixup), whose larger part is DKD's target class."""
+    or ``(B, C)`` distributions (mixup or mixed views, core.mixup), whose larger part is DKD's target class."""
     z_s = standardize(student_logits) if method.standardize else student_logits
     if method.base == "dkd":
         labels = labels if labels.dim() == 1 else labels.argmax(dim=-1)

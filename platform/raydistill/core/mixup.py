@@ -14,8 +14,9 @@ draw (whether the view mixes, the partner, ``lam``, the partner's flip) comes fr
 hash of ``(seed, example, view)`` (core.views), so any worker regenerates any view from the training
 set alone. An unmixed view has ``lam = 1`` and itself as partner: the mixture is exactly its own view.
 
-Without a view cache (the student-alone baseline of the same recipe) :func:`mix_batch` is classic
-mixup: the same rate, weights and label mixing, with partners drawn from the batch.
+Without a view cache (online KD, whose teacher labels the mixed batch; the teacher; the student-alone
+baseline of the same recipe) :func:`mix_batch` is classic mixup: the same rate, weights and label mixing,
+with partners drawn from the batch.
 """
 from __future__ import annotations
 

@@ -64,6 +64,17 @@ def _check_trial_schedule(cfg: Config) -> None:
                           f"decay a trial's lr; raise tune.max_epochs past them or sweep with scheduler: cosine")
 
 
+def _check_trial_targets(cfg: Config) -> None:
+    """Trials distill from soft targets cached once for the sweep (tuning.inputs), never online: an
+    augmented (or mixed) student input needs the teacher's logits on that view, so cached views."""
+    d = cfg.distill
+    if d.augment.active() and d.cached_views == 0:
+        raise ConfigError("distill.augment: Tune's trials distill from soft targets cached once for the sweep "
+                          "(not online), and clean-input logits do not match augmented or mixed inputs; set "
+                          "distill.mode=cached and distill.cached_views=K (the teacher on K views of each "
+                          "example), or sweep without distill.augment")
+
+
 def preflight(cfg: Config, stage: str) -> DataBundle:
     """Load the data set and build each model the stage needs once, on the CPU; return the data."""
     if stage == "tune" and cfg.data.val_fraction == 0:
@@ -76,6 +87,7 @@ def preflight(cfg: Config, stage: str) -> DataBundle:
                           "and run fitnet with `raydistill distill`")
     if sweeps:
         _check_trial_schedule(cfg)
+        _check_trial_targets(cfg)
     if cfg.data.name not in DATASETS:
         raise ConfigError(f"data.name: unknown data set '{cfg.data.name}'; known: {', '.join(DATASETS.names())}")
     try:
