@@ -218,7 +218,9 @@ def test_mixup_settings_that_cannot_work_are_config_errors(sets, message):
 def test_mixup_is_taken_wherever_the_teacher_sees_the_mixture(sets):
     cfg = load_config(DIGITS, sets)
     section = cfg.teacher if sets[0].startswith("teacher") else cfg.distill
-    assert section.augment.mixup > 0 and section.augment.active()
+    written = sets[-1].split("=", 1)[1]  # "{translate: 1, mixup: 0.3, mixup_alpha: 0.2}"
+    want = {k.strip(): float(v) for k, v in (kv.split(":") for kv in written.strip("{}").split(","))}
+    assert {k: float(getattr(section.augment, k)) for k in want} == want and section.augment.active()
 
 
 def test_without_a_cache_the_recipe_is_classic_mixup_within_the_batch_with_mixed_labels():
