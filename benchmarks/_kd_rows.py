@@ -18,9 +18,19 @@ import torch
 from raydistill.core.config import ModelSpec
 from raydistill.core.engine import KDSettings, evaluate, fit, predict_logits, teacher_view_cache
 from raydistill.core.models import build_model
+from raydistill.core.preflight import preflight
 from raydistill.core.recipe import raw_zero_fill
 from raydistill.core.topk import resolve_topk
 from raydistill.core.views import ViewCache
+
+
+def check_configs(configs) -> None:
+    """What the stages check before any work (core.preflight), for each config a benchmark trains from:
+    the data on disk and its splits, augmentation that fits the images, the teacher and student models
+    (the checks of ``compress-report``, the in-process stage that trains both). A bad value is refused,
+    named, before any teacher trains."""
+    for cfg in configs:
+        preflight(cfg, "compress-report")
 
 
 def train(spec: ModelSpec, bundle, section, *, seed: int, kd=None, logits=None, teachers=(), views=None,

@@ -48,7 +48,7 @@ from raydistill.core.models import build_model, count_parameters
 
 from _jobs import Jobs
 from _paths import FASHION
-from _kd_rows import cache_job, logits_job, row_job, teacher_job, views_job
+from _kd_rows import cache_job, check_configs, logits_job, row_job, teacher_job, views_job
 
 STUDENT = "distill.student={name: cnn, args: {channels: [8, 16], fc: 24}}"  # the default, before --set
 METHODS = ("kd", "dkd", "kd+lskd", "dkd+lskd", "fitnet")
@@ -236,6 +236,8 @@ def main() -> None:
     other = (None if args.alone_augment is None else
              _distill_with(args, [*base, *args.overrides], augment=args.alone_augment).augment)
     views = _views_recipe(args, [*base, *args.overrides], cfg.teacher.augment)
+    others = [] if other is None else [dataclasses.replace(cfg.distill, augment=other)]
+    check_configs(dataclasses.replace(cfg, distill=d) for d in [cfg.distill, views, *others])
     cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, augment=AugmentSpec()))
     bundles = [load_data(cfg.data, seed) for seed in args.seeds]
     ratio = size_ratio(cfg, bundles[0])

@@ -40,7 +40,7 @@ from raydistill.core.data import load_data
 from raydistill.core.engine import KDSettings, evaluate
 
 from _jobs import Jobs
-from _kd_rows import accuracy, cache_job, teacher_job, train
+from _kd_rows import accuracy, cache_job, check_configs, teacher_job, train
 from _paths import FASHION
 from kd_methods import STUDENT, _ms
 from kd_val import TRAIN_PROBE
@@ -155,6 +155,7 @@ def main() -> None:
     base = [f"data.root={FASHION}", "run.quiet=true", STUDENT, "distill.mode=online", "data.val_fraction=0.1",
             *args.overrides]
     common, rows = row_configs(args, base)
+    check_configs(row[3] for row in rows)
     started = time.perf_counter()
     jobs = Jobs(args.workers, threads=args.threads)
     try:

@@ -230,6 +230,10 @@ BAD_INPUT = [("digits_accuracy.py", ["--set", "distill.temperature=-1"], "distil
              ("kd_val_views.py", ["--alone", "a: distill.epochs=3", "--alone", "a: distill.epochs=4"], "two rows"),
              ("kd_val_views.py", ["--set", "data.val_fraction=0", "--alone", "a: distill.epochs=3"],
               "data.val_fraction"),
+             ("kd_val_views.py", ["--alone", "a: distill.augment={translate: 20}"], "distill.augment.translate: 20 px"),
+             ("kd_methods.py", ["--views-augment", "{hflip: true, cutout: 28}"],
+              "distill.augment.cutout: squares of 28"),
+             ("kd_methods.py", ["--set", "teacher.model.name=resnet999"], "teacher.model.name: unknown model"),
              ("kd_val.py", ["--config", "configs/digits.yaml", "--set", "distill.epochs=0"], "distill.epochs"),
              ("tune_asha.py", ["--set", "tune.num_samples=0"], "tune.num_samples"),
              ("tune_asha.py", ["--plain", "1"], "--plain"),  # digits: no IDX files for the plain script
