@@ -25,12 +25,13 @@ from raydistill.core.views import ViewCache
 
 
 def check_configs(configs) -> None:
-    """What the stages check before any work (core.preflight), for each config a benchmark trains from:
-    the data on disk and its splits, augmentation that fits the images, the teacher and student models
-    (the checks of ``compress-report``, the in-process stage that trains both). A bad value is refused,
-    named, before any teacher trains."""
+    """What the stages check before any work (core.preflight), for each config a benchmark trains from
+    (one data section, loaded once): the data on disk and its splits, augmentation that fits the images,
+    the teacher and student models (the checks of ``compress-report``, the in-process stage that trains
+    both). A bad value is refused, named, before any teacher trains."""
+    bundle = None
     for cfg in configs:
-        preflight(cfg, "compress-report")
+        bundle = preflight(cfg, "compress-report", bundle)
 
 
 def train(spec: ModelSpec, bundle, section, *, seed: int, kd=None, logits=None, teachers=(), views=None,

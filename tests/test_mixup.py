@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 import torch
+import yaml
 from scipy import stats
 
 from raydistill.core.config import ConfigError, load_config
@@ -218,9 +219,8 @@ def test_mixup_settings_that_cannot_work_are_config_errors(sets, message):
 def test_mixup_is_taken_wherever_the_teacher_sees_the_mixture(sets):
     cfg = load_config(DIGITS, sets)
     section = cfg.teacher if sets[0].startswith("teacher") else cfg.distill
-    written = sets[-1].split("=", 1)[1]  # "{translate: 1, mixup: 0.3, mixup_alpha: 0.2}"
-    want = {k.strip(): float(v) for k, v in (kv.split(":") for kv in written.strip("{}").split(","))}
-    assert {k: float(getattr(section.augment, k)) for k in want} == want and section.augment.active()
+    want = yaml.safe_load(sets[-1].split("=", 1)[1])  # {translate: 1, mixup: 0.3, mixup_alpha: 0.2}
+    assert {k: getattr(section.augment, k) for k in want} == want and section.augment.active()
 
 
 def test_without_a_cache_the_recipe_is_classic_mixup_within_the_batch_with_mixed_labels():
@@ -318,73 +318,86 @@ def test_compress_reports_distilled_student_trains_on_the_cached_views_raydistil
     assert _view_cache(load_config(DIGITS, []).distill, bundle, teacher, (0.0,), seed=3) == (None, ())
 
 
-def _online_kd_loss64(student, teacher, x, labels, kd: KDSettings, x_teacher=None) -> float:
-    """The written KD loss on a batch, float64: ``a * (-sum_c t_c log s_c) + (1 - a) T^2 KL(p_t || q_s)``
-    with ``t`` the label distribution ``(B, C)`` and ``p_t``, ``q_s`` the teacher's and student's softmax at T
-    (the teacher on ``x_teacher``, default ``x``)."""
-    z_s, z_t = student(x).detach().double(), teacher(x if x_teacher is None else x_teacher).detach().double()
-    temp = kd.temperature
-    p_t = torch.softmax(z_t / temp, 1)
-    kl = (p_t * (torch.log(p_t) - torch.log_softmax(z_s / temp, 1))).sum(1)
-    hard = -(labels.double() * torch.log_softmax(z_s, 1)).sum(1)
-    return float((kd.alpha * hard + (1 - kd.alpha) * temp**2 * kl).mean())
+def _lr0_epoch_losses(spec, x, y, teachers=()) -> list[float]:
+    """``run_epochs``' mean loss per epoch on shuffled batches of ``(x, y)``; at ``spec.lr`` 0 the seeded
+    model stays as :func:`build_for_spec` builds it, so each loss is computable from the formula alone."""
+    from raydistill.core.loop import run_epochs
+
+    history = []
+    run_epochs(spec, train_batches=lambda e: iterate_batches([x, y], spec.batch_size, shuffle=True, seed=e),
+               val_batches=lambda: [], report=lambda metrics, state: history.append(metrics["train_loss"]),
+               teachers=teachers)
+    return history
+
+
+def _epoch_batches(spec, x, y, epoch: int) -> list[tuple]:
+    """``(clean images, class indices, mixed images, mixed labels (B, C))`` of ``epoch``'s batches, the mixing
+    as ``run_epochs`` seeds it (core.recipe.augmented: classic mixup checked against its partners above)."""
+    from raydistill.core.loop import shuffle_seed
+    from raydistill.core.recipe import augmented
+
+    clean = list(iterate_batches([x, y], spec.batch_size, shuffle=True, seed=epoch))
+    mixed = augmented(clean, spec.recipe.augment, FILL, seed=shuffle_seed(spec.seed, epoch) + 1, num_classes=10)
+    return [(xc, yc, xm, t) for (xc, yc), (xm, t) in zip(clean, mixed)]
+
+
+def _mean_over_batches(values_and_sizes) -> float:
+    """The example-weighted mean of per-batch means ``(value, batch size)``, as train_epoch reports it."""
+    pairs = list(values_and_sizes)
+    return sum(v * n for v, n in pairs) / sum(n for _, n in pairs)
+
+
+def _stage(stage: str, **kw):
+    from raydistill.core.loop import StageSpec
+
+    return StageSpec(stage=stage, model_name="mlp", model_args={"hidden": [8]}, input_shape=(1, 6, 6),
+                     num_classes=10, epochs=2, lr=0.0, fill=FILL, **kw)
 
 
 def test_online_kd_with_mixup_trains_on_the_written_loss_with_the_teacher_on_the_mixed_batch():
     # the path `distill.mode=online` + `distill.augment.mixup` runs on Ray Train's workers (core.loop): at
     # lr 0 each epoch's mean loss is the formula on that epoch's mixed batches, the teacher seeing the mixtures
     from raydistill.core.config.schema import RecipeSection
-    from raydistill.core.loop import StageSpec, build_for_spec, run_epochs, shuffle_seed
-    from raydistill.core.recipe import augmented
+    from raydistill.core.loop import build_for_spec
 
     g = torch.Generator().manual_seed(11)
     x, y = torch.randn(48, 1, 6, 6, generator=g), torch.randint(0, 10, (48,), generator=g)
     torch.manual_seed(5)
     teacher = build_model("mlp", (1, 6, 6), 10, {"hidden": [16]}).eval()
     kd = KDSettings(temperature=4.0, alpha=0.3)
-    spec = StageSpec(stage="student", model_name="mlp", model_args={"hidden": [8]}, input_shape=(1, 6, 6),
-                     num_classes=10, epochs=2, lr=0.0, batch_size=16, seed=3, kd=kd, fill=FILL,
-                     recipe=RecipeSection(augment=AugmentSpec(hflip=True, mixup=0.75, mixup_alpha=0.5)))
-    history = []
-    run_epochs(spec, train_batches=lambda e: iterate_batches([x, y], 16, shuffle=True, seed=e), val_batches=lambda: [],
-               report=lambda metrics, state: history.append(metrics["train_loss"]), teachers=[teacher])
-    student = build_for_spec(spec)  # the same seeded initial weights, unchanged at lr 0
-    for epoch, loss in enumerate(history):
-        batches = list(augmented(iterate_batches([x, y], 16, shuffle=True, seed=epoch), spec.recipe.augment, FILL,
-                                 seed=shuffle_seed(spec.seed, epoch) + 1, num_classes=10))
-        assert all(t.shape == (16, 10) for _, t in batches) and any((t.max(1).values < 1).any() for _, t in batches)
-        want = sum(_online_kd_loss64(student, teacher, xm, t, kd) * len(t) for xm, t in batches) / len(y)
-        assert loss == pytest.approx(want, rel=1e-5)
+    spec = _stage("student", batch_size=16, seed=3, kd=kd,
+                  recipe=RecipeSection(augment=AugmentSpec(hflip=True, mixup=0.75, mixup_alpha=0.5)))
+    student = build_for_spec(spec)
+
+    def loss(x_student, x_teacher, labels):  # float64_kd: the written formula, above
+        p_t = torch.softmax(teacher(x_teacher).detach().double() / kd.temperature, 1)
+        z_s = student(x_student).detach().double()
+        return float(float64_kd(z_s, p_t, labels.double(), kd.temperature, kd.alpha, 0.0)), len(labels)
+
+    for epoch, got in enumerate(_lr0_epoch_losses(spec, x, y, teachers=[teacher])):
+        batches = _epoch_batches(spec, x, y, epoch)
+        assert all(t.shape == (16, 10) for *_, t in batches) and any((t.max(1).values < 1).any() for *_, t in batches)
+        assert got == pytest.approx(_mean_over_batches(loss(xm, xm, t) for _, _, xm, t in batches), rel=1e-5)
         # a teacher labelling the clean batch, or the example's own class as the hard label, gives other numbers
-        clean = list(iterate_batches([x, y], 16, shuffle=True, seed=epoch))
-        on_clean = sum(_online_kd_loss64(student, teacher, xm, t, kd, x_teacher=xc) * len(t)
-                       for (xc, _), (xm, t) in zip(clean, batches)) / len(y)
-        one_hot = sum(_online_kd_loss64(student, teacher, xm, torch.eye(10)[yc], kd) * len(yc)
-                      for (_, yc), (xm, _) in zip(clean, batches)) / len(y)
-        assert loss != pytest.approx(on_clean, rel=1e-3) and loss != pytest.approx(one_hot, rel=1e-3)
+        on_clean = _mean_over_batches(loss(xm, xc, t) for xc, _, xm, t in batches)
+        one_hot = _mean_over_batches(loss(xm, xm, torch.eye(10)[yc]) for _, yc, xm, _ in batches)
+        assert got != pytest.approx(on_clean, rel=1e-3) and got != pytest.approx(one_hot, rel=1e-3)
 
 
 def test_the_teacher_and_baseline_stages_train_on_mixed_labels_with_label_smoothing():
     # teacher.augment.mixup / the baseline: plain cross-entropy against the mixed label, smoothed by eps:
-    # -sum_c ((1 - eps) t_c + eps / C) log s_c per row (float64), at lr 0 on run_epochs' own batches
+    # -sum_c ((1 - eps) t_c + eps / C) log s_c per row (float64_kd at alpha 1), at lr 0 on run_epochs' own batches
     from raydistill.core.config.schema import RecipeSection
-    from raydistill.core.loop import StageSpec, build_for_spec, run_epochs, shuffle_seed
-    from raydistill.core.recipe import augmented
+    from raydistill.core.loop import build_for_spec
 
     g = torch.Generator().manual_seed(12)
     x, y = torch.randn(40, 1, 6, 6, generator=g), torch.randint(0, 10, (40,), generator=g)
     eps = 0.1
-    spec = StageSpec(stage="teacher", model_name="mlp", model_args={"hidden": [8]}, input_shape=(1, 6, 6),
-                     num_classes=10, epochs=2, lr=0.0, batch_size=8, seed=4, fill=FILL,
-                     recipe=RecipeSection(label_smoothing=eps, augment=AugmentSpec(translate=1, mixup=0.5)))
-    history = []
-    run_epochs(spec, train_batches=lambda e: iterate_batches([x, y], 8, shuffle=True, seed=e), val_batches=lambda: [],
-               report=lambda metrics, state: history.append(metrics["train_loss"]))
+    spec = _stage("teacher", batch_size=8, seed=4,
+                  recipe=RecipeSection(label_smoothing=eps, augment=AugmentSpec(translate=1, mixup=0.5)))
     model = build_for_spec(spec)
-    for epoch, loss in enumerate(history):
-        total = 0.0
-        for xm, t in augmented(iterate_batches([x, y], 8, shuffle=True, seed=epoch), spec.recipe.augment, FILL,
-                               seed=shuffle_seed(spec.seed, epoch) + 1, num_classes=10):
-            log_s = torch.log_softmax(model(xm).detach().double(), 1)
-            total += float(-(((1 - eps) * t.double() + eps / 10) * log_s).sum(1).sum())
-        assert loss == pytest.approx(total / len(y), rel=1e-5)
+    uniform = torch.full((8, 10), 0.1, dtype=torch.float64)  # weighted by 1 - alpha = 0: no teacher
+    for epoch, got in enumerate(_lr0_epoch_losses(spec, x, y)):
+        want = _mean_over_batches((float(float64_kd(model(xm).detach().double(), uniform, t.double(), 1.0, 1.0, eps)),
+                                   len(t)) for _, _, xm, t in _epoch_batches(spec, x, y, epoch))
+        assert got == pytest.approx(want, rel=1e-5)

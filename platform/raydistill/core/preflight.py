@@ -65,9 +65,14 @@ def _check_trial_schedule(cfg: Config) -> None:
 
 
 def _check_trial_targets(cfg: Config) -> None:
-    """Trials distill from soft targets cached once for the sweep (tuning.inputs), never online: an
-    augmented (or mixed) student input needs the teacher's logits on that view, so cached views."""
+    """Trials distill from soft targets cached once for the sweep (tuning.inputs), never online: no
+    teacher features (fitnet), and an augmented (or mixed) student input needs the teacher's logits on
+    that view, so cached views."""
     d = cfg.distill
+    if not cfg.tune.method and d.method == "fitnet":
+        raise ConfigError("distill.method: Tune's trials distill from cached soft targets, and fitnet needs the "
+                          "teacher's features online; sweep the logit methods (tune.method=[kd, dkd, ...]) "
+                          "and run fitnet with `raydistill distill`")
     if d.augment.active() and d.cached_views == 0:
         raise ConfigError("distill.augment: Tune's trials distill from soft targets cached once for the sweep "
                           "(not online), and clean-input logits do not match augmented or mixed inputs; set "
@@ -75,23 +80,19 @@ def _check_trial_targets(cfg: Config) -> None:
                           "example), or sweep without distill.augment")
 
 
-def preflight(cfg: Config, stage: str) -> DataBundle:
-    """Load the data set and build each model the stage needs once, on the CPU; return the data."""
+def preflight(cfg: Config, stage: str, bundle: DataBundle | None = None) -> DataBundle:
+    """Load the data set and build each model the stage needs once, on the CPU; return the data.
+    ``bundle``: ``cfg.data``'s data, already loaded (configs that differ in their recipes only)."""
     if stage == "tune" and cfg.data.val_fraction == 0:
         raise ConfigError("data.val_fraction: 0 leaves no validation split, which tune ranks trials on; "
                           "keep a validation split for the sweep and train the final student with 0")
-    sweeps = stage == "tune" or (stage == "pipeline" and cfg.pipeline.tune)
-    if sweeps and not cfg.tune.method and cfg.distill.method == "fitnet":
-        raise ConfigError("distill.method: Tune's trials distill from cached soft targets, and fitnet needs the "
-                          "teacher's features online; sweep the logit methods (tune.method=[kd, dkd, ...]) "
-                          "and run fitnet with `raydistill distill`")
-    if sweeps:
-        _check_trial_schedule(cfg)
+    if stage == "tune" or (stage == "pipeline" and cfg.pipeline.tune):
         _check_trial_targets(cfg)
+        _check_trial_schedule(cfg)
     if cfg.data.name not in DATASETS:
         raise ConfigError(f"data.name: unknown data set '{cfg.data.name}'; known: {', '.join(DATASETS.names())}")
     try:
-        bundle = load_data(cfg.data, cfg.run.seed)
+        bundle = bundle if bundle is not None else load_data(cfg.data, cfg.run.seed)
     except UnknownNameError as exc:  # pragma: no cover - guarded above
         raise ConfigError(f"data.name: {exc}") from exc
     _check_splits(cfg, bundle)
