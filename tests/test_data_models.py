@@ -114,7 +114,7 @@ def test_a_split_that_rounds_to_no_examples_is_refused_before_training(override,
         preflight(load_config(None, [override]), "baseline")
 
 
-@pytest.mark.parametrize("section", ["teacher", "distill"])
+@pytest.mark.parametrize("section", ["teacher", "distill", "federated"])
 def test_a_shift_of_half_the_image_or_more_is_refused(section):
     # Found by review: translate=100 on 8x8 digits trained on blank images; 4e9 would exhaust memory.
     online = ["distill.mode=online"]  # cached clean soft targets refuse an augmented student anyway

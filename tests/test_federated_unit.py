@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from raydistill.core.config import ConfigError, load_config
+from raydistill.core.config.schema import AugmentSpec
 from raydistill.core.engine import evaluate
 from raydistill.federated.plan import pool_size
 from raydistill.federated.aggregate import (distill_ensemble, ensemble_logits, fedavg, proximal_pull, proximal_term,
@@ -20,7 +21,7 @@ from raydistill.federated.partition import (PartitionError, dirichlet_partition,
                                             label_skew, partition_summary)
 from raydistill.federated.plan import prepare_federated
 from raydistill.federated.rounds import InProcessExecutor, run_rounds
-from raydistill.federated.strategies import STRATEGIES, ServerContext, TooFewClientsError, make_strategy
+from raydistill.federated.strategies import STRATEGIES, TooFewClientsError, make_strategy
 from raydistill.core.models import build_model
 
 DIGITS = "configs/digits.yaml"
@@ -200,9 +201,7 @@ def _digits_setup(*overrides: str):
         torch.manual_seed(0)
         return build_model("mlp", plan.bundle.input_shape, plan.bundle.num_classes, {"hidden": [32]})
 
-    ctx = ServerContext(build_model=build, proxy_x=plan.proxy_x, val=(plan.bundle.x_val, plan.bundle.y_val),
-                        seed=0)
-    return cfg, plan, ctx, build
+    return cfg, plan, plan.context(build), build
 
 
 def _run_in_process(*overrides: str, faults: FaultPlan | None = None, teachers=(), **rounds_kwargs):
@@ -262,6 +261,45 @@ def test_client_kd_uses_the_teacher(local_teacher):
     s_kd_no_teacher, _ = train_client(model, start, x, y, kd, seed=1)
     assert not all(np.allclose(s_plain[k], s_kd[k]) for k in start)
     assert all(np.array_equal(s_plain[k], s_kd_no_teacher[k]) for k in start)
+
+
+def test_a_client_with_flips_steps_on_its_image_or_the_mirror_image():
+    # Independent reference: one SGD step of a linear softmax model on one example, by hand in float64:
+    # p = softmax(W v + b), W' = W - lr (p - e_y) v^T, b' = b - lr (p - e_y). With augment.hflip the
+    # client's step is the step on the image or on the image mirrored left-right, and both happen.
+    x = (torch.arange(6, dtype=torch.float32).reshape(1, 1, 2, 3) / 6).numpy()  # no left-right symmetry
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 3))
+    start, lr = to_numpy_state(model.state_dict()), 0.5
+
+    def step(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        w, b, v = start["1.weight"].astype(np.float64), start["1.bias"].astype(np.float64), image.reshape(-1)
+        z = w @ v + b
+        g = np.exp(z - z.max()) / np.exp(z - z.max()).sum() - np.eye(3)[1]
+        return w - lr * np.outer(g, v), b - lr * g
+
+    expected = {"image": step(x), "mirror": step(x[..., ::-1])}
+    spec = LocalSpec(epochs=1, batch_size=1, lr=lr, augment=AugmentSpec(hflip=True))
+    seen = []
+    for seed in range(12):
+        state, _ = train_client(model, start, x, np.array([1]), spec, seed=seed)
+        seen += [name for name, (w, b) in expected.items()
+                 if np.allclose(state["1.weight"], w, atol=1e-6) and np.allclose(state["1.bias"], b, atol=1e-6)]
+        assert len(seen) == seed + 1, f"seed {seed}: neither the image's step nor the mirror's"
+    assert set(seen) == {"image", "mirror"}
+
+
+def test_federated_augment_and_mixup_reach_every_client_with_the_plans_fill_and_classes():
+    # mixup needs the class count to mix labels: a client without it raises, and the round fails
+    cfg, plan, ctx, _ = _digits_setup("federated.augment={translate: 1, mixup: 0.5}")
+    norm = plan.bundle.normalization
+    assert ctx.fill == pytest.approx([-m / s for m, s in zip(norm["mean"], norm["std"])]) and ctx.fill[0] < 0
+    spec = make_strategy(cfg.federated, ctx).configure_round(1)
+    assert (spec.augment.translate, spec.augment.mixup, spec.num_classes) == (1, 0.5, 10)
+    plain = _run_in_process("federated.rounds=2")
+    mixed = _run_in_process("federated.rounds=2", "federated.augment={translate: 1, mixup: 0.5}")
+    assert mixed.error is None and [r.participating for r in mixed.records[1:]] == [5, 5]
+    assert not all(np.allclose(plain.state[k], mixed.state[k]) for k in plain.state)
 
 
 def test_too_few_clients_stops_the_run_and_keeps_the_last_good_state():

@@ -210,6 +210,9 @@ def test_resumed_run_with_a_schedule_ends_with_the_uninterrupted_weights(tmp_pat
     ("teacher.augment.hflip=true", "teacher.augment.hflip"),  # digits
     ("distill.augment.translate=2", "distill.augment"),  # cached mode
     ("teacher.augment.rotate=5", "teacher.augment.rotate"),
+    ("federated.augment.hflip=true", "federated.augment.hflip"),  # digits
+    ("federated.augment.mixup=1.5", "federated.augment.mixup"),
+    ("federated.augment.translate=-1", "federated.augment.translate"),
     ("data.val_fraction=-0.1", "data.val_fraction"),
     ("data.val_fraction=0", "data.val_fraction"),  # the pipeline's sweep needs validation
 ])

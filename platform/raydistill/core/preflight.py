@@ -40,7 +40,7 @@ def _check_augment(cfg: Config, bundle: DataBundle) -> None:
     square erases a whole band of the image (all of a square image)."""
     height, width = bundle.input_shape[1:]
     most = (min(height, width) - 1) // 2
-    for section in ("teacher", "distill"):
+    for section in ("teacher", "distill", "federated"):
         spec = getattr(cfg, section).augment
         if spec.translate > most:
             raise ConfigError(f"{section}.augment.translate: {spec.translate} px on the {height} x {width} px images of "

@@ -15,7 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from raydistill.core.config.schema import AugmentSpec
 from raydistill.core.engine import KDSettings, iterate_batches, train_epoch
+from raydistill.core.recipe import augmented
 from raydistill.federated.aggregate import proximal_pull, to_numpy_state, to_torch_state
 
 __all__ = ["LocalSpec", "ClientTask", "ClientUpdate", "FaultPlan", "InjectedClientError", "make_local_optimizer",
@@ -36,6 +38,9 @@ class LocalSpec:
     optimizer: str = "sgd"  # sgd | adam
     mu: float = 0.0  # FedProx proximal weight; 0 = plain FedAvg local objective
     kd: KDSettings | None = None  # client-side KD from the broadcast teacher
+    augment: AugmentSpec = field(default_factory=AugmentSpec)  # federated.augment, on each local batch
+    fill: tuple[float, ...] = ()  # a shifted-in border's value per channel (core.recipe.raw_zero_fill); () = 0
+    num_classes: int = 0  # augment.mixup mixes labels into (B, num_classes) distributions
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,18 +128,29 @@ def train_client(model: nn.Module, global_state: Mapping, x: np.ndarray, y: np.n
     """Start from ``global_state``, train ``spec.epochs`` epochs on ``(x, y)``; return ``(state, loss)``.
 
     ``x`` is ``(n_i, C, H, W)``, ``y`` ``(n_i,)``. FedProx adds ``(mu/2)||w - w_global||^2`` through
-    gradient hooks; client-side KD passes ``spec.kd`` and the teacher to ``engine.train_epoch``.
+    gradient hooks; client-side KD passes ``spec.kd`` and the teacher to ``engine.train_epoch``, which
+    labels each (augmented, mixed) batch online. ``spec.augment`` draws from a generator seeded by
+    ``(seed, epoch)``, so a client's round is the same wherever it runs.
     The returned loss is the last epoch's mean data loss (without the proximal term).
     """
     model.load_state_dict(to_torch_state(global_state))
     optimizer = make_local_optimizer(model, spec)
     kd, teachers = (spec.kd, teachers) if spec.kd is not None and teachers else (None, ())
+    fill = spec.fill or (0.0,) * int(np.shape(x)[1])
     loss = float("nan")
     with proximal_pull(model, global_state, spec.mu):
         for epoch in range(spec.epochs):
             batches = iterate_batches([x, y], spec.batch_size, shuffle=True, seed=seed + epoch)
+            batches = augmented(batches, spec.augment, fill, seed=_augment_seed(seed, epoch),
+                                num_classes=spec.num_classes)
             loss = train_epoch(model, batches, optimizer, kd=kd, teachers=teachers)
     return to_numpy_state(model.state_dict()), loss
+
+
+def _augment_seed(seed: int, epoch: int) -> int:
+    """The augmentation generator's seed for a client's ``epoch``: a function of ``(seed, epoch)``
+    apart from the shuffle's ``seed + epoch``."""
+    return int(np.random.default_rng([seed, epoch, 0xA6]).integers(2**63))
 
 
 def run_client_task(task: ClientTask, model: nn.Module, global_state: Mapping, pool_x: np.ndarray,

@@ -7,16 +7,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+from torch import nn
 
 from raydistill.core.artifacts import check_fits, load_state, resolve_artifact
 from raydistill.core.config import Config, ConfigError
 from raydistill.core.data import DataBundle
 from raydistill.core.preflight import preflight
+from raydistill.core.recipe import raw_zero_fill
 from raydistill.core.registry import UnknownNameError
 from raydistill.federated.partition import PartitionError, make_partition, partition_summary
-from raydistill.federated.strategies import STRATEGIES, clients_per_round
+from raydistill.federated.strategies import STRATEGIES, ServerContext, clients_per_round
 
 __all__ = ["FederatedPlan", "prepare_federated", "split_proxy", "pool_size", "ACTOR_CPUS"]
 
@@ -37,6 +40,19 @@ class FederatedPlan:
     summary: str
     teacher: tuple[Path, dict, dict] | None  # (path, card, state) for client-side KD
     per_round: int
+
+    @property
+    def fill(self) -> tuple[float, ...]:
+        """``federated.augment``'s border value per channel: a raw-zero pixel, normalized."""
+        return raw_zero_fill(self.bundle.normalization, self.bundle.input_shape[0])
+
+    def context(self, build: Callable[[], nn.Module]) -> ServerContext:
+        """What the strategy sees: the model builder, FedDF's proxy and validation data, the seed, and
+        what clients need to augment (border fill, class count for mixup)."""
+        b = self.bundle
+        return ServerContext(build_model=build, proxy_x=self.proxy_x, val=(b.x_val, b.y_val),
+                             has_teacher=self.teacher is not None, seed=self.cfg.run.seed, fill=self.fill,
+                             num_classes=b.num_classes)
 
 
 def split_proxy(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

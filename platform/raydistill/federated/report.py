@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -80,6 +81,7 @@ def write_federated_artifact(plan, state, records: Sequence[RoundRecord], *, cen
     federated = {"strategy": f.strategy, "clients": f.clients, "rounds": f.rounds, "fraction": f.fraction,
                  "clients_per_round": plan.per_round, "local_epochs": f.local_epochs, "batch_size": f.batch_size,
                  "lr": f.lr, "optimizer": f.optimizer, "mu": f.mu if f.strategy == "fedprox" else None,
+                 "augment": asdict(f.augment),
                  "partition": _partition_card(plan), "status": status, "run_dir": str(run_dir),
                  "central_reference": dict(central), **extra}
     if f.strategy == "feddf":

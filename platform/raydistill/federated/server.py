@@ -34,7 +34,7 @@ from raydistill.federated.memory import PeakMemory
 from raydistill.federated.plan import FederatedPlan, prepare_federated
 from raydistill.federated.report import RoundsCsv, new_run_dir, plot_accuracy, write_federated_artifact
 from raydistill.federated.rounds import RoundRecord, run_rounds
-from raydistill.federated.strategies import ServerContext, make_strategy
+from raydistill.federated.strategies import make_strategy
 
 logger = logging.getLogger(__name__)
 
@@ -85,13 +85,14 @@ def _model_factory(plan: FederatedPlan, seed: int) -> Callable[[], torch.nn.Modu
 def central_reference(plan: FederatedPlan) -> dict:
     """Train the same model centrally on the union of the clients' data, in-process.
 
-    Same initial weights, optimizer, lr and batch size as a client; the epoch budget matches
+    Same initial weights, optimizer, lr, batch size and augmentation as a client; the epoch budget matches
     the federation's example passes, ``E_c = ceil(rounds * local_epochs * fraction)`` (>= 1).
     """
     f = plan.cfg.federated
     epochs = max(1, math.ceil(f.rounds * f.local_epochs * f.fraction))
     model = _model_factory(plan, plan.cfg.run.seed)()
-    spec = LocalSpec(epochs=epochs, batch_size=f.batch_size, lr=f.lr, optimizer=f.optimizer)
+    spec = LocalSpec(epochs=epochs, batch_size=f.batch_size, lr=f.lr, optimizer=f.optimizer, augment=f.augment,
+                     fill=plan.fill, num_classes=plan.bundle.num_classes)
     start = time.perf_counter()
     state, _ = train_client(model, to_numpy_state(model.state_dict()), plan.pool_x, plan.pool_y, spec,
                             seed=plan.cfg.run.seed)
@@ -230,8 +231,7 @@ def _rounds(plan: FederatedPlan, pool: ActorPool, faults: FaultPlan | None, run_
     csv_file = RoundsCsv(run_dir / "rounds.csv")
     for record in resume[1] if resume else ():
         csv_file.append(record)
-    context = ServerContext(build_model=build, proxy_x=plan.proxy_x, val=(plan.bundle.x_val, plan.bundle.y_val),
-                            has_teacher=plan.teacher is not None, seed=cfg.run.seed)
+    context = plan.context(build)
     executor = RayExecutor(pool, ray.put(_payload(plan, faults)), timeout_s=cfg.federated.round_timeout_s)
     memory.reset_window()
     return run_rounds(make_strategy(cfg.federated, context), plan.partitions, to_numpy_state(build().state_dict()),

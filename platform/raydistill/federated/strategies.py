@@ -40,6 +40,8 @@ class ServerContext:
     val: tuple[np.ndarray, np.ndarray] | None = None  # validation split (FedDF early stopping)
     has_teacher: bool = False  # a client teacher was broadcast (client-side KD)
     seed: int = 0
+    fill: tuple[float, ...] = ()  # federated.augment's border value per channel (core.recipe.raw_zero_fill)
+    num_classes: int = 0
 
 
 @dataclass
@@ -129,7 +131,8 @@ class Strategy(ABC):
         kd = (KDSettings(temperature=self.fed.distill_temperature, alpha=self.fed.client_kd_alpha)
               if self.context.has_teacher else None)
         return LocalSpec(epochs=self.fed.local_epochs, batch_size=self.fed.batch_size, lr=self.fed.lr,
-                         optimizer=self.fed.optimizer, kd=kd)
+                         optimizer=self.fed.optimizer, kd=kd, augment=self.fed.augment, fill=self.context.fill,
+                         num_classes=self.context.num_classes)
 
     @abstractmethod
     def aggregate(self, rnd: int, updates: Sequence[Update]) -> dict[str, np.ndarray]:

@@ -128,8 +128,7 @@ def _validate_views(d: Any) -> None:
 
 
 def _validate_tracking_uri(uri: str) -> None:
-    """Empty (the local store under run.storage_path) or an MLflow tracking URI with a scheme: a bare
-    path would select MLflow's legacy file store (maintenance mode since MLflow 3; sqlite is the default)."""
+    """Empty (sqlite under run.storage_path) or an MLflow URI with a scheme (a bare path: the legacy file store)."""
     _require(uri == "" or uri == "databricks" or ("://" in uri and uri == uri.strip() and " " not in uri),
              "run.tracking_uri", "must be \"\" (sqlite:///<run.storage_path>/mlflow.db) or a tracking URI with "
              f"a scheme, such as http://mlflow.example:5000 or sqlite:////abs/path/mlflow.db; got {uri!r}")
@@ -163,13 +162,18 @@ def _validate_recipe(cfg: Any, section: str) -> None:
                  f"multistep needs increasing epochs in (0, {r.epochs}), got {r.milestones}")
     else:
         _require(not r.milestones, f"{section}.milestones", f"only used by scheduler: multistep (got {r.scheduler})")
+    _validate_augment(r.augment, section, cfg.data.name)
+
+
+def _validate_augment(a: Any, section: str, data_name: str) -> None:
+    """``<section>.augment`` (``schema.AugmentSpec``) of the teacher, the student or the federated clients."""
     for key in ("translate", "cutout"):
-        _require(getattr(r.augment, key) >= 0, f"{section}.augment.{key}", f"must be >= 0 px, got {getattr(r.augment, key)}")
-    _fraction(r.augment.mixup, f"{section}.augment.mixup")
-    _require(math.isfinite(r.augment.mixup_alpha) and r.augment.mixup_alpha > 0, f"{section}.augment.mixup_alpha",
-             f"must be a finite number > 0 (lam ~ Beta(a, a)), got {r.augment.mixup_alpha}")
-    _require(not (r.augment.hflip and cfg.data.name in DIGIT_DATA_SETS), f"{section}.augment.hflip",
-             f"data set '{cfg.data.name}' holds digits, and a mirrored digit is another digit (or none); "
+        _require(getattr(a, key) >= 0, f"{section}.augment.{key}", f"must be >= 0 px, got {getattr(a, key)}")
+    _fraction(a.mixup, f"{section}.augment.mixup")
+    _require(math.isfinite(a.mixup_alpha) and a.mixup_alpha > 0, f"{section}.augment.mixup_alpha",
+             f"must be a finite number > 0 (lam ~ Beta(a, a)), got {a.mixup_alpha}")
+    _require(not (a.hflip and data_name in DIGIT_DATA_SETS), f"{section}.augment.hflip",
+             f"data set '{data_name}' holds digits, and a mirrored digit is another digit (or none); "
              "use augment.translate instead")
 
 
@@ -177,9 +181,8 @@ def _validate_data(cfg: Any) -> None:
     d = cfg.data
     _require(0 <= d.val_fraction < 1, "data.val_fraction", f"must be in [0, 1), got {d.val_fraction}")
     if d.val_fraction == 0:  # train on train+val once settings are chosen; nothing may need validation
-        _require(not cfg.pipeline.tune, "data.val_fraction",
-                 "0 leaves no validation split, which the pipeline's sweep ranks trials on; "
-                 "set pipeline.tune=false (or keep a validation split)")
+        _require(not cfg.pipeline.tune, "data.val_fraction", "0 leaves no validation split, which the pipeline's "
+                 "sweep ranks trials on; set pipeline.tune=false (or keep a validation split)")
     _fraction(d.test_fraction, "data.test_fraction", low_open=True, high_open=True)
     _require(d.val_fraction + d.test_fraction < 1, "data.val_fraction", "val + test fractions must be < 1")
     _require(d.train_limit >= 0, "data.train_limit", "must be >= 0 (0 = all)")
@@ -231,17 +234,16 @@ def _validate_federated(cfg: Any) -> None:
     _one_of(f.partition, "federated.partition", ("iid", "dirichlet"))
     _fraction(f.fraction, "federated.fraction", low_open=True)
     _require(f.dirichlet_alpha > 0, "federated.dirichlet_alpha", f"must be > 0, got {f.dirichlet_alpha}")
-    _positive(cfg, "federated", "clients", "rounds", "local_epochs", "batch_size", "lr",
-              "round_timeout_s", "actor_memory_gb", "distill_temperature", "distill_lr")
+    _positive(cfg, "federated", "clients", "rounds", "local_epochs", "batch_size", "lr", "min_clients",
+              "min_partition_size", "round_timeout_s", "actor_memory_gb", "distill_temperature", "distill_lr")
     _require(f.mu >= 0, "federated.mu", "must be >= 0")
-    _require(f.min_clients >= 1, "federated.min_clients", "must be >= 1")
-    _require(f.min_partition_size >= 1, "federated.min_partition_size", "must be >= 1")
     _require(f.actors >= 0, "federated.actors", "must be >= 0 (0 = from CPUs and memory)")
     _fraction(f.failure_prob, "federated.failure_prob", high_open=True)
     _fraction(f.proxy_fraction, "federated.proxy_fraction", low_open=True, high_open=True)
     _fraction(f.client_kd_alpha, "federated.client_kd_alpha")
     _one_of(f.optimizer, "federated.optimizer", ("sgd", "adam"))
     _require(f.distill_epochs >= 0, "federated.distill_epochs", "must be >= 0")
+    _validate_augment(f.augment, "federated", cfg.data.name)
 
 
 def _validate_serve(cfg: Any) -> None:

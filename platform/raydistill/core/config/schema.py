@@ -183,6 +183,7 @@ class FederatedSection:
     distill_lr: float = 1e-3  # FedDF server distillation (Adam)
     client_teacher: str = ""  # client-side KD from this teacher artifact
     client_kd_alpha: float = 0.5
+    augment: AugmentSpec = field(default_factory=AugmentSpec)  # each client's local batches (not FedDF's proxy)
     model: ModelSpec = field(default_factory=lambda: ModelSpec(name="mlp", args={"hidden": [64]}))
 
 
