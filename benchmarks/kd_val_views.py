@@ -93,6 +93,12 @@ def cache_key(d) -> str:
     return json.dumps([dataclasses.asdict(d.augment), d.cached_views, d.cache_topk], sort_keys=True)
 
 
+def row_cache(kind: str, d, seed: int) -> tuple | None:
+    """The view cache a row of ``kind`` trains on for ``seed``: a kd row's ``(cache_key(d), seed)``, an alone
+    row's None (it trains alone even when its distill section names the same cached views as a kd row)."""
+    return (cache_key(d), seed) if kind == "kd" else None
+
+
 def student_val(cfg, bundle, seed: int, built: tuple | None = None) -> dict:
     """A student row: kd on the view cache ``built`` (``cache_job``), or alone (None); scores and seconds."""
     d = cfg.distill
@@ -166,8 +172,8 @@ def main() -> None:
         for name, kind, _, cfg in rows:
             d = cfg.distill
             for b, s, t in zip(bundles, args.seeds, teachers):
-                key = (cache_key(d), s)  # one teacher pass per distinct cache, however many rows train on it
-                if kind == "kd" and key not in caches:
+                key = row_cache(kind, d, s)  # one teacher pass per distinct cache, however many rows train on it
+                if key is not None and key not in caches:
                     caches[key] = jobs.submit(cache_job, t, b, s, d, d.cached_views)
                 handles.setdefault(name, []).append(jobs.submit(student_val, cfg, b, s, caches.get(key)))
         results = {}

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from raydistill.core.artifacts import load_artifact
 from raydistill.core.config import load_config
@@ -84,6 +85,21 @@ def test_fedprox_with_client_teacher_and_feddf_improve_over_round_zero(pool, sto
     _, df_card = load_artifact(df.artifact)
     assert df_card["federated"]["feddf"]["proxy_examples"] > 100
     assert len(df.records[-1].details["distill"]["val_accuracy"]) == 4  # before + 3 epochs
+
+
+@pytest.mark.timeout(90)
+def test_clients_on_actors_train_on_augmented_and_mixed_batches(pool, storage):
+    from raydistill.federated import run_federated
+
+    augment = {"translate": 1, "hflip": False, "cutout": 0, "mixup": 0.5, "mixup_alpha": 1.0}
+    plain = run_federated(_cfg(storage, "federated.rounds=2"), pool=pool)
+    mixed = run_federated(_cfg(storage, "federated.rounds=2", f"federated.augment={json.dumps(augment)}"), pool=pool)
+    # an actor whose spec lost the class count cannot mix labels: it raises, and its client drops out
+    assert [r.participating for r in mixed.records[1:]] == [6, 6] and mixed.records[-1].status == "ok"
+    (plain_model, _), (mixed_model, card) = load_artifact(plain.artifact), load_artifact(mixed.artifact)
+    assert card["federated"]["augment"] == augment
+    pairs = zip(plain_model.state_dict().values(), mixed_model.state_dict().values())
+    assert not all(torch.equal(a, b) for a, b in pairs)  # the same seeds without augmentation train otherwise
 
 
 @pytest.mark.timeout(90)

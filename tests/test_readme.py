@@ -339,6 +339,10 @@ def test_kd_val_views_rows_share_a_view_cache_exactly_when_what_it_holds_is_the_
     assert key() == key("distill.alpha=0.1") == key("distill.epochs=3", "distill.temperature=2")
     assert len({key(), key("distill.cached_views=16"), key("distill.augment={hflip: true, mixup: 0.25}"),
                 key("distill.cache_topk=3")}) == 4
+    # Found running the fc-64 probe: an alone row with the kd row's distill section got the kd row's cache,
+    # so it trained kd and printed the kd row's accuracies as the student alone's
+    d = load_config(fashion, base).distill
+    assert bench.row_cache("kd", d, 2) == (key(), 2) and bench.row_cache("alone", d, 2) is None
 
 
 def test_the_plain_scripts_mixup_mixes_a_fraction_of_rows_with_batch_partners_and_mixes_labels_alike():
