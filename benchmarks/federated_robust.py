@@ -33,7 +33,7 @@ from raydistill.federated.aggregate import to_numpy_state, to_torch_state
 from raydistill.federated.client import FaultPlan
 from raydistill.federated.plan import prepare_federated
 from raydistill.federated.rounds import InProcessExecutor, run_rounds
-from raydistill.federated.strategies import ServerContext, make_strategy
+from raydistill.federated.strategies import make_strategy
 
 STRATEGIES = ("fedavg", "fedmedian", "fedtrimmedavg")
 ATTACKS = ("clean", "flip", "scale")
@@ -59,7 +59,7 @@ def run(plan, strategy: str, attack: str, seed: int) -> tuple[float, int | None]
     pairs = frozenset((r, c) for r in range(1, f.rounds + 1) for c in bad)
     faults = FaultPlan(flip_in=pairs if attack == "flip" else frozenset(),
                        scale_in=pairs if attack == "scale" else frozenset(), seed=seed)
-    context = ServerContext(build_model=build, proxy_x=plan.proxy_x, val=(b.x_val, b.y_val), seed=seed)
+    context = plan.context(build)  # seed = plan.cfg.run.seed; federated.augment's fill and class count
     strategy_cfg = dataclasses.replace(f, strategy=strategy)
     scorer = build()
 

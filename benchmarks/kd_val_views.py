@@ -99,6 +99,21 @@ def row_cache(kind: str, d, seed: int) -> tuple | None:
     return (cache_key(d), seed) if kind == "kd" else None
 
 
+def submit_rows(jobs, rows, bundles, seeds, teachers) -> dict[str, list]:
+    """Each row's student job per seed (``student_val``), a kd row's after its view cache's build job
+    (``cache_job``): one build per distinct :func:`row_cache`, however many kd rows train on it. ``rows``
+    come kd rows first: their chains (cache -> kd) are the longest."""
+    handles, caches = {}, {}
+    for name, kind, _, cfg in rows:
+        d = cfg.distill
+        for b, s, t in zip(bundles, seeds, teachers):
+            key = row_cache(kind, d, s)
+            if key is not None and key not in caches:
+                caches[key] = jobs.submit(cache_job, t, b, s, d, d.cached_views)
+            handles.setdefault(name, []).append(jobs.submit(student_val, cfg, b, s, caches.get(key)))
+    return handles
+
+
 def student_val(cfg, bundle, seed: int, built: tuple | None = None) -> dict:
     """A student row: kd on the view cache ``built`` (``cache_job``), or alone (None); scores and seconds."""
     d = cfg.distill
@@ -168,14 +183,7 @@ def main() -> None:
         bundles = [jobs.put(load_data(common.data, seed)) for seed in args.seeds]
         teachers = [jobs.submit(teacher_job, common, b, s, args.teacher_cache, "val")
                     for b, s in zip(bundles, args.seeds)]
-        handles, caches = {}, {}  # kd rows first: their chains (cache -> kd) are the longest
-        for name, kind, _, cfg in rows:
-            d = cfg.distill
-            for b, s, t in zip(bundles, args.seeds, teachers):
-                key = row_cache(kind, d, s)  # one teacher pass per distinct cache, however many rows train on it
-                if key is not None and key not in caches:
-                    caches[key] = jobs.submit(cache_job, t, b, s, d, d.cached_views)
-                handles.setdefault(name, []).append(jobs.submit(student_val, cfg, b, s, caches.get(key)))
+        handles = submit_rows(jobs, rows, bundles, args.seeds, teachers)
         results = {}
         for name, hs in handles.items():
             results[name] = [jobs.get(h) for h in hs]

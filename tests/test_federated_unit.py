@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import sys
 
@@ -11,6 +12,7 @@ import torch
 
 from raydistill.core.config import ConfigError, load_config
 from raydistill.core.config.schema import AugmentSpec
+from raydistill.core.data import normalize
 from raydistill.core.engine import evaluate
 from raydistill.federated.plan import pool_size
 from raydistill.federated.aggregate import (distill_ensemble, ensemble_logits, fedavg, proximal_pull, proximal_term,
@@ -20,6 +22,7 @@ from raydistill.federated.memory import tree_memory
 from raydistill.federated.partition import (PartitionError, dirichlet_partition, iid_partition, label_histogram,
                                             label_skew, partition_summary)
 from raydistill.federated.plan import prepare_federated
+from raydistill.federated.server import central_reference
 from raydistill.federated.rounds import InProcessExecutor, run_rounds
 from raydistill.federated.strategies import STRATEGIES, TooFewClientsError, make_strategy
 from raydistill.core.models import build_model
@@ -261,6 +264,14 @@ def test_client_kd_uses_the_teacher(local_teacher):
     s_kd_no_teacher, _ = train_client(model, start, x, y, kd, seed=1)
     assert not all(np.allclose(s_plain[k], s_kd[k]) for k in start)
     assert all(np.array_equal(s_plain[k], s_kd_no_teacher[k]) for k in start)
+    # mixup with client KD: the teacher labels the mixed batch (mixed labels for the hard term)
+    mixing = AugmentSpec(mixup=1.0)
+    s_mix, loss_mix = train_client(model, start, x, y, replace(kd, augment=mixing, num_classes=10), seed=1,
+                                   teachers=[teacher])
+    s_mix_alone, _ = train_client(model, start, x, y, replace(plain, augment=mixing, num_classes=10), seed=1)
+    assert math.isfinite(loss_mix) and all(np.isfinite(v).all() for v in s_mix.values())
+    assert not all(np.allclose(s_mix[k], s_kd[k]) for k in start)  # mixed, not the clean batches
+    assert not all(np.allclose(s_mix[k], s_mix_alone[k]) for k in start)  # and the teacher took part
 
 
 def test_a_client_with_flips_steps_on_its_image_or_the_mirror_image():
@@ -292,14 +303,18 @@ def test_a_client_with_flips_steps_on_its_image_or_the_mirror_image():
 def test_federated_augment_and_mixup_reach_every_client_with_the_plans_fill_and_classes():
     # mixup needs the class count to mix labels: a client without it raises, and the round fails
     cfg, plan, ctx, _ = _digits_setup("federated.augment={translate: 1, mixup: 0.5}")
-    norm = plan.bundle.normalization
-    assert ctx.fill == pytest.approx([-m / s for m, s in zip(norm["mean"], norm["std"])]) and ctx.fill[0] < 0
+    raw_zero = normalize(np.zeros((1, 1, 1, 1)), plan.bundle.normalization)  # a blank pixel, as the data holds it
     spec = make_strategy(cfg.federated, ctx).configure_round(1)
+    assert spec.fill == pytest.approx([float(raw_zero[0, 0, 0, 0])]) and spec.fill[0] < 0
     assert (spec.augment.translate, spec.augment.mixup, spec.num_classes) == (1, 0.5, 10)
     plain = _run_in_process("federated.rounds=2")
     mixed = _run_in_process("federated.rounds=2", "federated.augment={translate: 1, mixup: 0.5}")
     assert mixed.error is None and [r.participating for r in mixed.records[1:]] == [5, 5]
     assert not all(np.allclose(plain.state[k], mixed.state[k]) for k in plain.state)
+    # the central reference trains as a client does: mixing raises without the class count
+    plain_central = central_reference(_digits_setup()[1])
+    mixed_central = central_reference(plan)
+    assert mixed_central["epochs"] == plain_central["epochs"] and mixed_central["loss"] != plain_central["loss"]
 
 
 def test_too_few_clients_stops_the_run_and_keeps_the_last_good_state():

@@ -341,8 +341,24 @@ def test_kd_val_views_rows_share_a_view_cache_exactly_when_what_it_holds_is_the_
                 key("distill.cache_topk=3")}) == 4
     # Found running the fc-64 probe: an alone row with the kd row's distill section got the kd row's cache,
     # so it trained kd and printed the kd row's accuracies as the student alone's
-    d = load_config(fashion, base).distill
-    assert bench.row_cache("kd", d, 2) == (key(), 2) and bench.row_cache("alone", d, 2) is None
+    same, alpha = load_config(fashion, base), load_config(fashion, [*base, "distill.alpha=0.1"])
+    rows = [("kd", "kd", [], same), ("kd a0.1", "kd", [], alpha), ("alone", "alone", [], same)]
+
+    class Jobs:  # records what main() would send to Ray: (function name, arguments) -> a handle
+        def __init__(self):
+            self.sent = []
+
+        def submit(self, fn, *args):
+            self.sent.append((fn.__name__, args))
+            return len(self.sent) - 1
+
+    jobs = Jobs()
+    handles = bench.submit_rows(jobs, rows, ["bundle0", "bundle1"], [0, 1], ["teacher0", "teacher1"])
+    builds = {args[2]: handle for handle, (name, args) in enumerate(jobs.sent) if name == "cache_job"}
+    assert sorted(builds) == [0, 1]  # one cache build per seed, shared by both kd rows
+    cache_of = lambda row: [jobs.sent[h][1][3] for h in handles[row]]  # noqa: E731  (student_val's 4th argument)
+    assert cache_of("kd") == cache_of("kd a0.1") == [builds[0], builds[1]]
+    assert cache_of("alone") == [None, None]
 
 
 def test_the_plain_scripts_mixup_mixes_a_fraction_of_rows_with_batch_partners_and_mixes_labels_alike():

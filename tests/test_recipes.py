@@ -226,8 +226,8 @@ def test_valid_recipes_load():
                                "distill.milestones=[10, 20]", "distill.mode=online", "distill.augment.translate=2",
                                "data.val_fraction=0", "pipeline.tune=false", "teacher.workers=auto"])
     assert cfg.distill.milestones == [10, 20] and cfg.distill.augment.translate == 2 and cfg.data.val_fraction == 0
-    ok = load_config(DIGITS, ["data.name=fashion_mnist", "teacher.augment.hflip=true"])
-    assert ok.teacher.augment.hflip
+    ok = load_config(DIGITS, ["data.name=fashion_mnist", "teacher.augment.hflip=true", "federated.augment.hflip=true"])
+    assert ok.teacher.augment.hflip and ok.federated.augment.hflip
 
 
 @pytest.mark.parametrize("requested,cpus,gpus,nodes,use_gpu,expect", [

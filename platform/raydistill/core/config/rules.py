@@ -174,7 +174,7 @@ def _validate_augment(a: Any, section: str, data_name: str) -> None:
              f"must be a finite number > 0 (lam ~ Beta(a, a)), got {a.mixup_alpha}")
     _require(not (a.hflip and data_name in DIGIT_DATA_SETS), f"{section}.augment.hflip",
              f"data set '{data_name}' holds digits, and a mirrored digit is another digit (or none); "
-             "use augment.translate instead")
+             f"use {section}.augment.translate instead")
 
 
 def _validate_data(cfg: Any) -> None:
