@@ -93,21 +93,16 @@ def cache_key(d) -> str:
     return json.dumps([dataclasses.asdict(d.augment), d.cached_views, d.cache_topk], sort_keys=True)
 
 
-def row_cache(kind: str, d, seed: int) -> tuple | None:
-    """The view cache a row of ``kind`` trains on for ``seed``: a kd row's ``(cache_key(d), seed)``, an alone
-    row's None (it trains alone even when its distill section names the same cached views as a kd row)."""
-    return (cache_key(d), seed) if kind == "kd" else None
-
-
 def submit_rows(jobs, rows, bundles, seeds, teachers) -> dict[str, list]:
     """Each row's student job per seed (``student_val``), a kd row's after its view cache's build job
-    (``cache_job``): one build per distinct :func:`row_cache`, however many kd rows train on it. ``rows``
-    come kd rows first: their chains (cache -> kd) are the longest."""
+    (``cache_job``): one build per distinct ``(cache_key, seed)``, however many kd rows train on it; an alone
+    row gets none, even when its distill section names the same cached views. ``rows`` come kd rows first:
+    their chains (cache -> kd) are the longest."""
     handles, caches = {}, {}
     for name, kind, _, cfg in rows:
         d = cfg.distill
         for b, s, t in zip(bundles, seeds, teachers):
-            key = row_cache(kind, d, s)
+            key = (cache_key(d), s) if kind == "kd" else None
             if key is not None and key not in caches:
                 caches[key] = jobs.submit(cache_job, t, b, s, d, d.cached_views)
             handles.setdefault(name, []).append(jobs.submit(student_val, cfg, b, s, caches.get(key)))
