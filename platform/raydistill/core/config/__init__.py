@@ -1,5 +1,6 @@
 """config: the typed config tree: ``schema`` (dataclasses, the one home of every default),
-``rules`` (range checks naming the dotted key), ``loading`` (YAML + ``--set`` overrides).
+``rules`` + ``serve_rules`` (range checks naming the dotted key, on ``checks``' primitives),
+``loading`` (YAML + ``--set`` overrides).
 Ray-free; imports nothing else from raydistill.
 """
 from .loading import config_from_dict, load_config, parse_override, save_config, saved_run_config

@@ -5,58 +5,31 @@ import math
 from typing import Any
 
 from ..methods import CHOICES as METHOD_CHOICES, parse_method
-from .schema import QUANTIZE_MODES
+from .checks import ConfigError, fraction, one_of, positive, require
+from .serve_rules import validate_serve
 
-
-class ConfigError(ValueError):
-    """A configuration key or value is wrong; the message names the dotted key."""
-
-
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
-
-
-def _require(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: {message}")
-
-
-def _positive(cfg: Any, section: str, *names: str) -> None:
-    for name in names:
-        value = getattr(getattr(cfg, section), name)
-        _require(value > 0, f"{section}.{name}", f"must be > 0, got {value}")
-
-
-def _one_of(value: str, key: str, choices: tuple[str, ...]) -> None:
-    _require(value in choices, key, f"must be one of {', '.join(choices)}; got {value!r}")
-
-
-def _fraction(value: float, key: str, *, low_open: bool = False, high_open: bool = False) -> None:
-    lo_ok = value > 0 if low_open else value >= 0
-    hi_ok = value < 1 if high_open else value <= 1
-    lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
-    _require(lo_ok and hi_ok, key, f"must be in {lo}0, 1{hi}, got {value}")
-
+__all__ = ["ConfigError", "validate"]
 
 MAX_TEMPERATURE = 100.0  # KD's T^2 * KL in float32: 0.03% off at T=100, 2% at 1e3, wrong sign by 1e4
 MAX_SEED = 2**32 - 1  # numpy's legacy seeds; derived seeds (seed * 100003 + epoch, core.loop) stay in int64
 
 
 def _seed(value: int, key: str) -> None:
-    _require(0 <= value <= MAX_SEED, key, f"must be in [0, {MAX_SEED}] (2**32 - 1: numpy seeds are unsigned 32-bit, "
+    require(0 <= value <= MAX_SEED, key, f"must be in [0, {MAX_SEED}] (2**32 - 1: numpy seeds are unsigned 32-bit, "
                                           f"and training derives per-epoch seeds from it), got {value}")
 
 
 def _range_pair(values: list[float], key: str, *, low: float, high: float | None) -> None:
-    _require(len(values) >= 1, key, "must not be empty")
+    require(len(values) >= 1, key, "must not be empty")
     for v in values:
-        _require(v >= low if low == 0 else v > low, key, f"values must be > {low}, got {v}")
+        require(v >= low if low == 0 else v > low, key, f"values must be > {low}, got {v}")
         if high is not None:
-            _require(v <= high, key, f"values must be <= {high}, got {v}")
+            require(v <= high, key, f"values must be <= {high}, got {v}")
 
 
 def validate(cfg: Any) -> None:
     """Check every range rule; raise ConfigError on the first that fails."""
-    _require("://" not in cfg.run.storage_path, "run.storage_path",
+    require("://" not in cfg.run.storage_path, "run.storage_path",
              "must be a filesystem path (on a multi-node cluster: a shared mount such as EFS/NFS at the same "
              f"path on every node), not a URI; got {cfg.run.storage_path!r}")
     _seed(cfg.run.seed, "run.seed")
@@ -64,63 +37,63 @@ def validate(cfg: Any) -> None:
     _validate_data(cfg)
     _validate_recipe(cfg, "teacher")
     _validate_recipe(cfg, "distill")
-    _positive(cfg, "distill", "temperature", "soft_target_actors")
+    positive(cfg, "distill", "temperature", "soft_target_actors")
     for key, t in (("distill.temperature", cfg.distill.temperature), ("federated.distill_temperature",
                                                                       cfg.federated.distill_temperature)):
-        _require(t <= MAX_TEMPERATURE, key, f"must be <= {MAX_TEMPERATURE:g}, got {t:g}: past that the float32 KD "
+        require(t <= MAX_TEMPERATURE, key, f"must be <= {MAX_TEMPERATURE:g}, got {t:g}: past that the float32 KD "
                                             "loss T^2 * KL is rounding noise (T >= 20 already matches logits)")
-    _fraction(cfg.distill.alpha, "distill.alpha")
+    fraction(cfg.distill.alpha, "distill.alpha")
     _validate_method(cfg.distill)
-    _one_of(cfg.distill.mode, "distill.mode", ("cached", "online"))
-    _one_of(cfg.distill.soft_targets, "distill.soft_targets", ("workers", "ray_data"))
+    one_of(cfg.distill.mode, "distill.mode", ("cached", "online"))
+    one_of(cfg.distill.soft_targets, "distill.soft_targets", ("workers", "ray_data"))
     _validate_views(cfg.distill)
     for i, ref in enumerate(cfg.distill.teachers):
-        _require(bool(ref.artifact), f"distill.teachers[{i}].artifact", "must name a teacher artifact")
-        _require(ref.weight > 0, f"distill.teachers[{i}].weight", f"must be > 0, got {ref.weight}")
+        require(bool(ref.artifact), f"distill.teachers[{i}].artifact", "must name a teacher artifact")
+        require(ref.weight > 0, f"distill.teachers[{i}].weight", f"must be > 0, got {ref.weight}")
     for i, seed in enumerate(cfg.teacher.seeds):
         _seed(seed, f"teacher.seeds[{i}]")
-    _require(len(set(cfg.teacher.seeds)) == len(cfg.teacher.seeds), "teacher.seeds",
+    require(len(set(cfg.teacher.seeds)) == len(cfg.teacher.seeds), "teacher.seeds",
              f"must not repeat a seed (identical teachers), got {cfg.teacher.seeds}")
     _validate_tune(cfg)
     _validate_federated(cfg)
-    _validate_serve(cfg)
-    _require(cfg.pipeline.smoke_requests >= 1, "pipeline.smoke_requests", "must be >= 1")
+    validate_serve(cfg)
+    require(cfg.pipeline.smoke_requests >= 1, "pipeline.smoke_requests", "must be >= 1")
     _validate_compress(cfg)
 
 
 def _validate_method(d: Any) -> None:
     """``distill.method`` and its knobs (core.methods)."""
-    _one_of(d.method, "distill.method", METHOD_CHOICES)
+    one_of(d.method, "distill.method", METHOD_CHOICES)
     for name in ("dkd_alpha", "dkd_beta"):
         value = getattr(d, name)
-        _require(math.isfinite(value) and value >= 0, f"distill.{name}", f"must be a finite number >= 0, got {value}")
-    _require(d.dkd_warmup_epochs >= 0, "distill.dkd_warmup_epochs", f"must be >= 0, got {d.dkd_warmup_epochs}")
-    _require(parse_method(d.method).base != "dkd" or d.dkd_alpha + d.dkd_beta > 0, "distill.dkd_beta",
+        require(math.isfinite(value) and value >= 0, f"distill.{name}", f"must be a finite number >= 0, got {value}")
+    require(d.dkd_warmup_epochs >= 0, "distill.dkd_warmup_epochs", f"must be >= 0, got {d.dkd_warmup_epochs}")
+    require(parse_method(d.method).base != "dkd" or d.dkd_alpha + d.dkd_beta > 0, "distill.dkd_beta",
              "dkd_alpha and dkd_beta are both 0, so the distillation term vanishes; give either a weight > 0")
-    _require(math.isfinite(d.hint_weight) and d.hint_weight >= 0, "distill.hint_weight",
+    require(math.isfinite(d.hint_weight) and d.hint_weight >= 0, "distill.hint_weight",
              f"must be a finite number >= 0, got {d.hint_weight}")
     for name in ("hint_layer", "guided_layer"):
-        _require(bool(getattr(d, name).strip()), f"distill.{name}", "must name a layer, or be auto")
+        require(bool(getattr(d, name).strip()), f"distill.{name}", "must name a layer, or be auto")
     if parse_method(d.method).hint:
-        _require(d.mode == "online", "distill.mode", "method fitnet regresses the teacher's features for the batch "
+        require(d.mode == "online", "distill.mode", "method fitnet regresses the teacher's features for the batch "
                  "the student sees, which cached soft targets do not hold; set distill.mode=online")
-        _require(len(d.teachers) <= 1, "distill.teachers", f"method fitnet takes its hint from one teacher, "
+        require(len(d.teachers) <= 1, "distill.teachers", f"method fitnet takes its hint from one teacher, "
                  f"got an ensemble of {len(d.teachers)}; distill from one, or use a logit method")
 
 
 def _validate_views(d: Any) -> None:
     """Cached soft targets under augmentation need one cached view per augmented input (core.views)."""
-    _require(d.cached_views >= 0, "distill.cached_views", f"must be >= 0 (0 = clean inputs only), got {d.cached_views}")
-    _require(d.cache_topk >= 0, "distill.cache_topk", f"must be >= 0 (0 = auto), got {d.cache_topk}")
-    _require(math.isfinite(d.cache_max_gb) and d.cache_max_gb > 0, "distill.cache_max_gb",
+    require(d.cached_views >= 0, "distill.cached_views", f"must be >= 0 (0 = clean inputs only), got {d.cached_views}")
+    require(d.cache_topk >= 0, "distill.cache_topk", f"must be >= 0 (0 = auto), got {d.cache_topk}")
+    require(math.isfinite(d.cache_max_gb) and d.cache_max_gb > 0, "distill.cache_max_gb",
              f"must be a finite number > 0, got {d.cache_max_gb}")
     if d.cached_views > 0:
-        _require(d.mode == "cached", "distill.cached_views", "caches the teacher's logits on augmented views, "
+        require(d.mode == "cached", "distill.cached_views", "caches the teacher's logits on augmented views, "
                  "which distill.mode=online computes per batch anyway; set distill.mode=cached, or cached_views=0")
-        _require(d.augment.active(), "distill.cached_views", "needs distill.augment (views of what? with no "
+        require(d.augment.active(), "distill.cached_views", "needs distill.augment (views of what? with no "
                  "augmentation every view is the clean input); turn augmentation on, or set cached_views=0")
         return
-    _require(not (d.mode == "cached" and d.augment.active()), "distill.augment",
+    require(not (d.mode == "cached" and d.augment.active()), "distill.augment",
              "cached soft targets are the teacher's logits on clean inputs, which an augmented student input "
              "would no longer match; set distill.cached_views=K (the teacher's logits on K seeded views of "
              "each example, cached) or distill.mode=online (the teacher sees every augmented batch), "
@@ -129,7 +102,7 @@ def _validate_views(d: Any) -> None:
 
 def _validate_tracking_uri(uri: str) -> None:
     """Empty (sqlite under run.storage_path) or an MLflow URI with a scheme (a bare path: the legacy file store)."""
-    _require(uri == "" or uri == "databricks" or ("://" in uri and uri == uri.strip() and " " not in uri),
+    require(uri == "" or uri == "databricks" or ("://" in uri and uri == uri.strip() and " " not in uri),
              "run.tracking_uri", "must be \"\" (sqlite:///<run.storage_path>/mlflow.db) or a tracking URI with "
              f"a scheme, such as http://mlflow.example:5000 or sqlite:////abs/path/mlflow.db; got {uri!r}")
 
@@ -141,160 +114,119 @@ OPTIMIZERS, SCHEDULERS = ("adam", "adamw", "sgd"), ("none", "cosine", "multistep
 def _validate_recipe(cfg: Any, section: str) -> None:
     """The training recipe keys shared by ``teacher`` and ``distill`` (``core.config.schema.RecipeSection``)."""
     r = getattr(cfg, section)
-    _positive(cfg, section, "epochs", "batch_size", "lr", "checkpoint_every")
-    _require(r.workers == "auto" or (isinstance(r.workers, int) and not isinstance(r.workers, bool) and r.workers >= 1),
+    positive(cfg, section, "epochs", "batch_size", "lr", "checkpoint_every")
+    require(r.workers == "auto" or (isinstance(r.workers, int) and not isinstance(r.workers, bool) and r.workers >= 1),
              f"{section}.workers", f"must be 'auto' or an integer >= 1, got {r.workers!r}")
-    _require(r.max_failures >= 0, f"{section}.max_failures", "must be >= 0")
-    _one_of(r.optimizer, f"{section}.optimizer", OPTIMIZERS)
-    _one_of(r.scheduler, f"{section}.scheduler", SCHEDULERS)
-    _fraction(r.momentum, f"{section}.momentum", high_open=True)
-    _require(not r.nesterov or (r.optimizer == "sgd" and r.momentum > 0), f"{section}.nesterov",
+    require(r.max_failures >= 0, f"{section}.max_failures", "must be >= 0")
+    one_of(r.optimizer, f"{section}.optimizer", OPTIMIZERS)
+    one_of(r.scheduler, f"{section}.scheduler", SCHEDULERS)
+    fraction(r.momentum, f"{section}.momentum", high_open=True)
+    require(not r.nesterov or (r.optimizer == "sgd" and r.momentum > 0), f"{section}.nesterov",
              "needs optimizer: sgd with momentum > 0")
-    _require(r.weight_decay >= 0, f"{section}.weight_decay", f"must be >= 0, got {r.weight_decay}")
-    _require(r.gamma > 0, f"{section}.gamma", f"must be > 0, got {r.gamma}")
-    _require(0 <= r.warmup_epochs < r.epochs, f"{section}.warmup_epochs",
+    require(r.weight_decay >= 0, f"{section}.weight_decay", f"must be >= 0, got {r.weight_decay}")
+    require(r.gamma > 0, f"{section}.gamma", f"must be > 0, got {r.gamma}")
+    require(0 <= r.warmup_epochs < r.epochs, f"{section}.warmup_epochs",
              f"must be in [0, epochs), got {r.warmup_epochs} with epochs={r.epochs}")
-    _fraction(r.label_smoothing, f"{section}.label_smoothing", high_open=True)
-    _require(r.grad_clip >= 0, f"{section}.grad_clip", f"must be >= 0 (0 = off), got {r.grad_clip}")
+    fraction(r.label_smoothing, f"{section}.label_smoothing", high_open=True)
+    require(r.grad_clip >= 0, f"{section}.grad_clip", f"must be >= 0 (0 = off), got {r.grad_clip}")
     if r.scheduler == "multistep":
-        _require(bool(r.milestones) and r.milestones == sorted(set(r.milestones)) and
+        require(bool(r.milestones) and r.milestones == sorted(set(r.milestones)) and
                  all(0 < m < r.epochs for m in r.milestones), f"{section}.milestones",
                  f"multistep needs increasing epochs in (0, {r.epochs}), got {r.milestones}")
     else:
-        _require(not r.milestones, f"{section}.milestones", f"only used by scheduler: multistep (got {r.scheduler})")
+        require(not r.milestones, f"{section}.milestones", f"only used by scheduler: multistep (got {r.scheduler})")
     _validate_augment(r.augment, section, cfg.data.name)
 
 
 def _validate_augment(a: Any, section: str, data_name: str) -> None:
     """``<section>.augment`` (``schema.AugmentSpec``) of the teacher, the student or the federated clients."""
     for key in ("translate", "cutout"):
-        _require(getattr(a, key) >= 0, f"{section}.augment.{key}", f"must be >= 0 px, got {getattr(a, key)}")
-    _fraction(a.mixup, f"{section}.augment.mixup")
-    _require(math.isfinite(a.mixup_alpha) and a.mixup_alpha > 0, f"{section}.augment.mixup_alpha",
+        require(getattr(a, key) >= 0, f"{section}.augment.{key}", f"must be >= 0 px, got {getattr(a, key)}")
+    fraction(a.mixup, f"{section}.augment.mixup")
+    require(math.isfinite(a.mixup_alpha) and a.mixup_alpha > 0, f"{section}.augment.mixup_alpha",
              f"must be a finite number > 0 (lam ~ Beta(a, a)), got {a.mixup_alpha}")
-    _require(not (a.hflip and data_name in DIGIT_DATA_SETS), f"{section}.augment.hflip",
+    require(not (a.hflip and data_name in DIGIT_DATA_SETS), f"{section}.augment.hflip",
              f"data set '{data_name}' holds digits, and a mirrored digit is another digit (or none); "
              f"use {section}.augment.translate instead")
 
 
 def _validate_data(cfg: Any) -> None:
     d = cfg.data
-    _require(0 <= d.val_fraction < 1, "data.val_fraction", f"must be in [0, 1), got {d.val_fraction}")
+    require(0 <= d.val_fraction < 1, "data.val_fraction", f"must be in [0, 1), got {d.val_fraction}")
     if d.val_fraction == 0:  # train on train+val once settings are chosen; nothing may need validation
-        _require(not cfg.pipeline.tune, "data.val_fraction", "0 leaves no validation split, which the pipeline's "
+        require(not cfg.pipeline.tune, "data.val_fraction", "0 leaves no validation split, which the pipeline's "
                  "sweep ranks trials on; set pipeline.tune=false (or keep a validation split)")
-    _fraction(d.test_fraction, "data.test_fraction", low_open=True, high_open=True)
-    _require(d.val_fraction + d.test_fraction < 1, "data.val_fraction", "val + test fractions must be < 1")
-    _require(d.train_limit >= 0, "data.train_limit", "must be >= 0 (0 = all)")
-    _positive(cfg, "data", "synthetic_samples")
-    _require(d.synthetic_classes >= 2, "data.synthetic_classes", "must be >= 2")
-    _require(len(d.synthetic_shape) == 3 and all(s > 0 for s in d.synthetic_shape),
+    fraction(d.test_fraction, "data.test_fraction", low_open=True, high_open=True)
+    require(d.val_fraction + d.test_fraction < 1, "data.val_fraction", "val + test fractions must be < 1")
+    require(d.train_limit >= 0, "data.train_limit", "must be >= 0 (0 = all)")
+    positive(cfg, "data", "synthetic_samples")
+    require(d.synthetic_classes >= 2, "data.synthetic_classes", "must be >= 2")
+    require(len(d.synthetic_shape) == 3 and all(s > 0 for s in d.synthetic_shape),
              "data.synthetic_shape", "must be [channels, height, width] of positive ints")
 
 
 def _validate_tune(cfg: Any) -> None:
     t = cfg.tune
-    _positive(cfg, "tune", "num_samples", "grace_period", "max_epochs")
-    _require(t.reduction_factor >= 2, "tune.reduction_factor", "must be >= 2")
-    _require(t.grace_period <= t.max_epochs, "tune.grace_period", "must be <= tune.max_epochs")
+    positive(cfg, "tune", "num_samples", "grace_period", "max_epochs")
+    require(t.reduction_factor >= 2, "tune.reduction_factor", "must be >= 2")
+    require(t.grace_period <= t.max_epochs, "tune.grace_period", "must be <= tune.max_epochs")
     _range_pair(t.temperature, "tune.temperature", low=0, high=MAX_TEMPERATURE)
-    _require(all(v > 0 for v in t.temperature), "tune.temperature", "temperatures must be > 0")
+    require(all(v > 0 for v in t.temperature), "tune.temperature", "temperatures must be > 0")
     _range_pair(t.alpha, "tune.alpha", low=0, high=1)
     for key, choices in (("temperature_search", ("loguniform", "uniform", "grid")),
                          ("alpha_search", ("uniform", "grid")), ("scheduler", ("asha", "none")),
                          ("searcher", ("random", "optuna")), ("mode", ("max", "min"))):
-        _one_of(getattr(t, key), f"tune.{key}", choices)
+        one_of(getattr(t, key), f"tune.{key}", choices)
     for name, search in (("temperature", t.temperature_search), ("alpha", t.alpha_search)):
         values = getattr(t, name)
         if search != "grid":
-            _require(len(values) == 2 and values[0] < values[1], f"tune.{name}",
+            require(len(values) == 2 and values[0] < values[1], f"tune.{name}",
                      f"a {search} range needs [low, high] with low < high, got {values}")
     if t.lr:
-        _require(len(t.lr) == 2 and 0 < t.lr[0] < t.lr[1], "tune.lr", f"needs [low, high], 0 < low < high; got {t.lr}")
+        require(len(t.lr) == 2 and 0 < t.lr[0] < t.lr[1], "tune.lr", f"needs [low, high], 0 < low < high; got {t.lr}")
     for name in t.method:
-        _one_of(name, "tune.method", METHOD_CHOICES)
-    _require(len(set(t.method)) == len(t.method), "tune.method", f"must not repeat a method, got {t.method}")
-    _require("fitnet" not in t.method, "tune.method", "Tune's trials distill from cached soft targets and fitnet "
+        one_of(name, "tune.method", METHOD_CHOICES)
+    require(len(set(t.method)) == len(t.method), "tune.method", f"must not repeat a method, got {t.method}")
+    require("fitnet" not in t.method, "tune.method", "Tune's trials distill from cached soft targets and fitnet "
              "needs the teacher's features online; sweep logit methods and run fitnet with `raydistill distill`")
-    _require(t.max_concurrent >= 0, "tune.max_concurrent", "must be >= 0 (0 = from the cluster's CPUs)")
-    _require(t.max_retries >= 0, "tune.max_retries", "must be >= 0")
-    _one_of(t.metric, "tune.metric", ("val_accuracy", "val_loss", "train_loss"))
-    _require(t.top_k >= 1, "tune.top_k", f"must be >= 1, got {t.top_k}")
-    _require(t.fail_trial >= -1, "tune.fail_trial", "must be -1 (off) or a trial index >= 0")
+    require(t.max_concurrent >= 0, "tune.max_concurrent", "must be >= 0 (0 = from the cluster's CPUs)")
+    require(t.max_retries >= 0, "tune.max_retries", "must be >= 0")
+    one_of(t.metric, "tune.metric", ("val_accuracy", "val_loss", "train_loss"))
+    require(t.top_k >= 1, "tune.top_k", f"must be >= 1, got {t.top_k}")
+    require(t.fail_trial >= -1, "tune.fail_trial", "must be -1 (off) or a trial index >= 0")
     if t.searcher == "optuna":
-        _require("grid" not in (t.temperature_search, t.alpha_search) and not t.method, "tune.searcher",
+        require("grid" not in (t.temperature_search, t.alpha_search) and not t.method, "tune.searcher",
                  "optuna samples ranges; use temperature_search/alpha_search other than grid and no tune.method grid")
-        _require(t.fail_trial == -1, "tune.fail_trial", "works with the random searcher only")
+        require(t.fail_trial == -1, "tune.fail_trial", "works with the random searcher only")
 
 
 def _validate_federated(cfg: Any) -> None:
     f = cfg.federated
-    _one_of(f.strategy, "federated.strategy", ("fedavg", "fedprox", "feddf", "fedmedian", "fedtrimmedavg"))
-    _require(0.0 <= f.trim_fraction < 0.5, "federated.trim_fraction", f"must be in [0, 0.5), got {f.trim_fraction}")
-    _one_of(f.partition, "federated.partition", ("iid", "dirichlet"))
-    _fraction(f.fraction, "federated.fraction", low_open=True)
-    _require(f.dirichlet_alpha > 0, "federated.dirichlet_alpha", f"must be > 0, got {f.dirichlet_alpha}")
-    _positive(cfg, "federated", "clients", "rounds", "local_epochs", "batch_size", "lr", "min_clients",
+    one_of(f.strategy, "federated.strategy", ("fedavg", "fedprox", "feddf", "fedmedian", "fedtrimmedavg"))
+    require(0.0 <= f.trim_fraction < 0.5, "federated.trim_fraction", f"must be in [0, 0.5), got {f.trim_fraction}")
+    one_of(f.partition, "federated.partition", ("iid", "dirichlet"))
+    fraction(f.fraction, "federated.fraction", low_open=True)
+    require(f.dirichlet_alpha > 0, "federated.dirichlet_alpha", f"must be > 0, got {f.dirichlet_alpha}")
+    positive(cfg, "federated", "clients", "rounds", "local_epochs", "batch_size", "lr", "min_clients",
               "min_partition_size", "round_timeout_s", "actor_memory_gb", "distill_temperature", "distill_lr")
-    _require(f.mu >= 0, "federated.mu", "must be >= 0")
-    _require(f.actors >= 0, "federated.actors", "must be >= 0 (0 = from CPUs and memory)")
-    _fraction(f.failure_prob, "federated.failure_prob", high_open=True)
-    _fraction(f.proxy_fraction, "federated.proxy_fraction", low_open=True, high_open=True)
-    _fraction(f.client_kd_alpha, "federated.client_kd_alpha")
-    _one_of(f.optimizer, "federated.optimizer", ("sgd", "adam"))
-    _require(f.distill_epochs >= 0, "federated.distill_epochs", "must be >= 0")
+    require(f.mu >= 0, "federated.mu", "must be >= 0")
+    require(f.actors >= 0, "federated.actors", "must be >= 0 (0 = from CPUs and memory)")
+    fraction(f.failure_prob, "federated.failure_prob", high_open=True)
+    fraction(f.proxy_fraction, "federated.proxy_fraction", low_open=True, high_open=True)
+    fraction(f.client_kd_alpha, "federated.client_kd_alpha")
+    one_of(f.optimizer, "federated.optimizer", ("sgd", "adam"))
+    require(f.distill_epochs >= 0, "federated.distill_epochs", "must be >= 0")
     _validate_augment(f.augment, "federated", cfg.data.name)
-
-
-def _validate_serve(cfg: Any) -> None:
-    s = cfg.serve
-    _require(1 <= s.port <= 65535, "serve.port", f"must be in 1..65535, got {s.port}")
-    _positive(cfg, "serve", "max_batch_size", "max_instances", "max_body_bytes", "num_cpus",
-              "target_ongoing_requests", "max_ongoing_requests", "look_back_period_s", "body_timeout_s",
-              "request_timeout_s")
-    _require(s.batch_wait_timeout_s >= 0, "serve.batch_wait_timeout_s", "must be >= 0")
-    for name in ("upscale_delay_s", "downscale_delay_s"):
-        _require(getattr(s, name) >= 0, f"serve.{name}", f"must be >= 0, got {getattr(s, name)}")
-    _require(bool(s.app_name.strip()), "serve.app_name", "must not be empty")
-    _require(1 <= s.min_replicas <= s.max_replicas, "serve.min_replicas",
-             f"need 1 <= min_replicas <= max_replicas, got {s.min_replicas}, {s.max_replicas}")
-    _one_of(s.quantize, "serve.quantize", QUANTIZE_MODES)
-    _one_of(s.ingress, "serve.ingress", ("proxy", "haproxy"))
-    _require(s.route_prefix.startswith("/"), "serve.route_prefix", "must start with '/'")
-    _require(bool(s.allowed_hosts) and all(isinstance(h, str) and h.strip() for h in s.allowed_hosts),
-             "serve.allowed_hosts", f"must be a non-empty list of host names (or [\"*\"]), got {s.allowed_hosts}")
-    _require(not (s.auth_token_env and s.auth_token_file), "serve.auth_token_file",
-             "set either serve.auth_token_env or serve.auth_token_file, not both")
-    _validate_cascade(s)
-    public = s.host not in LOOPBACK_HOSTS
-    auth = bool(s.auth_token_env or s.auth_token_file)
-    _require(not public or auth or s.allow_unauthenticated_public, "serve.host",
-             f"{s.host} is reachable from other machines and serve.auth_token_env is empty, so anyone who can "
-             f"reach it could use the model; set serve.auth_token_env to the env var holding a bearer token "
-             f"(or serve.auth_token_file to a file holding it), or "
-             f"set serve.allow_unauthenticated_public=true to expose it without auth on purpose")
-
-
-def _validate_cascade(s: Any) -> None:
-    """serve.cascade_* and serve.canary_fraction: checked even when off, so a typo fails before it is turned on."""
-    _one_of(s.cascade_metric, "serve.cascade_metric", ("max_prob", "margin"))
-    _require(s.cascade_threshold >= 0, "serve.cascade_threshold",
-             f"must be >= 0 (0 = never escalate; above 1 = always), got {s.cascade_threshold}")
-    _require(s.cascade_timeout_s > 0, "serve.cascade_timeout_s", f"must be > 0 seconds, got {s.cascade_timeout_s}")
-    _fraction(s.canary_fraction, "serve.canary_fraction")
-    _require(0 <= s.cascade_min_replicas <= s.cascade_max_replicas and s.cascade_max_replicas >= 1,
-             "serve.cascade_min_replicas", f"need 0 <= cascade_min_replicas <= cascade_max_replicas and "
-             f"cascade_max_replicas >= 1, got {s.cascade_min_replicas}, {s.cascade_max_replicas}")
 
 
 def _validate_compress(cfg: Any) -> None:
     c = cfg.compress
-    _require(len(c.sparsities) >= 1 and all(0 < v < 1 for v in c.sparsities), "compress.sparsities",
+    require(len(c.sparsities) >= 1 and all(0 < v < 1 for v in c.sparsities), "compress.sparsities",
              f"needs values in (0, 1), got {c.sparsities}")
     percents = [round(v * 100) for v in c.sparsities]  # each row and its file are named teacher-pruned<percent>
-    _require(len(set(percents)) == len(percents) and all(0 < p < 100 for p in percents), "compress.sparsities",
+    require(len(set(percents)) == len(percents) and all(0 < p < 100 for p in percents), "compress.sparsities",
              f"needs distinct whole percents in 1..99 (rows are named by them), got {c.sparsities} = {percents} %")
-    _require(c.finetune_epochs >= 0, "compress.finetune_epochs", "must be >= 0 (0 = no fine-tune)")
-    _positive(cfg, "compress", "finetune_lr", "latency_repeats", "threads")
-    _require(len(c.latency_batches) >= 1 and all(b > 0 for b in c.latency_batches), "compress.latency_batches",
+    require(c.finetune_epochs >= 0, "compress.finetune_epochs", "must be >= 0 (0 = no fine-tune)")
+    positive(cfg, "compress", "finetune_lr", "latency_repeats", "threads")
+    require(len(c.latency_batches) >= 1 and all(b > 0 for b in c.latency_batches), "compress.latency_batches",
              f"needs positive batch sizes, got {c.latency_batches}")
