@@ -133,6 +133,18 @@ def test_hflip_mirrors_about_half_and_batches_stay_aligned():
     assert torch.equal(batches[0][1], y)
 
 
+def test_augmented_without_a_fill_shifts_in_zeros_in_every_channel():
+    # fill None (or empty) is a border of 0.0 per channel of the batch: of an all-ones 3-channel image
+    # shifted by (dr, dc), exactly (4 - |dr|) * (4 - |dc|) pixels per channel keep their 1.0, the rest are 0.0
+    x = torch.ones(64, 3, 4, 4)
+    for fill in (None, ()):
+        out = next(augmented(iter([(x, torch.zeros(64))]), AugmentSpec(translate=1), fill, seed=1))[0]
+        assert set(out.unique().tolist()) <= {0.0, 1.0}
+        kept = out[:, 0].sum(dim=(1, 2))
+        assert set(kept.tolist()) <= {16.0, 12.0, 9.0} and (kept < 16).any()
+        assert torch.equal(out[:, 0], out[:, 2])  # the same shift in every channel
+
+
 def test_raw_zero_fill_is_minus_mean_over_std():
     assert raw_zero_fill({"mean": [2.0, 4.0], "std": [4.0, 2.0]}, 2) == (-0.5, -2.0)
 

@@ -255,7 +255,6 @@ def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, lr: floa
         arrays = [x, y] if teacher_logits is None else [x, y, teacher_logits]
         if views is not None:
             arrays, local = local_views(views, [x, y, torch.arange(len(y)), *view_cache], pool=(x, y))
-        fill = fill if fill is not None else (0.0,) * int(np.shape(x)[1])
         soften = view_softener(kd) if views is not None else None
         losses = []
         for epoch in range(epochs):

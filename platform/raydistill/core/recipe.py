@@ -143,9 +143,10 @@ def apply_cutout(x: torch.Tensor, spots: torch.Tensor | None, size: int, fill: t
     return torch.where(inside[:, None], torch.as_tensor(fill, dtype=x.dtype).view(1, c, 1, 1), x)
 
 
-def augmented(batches, spec: AugmentSpec, fill: tuple[float, ...], seed: int, num_classes: int = 0):
+def augmented(batches, spec: AugmentSpec, fill: tuple[float, ...] | None, seed: int, num_classes: int = 0):
     """``batches`` with :func:`augment_batch` applied to each batch's inputs, seeded by ``seed``; with
-    ``spec.mixup`` then classic mixup (:func:`core.mixup.mix_batch`: labels ``(B, num_classes)``)."""
+    ``spec.mixup`` then classic mixup (:func:`core.mixup.mix_batch`: labels ``(B, num_classes)``).
+    ``fill`` None or empty: a border of 0.0 in every channel (no normalization to undo)."""
     if not spec.active():
         yield from batches
         return
@@ -153,7 +154,7 @@ def augmented(batches, spec: AugmentSpec, fill: tuple[float, ...], seed: int, nu
         raise ValueError(f"augment.mixup mixes labels: it needs the number of classes, got {num_classes}")
     generator = torch.Generator().manual_seed(seed)
     for batch in batches:
-        x = augment_batch(batch[0], spec, fill, generator)
+        x = augment_batch(batch[0], spec, fill or (0.0,) * int(batch[0].shape[1]), generator)
         if spec.mixup > 0:
             if len(batch) > 2:
                 raise ValueError("classic mixup mixes images and labels only: a batch's cached teacher logits "

@@ -136,12 +136,11 @@ def train_client(model: nn.Module, global_state: Mapping, x: np.ndarray, y: np.n
     model.load_state_dict(to_torch_state(global_state))
     optimizer = make_local_optimizer(model, spec)
     kd, teachers = (spec.kd, teachers) if spec.kd is not None and teachers else (None, ())
-    fill = spec.fill or (0.0,) * int(np.shape(x)[1])
     loss = float("nan")
     with proximal_pull(model, global_state, spec.mu):
         for epoch in range(spec.epochs):
             batches = iterate_batches([x, y], spec.batch_size, shuffle=True, seed=seed + epoch)
-            batches = augmented(batches, spec.augment, fill, seed=_augment_seed(seed, epoch),
+            batches = augmented(batches, spec.augment, spec.fill, seed=_augment_seed(seed, epoch),
                                 num_classes=spec.num_classes)
             loss = train_epoch(model, batches, optimizer, kd=kd, teachers=teachers)
     return to_numpy_state(model.state_dict()), loss
