@@ -71,6 +71,9 @@ def test_a_number_where_a_name_is_expected_is_read_as_that_name():
     ("distill.dkd_warmup_epochs=-2", "distill.dkd_warmup_epochs"),
     ("distill.dkd_warmup_epochs=2.5", "distill.dkd_warmup_epochs"),
     ("distill.method=dkd distill.dkd_alpha=0 distill.dkd_beta=0", "distill.dkd_beta"),
+    ("distill.dist_gamma=-0.5", "distill.dist_gamma"),
+    ("distill.dist_beta=.inf", "distill.dist_beta"),
+    ("distill.method=dist distill.dist_beta=0 distill.dist_gamma=0", "distill.dist_gamma"),
     # found by review: each was a traceback (an overflow in float() or in torch's generator) or accepted
     ("run.seed=1000000000000000", "run.seed"),
     ("run.seed=4294967296", "run.seed"),

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from raydistill.core.engine import KDSettings, batch_loss
-from raydistill.core.methods import Method, dkd_term, kd_term, parse_method, soft_term, standardize
+from raydistill.core.methods import Method, dist_term, dkd_term, kd_term, parse_method, soft_term, standardize
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -36,6 +36,14 @@ def _dkd_numpy(zs: np.ndarray, pt: np.ndarray, y: np.ndarray, T: float, a: float
     return float(np.mean(a * _kl(bt, bs) + b * nckd) * T * T)
 
 
+def _dist_numpy(ps: np.ndarray, pt: np.ndarray, T: float, b: float, g: float) -> float:
+    """Huang et al. 2022, eqs. 4-7: 1 - Pearson per example (rows) and per class (columns, across the
+    batch), weighted b and g, times T^2; numpy's corrcoef as the correlation."""
+    inter = 1 - np.mean([np.corrcoef(ps[i], pt[i])[0, 1] for i in range(len(ps))])
+    intra = 1 - np.mean([np.corrcoef(ps[:, c], pt[:, c])[0, 1] for c in range(ps.shape[1])])
+    return float((b * inter + g * intra) * T * T)
+
+
 @pytest.fixture
 def batch():
     rng = np.random.default_rng(7)
@@ -47,6 +55,7 @@ def batch():
 def test_parse_method_names_and_refusals():
     assert parse_method("kd") == Method("kd", False) and parse_method("lskd") == Method("kd", True)
     assert parse_method("dkd+lskd") == Method("dkd", True) and parse_method("dkd+lskd").name == "dkd+lskd"
+    assert parse_method("dist") == Method("dist", False) and parse_method("dist+lskd") == Method("dist", True)
     with pytest.raises(ValueError, match="unknown distillation method 'crd'"):
         parse_method("crd")
 
@@ -114,6 +123,37 @@ def test_lskd_ignores_the_scale_and_shift_of_either_models_logits(batch):
     assert plain[0] != pytest.approx(plain[1], rel=1e-3)  # what LSKD removes: plain KD depends on the scale
 
 
+@pytest.mark.parametrize("T, b, g", [(1.0, 1.0, 1.0), (4.0, 1.0, 1.0), (2.0, 2.0, 0.5), (4.0, 0.0, 1.0)])
+def test_dist_term_matches_the_papers_formula(batch, T, b, g):
+    zs, zt, _ = batch
+    pt = _softmax(zt / T)
+    got = dist_term(torch.tensor(zs), torch.tensor(pt), T, dist_beta=b, dist_gamma=g).item()
+    assert got == pytest.approx(_dist_numpy(_softmax(zs / T), pt, T, b, g), rel=1e-6)  # up to the 1e-8 eps
+
+
+def test_dist_ignores_what_kd_punishes_and_has_no_class_term_for_one_example(batch):
+    zs, _, _ = batch
+    T = 2.0
+    ps = _softmax(zs / T)
+    # the teacher's probabilities as any positive affine map of the student's: correlation 1, DIST 0; KD is not 0
+    pt = 0.5 * ps + 0.5 / ps.shape[1]
+    assert dist_term(torch.tensor(zs), torch.tensor(pt), T, dist_beta=1.0, dist_gamma=1.0).item() == pytest.approx(
+        0.0, abs=1e-5)  # the 1e-8 eps over norms of ~1e-2
+    assert kd_term(torch.tensor(zs), torch.tensor(pt), T).item() > 1e-3
+    # one example: a class column has no spread, so only the inter-class term (rows) counts
+    one = dist_term(torch.tensor(zs[:1]), torch.tensor(_softmax(zs[1:2] / T)), T, dist_beta=1.0, dist_gamma=5.0)
+    assert one.item() == pytest.approx((1 - np.corrcoef(ps[0], _softmax(zs[1] / T))[0, 1]) * T * T, rel=1e-6)
+
+
+def test_the_card_records_dists_weights_and_not_dkds():
+    from raydistill.core.cards import distillation_record
+    from raydistill.core.config import load_config
+
+    record = distillation_record(load_config(None, ["distill.method=dist+lskd", "distill.dist_beta=2"]).distill)
+    assert (record["method"], record["dist_beta"], record["dist_gamma"]) == ("dist+lskd", 2.0, 1.0)
+    assert "dkd_beta" not in record
+
+
 class _Fixed(torch.nn.Module):
     """A 'model' whose logits are its input: the loss sees exactly the hand-built logits."""
 
@@ -121,19 +161,24 @@ class _Fixed(torch.nn.Module):
         return x
 
 
-@pytest.mark.parametrize("method, epoch, warmup", [("dkd", 1, 4), ("dkd", 6, 4), ("kd+lskd", 2, 0)])
+@pytest.mark.parametrize("method, epoch, warmup", [("dkd", 1, 4), ("dkd", 6, 4), ("kd+lskd", 2, 0),
+                                                  ("dist", 3, 0), ("dist+lskd", 1, 2)])
 def test_batch_loss_mixes_the_hard_ce_and_the_warmed_up_soft_term(batch, method, epoch, warmup):
     zs, zt, y = batch
     alpha, T = 0.3, 2.0
     kd = KDSettings(temperature=T, alpha=alpha, method=parse_method(method), dkd_alpha=1.0, dkd_beta=8.0,
-                    warmup_epochs=warmup)
+                    dist_beta=1.5, dist_gamma=0.5, warmup_epochs=warmup)
     loss = batch_loss(_Fixed(), (torch.tensor(zs), torch.tensor(y), torch.tensor(zt)), kd=kd, epoch=epoch).item()
     ce = float(np.mean(-np.log(_softmax(zs)[np.arange(len(y)), y])))
     w = 1.0 if warmup == 0 else min(epoch / warmup, 1.0)
+    z = lambda v: (v - v.mean(1, keepdims=True)) / (v.std(1, ddof=1, keepdims=True) + 1e-7)  # noqa: E731
     if method == "dkd":
         soft = _dkd_numpy(zs, _softmax(zt / T), y, T, 1.0, 8.0)
+    elif method == "dist":
+        soft = _dist_numpy(_softmax(zs / T), _softmax(zt / T), T, 1.5, 0.5)
+    elif method == "dist+lskd":
+        soft = _dist_numpy(_softmax(z(zs) / T), _softmax(z(zt) / T), T, 1.5, 0.5)
     else:
-        z = lambda v: (v - v.mean(1, keepdims=True)) / (v.std(1, ddof=1, keepdims=True) + 1e-7)  # noqa: E731
         soft = float(np.mean(_kl(_softmax(z(zt) / T), _softmax(z(zs) / T)))) * T * T
     assert loss == pytest.approx(alpha * ce + (1 - alpha) * w * soft, rel=1e-6)
 

@@ -40,6 +40,8 @@ class KDSettings:
     method: Method = Method()  # distill.method (core.methods): kd | dkd, optionally +lskd
     dkd_alpha: float = 1.0
     dkd_beta: float = 8.0
+    dist_beta: float = 1.0  # dist: weight of the inter-class relation
+    dist_gamma: float = 1.0  # dist: weight of the intra-class relation
     warmup_epochs: int = 0  # the soft term's linear warm-up (distill.dkd_warmup_epochs)
     hint_weight: float = 0.0  # fitnet: weight of the hint MSE (core.hints)
     hint_layer: str = "auto"  # fitnet: teacher layer
@@ -52,6 +54,7 @@ class KDSettings:
         return cls(temperature=float(d.temperature if temperature is None else temperature),
                    alpha=float(d.alpha if alpha is None else alpha), teacher_weights=tuple(teacher_weights),
                    method=parse_method(d.method), dkd_alpha=d.dkd_alpha, dkd_beta=d.dkd_beta,
+                   dist_beta=d.dist_beta, dist_gamma=d.dist_gamma,
                    warmup_epochs=d.dkd_warmup_epochs, hint_weight=d.hint_weight, hint_layer=d.hint_layer,
                    guided_layer=d.guided_layer)
 
@@ -139,7 +142,8 @@ def _logit_loss(logits: torch.Tensor, z_t: torch.Tensor, y: torch.Tensor, kd: KD
     if kd.method.base == "kd" and not kd.method.standardize and kd.warmup_epochs <= 0:  # Hinton's KD: one fused node (losses._KDLoss)
         return kd_loss_from_probs(logits, probs, y, temperature=kd.temperature, alpha=kd.alpha,
                                   label_smoothing=label_smoothing)
-    soft = soft_term(kd.method, logits, probs, y, kd.temperature, dkd_alpha=kd.dkd_alpha, dkd_beta=kd.dkd_beta)
+    soft = soft_term(kd.method, logits, probs, y, kd.temperature, dkd_alpha=kd.dkd_alpha, dkd_beta=kd.dkd_beta,
+                     dist_beta=kd.dist_beta, dist_gamma=kd.dist_gamma)
     hard = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
     return kd.alpha * hard + kd.soft_weight(epoch) * soft
 

@@ -16,6 +16,14 @@ the teacher's logits only, so they work with cached soft targets, Tune trials, t
   classes ``j != y``, ``p^_j = p_j / (1 - p_y)``; ``q = softmax(z_s / T)``. ``a = distill.dkd_alpha``,
   ``b = distill.dkd_beta``; ``w`` rises linearly over ``distill.dkd_warmup_epochs``.
   (Hinton's KD is ``a = 1 - p_t,y`` and ``b = 1 - p_t,y`` in the same decomposition, the paper's eq. 3.)
+* ``dist`` — DIST, Huang et al. NeurIPS 2022 ("Knowledge Distillation from A Stronger Teacher"): match
+  the *relations* of the two probability matrices ``P_s, P_t`` of shape ``(B, C)`` (both at ``T``)
+  rather than their values: ``D = T^2 (b * (1 - mean_i rho(P_s[i, :], P_t[i, :]))
+  + g * (1 - mean_c rho(P_s[:, c], P_t[:, c])))`` with ``rho`` the Pearson correlation, the first an
+  inter-class relation per example, the second an intra-class relation per class across the batch
+  (``b = distill.dist_beta``, ``g = distill.dist_gamma``; a batch of one has no intra-class term).
+  It asks the student to rank classes and examples as the teacher does, not to copy its scale,
+  which the paper reports helps most when the teacher is much stronger than the student.
 * ``+lskd`` — logit standardization, Sun et al. CVPR 2024, usable with either: both logit vectors are
   z-scored per example before the temperature softmax, ``Z(z) = (z - mean(z)) / std(z)`` (std over the
   C classes with Bessel's correction, as the paper's code), so the student matches the teacher's
@@ -31,9 +39,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-BASES = ("kd", "dkd")
-CHOICES = ("kd", "dkd", "lskd", "kd+lskd", "dkd+lskd", "fitnet")
+BASES = ("kd", "dkd", "dist")
+CHOICES = ("kd", "dkd", "dist", "lskd", "kd+lskd", "dkd+lskd", "dist+lskd", "fitnet")
 _EPS = 1e-7  # the paper's code adds it to the std
+_RHO_EPS = 1e-8  # DIST's code adds it to the product of norms in the correlation
 
 
 @dataclass(frozen=True)
@@ -51,7 +60,7 @@ class Method:
 
 
 def parse_method(name: str) -> Method:
-    """``"kd" | "dkd" | "lskd" | "kd+lskd" | "dkd+lskd" | "fitnet"`` -> :class:`Method`; ValueError otherwise."""
+    """A name of ``CHOICES`` (``"kd"``, ``"dist+lskd"``, ...) -> :class:`Method`; ValueError otherwise."""
     if name not in CHOICES:
         raise ValueError(f"unknown distillation method {name!r}; choose one of {', '.join(CHOICES)}")
     if name == "fitnet":
@@ -107,8 +116,27 @@ def dkd_term(student_logits: torch.Tensor, teacher_probs: torch.Tensor, labels: 
     return (dkd_alpha * tckd + dkd_beta * nckd).mean() * temperature**2
 
 
+def pearson_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of each row of ``a`` with the same row of ``b``: ``(N, K)``, ``(N, K)`` -> ``(N,)``,
+    ``sum_k a'_k b'_k / (|a'| |b'| + 1e-8)`` with ``a' = a - mean_k a``; a constant row gives 0."""
+    a, b = a - a.mean(dim=-1, keepdim=True), b - b.mean(dim=-1, keepdim=True)
+    return (a * b).sum(dim=-1) / (a.norm(dim=-1) * b.norm(dim=-1) + _RHO_EPS)
+
+
+def dist_term(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float, *,
+              dist_beta: float, dist_gamma: float) -> torch.Tensor:
+    """``T^2 (b * inter + g * intra)`` (module docstring): ``(B, C)``, ``(B, C)`` -> scalar, with
+    ``inter = 1 - mean_i rho(P_s[i], P_t[i])`` over the B examples and ``intra = 1 - mean_c rho(P_s[:, c],
+    P_t[:, c])`` over the C classes (0 for a batch of one, where a class column has no spread)."""
+    p_s = F.softmax(student_logits / temperature, dim=-1)
+    inter = 1.0 - pearson_rows(p_s, teacher_probs).mean()
+    intra = 1.0 - pearson_rows(p_s.T, teacher_probs.T).mean() if len(p_s) > 1 else p_s.new_zeros(())
+    return (dist_beta * inter + dist_gamma * intra) * temperature**2
+
+
 def soft_term(method: Method, student_logits: torch.Tensor, teacher_probs: torch.Tensor, labels: torch.Tensor,
-              temperature: float, *, dkd_alpha: float = 1.0, dkd_beta: float = 8.0) -> torch.Tensor:
+              temperature: float, *, dkd_alpha: float = 1.0, dkd_beta: float = 8.0, dist_beta: float = 1.0,
+              dist_gamma: float = 1.0) -> torch.Tensor:
     """The method's ``D`` on the student's logits (z-scored first under ``+lskd``; ``teacher_probs``
     are then already from standardized teacher logits, see ``engine.teacher_probs``). ``labels``: ``(B,)``,
     or ``(B, C)`` distributions (mixup or mixed views, core.mixup), whose larger part is DKD's target class."""
@@ -116,8 +144,10 @@ def soft_term(method: Method, student_logits: torch.Tensor, teacher_probs: torch
     if method.base == "dkd":
         labels = labels if labels.dim() == 1 else labels.argmax(dim=-1)
         return dkd_term(z_s, teacher_probs, labels, temperature, dkd_alpha=dkd_alpha, dkd_beta=dkd_beta)
+    if method.base == "dist":
+        return dist_term(z_s, teacher_probs, temperature, dist_beta=dist_beta, dist_gamma=dist_gamma)
     return kd_term(z_s, teacher_probs, temperature)
 
 
 __all__ = ["BASES", "CHOICES", "Method", "parse_method", "standardize", "warmup_weight", "kd_term", "dkd_term",
-           "soft_term"]
+           "pearson_rows", "dist_term", "soft_term"]

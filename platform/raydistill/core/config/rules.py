@@ -64,12 +64,14 @@ def validate(cfg: Any) -> None:
 def _validate_method(d: Any) -> None:
     """``distill.method`` and its knobs (core.methods)."""
     one_of(d.method, "distill.method", METHOD_CHOICES)
-    for name in ("dkd_alpha", "dkd_beta"):
+    for name in ("dkd_alpha", "dkd_beta", "dist_beta", "dist_gamma"):
         value = getattr(d, name)
         require(math.isfinite(value) and value >= 0, f"distill.{name}", f"must be a finite number >= 0, got {value}")
     require(d.dkd_warmup_epochs >= 0, "distill.dkd_warmup_epochs", f"must be >= 0, got {d.dkd_warmup_epochs}")
     require(parse_method(d.method).base != "dkd" or d.dkd_alpha + d.dkd_beta > 0, "distill.dkd_beta",
              "dkd_alpha and dkd_beta are both 0, so the distillation term vanishes; give either a weight > 0")
+    require(parse_method(d.method).base != "dist" or d.dist_beta + d.dist_gamma > 0, "distill.dist_gamma",
+            "dist_beta and dist_gamma are both 0, so the distillation term vanishes; give either a weight > 0")
     require(math.isfinite(d.hint_weight) and d.hint_weight >= 0, "distill.hint_weight",
              f"must be a finite number >= 0, got {d.hint_weight}")
     for name in ("hint_layer", "guided_layer"):

@@ -115,9 +115,11 @@ class DistillSection(RecipeSection):
     teachers: list[TeacherRef] = field(default_factory=list)  # ensemble; overrides `teacher`
     temperature: float = 4.0
     alpha: float = 0.1  # weight of the hard-label CE; 1 - alpha weighs T^2 * KL (see core.losses.kd_loss)
-    method: str = "kd"  # the soft term (core.methods): kd | dkd, either with +lskd (lskd = kd+lskd) | fitnet
+    method: str = "kd"  # the soft term (core.methods): kd | dkd | dist, each with +lskd (lskd = kd+lskd) | fitnet
     dkd_alpha: float = 1.0  # DKD: weight of the target-class term (TCKD)
     dkd_beta: float = 8.0  # DKD: weight of the non-target-class term (NCKD; mdistiller's CIFAR-100 value)
+    dist_beta: float = 1.0  # DIST: weight of the inter-class relation (per example; the paper's value)
+    dist_gamma: float = 1.0  # DIST: weight of the intra-class relation (per class across the batch)
     dkd_warmup_epochs: int = 0  # the soft term's weight rises linearly over these epochs (mdistiller: 20 of 240)
     hint_weight: float = 100.0  # fitnet: weight of the hint MSE (core.hints; mdistiller's CIFAR-100 value)
     hint_layer: str = "auto"  # fitnet: the teacher layer whose output is the hint; auto = its penultimate features
