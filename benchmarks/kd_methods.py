@@ -1,5 +1,5 @@
 """Distillation methods on Fashion-MNIST: the student alone vs kd, dkd, kd+lskd, dkd+lskd, fitnet, and
-kd on cached augmented views (``distill.cached_views`` = 1/4/8).
+kd on cached augmented views (``distill.cached_views`` = 1/4/8); dist and dist+lskd with ``--rows``.
 
 Per seed: one teacher (the config's: ``cnn`` 32-64-128 unless ``--set teacher.model...``, its recipe
 with flips and shifts), then from the same student initialization and batches (seed), each row's
@@ -51,10 +51,11 @@ from _paths import FASHION
 from _kd_rows import cache_job, check_configs, logits_job, row_job, teacher_job, views_job
 
 STUDENT = "distill.student={name: cnn, args: {channels: [8, 16], fc: 24}}"  # the default, before --set
-METHODS = ("kd", "dkd", "kd+lskd", "dkd+lskd", "fitnet")
+METHODS = ("kd", "dkd", "kd+lskd", "dkd+lskd", "fitnet", "dist", "dist+lskd")
 VIEWS = (1, 4, 8)
 AUG_ROWS = tuple(f"kd views={v}" for v in VIEWS)
 ROWS = (*METHODS, *AUG_ROWS)  # the distilled rows; "alone" and "alone+aug" are their baselines
+DEFAULT_ROWS = tuple(r for r in ROWS if not r.startswith("dist"))  # the issue's rows; dist on request (--rows)
 ALONE = ("alone", "alone+aug", "alone+other")  # the student-alone rows; "alone+other": --alone-augment
 
 
@@ -69,7 +70,7 @@ def describe(spec: ModelSpec) -> str:
     return f"{spec.name} {args}"
 
 
-def submit_rows(jobs: Jobs, cfg, bundles: list, seeds: list[int], teachers: list, views_recipe, rows=ROWS,
+def submit_rows(jobs: Jobs, cfg, bundles: list, seeds: list[int], teachers: list, views_recipe, rows=DEFAULT_ROWS,
                 alone_augment: AugmentSpec | None = None) -> list[dict]:
     """Per seed, each of ``rows``' students (and their student-alone baselines; with ``alone_augment`` one
     more, trained with that augmentation) from the same init, as ``jobs``: {row: handle of (accuracy,
@@ -213,8 +214,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1,
                         help="trainings run at a time, as Ray tasks of 1 CPU and 1 thread each (default 1: one "
                              "after another in this process on --threads threads)")
-    parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS),
-                        help="distilled rows to run (default: all); their student-alone baselines always run")
+    parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(DEFAULT_ROWS),
+                        help="distilled rows to run (default: all but dist and dist+lskd); their student-alone "
+                             "baselines always run")
     parser.add_argument("--teacher-cache", type=Path, default=None,
                         help="a folder to keep each seed's trained teacher in and reuse it from (its wall time is "
                              "the one recorded when it was trained)")
@@ -260,7 +262,8 @@ def main() -> None:
           f"{d.optimizer} lr {d.lr} {d.scheduler}, no augmentation / augmented {dataclasses.asdict(views.augment)} "
           f"({views.epochs} epochs) "
           f"({_cache_line(results)}); T={d.temperature} alpha={d.alpha} "
-          f"dkd {d.dkd_alpha}/{d.dkd_beta} hint_weight {d.hint_weight}; seeds {args.seeds} "
+          f"dkd {d.dkd_alpha}/{d.dkd_beta} dist {d.dist_beta}/{d.dist_gamma} hint_weight {d.hint_weight}; "
+          f"seeds {args.seeds} "
           f"({sum(r['teacher_cached'] for r in results)} teachers from --teacher-cache); "
           f"{time.perf_counter() - started:.0f} s; "
           + (f"{args.threads} threads" if args.workers == 1 else f"{args.workers} Ray tasks at a time, 1 thread each"))

@@ -361,6 +361,32 @@ def test_kd_val_views_rows_share_a_view_cache_exactly_when_what_it_holds_is_the_
     assert cache_of("alone") == [None, None]
 
 
+def test_kd_methods_runs_dist_on_request_only_with_the_method_named_and_the_logits_shared():
+    bench = load_benchmark("kd_methods")
+    cfg = load_config(str(REPO / "configs" / "fashion_mnist.yaml"), [])
+
+    class Jobs:  # records what main() would send to Ray: (function name, arguments, keywords) -> a handle
+        def __init__(self):
+            self.sent = []
+
+        def submit(self, fn, *args, **kwargs):
+            self.sent.append((fn.__name__, args, kwargs))
+            return len(self.sent) - 1
+
+    def methods(rows=None) -> list:
+        jobs = Jobs()
+        extra = {} if rows is None else {"rows": rows}
+        bench.submit_rows(jobs, cfg, ["bundle0"], [0], ["teacher0"], cfg.distill, **extra)
+        logits = [h for h, (name, *_) in enumerate(jobs.sent) if name == "logits_job"]
+        sent = [(kw.get("method"), kw.get("logits")) for name, _, kw in jobs.sent if name == "row_job"]
+        return [m for m, _ in sent if m], {source for m, source in sent if m and m != "fitnet"} == set(logits)
+
+    default, shared = methods()
+    assert "dist" not in default and "kd" in default and shared  # the rows by default
+    chosen, shared = methods(["dist", "dist+lskd", "kd"])
+    assert chosen == ["kd", "dist", "dist+lskd"] and shared  # one teacher-logits job for every logit method
+
+
 def test_the_plain_scripts_mixup_mixes_a_fraction_of_rows_with_batch_partners_and_mixes_labels_alike():
     # Each image a distinct one-hot pixel, so a mixed image names its weights: lam on its own pixel, 1 - lam on
     # the partner's; the label must be lam * onehot(y_i) + (1 - lam) * onehot(y_j) with the same lam and j.
