@@ -13,7 +13,7 @@ import torch
 from raydistill.core.config import ConfigError, load_config
 from raydistill.core.config.schema import AugmentSpec
 from raydistill.core.data import normalize
-from raydistill.core.engine import evaluate
+from raydistill.core.engine import KDSettings, evaluate
 from raydistill.federated.plan import pool_size
 from raydistill.federated.aggregate import (distill_ensemble, ensemble_logits, fedavg, proximal_pull, proximal_term,
                                             to_numpy_state, to_torch_state)
@@ -182,14 +182,15 @@ def test_feddf_distillation_moves_the_student_toward_the_ensemble():
             return float(torch.nn.functional.kl_div(log_s, p_t, reduction="batchmean"))
 
     before = kl_to_teacher()
-    history = distill_ensemble(model, teacher, proxy, temperature=3.0, epochs=15, lr=3e-3, batch_size=64, seed=0)
+    kd = KDSettings(temperature=3.0, alpha=0.0)
+    history = distill_ensemble(model, teacher, proxy, kd=kd, epochs=15, lr=3e-3, batch_size=64, seed=0)
     assert len(history["losses"]) == 15 and history["losses"][-1] < history["losses"][0]
     assert kl_to_teacher() < 0.5 * before
     # an empty validation split (data.val_fraction: 0; found by review: None > None after round 1) means
     # no early stopping: the same run as without one
     model.load_state_dict(to_torch_state(start))
     empty = (proxy[:0], np.zeros(0, dtype=np.int64))
-    again = distill_ensemble(model, teacher, proxy, temperature=3.0, epochs=15, lr=3e-3, batch_size=64, seed=0, val=empty)
+    again = distill_ensemble(model, teacher, proxy, kd=kd, epochs=15, lr=3e-3, batch_size=64, seed=0, val=empty)
     assert again["losses"] == history["losses"] and again["val_accuracy"] == [] and again["kept_epoch"] == 0
 
 
@@ -250,7 +251,6 @@ def test_feddf_changes_the_fedavg_model_and_keeps_the_best_validation_accuracy()
 
 def test_client_kd_uses_the_teacher(local_teacher):
     from raydistill.core.artifacts import load_artifact
-    from raydistill.core.engine import KDSettings
 
     teacher, _ = load_artifact(local_teacher)
     _, plan, _, build = _digits_setup()
@@ -531,3 +531,43 @@ def test_a_round_whose_aggregate_overflows_keeps_the_previous_global_model(strat
     assert out.records[-1].test_accuracy > out.records[0].test_accuracy
 
 
+
+
+def test_federated_method_reaches_client_kd_and_feddf_with_distills_knobs_and_no_warm_up():
+    from raydistill.core.methods import Method
+
+    cfg, _, ctx, _ = _digits_setup("federated.method=dkd+lskd", "distill.dkd_beta=2", "distill.dkd_warmup_epochs=3",
+                                   "federated.distill_temperature=5", "federated.client_kd_alpha=0.25")
+    ctx.has_teacher = True
+    spec = make_strategy(cfg.federated, ctx).configure_round(1)
+    assert spec.kd.method == Method("dkd", True) and spec.kd.dkd_beta == 2.0 and spec.kd.warmup_epochs == 0
+    assert (spec.kd.temperature, spec.kd.alpha) == (5.0, 0.25)
+    assert make_strategy(cfg.federated, ctx).soft_kd(0.0).alpha == 0.0  # FedDF's pure soft term
+    plain_cfg, _, plain_ctx, _ = _digits_setup()
+    plain_ctx.has_teacher = True
+    assert make_strategy(plain_cfg.federated, plain_ctx).configure_round(1).kd.method == Method("kd", False)
+    run = _run_in_process("federated.strategy=feddf", "federated.method=dkd+lskd", "federated.rounds=2",
+                          "federated.distill_epochs=2")
+    assert run.error is None and all(np.isfinite(v).all() for v in run.state.values())
+    assert len(run.records[-1].details["distill"]["losses"]) == 2
+
+
+def test_feddf_with_dkd_takes_the_ensembles_prediction_as_the_target_class():
+    # one full batch: the first epoch's loss is DKD at the initial weights (numpy, float64), with the target
+    # class argmax z_t; the proxy has no labels, and class 0 for every example would give another value
+    from test_methods import _dkd_numpy
+    from raydistill.core.methods import parse_method
+
+    rng = np.random.default_rng(3)
+    proxy = rng.normal(size=(12, 6)).astype(np.float32)
+    z_t = rng.normal(0, 3, size=(12, 4)).astype(np.float32)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 4)
+    with torch.no_grad():
+        z_s = model(torch.as_tensor(proxy)).double().numpy()
+    kd = KDSettings(temperature=2.0, alpha=0.7, method=parse_method("dkd"), dkd_alpha=1.0, dkd_beta=8.0)
+    history = distill_ensemble(model, z_t, proxy, kd=kd, epochs=1, lr=1e-3, batch_size=64, seed=0)
+    p_t = torch.softmax(torch.as_tensor(z_t, dtype=torch.float64) / 2.0, -1).numpy()
+    expected = _dkd_numpy(z_s, p_t, z_t.argmax(1), 2.0, 1.0, 8.0)  # alpha 0: the soft term alone
+    assert history["losses"][0] == pytest.approx(expected, rel=1e-5)
+    assert expected != pytest.approx(_dkd_numpy(z_s, p_t, np.zeros(12, dtype=int), 2.0, 1.0, 8.0), rel=1e-3)

@@ -6,6 +6,7 @@ A *state* is a mapping ``name -> array`` (numpy arrays or torch tensors, as a mo
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Iterator, Mapping, Sequence
 
 import numpy as np
@@ -162,13 +163,14 @@ def ensemble_logits(model: nn.Module, states: Sequence[State], x: np.ndarray) ->
     return (total / len(states)).astype(np.float32)
 
 
-def distill_ensemble(model: nn.Module, teacher_logits: np.ndarray, proxy_x: np.ndarray, *, temperature: float,
+def distill_ensemble(model: nn.Module, teacher_logits: np.ndarray, proxy_x: np.ndarray, *, kd: KDSettings,
                      epochs: int, lr: float, batch_size: int, seed: int,
                      val: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """Distill ``teacher_logits`` ``(N, C)`` on the unlabeled ``proxy_x`` into ``model`` (in place).
 
-    Loss: ``kd_loss`` with ``alpha = 0`` (pure soft term, ``T^2 * KL(softmax(z_t/T) || softmax(z_s/T))``),
-    Adam. With a non-empty ``val`` the model keeps the weights of the best validation accuracy seen,
+    Loss: ``kd``'s soft term alone (``alpha`` set to 0; Hinton's ``T^2 * KL(softmax(z_t/T) || softmax(z_s/T))``
+    for ``kd``), Adam; DKD's target class is the ensemble's own prediction ``argmax z_t`` (the proxy has no
+    labels). With a non-empty ``val`` the model keeps the weights of the best validation accuracy seen,
     including before distillation (FedDF's early stopping on a validation set); without one it keeps
     the last epoch's.
 
@@ -176,14 +178,14 @@ def distill_ensemble(model: nn.Module, teacher_logits: np.ndarray, proxy_x: np.n
     -------
     ``{"losses": [...], "val_accuracy": [before, after epoch 1, ...], "kept_epoch": e}``.
     """
-    kd = KDSettings(temperature=temperature, alpha=0.0)
+    kd = replace(kd, alpha=0.0)
     val = val if val is not None and len(val[1]) else None  # data.val_fraction: 0 -> no early stopping
-    unused_labels = np.zeros(len(proxy_x), dtype=np.int64)  # alpha = 0: labels never read
+    predicted = np.asarray(teacher_logits).argmax(axis=1).astype(np.int64)  # alpha = 0: only DKD reads them
     optimizer = make_optimizer(model, lr)
     best = (evaluate(model, *val)["accuracy"], 0, _snapshot(model)) if val is not None else None
     history = {"losses": [], "val_accuracy": [best[0]] if best else [], "kept_epoch": 0}
     for epoch in range(epochs):
-        batches = iterate_batches([proxy_x, unused_labels, teacher_logits], batch_size, shuffle=True,
+        batches = iterate_batches([proxy_x, predicted, teacher_logits], batch_size, shuffle=True,
                                   seed=seed + epoch)
         history["losses"].append(train_epoch(model, batches, optimizer, kd=kd))
         if val is not None:

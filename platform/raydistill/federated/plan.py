@@ -5,7 +5,7 @@ starts an actor (``raydistill federated`` prints ``error: <dotted key>: ...``, e
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -15,13 +15,14 @@ from torch import nn
 from raydistill.core.artifacts import check_fits, load_state, resolve_artifact
 from raydistill.core.config import Config, ConfigError
 from raydistill.core.data import DataBundle
+from raydistill.core.engine import KDSettings
 from raydistill.core.preflight import preflight
 from raydistill.core.recipe import raw_zero_fill
 from raydistill.core.registry import UnknownNameError
 from raydistill.federated.partition import PartitionError, make_partition, partition_summary
 from raydistill.federated.strategies import STRATEGIES, ServerContext, clients_per_round
 
-__all__ = ["FederatedPlan", "prepare_federated", "split_proxy", "pool_size", "ACTOR_CPUS"]
+__all__ = ["FederatedPlan", "prepare_federated", "federated_kd", "split_proxy", "pool_size", "ACTOR_CPUS"]
 
 ACTOR_CPUS = 0.5  # 4 actors share 2 CPUs; with 1 CPU each only 2 run and the rest wait (docs/ray-notes.md)
 GIB = 1024**3
@@ -52,7 +53,15 @@ class FederatedPlan:
         b = self.bundle
         return ServerContext(build_model=build, proxy_x=self.proxy_x, val=(b.x_val, b.y_val),
                              has_teacher=self.teacher is not None, seed=self.cfg.run.seed, fill=self.fill,
-                             num_classes=b.num_classes)
+                             num_classes=b.num_classes, kd=federated_kd(self.cfg))
+
+
+def federated_kd(cfg: Config) -> KDSettings:
+    """``federated.method`` with the ``distill`` section's knobs (``dkd_*``, ``dist_*``) at
+    ``federated.distill_temperature``; alpha 0 (each use sets its own) and no warm-up (rounds are not epochs)."""
+    d = replace(cfg.distill, method=cfg.federated.method)
+    kd = KDSettings.for_distill(d, temperature=cfg.federated.distill_temperature, alpha=0.0)
+    return replace(kd, warmup_epochs=0)
 
 
 def split_proxy(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -42,6 +42,7 @@ class ServerContext:
     seed: int = 0
     fill: tuple[float, ...] = ()  # federated.augment's border value per channel (core.recipe.raw_zero_fill)
     num_classes: int = 0
+    kd: KDSettings | None = None  # federated.method with distill's knobs at distill_temperature; None: Hinton's KD
 
 
 @dataclass
@@ -126,10 +127,15 @@ class Strategy(ABC):
         m = clients_per_round(self.fed.clients, self.fed.fraction)
         return sorted(int(c) for c in rng.choice(self.fed.clients, size=m, replace=False))
 
+    def soft_kd(self, alpha: float) -> KDSettings:
+        """Client KD's (``alpha = client_kd_alpha``) and FedDF's (``alpha = 0``) loss settings: the context's
+        ``federated.method`` and knobs, else Hinton's KD, at ``federated.distill_temperature``."""
+        base = self.context.kd or KDSettings(temperature=self.fed.distill_temperature, alpha=alpha)
+        return replace(base, alpha=alpha)
+
     def configure_round(self, rnd: int) -> LocalSpec:
         """Local training every client runs this round; client-side KD when a teacher was broadcast."""
-        kd = (KDSettings(temperature=self.fed.distill_temperature, alpha=self.fed.client_kd_alpha)
-              if self.context.has_teacher else None)
+        kd = self.soft_kd(self.fed.client_kd_alpha) if self.context.has_teacher else None
         return LocalSpec(epochs=self.fed.local_epochs, batch_size=self.fed.batch_size, lr=self.fed.lr,
                          optimizer=self.fed.optimizer, kd=kd, augment=self.fed.augment, fill=self.context.fill,
                          num_classes=self.context.num_classes)
@@ -215,7 +221,7 @@ class FedDF(FedAvg):
         model = ctx.build_model()
         teacher_logits = ensemble_logits(model, [u.state for u in updates], ctx.proxy_x)  # (N_p, C)
         model.load_state_dict(to_torch_state(state))
-        history = distill_ensemble(model, teacher_logits, ctx.proxy_x, temperature=self.fed.distill_temperature,
+        history = distill_ensemble(model, teacher_logits, ctx.proxy_x, kd=self.soft_kd(0.0),
                                    epochs=self.fed.distill_epochs, lr=self.fed.distill_lr,
                                    batch_size=max(self.fed.batch_size, 64), seed=ctx.seed + 7919 * rnd, val=ctx.val)
         return to_numpy_state(model.state_dict()), {"distill": history}

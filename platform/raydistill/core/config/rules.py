@@ -216,6 +216,7 @@ def _validate_federated(cfg: Any) -> None:
     fraction(f.failure_prob, "federated.failure_prob", high_open=True)
     fraction(f.proxy_fraction, "federated.proxy_fraction", low_open=True, high_open=True)
     fraction(f.client_kd_alpha, "federated.client_kd_alpha")
+    one_of(f.method, "federated.method", tuple(m for m in METHOD_CHOICES if m != "fitnet"))  # logits only
     one_of(f.optimizer, "federated.optimizer", ("sgd", "adam"))
     require(f.distill_epochs >= 0, "federated.distill_epochs", "must be >= 0")
     _validate_augment(f.augment, "federated", cfg.data.name)

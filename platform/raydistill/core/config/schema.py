@@ -185,6 +185,7 @@ class FederatedSection:
     distill_lr: float = 1e-3  # FedDF server distillation (Adam)
     client_teacher: str = ""  # client-side KD from this teacher artifact
     client_kd_alpha: float = 0.5
+    method: str = "kd"  # client KD's and FedDF's soft term (core.methods, knobs distill.dkd_*/dist_*), not fitnet
     augment: AugmentSpec = field(default_factory=AugmentSpec)  # each client's local batches (not FedDF's proxy)
     model: ModelSpec = field(default_factory=lambda: ModelSpec(name="mlp", args={"hidden": [64]}))
 
