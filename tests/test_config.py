@@ -75,6 +75,9 @@ def test_a_number_where_a_name_is_expected_is_read_as_that_name():
     ("distill.dist_beta=.inf", "distill.dist_beta"),
     ("distill.method=dist distill.dist_beta=0 distill.dist_gamma=0", "distill.dist_gamma"),
     ("federated.method=fitnet", "federated.method"),  # no teacher features in a federation
+    ("federated.method=dkd", "federated.method"),  # neither client KD nor FedDF: it would not be used
+    ("federated.strategy=feddf federated.method=dist distill.dist_beta=0 distill.dist_gamma=0", "distill.dist_gamma"),
+    ("tune.method=[kd,dkd] distill.dkd_alpha=0 distill.dkd_beta=0", "distill.dkd_beta"),
     # found by review: each was a traceback (an overflow in float() or in torch's generator) or accepted
     ("run.seed=1000000000000000", "run.seed"),
     ("run.seed=4294967296", "run.seed"),

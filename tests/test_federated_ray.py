@@ -75,8 +75,8 @@ def test_fedprox_with_client_teacher_and_feddf_improve_over_round_zero(pool, sto
 
     prox = run_federated(_cfg(storage, "federated.strategy=fedprox", "federated.rounds=4",
                               f"federated.client_teacher={local_teacher}"), pool=pool)
-    df = run_federated(_cfg(storage, "federated.strategy=feddf", "federated.rounds=4", "federated.distill_epochs=3"),
-                       pool=pool)
+    df = run_federated(_cfg(storage, "federated.strategy=feddf", "federated.rounds=4", "federated.distill_epochs=3",
+                            "federated.method=dist", "distill.dist_beta=2"), pool=pool)
     for result in (prox, df):
         accs = [r.test_accuracy for r in result.records]
         assert accs[-1] > accs[0] + 0.2, accs
@@ -84,6 +84,8 @@ def test_fedprox_with_client_teacher_and_feddf_improve_over_round_zero(pool, sto
     assert prox_card["federated"]["mu"] == 0.01 and prox_card["parents"][0]["role"] == "client_teacher"
     _, df_card = load_artifact(df.artifact)
     assert df_card["federated"]["feddf"]["proxy_examples"] > 100
+    assert {k: df_card["federated"]["feddf"][k] for k in ("method", "dist_beta", "dist_gamma")} == {
+        "method": "dist", "dist_beta": 2.0, "dist_gamma": 1.0}
     assert len(df.records[-1].details["distill"]["val_accuracy"]) == 4  # before + 3 epochs
 
 

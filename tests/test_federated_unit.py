@@ -537,6 +537,7 @@ def test_federated_method_reaches_client_kd_and_feddf_with_distills_knobs_and_no
     from raydistill.core.methods import Method
 
     cfg, _, ctx, _ = _digits_setup("federated.method=dkd+lskd", "distill.dkd_beta=2", "distill.dkd_warmup_epochs=3",
+                                   "federated.strategy=feddf",
                                    "federated.distill_temperature=5", "federated.client_kd_alpha=0.25")
     ctx.has_teacher = True
     spec = make_strategy(cfg.federated, ctx).configure_round(1)
@@ -546,10 +547,12 @@ def test_federated_method_reaches_client_kd_and_feddf_with_distills_knobs_and_no
     plain_cfg, _, plain_ctx, _ = _digits_setup()
     plain_ctx.has_teacher = True
     assert make_strategy(plain_cfg.federated, plain_ctx).configure_round(1).kd.method == Method("kd", False)
-    run = _run_in_process("federated.strategy=feddf", "federated.method=dkd+lskd", "federated.rounds=2",
-                          "federated.distill_epochs=2")
-    assert run.error is None and all(np.isfinite(v).all() for v in run.state.values())
-    assert len(run.records[-1].details["distill"]["losses"]) == 2
+    # FedDF distills with it: the same rounds with kd and with dkd+lskd end in other weights (only FedDF differs)
+    feddf = ["federated.strategy=feddf", "federated.rounds=2", "federated.distill_epochs=2"]
+    runs = [_run_in_process(*feddf, f"federated.method={m}") for m in ("kd", "dkd+lskd")]
+    assert all(r.error is None and all(np.isfinite(v).all() for v in r.state.values()) for r in runs)
+    assert not all(np.allclose(runs[0].state[k], runs[1].state[k]) for k in runs[0].state)
+    assert runs[0].records[1].details["distill"]["losses"] != runs[1].records[1].details["distill"]["losses"]
 
 
 def test_feddf_with_dkd_takes_the_ensembles_prediction_as_the_target_class():

@@ -30,17 +30,26 @@ def build_card(*, kind: str, model_name: str, model_args: dict, bundle: DataBund
     }
 
 
+def method_record(d: Any, method: str) -> dict:
+    """``method`` and the knobs of the ``distill`` section ``d`` it reads: DKD's and DIST's term weights,
+    FitNets' hint weight and layers (federated runs record their ``federated.method`` with it)."""
+    record = {"method": method}
+    if method.startswith("dkd"):
+        record.update(dkd_alpha=d.dkd_alpha, dkd_beta=d.dkd_beta)
+    if method.startswith("dist"):
+        record.update(dist_beta=d.dist_beta, dist_gamma=d.dist_gamma)
+    if method == "fitnet":
+        record.update(hint_weight=d.hint_weight, hint_layer=d.hint_layer, guided_layer=d.guided_layer)
+    return record
+
+
 def distillation_record(d: Any) -> dict:
     """The card's ``distillation`` section for a ``distill`` config section ``d``: T, alpha, mode, the
     method, and DKD's weights and warm-up (DIST's weights; FitNets' hint weight and layers) when the
     method uses them, and the view cache's size when there is one."""
-    record = {"temperature": d.temperature, "alpha": d.alpha, "mode": d.mode, "method": d.method}
+    record = {"temperature": d.temperature, "alpha": d.alpha, "mode": d.mode, **method_record(d, d.method)}
     if d.method.startswith("dkd"):
-        record.update(dkd_alpha=d.dkd_alpha, dkd_beta=d.dkd_beta, dkd_warmup_epochs=d.dkd_warmup_epochs)
-    if d.method.startswith("dist"):
-        record.update(dist_beta=d.dist_beta, dist_gamma=d.dist_gamma)
-    if d.method == "fitnet":
-        record.update(hint_weight=d.hint_weight, hint_layer=d.hint_layer, guided_layer=d.guided_layer)
+        record.update(dkd_warmup_epochs=d.dkd_warmup_epochs)
     if d.mode == "cached" and d.cached_views > 0:  # the view cache (core.views); cache_topk 0 = auto
         record.update(cached_views=d.cached_views, cache_topk=d.cache_topk)
     return record

@@ -111,15 +111,14 @@ def run_epochs(spec: StageSpec, *, train_batches: Callable[[int], Batches], val_
             optimizer.load_state_dict(resume.optimizer)
             scheduler.load_state_dict(resume.scheduler)
             state = TrainState({}, {}, resume.epoch, list(resume.history), resume.resumed_at + [resume.epoch])
-        fill = spec.fill or (0.0,) * spec.input_shape[0]
         soften = view_softener(spec.kd) if views is not None else None  # cached views yield probabilities
         for epoch in range(state.epoch, spec.epochs):
             before_epoch(epoch)
             started = time.perf_counter()
             # augmentation draws are seeded per (seed, epoch): a resumed run sees the same views
             batches = (views.batches(train_batches(epoch), epoch, soften=soften) if views is not None else
-                       augmented(train_batches(epoch), recipe.augment, fill, seed=shuffle_seed(spec.seed, epoch) + 1,
-                                 num_classes=spec.num_classes))
+                       augmented(train_batches(epoch), recipe.augment, spec.fill,
+                                 seed=shuffle_seed(spec.seed, epoch) + 1, num_classes=spec.num_classes))
             train_loss = train_epoch(trained, batches, optimizer, kd=spec.kd, teachers=teachers, device=device,
                                      label_smoothing=recipe.label_smoothing, grad_clip=recipe.grad_clip,
                                      epoch=epoch + 1, hint=trained_hint, probs=soften is not None)

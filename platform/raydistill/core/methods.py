@@ -24,8 +24,8 @@ the teacher's logits only, so they work with cached soft targets, Tune trials, t
   (``b = distill.dist_beta``, ``g = distill.dist_gamma``; a batch of one has no intra-class term).
   It asks the student to rank classes and examples as the teacher does, not to copy its scale,
   which the paper reports helps most when the teacher is much stronger than the student.
-  Correlation ignores scale, and the softmax is most nearly linear at small logits, so DIST's
-  students come out underconfident (their accuracy is unaffected; their probabilities are soft).
+  Correlation ignores scale, so DIST's students can come out underconfident (accuracy unaffected),
+  and its gradient grows as the student's logits flatten (``|p - mean p|`` small): Adam or grad_clip.
 * ``+lskd`` — logit standardization, Sun et al. CVPR 2024, usable with either: both logit vectors are
   z-scored per example before the temperature softmax, ``Z(z) = (z - mean(z)) / std(z)`` (std over the
   C classes with Bessel's correction, as the paper's code), so the student matches the teacher's

@@ -178,7 +178,7 @@ def distill_ensemble(model: nn.Module, teacher_logits: np.ndarray, proxy_x: np.n
     -------
     ``{"losses": [...], "val_accuracy": [before, after epoch 1, ...], "kept_epoch": e}``.
     """
-    kd = replace(kd, alpha=0.0)
+    kd = replace(kd, alpha=0.0, warmup_epochs=0)  # epochs here are not the run's: no warm-up
     val = val if val is not None and len(val[1]) else None  # data.val_fraction: 0 -> no early stopping
     predicted = np.asarray(teacher_logits).argmax(axis=1).astype(np.int64)  # alpha = 0: only DKD reads them
     optimizer = make_optimizer(model, lr)

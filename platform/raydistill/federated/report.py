@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from raydistill.core.artifacts import new_artifact_path, save_artifact, stamped_name
-from raydistill.core.cards import build_card, parent_entry
+from raydistill.core.cards import build_card, method_record, parent_entry
 from raydistill.federated.rounds import CSV_COLUMNS, RoundRecord
 
 __all__ = ["new_run_dir", "RoundsCsv", "plot_accuracy", "plot_curves", "write_federated_artifact"]
@@ -86,10 +86,11 @@ def write_federated_artifact(plan, state, records: Sequence[RoundRecord], *, cen
                  "central_reference": dict(central), **extra}
     if f.strategy == "feddf":
         federated["feddf"] = {"proxy_examples": len(plan.proxy_x), "distill_epochs": f.distill_epochs,
-                              "temperature": f.distill_temperature, "lr": f.distill_lr, "method": f.method}
+                              "temperature": f.distill_temperature, "lr": f.distill_lr,
+                              **method_record(cfg.distill, f.method)}
     if plan.teacher:
         federated["client_kd"] = {"teacher": str(plan.teacher[0]), "alpha": f.client_kd_alpha,
-                                  "temperature": f.distill_temperature, "method": f.method}
+                                  "temperature": f.distill_temperature, **method_record(cfg.distill, f.method)}
     card = build_card(kind="federated", model_name=f.model.name, model_args=f.model.args, bundle=plan.bundle,
                       seed=cfg.run.seed, metrics=metrics, parents=parents, federated=federated)
     path = save_artifact(new_artifact_path(cfg.storage_dir(), "federated"), _torch_state(state), card)

@@ -68,10 +68,7 @@ def _validate_method(d: Any) -> None:
         value = getattr(d, name)
         require(math.isfinite(value) and value >= 0, f"distill.{name}", f"must be a finite number >= 0, got {value}")
     require(d.dkd_warmup_epochs >= 0, "distill.dkd_warmup_epochs", f"must be >= 0, got {d.dkd_warmup_epochs}")
-    require(parse_method(d.method).base != "dkd" or d.dkd_alpha + d.dkd_beta > 0, "distill.dkd_beta",
-             "dkd_alpha and dkd_beta are both 0, so the distillation term vanishes; give either a weight > 0")
-    require(parse_method(d.method).base != "dist" or d.dist_beta + d.dist_gamma > 0, "distill.dist_gamma",
-            "dist_beta and dist_gamma are both 0, so the distillation term vanishes; give either a weight > 0")
+    _nonzero_weights(d, d.method, "distill.method")
     require(math.isfinite(d.hint_weight) and d.hint_weight >= 0, "distill.hint_weight",
              f"must be a finite number >= 0, got {d.hint_weight}")
     for name in ("hint_layer", "guided_layer"):
@@ -100,6 +97,18 @@ def _validate_views(d: Any) -> None:
              "would no longer match; set distill.cached_views=K (the teacher's logits on K seeded views of "
              "each example, cached) or distill.mode=online (the teacher sees every augmented batch), "
              "or turn distill.augment off")
+
+
+_TERM_WEIGHTS = {"dkd": ("dkd_alpha", "dkd_beta"), "dist": ("dist_beta", "dist_gamma")}  # (key, key) per base
+
+
+def _nonzero_weights(d: Any, method: str, used_by: str) -> None:
+    """The two term weights of ``method`` (``distill.dkd_*`` for dkd, ``distill.dist_*`` for dist) must not
+    both be 0, wherever the method runs (``used_by``: distill.method, federated.method, tune.method)."""
+    a, b = _TERM_WEIGHTS.get(parse_method(method).base, (None, None))
+    if a is not None:
+        require(getattr(d, a) + getattr(d, b) > 0, f"distill.{b}", f"{a} and {b} are both 0, so the distillation "
+                f"term of {used_by}={method} vanishes; give either a weight > 0")
 
 
 def _validate_tracking_uri(uri: str) -> None:
@@ -188,6 +197,7 @@ def _validate_tune(cfg: Any) -> None:
         require(len(t.lr) == 2 and 0 < t.lr[0] < t.lr[1], "tune.lr", f"needs [low, high], 0 < low < high; got {t.lr}")
     for name in t.method:
         one_of(name, "tune.method", METHOD_CHOICES)
+        _nonzero_weights(cfg.distill, name, "tune.method")
     require(len(set(t.method)) == len(t.method), "tune.method", f"must not repeat a method, got {t.method}")
     require("fitnet" not in t.method, "tune.method", "Tune's trials distill from cached soft targets and fitnet "
              "needs the teacher's features online; sweep logit methods and run fitnet with `raydistill distill`")
@@ -217,6 +227,10 @@ def _validate_federated(cfg: Any) -> None:
     fraction(f.proxy_fraction, "federated.proxy_fraction", low_open=True, high_open=True)
     fraction(f.client_kd_alpha, "federated.client_kd_alpha")
     one_of(f.method, "federated.method", tuple(m for m in METHOD_CHOICES if m != "fitnet"))  # logits only
+    _nonzero_weights(cfg.distill, f.method, "federated.method")
+    require(f.method == "kd" or f.strategy == "feddf" or bool(f.client_teacher), "federated.method",
+            f"{f.method} would not be used: it is the soft term of client-side KD (federated.client_teacher) and "
+            "FedDF's server distillation (federated.strategy=feddf), and neither is on")
     one_of(f.optimizer, "federated.optimizer", ("sgd", "adam"))
     require(f.distill_epochs >= 0, "federated.distill_epochs", "must be >= 0")
     _validate_augment(f.augment, "federated", cfg.data.name)
