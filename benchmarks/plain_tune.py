@@ -33,6 +33,11 @@ def z(logits):  # logit standardization (Sun et al. 2024)
 
 def soft(method, s, t, y, T):  # kd: T^2 KL(p_t || q); dkd: T^2 (TCKD + 8 NCKD), Zhao et al. 2022
     s, t = (z(s), z(t)) if method.endswith("lskd") else (s, t)
+    if method.startswith("dist"):  # Huang et al. 2022: T^2 (2 - Pearson per example - Pearson per class)
+        p_s, p_t = F.softmax(s / T, -1), F.softmax(t / T, -1)
+        c = lambda v: v - v.mean(-1, keepdim=True)  # noqa: E731
+        rho = lambda a, b: F.cosine_similarity(c(a), c(b), -1).mean()  # noqa: E731
+        return (2 - rho(p_s, p_t) - rho(p_s.T, p_t.T)) * T * T
     if not method.startswith("dkd"):
         return F.kl_div(F.log_softmax(s / T, -1), F.softmax(t / T, -1), reduction="batchmean") * T * T
     gt = F.one_hot(y, s.shape[-1]).bool()

@@ -380,7 +380,7 @@ def test_a_sweep_with_augmented_inputs_needs_cached_views_not_clean_logits(augme
     assert preflight(views, "tune") is not None
 
 
-@pytest.mark.parametrize("method", ["kd", "lskd", "dkd", "dkd+lskd"])
+@pytest.mark.parametrize("method", ["kd", "lskd", "dkd", "dkd+lskd", "dist", "dist+lskd"])
 def test_the_plain_grid_search_baseline_trains_on_the_written_formulas(batch, method):
     # benchmarks/plain_tune.py (the script raydistill tune is timed against) writes each loss out on its
     # own; the timing comparison holds only if it optimizes the same objective: check it, float64,
@@ -394,6 +394,8 @@ def test_the_plain_grid_search_baseline_trains_on_the_written_formulas(batch, me
     s, t = (z(zs), z(zt)) if method.endswith("lskd") else (zs, zt)
     if method.startswith("dkd"):
         expected = _dkd_numpy(s, _softmax(t / T), y, T, 1.0, 8.0)
+    elif method.startswith("dist"):
+        expected = _dist_numpy(_softmax(s / T), _softmax(t / T), T, 1.0, 1.0)
     else:
         expected = float(np.mean(_kl(_softmax(t / T), _softmax(s / T)))) * T * T
     got = plain.soft(method, torch.tensor(zs), torch.tensor(zt), torch.tensor(y), T).item()
