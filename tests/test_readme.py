@@ -91,11 +91,21 @@ def _parse(line: int, text: str) -> Command:
         args = build_parser().parse_args(argv)
         config, overrides = args.config, list(args.overrides)
     else:
-        # benchmarks/*.py (their --config defaults to configs/digits.yaml) and prose spans, which
-        # are read as extra flags for the README's running example, configs/digits.yaml.
+        # benchmarks/*.py (with their own --config default) and prose spans, which are read as extra
+        # flags for the README's running example, configs/digits.yaml.
         config, overrides = _scan(tokens)
-        config = config or DIGITS
+        config = config or _benchmark_config(tokens) or DIGITS
     return Command(line, " ".join(text.split()), config, tuple(overrides))
+
+
+def _benchmark_config(tokens: list[str]) -> str | None:
+    """The ``--config`` default of the ``benchmarks/*.py`` script among ``tokens`` (None: no script, or none)."""
+    script = next((t for t in tokens if re.fullmatch(r"benchmarks/\w+\.py", t)), None)
+    if script is None:
+        return None
+    found = re.search(r'add_argument\("--config", default=(?:"([^"]+)"|str\(REPO / "configs" / "([^"]+)"\))',
+                      (REPO / script).read_text())
+    return None if found is None else found.group(1) or f"configs/{found.group(2)}"
 
 
 def _commands() -> list[Command]:
