@@ -152,6 +152,11 @@ def test_the_card_records_dists_weights_and_not_dkds():
     record = distillation_record(load_config(None, ["distill.method=dist+lskd", "distill.dist_beta=2"]).distill)
     assert (record["method"], record["dist_beta"], record["dist_gamma"]) == ("dist+lskd", 2.0, 1.0)
     assert "dkd_beta" not in record
+    dkd = distillation_record(load_config(None, ["distill.method=dkd", "distill.dkd_warmup_epochs=2"]).distill)
+    assert {k: dkd[k] for k in ("method", "dkd_alpha", "dkd_beta", "dkd_warmup_epochs")} == {
+        "method": "dkd", "dkd_alpha": 1.0, "dkd_beta": 8.0, "dkd_warmup_epochs": 2} and "dist_beta" not in dkd
+    fitnet = distillation_record(load_config(None, ["distill.method=fitnet", "distill.mode=online"]).distill)
+    assert (fitnet["hint_weight"], fitnet["hint_layer"], fitnet["guided_layer"]) == (100.0, "auto", "auto")
 
 
 class _Fixed(torch.nn.Module):

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import DataBundle
+from .methods import HINT_KNOBS, TERM_WEIGHTS, parse_method
 
 
 def parent_entry(path: Path | str, card: dict, **extra: Any) -> dict:
@@ -33,14 +34,9 @@ def build_card(*, kind: str, model_name: str, model_args: dict, bundle: DataBund
 def method_record(d: Any, method: str) -> dict:
     """``method`` and the knobs of the ``distill`` section ``d`` it reads: DKD's and DIST's term weights,
     FitNets' hint weight and layers (federated runs record their ``federated.method`` with it)."""
-    record = {"method": method}
-    if method.startswith("dkd"):
-        record.update(dkd_alpha=d.dkd_alpha, dkd_beta=d.dkd_beta)
-    if method.startswith("dist"):
-        record.update(dist_beta=d.dist_beta, dist_gamma=d.dist_gamma)
-    if method == "fitnet":
-        record.update(hint_weight=d.hint_weight, hint_layer=d.hint_layer, guided_layer=d.guided_layer)
-    return record
+    parsed = parse_method(method)
+    knobs = (*TERM_WEIGHTS.get(parsed.base, ()), *(HINT_KNOBS if parsed.hint else ()))
+    return {"method": method, **{name: getattr(d, name) for name in knobs}}
 
 
 def distillation_record(d: Any) -> dict:

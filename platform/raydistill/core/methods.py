@@ -44,6 +44,8 @@ import torch.nn.functional as F
 BASES = ("kd", "dkd", "dist")
 CHOICES = ("kd", "dkd", "dist", "lskd", "kd+lskd", "dkd+lskd", "dist+lskd", "fitnet")
 _EPS = 1e-7  # the paper's code adds it to the std
+TERM_WEIGHTS = {"dkd": ("dkd_alpha", "dkd_beta"), "dist": ("dist_beta", "dist_gamma")}  # a base's two weights
+HINT_KNOBS = ("hint_weight", "hint_layer", "guided_layer")  # fitnet's (core.hints); keys of the distill section
 _RHO_EPS = 1e-8  # DIST's code adds it to the product of norms in the correlation
 
 
@@ -151,5 +153,5 @@ def soft_term(method: Method, student_logits: torch.Tensor, teacher_probs: torch
     return kd_term(z_s, teacher_probs, temperature)
 
 
-__all__ = ["BASES", "CHOICES", "Method", "parse_method", "standardize", "warmup_weight", "kd_term", "dkd_term",
+__all__ = ["BASES", "CHOICES", "TERM_WEIGHTS", "HINT_KNOBS", "Method", "parse_method", "standardize", "warmup_weight", "kd_term", "dkd_term",
            "pearson_rows", "dist_term", "soft_term"]

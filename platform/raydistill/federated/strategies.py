@@ -42,7 +42,7 @@ class ServerContext:
     seed: int = 0
     fill: tuple[float, ...] = ()  # federated.augment's border value per channel (core.recipe.raw_zero_fill)
     num_classes: int = 0
-    kd: KDSettings | None = None  # federated.method with distill's knobs at distill_temperature; None: Hinton's KD
+    kd: KDSettings  # federated.method with distill's knobs at distill_temperature (plan.federated_kd), alpha 0
 
 
 @dataclass
@@ -129,9 +129,8 @@ class Strategy(ABC):
 
     def soft_kd(self, alpha: float) -> KDSettings:
         """Client KD's (``alpha = client_kd_alpha``) and FedDF's (``alpha = 0``) loss settings: the context's
-        ``federated.method`` and knobs, else Hinton's KD, at ``federated.distill_temperature``."""
-        base = self.context.kd or KDSettings(temperature=self.fed.distill_temperature, alpha=alpha)
-        return replace(base, alpha=alpha)
+        ``federated.method`` and knobs at ``federated.distill_temperature``."""
+        return replace(self.context.kd, alpha=alpha)
 
     def configure_round(self, rnd: int) -> LocalSpec:
         """Local training every client runs this round; client-side KD when a teacher was broadcast."""

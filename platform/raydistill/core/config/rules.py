@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..methods import CHOICES as METHOD_CHOICES, parse_method
+from ..methods import CHOICES as METHOD_CHOICES, TERM_WEIGHTS, parse_method
 from .checks import ConfigError, fraction, one_of, positive, require
 from .serve_rules import validate_serve
 
@@ -99,13 +99,10 @@ def _validate_views(d: Any) -> None:
              "or turn distill.augment off")
 
 
-_TERM_WEIGHTS = {"dkd": ("dkd_alpha", "dkd_beta"), "dist": ("dist_beta", "dist_gamma")}  # (key, key) per base
-
-
 def _nonzero_weights(d: Any, method: str, used_by: str) -> None:
     """The two term weights of ``method`` (``distill.dkd_*`` for dkd, ``distill.dist_*`` for dist) must not
     both be 0, wherever the method runs (``used_by``: distill.method, federated.method, tune.method)."""
-    a, b = _TERM_WEIGHTS.get(parse_method(method).base, (None, None))
+    a, b = TERM_WEIGHTS.get(parse_method(method).base, (None, None))
     if a is not None:
         require(getattr(d, a) + getattr(d, b) > 0, f"distill.{b}", f"{a} and {b} are both 0, so the distillation "
                 f"term of {used_by}={method} vanishes; give either a weight > 0")
