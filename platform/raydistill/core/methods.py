@@ -153,5 +153,6 @@ def soft_term(method: Method, student_logits: torch.Tensor, teacher_probs: torch
     return kd_term(z_s, teacher_probs, temperature)
 
 
-__all__ = ["BASES", "CHOICES", "TERM_WEIGHTS", "HINT_KNOBS", "Method", "parse_method", "standardize", "warmup_weight", "kd_term", "dkd_term",
+__all__ = ["BASES", "CHOICES", "TERM_WEIGHTS", "HINT_KNOBS", "Method", "parse_method", "standardize", "warmup_weight",
+           "kd_term", "dkd_term",
            "pearson_rows", "dist_term", "soft_term"]
