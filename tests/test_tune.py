@@ -112,6 +112,88 @@ def test_cli_rejects_a_bad_space_with_exit_code_2(capsys):
     assert "tune.alpha" in capsys.readouterr().err
 
 
+class FileLog:
+    """Every file this process opens for writing and every rename, seen through Python's audit hooks
+    (``sys.addaudithook``; a hook cannot be removed, so it records only while ``on``)."""
+
+    def __init__(self):
+        self.on, self.written, self.renamed = False, [], []
+        sys.addaudithook(self._hook)
+
+    def _hook(self, event, args):
+        if not self.on:
+            return
+        if event == "open" and args[0] is not None and not isinstance(args[0], int):
+            mode, flags = args[1], args[2]
+            if (mode and set(mode) & set("wax+")) or (mode is None and flags & (os.O_WRONLY | os.O_RDWR)):
+                self.written.append(Path(os.fsdecode(args[0])))
+        elif event == "os.rename":
+            self.renamed.append((Path(os.fsdecode(args[0])), Path(os.fsdecode(args[1]))))
+
+
+class PickledSearcher(tune.search.Searcher):
+    """A minimal real ``Searcher`` whose whole state is pickled (as Optuna's is)."""
+
+    def __init__(self):
+        super().__init__(metric="val_accuracy", mode="max")
+        self.points = [0.5, 2.0]
+
+    def suggest(self, trial_id):
+        return {"temperature": self.points[0]}
+
+    def save(self, checkpoint_path):
+        import pickle
+
+        Path(checkpoint_path).write_bytes(pickle.dumps(self.points))
+
+    def restore(self, checkpoint_path):
+        import pickle
+
+        self.points = pickle.loads(Path(checkpoint_path).read_bytes())
+
+
+@pytest.mark.parametrize("kind", ["variants", "searcher"])
+def test_a_searchers_state_enters_the_staging_folder_only_as_whole_files_by_rename(tmp_path, kind):
+    # Tune uploads its staging folder on a thread while the next snapshot rewrites it; Tune's own
+    # searchers save through a temporary file created in that folder and renamed away, which breaks an
+    # upload that listed it (tuning/snapshots.py). Ours write elsewhere and rename each finished file in.
+    from ray.tune.search import BasicVariantGenerator
+    from ray.tune.search.search_generator import SearchGenerator
+
+    from raydistill.tuning.snapshots import StagedSearchGenerator, StagedVariantGenerator
+
+    def make(staged: bool):
+        if kind == "variants":
+            return (StagedVariantGenerator if staged else BasicVariantGenerator)(max_concurrent=2, random_state=7)
+        return (StagedSearchGenerator if staged else SearchGenerator)(PickledSearcher())
+
+    staging, plain = tmp_path / "exp" / "driver_artifacts", tmp_path / "plain"
+    staging.mkdir(parents=True), plain.mkdir()
+    log = FileLog()
+    log.on = True
+    try:
+        make(staged=False).save_to_dir(str(plain), session_str="s1")
+        tune_writes = [p for p in log.written if p.parent == plain]
+        log.written.clear()
+        saved = make(staged=True)
+        saved.save_to_dir(str(staging), session_str="s1")
+    finally:
+        log.on = False
+    assert any(p.name.startswith(".") and "tmp" in p.name for p in tune_writes)  # Tune's own: a temp file there
+    assert [p for p in log.written if p.parent == staging] == []  # ours: nothing written inside the folder
+    arrived = sorted(dst.name for src, dst in log.renamed if dst.parent == staging and src.parent != staging)
+    assert arrived == sorted(p.name for p in staging.iterdir()) == sorted(p.name for p in plain.iterdir())
+    assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == ["driver_artifacts"]  # no scratch left
+    restored = make(staged=True)
+    restored.restore_from_dir(str(staging))
+    if kind == "searcher":
+        assert restored.searcher.points == [0.5, 2.0]
+    else:
+        state, again = saved.get_state(), restored.get_state()
+        assert again["max_concurrent"] == 2
+        assert again["_random_state"].uniform(0, 1) == state["_random_state"].uniform(0, 1)  # the same next draw
+
+
 def test_report_helpers_pick_the_best_finished_trial_and_the_exception_line():
     from raydistill.tuning.report import best_row, epoch_history, error_message, format_top_table
 

@@ -83,9 +83,12 @@ def scheduler_and_searcher(cfg: Config, cap: int) -> tuple:
     (FIFO, full budget); and the searcher, seeded with ``run.seed`` so the same config samples the same
     points, running at most ``cap`` trials at once: Optuna's TPE behind a ``ConcurrencyLimiter``, or
     Tune's random/grid variant generator with ``max_concurrent`` (it ignores Tune's
-    ``max_concurrent_trials``, so the cap lives here for both)."""
+    ``max_concurrent_trials``, so the cap lives here for both). Both save their state through
+    ``tuning.snapshots.StagedSave``."""
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+    from ray.tune.search import ConcurrencyLimiter
+
+    from raydistill.tuning.snapshots import StagedSearchGenerator, StagedVariantGenerator
 
     t = cfg.tune
     scheduler = (ASHAScheduler(time_attr="epoch", max_t=t.max_epochs, grace_period=t.grace_period,
@@ -93,5 +96,5 @@ def scheduler_and_searcher(cfg: Config, cap: int) -> tuple:
     if t.searcher == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
-        return scheduler, ConcurrencyLimiter(OptunaSearch(seed=cfg.run.seed), max_concurrent=cap)
-    return scheduler, BasicVariantGenerator(max_concurrent=cap, random_state=cfg.run.seed)
+        return scheduler, StagedSearchGenerator(ConcurrencyLimiter(OptunaSearch(seed=cfg.run.seed), max_concurrent=cap))
+    return scheduler, StagedVariantGenerator(max_concurrent=cap, random_state=cfg.run.seed)

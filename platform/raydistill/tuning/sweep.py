@@ -91,7 +91,8 @@ def build_tuner(cfg: Config, fn, sweep_dir: Path, cap: int, callbacks: Sequence 
     from ray import tune
 
     # Tune snapshots its state every `num_to_keep` trial checkpoints (one per epoch here) and
-    # warns when that happens often; on small data sets it does, harmlessly (~10 ms each).
+    # warns when that happens often; on small data sets it does, harmlessly (~10 ms each; the
+    # searchers save so that a snapshot cannot break the upload of the one before: tuning/snapshots.py).
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     t = cfg.tune
     scheduler, searcher = scheduler_and_searcher(cfg, cap)
