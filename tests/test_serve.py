@@ -308,7 +308,7 @@ def test_autoscaling_goes_from_one_to_two_replicas_under_load_and_back(served):
     # of 1 per replica, at ~40 req/s. Serve's proxy pushes its metrics every 10 s (default), so
     # the decision comes within ~10 s and the new replica needs ~4 s more to start.
     run_app(serve_args(served.artifact, min_replicas=1, max_replicas=2, target_ongoing_requests=1,
-                       upscale_delay_s=0.5, downscale_delay_s=1.0, look_back_period_s=2.0,
+                       upscale_delay_s=0.5, downscale_delay_s=1.0, look_back_period_s=12.0,
                        max_batch_size=16, batch_wait_timeout_s=0.1))
     assert wait_until(lambda: running_replicas() == 1, timeout_s=30)
     stop = threading.Event()

@@ -251,6 +251,25 @@ def test_serve_args_refuse_what_the_serve_section_refuses(field, value, message)
             ReplicaSettings.model_validate({field: value})
 
 
+@pytest.mark.parametrize("seconds", [2.0, 10.0])
+def test_a_look_back_window_within_serves_metrics_interval_is_refused_by_config_and_by_serve_args(seconds):
+    # Ray Serve's replicas push autoscaling metrics every DEFAULT_METRICS_INTERVAL_S; a window no longer
+    # than that averages one sample at most and Serve only warns (FutureWarning) that it will refuse it
+    from pydantic import ValidationError
+    from ray.serve.config import DEFAULT_METRICS_INTERVAL_S
+
+    from raydistill.core.config import ConfigError, load_config
+    from raydistill.serving.app import ServeArgs
+
+    assert DEFAULT_METRICS_INTERVAL_S == 10.0 and seconds <= DEFAULT_METRICS_INTERVAL_S
+    with pytest.raises(ConfigError, match=rf"serve\.look_back_period_s: must be > 10 seconds.*got {seconds}"):
+        load_config(None, [f"serve.look_back_period_s={seconds}"])
+    with pytest.raises(ValidationError, match="look_back_period_s"):
+        ServeArgs.model_validate({"look_back_period_s": seconds})
+    assert load_config(None, ["serve.look_back_period_s=10.5"]).serve.look_back_period_s == 10.5
+    assert ServeArgs.model_validate({"look_back_period_s": 10.5}).look_back_period_s == 10.5
+
+
 def test_auth_token_env_set_but_missing_refuses_to_start(local_student, monkeypatch):
     from raydistill.core.config import ConfigError
     from raydistill.serving.service import PredictionService

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from raydistill.core.artifacts import ArtifactError
 from raydistill.core.config import RunSection, ServeSection
-from raydistill.core.config.schema import QUANTIZE_MODES
+from raydistill.core.config.schema import QUANTIZE_MODES, SERVE_METRICS_INTERVAL_S
 from raydistill.serving.canary import CanarySettings
 from raydistill.serving.cascade import CASCADE_METRICS, CascadeSettings, check_pair
 from raydistill.serving.fetch import is_remote_uri
@@ -59,7 +59,9 @@ class ServeArgs(BaseModel):
     target_ongoing_requests: float = Field(default=_S.target_ongoing_requests, gt=0)
     upscale_delay_s: float = Field(default=_S.upscale_delay_s, ge=0)
     downscale_delay_s: float = Field(default=_S.downscale_delay_s, ge=0)
-    look_back_period_s: float = Field(default=_S.look_back_period_s, gt=0, description="window the autoscaler averages over")
+    look_back_period_s: float = Field(default=_S.look_back_period_s, gt=SERVE_METRICS_INTERVAL_S,
+                                      description="window the autoscaler averages over; longer than Serve's 10 s "
+                                                  "metrics interval")
     max_ongoing_requests: int = Field(default=_S.max_ongoing_requests, ge=1)
     num_cpus: float = Field(default=_S.num_cpus, gt=0)
     cascade_teacher: str = Field(default=_S.cascade_teacher, description="teacher artifact answering the instances "

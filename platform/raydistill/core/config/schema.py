@@ -190,6 +190,9 @@ class FederatedSection:
     model: ModelSpec = field(default_factory=lambda: ModelSpec(name="mlp", args={"hidden": [64]}))
 
 
+# Ray Serve's replicas push autoscaling metrics every 10 s (ray.serve.config.DEFAULT_METRICS_INTERVAL_S): a
+# look-back window no longer than that averages one sample at most, and Serve warns it will refuse one.
+SERVE_METRICS_INTERVAL_S = 10.0
 QUANTIZE_MODES = ("none", "int8")  # int8 = dynamic INT8 of the Linear layers (core.models.quantize_int8)
 
 
@@ -219,7 +222,7 @@ class ServeSection:
     target_ongoing_requests: float = 2.0
     upscale_delay_s: float = 3.0
     downscale_delay_s: float = 60.0
-    look_back_period_s: float = 30.0  # window the autoscaler averages ongoing requests over
+    look_back_period_s: float = 30.0  # window the autoscaler averages ongoing requests over; > SERVE_METRICS_INTERVAL_S
     max_ongoing_requests: int = 32  # per replica; >= max_batch_size so batches can fill
     num_cpus: float = 0.5
     app_name: str = "raydistill"  # Serve application name; redeploying under it is a rolling update

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from .checks import fraction, one_of, positive, require
-from .schema import QUANTIZE_MODES
+from .schema import QUANTIZE_MODES, SERVE_METRICS_INTERVAL_S
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
@@ -17,6 +17,9 @@ def validate_serve(cfg: Any) -> None:
               "target_ongoing_requests", "max_ongoing_requests", "look_back_period_s", "body_timeout_s",
               "request_timeout_s")
     require(s.batch_wait_timeout_s >= 0, "serve.batch_wait_timeout_s", "must be >= 0")
+    require(s.look_back_period_s > SERVE_METRICS_INTERVAL_S, "serve.look_back_period_s",
+            f"must be > {SERVE_METRICS_INTERVAL_S:g} seconds, Ray Serve's metrics interval (a shorter window "
+            f"averages one sample at most, and Ray Serve will refuse it), got {s.look_back_period_s}")
     for name in ("upscale_delay_s", "downscale_delay_s"):
         require(getattr(s, name) >= 0, f"serve.{name}", f"must be >= 0, got {getattr(s, name)}")
     require(bool(s.app_name.strip()), "serve.app_name", "must not be empty")
