@@ -30,8 +30,8 @@ def _range_pair(values: list[float], key: str, *, low: float, high: float | None
 def validate(cfg: Any) -> None:
     """Check every range rule; raise ConfigError on the first that fails."""
     require("://" not in cfg.run.storage_path, "run.storage_path",
-             "must be a filesystem path (on a multi-node cluster: a shared mount such as EFS/NFS at the same "
-             f"path on every node), not a URI; got {cfg.run.storage_path!r}")
+            "must be a filesystem path (on a multi-node cluster: a shared mount such as EFS/NFS at the same "
+            f"path on every node), not a URI; got {cfg.run.storage_path!r}")
     _seed(cfg.run.seed, "run.seed")
     _validate_tracking_uri(cfg.run.tracking_uri)
     _validate_data(cfg)
@@ -53,7 +53,7 @@ def validate(cfg: Any) -> None:
     for i, seed in enumerate(cfg.teacher.seeds):
         _seed(seed, f"teacher.seeds[{i}]")
     require(len(set(cfg.teacher.seeds)) == len(cfg.teacher.seeds), "teacher.seeds",
-             f"must not repeat a seed (identical teachers), got {cfg.teacher.seeds}")
+            f"must not repeat a seed (identical teachers), got {cfg.teacher.seeds}")
     _validate_tune(cfg)
     _validate_federated(cfg)
     validate_serve(cfg)
@@ -70,14 +70,14 @@ def _validate_method(d: Any) -> None:
     require(d.dkd_warmup_epochs >= 0, "distill.dkd_warmup_epochs", f"must be >= 0, got {d.dkd_warmup_epochs}")
     _nonzero_weights(d, d.method, "distill.method")
     require(math.isfinite(d.hint_weight) and d.hint_weight >= 0, "distill.hint_weight",
-             f"must be a finite number >= 0, got {d.hint_weight}")
+            f"must be a finite number >= 0, got {d.hint_weight}")
     for name in ("hint_layer", "guided_layer"):
         require(bool(getattr(d, name).strip()), f"distill.{name}", "must name a layer, or be auto")
     if parse_method(d.method).hint:
         require(d.mode == "online", "distill.mode", "method fitnet regresses the teacher's features for the batch "
-                 "the student sees, which cached soft targets do not hold; set distill.mode=online")
+                "the student sees, which cached soft targets do not hold; set distill.mode=online")
         require(len(d.teachers) <= 1, "distill.teachers", f"method fitnet takes its hint from one teacher, "
-                 f"got an ensemble of {len(d.teachers)}; distill from one, or use a logit method")
+                f"got an ensemble of {len(d.teachers)}; distill from one, or use a logit method")
 
 
 def _validate_views(d: Any) -> None:
@@ -85,18 +85,18 @@ def _validate_views(d: Any) -> None:
     require(d.cached_views >= 0, "distill.cached_views", f"must be >= 0 (0 = clean inputs only), got {d.cached_views}")
     require(d.cache_topk >= 0, "distill.cache_topk", f"must be >= 0 (0 = auto), got {d.cache_topk}")
     require(math.isfinite(d.cache_max_gb) and d.cache_max_gb > 0, "distill.cache_max_gb",
-             f"must be a finite number > 0, got {d.cache_max_gb}")
+            f"must be a finite number > 0, got {d.cache_max_gb}")
     if d.cached_views > 0:
         require(d.mode == "cached", "distill.cached_views", "caches the teacher's logits on augmented views, "
-                 "which distill.mode=online computes per batch anyway; set distill.mode=cached, or cached_views=0")
+                "which distill.mode=online computes per batch anyway; set distill.mode=cached, or cached_views=0")
         require(d.augment.active(), "distill.cached_views", "needs distill.augment (views of what? with no "
-                 "augmentation every view is the clean input); turn augmentation on, or set cached_views=0")
+                "augmentation every view is the clean input); turn augmentation on, or set cached_views=0")
         return
     require(not (d.mode == "cached" and d.augment.active()), "distill.augment",
-             "cached soft targets are the teacher's logits on clean inputs, which an augmented student input "
-             "would no longer match; set distill.cached_views=K (the teacher's logits on K seeded views of "
-             "each example, cached) or distill.mode=online (the teacher sees every augmented batch), "
-             "or turn distill.augment off")
+            "cached soft targets are the teacher's logits on clean inputs, which an augmented student input "
+            "would no longer match; set distill.cached_views=K (the teacher's logits on K seeded views of "
+            "each example, cached) or distill.mode=online (the teacher sees every augmented batch), "
+            "or turn distill.augment off")
 
 
 def _nonzero_weights(d: Any, method: str, used_by: str) -> None:
@@ -111,8 +111,8 @@ def _nonzero_weights(d: Any, method: str, used_by: str) -> None:
 def _validate_tracking_uri(uri: str) -> None:
     """Empty (sqlite under run.storage_path) or an MLflow URI with a scheme (a bare path: the legacy file store)."""
     require(uri == "" or uri == "databricks" or ("://" in uri and uri == uri.strip() and " " not in uri),
-             "run.tracking_uri", "must be \"\" (sqlite:///<run.storage_path>/mlflow.db) or a tracking URI with "
-             f"a scheme, such as http://mlflow.example:5000 or sqlite:////abs/path/mlflow.db; got {uri!r}")
+            "run.tracking_uri", "must be \"\" (sqlite:///<run.storage_path>/mlflow.db) or a tracking URI with "
+            f"a scheme, such as http://mlflow.example:5000 or sqlite:////abs/path/mlflow.db; got {uri!r}")
 
 
 DIGIT_DATA_SETS = ("digits", "mnist")  # a mirrored digit is another digit (or none)
@@ -124,23 +124,23 @@ def _validate_recipe(cfg: Any, section: str) -> None:
     r = getattr(cfg, section)
     positive(cfg, section, "epochs", "batch_size", "lr", "checkpoint_every")
     require(r.workers == "auto" or (isinstance(r.workers, int) and not isinstance(r.workers, bool) and r.workers >= 1),
-             f"{section}.workers", f"must be 'auto' or an integer >= 1, got {r.workers!r}")
+            f"{section}.workers", f"must be 'auto' or an integer >= 1, got {r.workers!r}")
     require(r.max_failures >= 0, f"{section}.max_failures", "must be >= 0")
     one_of(r.optimizer, f"{section}.optimizer", OPTIMIZERS)
     one_of(r.scheduler, f"{section}.scheduler", SCHEDULERS)
     fraction(r.momentum, f"{section}.momentum", high_open=True)
     require(not r.nesterov or (r.optimizer == "sgd" and r.momentum > 0), f"{section}.nesterov",
-             "needs optimizer: sgd with momentum > 0")
+            "needs optimizer: sgd with momentum > 0")
     require(r.weight_decay >= 0, f"{section}.weight_decay", f"must be >= 0, got {r.weight_decay}")
     require(r.gamma > 0, f"{section}.gamma", f"must be > 0, got {r.gamma}")
     require(0 <= r.warmup_epochs < r.epochs, f"{section}.warmup_epochs",
-             f"must be in [0, epochs), got {r.warmup_epochs} with epochs={r.epochs}")
+            f"must be in [0, epochs), got {r.warmup_epochs} with epochs={r.epochs}")
     fraction(r.label_smoothing, f"{section}.label_smoothing", high_open=True)
     require(r.grad_clip >= 0, f"{section}.grad_clip", f"must be >= 0 (0 = off), got {r.grad_clip}")
     if r.scheduler == "multistep":
         require(bool(r.milestones) and r.milestones == sorted(set(r.milestones)) and
-                 all(0 < m < r.epochs for m in r.milestones), f"{section}.milestones",
-                 f"multistep needs increasing epochs in (0, {r.epochs}), got {r.milestones}")
+                all(0 < m < r.epochs for m in r.milestones), f"{section}.milestones",
+                f"multistep needs increasing epochs in (0, {r.epochs}), got {r.milestones}")
     else:
         require(not r.milestones, f"{section}.milestones", f"only used by scheduler: multistep (got {r.scheduler})")
     _validate_augment(r.augment, section, cfg.data.name)
@@ -152,10 +152,10 @@ def _validate_augment(a: Any, section: str, data_name: str) -> None:
         require(getattr(a, key) >= 0, f"{section}.augment.{key}", f"must be >= 0 px, got {getattr(a, key)}")
     fraction(a.mixup, f"{section}.augment.mixup")
     require(math.isfinite(a.mixup_alpha) and a.mixup_alpha > 0, f"{section}.augment.mixup_alpha",
-             f"must be a finite number > 0 (lam ~ Beta(a, a)), got {a.mixup_alpha}")
+            f"must be a finite number > 0 (lam ~ Beta(a, a)), got {a.mixup_alpha}")
     require(not (a.hflip and data_name in DIGIT_DATA_SETS), f"{section}.augment.hflip",
-             f"data set '{data_name}' holds digits, and a mirrored digit is another digit (or none); "
-             f"use {section}.augment.translate instead")
+            f"data set '{data_name}' holds digits, and a mirrored digit is another digit (or none); "
+            f"use {section}.augment.translate instead")
 
 
 def _validate_data(cfg: Any) -> None:
@@ -163,14 +163,14 @@ def _validate_data(cfg: Any) -> None:
     require(0 <= d.val_fraction < 1, "data.val_fraction", f"must be in [0, 1), got {d.val_fraction}")
     if d.val_fraction == 0:  # train on train+val once settings are chosen; nothing may need validation
         require(not cfg.pipeline.tune, "data.val_fraction", "0 leaves no validation split, which the pipeline's "
-                 "sweep ranks trials on; set pipeline.tune=false (or keep a validation split)")
+                "sweep ranks trials on; set pipeline.tune=false (or keep a validation split)")
     fraction(d.test_fraction, "data.test_fraction", low_open=True, high_open=True)
     require(d.val_fraction + d.test_fraction < 1, "data.val_fraction", "val + test fractions must be < 1")
     require(d.train_limit >= 0, "data.train_limit", "must be >= 0 (0 = all)")
     positive(cfg, "data", "synthetic_samples")
     require(d.synthetic_classes >= 2, "data.synthetic_classes", "must be >= 2")
     require(len(d.synthetic_shape) == 3 and all(s > 0 for s in d.synthetic_shape),
-             "data.synthetic_shape", "must be [channels, height, width] of positive ints")
+            "data.synthetic_shape", "must be [channels, height, width] of positive ints")
 
 
 def _validate_tune(cfg: Any) -> None:
@@ -189,7 +189,7 @@ def _validate_tune(cfg: Any) -> None:
         values = getattr(t, name)
         if search != "grid":
             require(len(values) == 2 and values[0] < values[1], f"tune.{name}",
-                     f"a {search} range needs [low, high] with low < high, got {values}")
+                    f"a {search} range needs [low, high] with low < high, got {values}")
     if t.lr:
         require(len(t.lr) == 2 and 0 < t.lr[0] < t.lr[1], "tune.lr", f"needs [low, high], 0 < low < high; got {t.lr}")
     for name in t.method:
@@ -197,7 +197,7 @@ def _validate_tune(cfg: Any) -> None:
         _nonzero_weights(cfg.distill, name, "tune.method")
     require(len(set(t.method)) == len(t.method), "tune.method", f"must not repeat a method, got {t.method}")
     require("fitnet" not in t.method, "tune.method", "Tune's trials distill from cached soft targets and fitnet "
-             "needs the teacher's features online; sweep logit methods and run fitnet with `raydistill distill`")
+            "needs the teacher's features online; sweep logit methods and run fitnet with `raydistill distill`")
     require(t.max_concurrent >= 0, "tune.max_concurrent", "must be >= 0 (0 = from the cluster's CPUs)")
     require(t.max_retries >= 0, "tune.max_retries", "must be >= 0")
     one_of(t.metric, "tune.metric", ("val_accuracy", "val_loss", "train_loss"))
@@ -205,7 +205,7 @@ def _validate_tune(cfg: Any) -> None:
     require(t.fail_trial >= -1, "tune.fail_trial", "must be -1 (off) or a trial index >= 0")
     if t.searcher == "optuna":
         require("grid" not in (t.temperature_search, t.alpha_search) and not t.method, "tune.searcher",
-                 "optuna samples ranges; use temperature_search/alpha_search other than grid and no tune.method grid")
+                "optuna samples ranges; use temperature_search/alpha_search other than grid and no tune.method grid")
         require(t.fail_trial == -1, "tune.fail_trial", "works with the random searcher only")
 
 
@@ -236,11 +236,11 @@ def _validate_federated(cfg: Any) -> None:
 def _validate_compress(cfg: Any) -> None:
     c = cfg.compress
     require(len(c.sparsities) >= 1 and all(0 < v < 1 for v in c.sparsities), "compress.sparsities",
-             f"needs values in (0, 1), got {c.sparsities}")
+            f"needs values in (0, 1), got {c.sparsities}")
     percents = [round(v * 100) for v in c.sparsities]  # each row and its file are named teacher-pruned<percent>
     require(len(set(percents)) == len(percents) and all(0 < p < 100 for p in percents), "compress.sparsities",
-             f"needs distinct whole percents in 1..99 (rows are named by them), got {c.sparsities} = {percents} %")
+            f"needs distinct whole percents in 1..99 (rows are named by them), got {c.sparsities} = {percents} %")
     require(c.finetune_epochs >= 0, "compress.finetune_epochs", "must be >= 0 (0 = no fine-tune)")
     positive(cfg, "compress", "finetune_lr", "latency_repeats", "threads")
     require(len(c.latency_batches) >= 1 and all(b > 0 for b in c.latency_batches), "compress.latency_batches",
-             f"needs positive batch sizes, got {c.latency_batches}")
+            f"needs positive batch sizes, got {c.latency_batches}")

@@ -24,31 +24,31 @@ def validate_serve(cfg: Any) -> None:
         require(getattr(s, name) >= 0, f"serve.{name}", f"must be >= 0, got {getattr(s, name)}")
     require(bool(s.app_name.strip()), "serve.app_name", "must not be empty")
     require(1 <= s.min_replicas <= s.max_replicas, "serve.min_replicas",
-             f"need 1 <= min_replicas <= max_replicas, got {s.min_replicas}, {s.max_replicas}")
+            f"need 1 <= min_replicas <= max_replicas, got {s.min_replicas}, {s.max_replicas}")
     one_of(s.quantize, "serve.quantize", QUANTIZE_MODES)
     one_of(s.ingress, "serve.ingress", ("proxy", "haproxy"))
     require(s.route_prefix.startswith("/"), "serve.route_prefix", "must start with '/'")
     require(bool(s.allowed_hosts) and all(isinstance(h, str) and h.strip() for h in s.allowed_hosts),
-             "serve.allowed_hosts", f"must be a non-empty list of host names (or [\"*\"]), got {s.allowed_hosts}")
+            "serve.allowed_hosts", f"must be a non-empty list of host names (or [\"*\"]), got {s.allowed_hosts}")
     require(not (s.auth_token_env and s.auth_token_file), "serve.auth_token_file",
-             "set either serve.auth_token_env or serve.auth_token_file, not both")
+            "set either serve.auth_token_env or serve.auth_token_file, not both")
     _validate_cascade(s)
     public = s.host not in LOOPBACK_HOSTS
     auth = bool(s.auth_token_env or s.auth_token_file)
     require(not public or auth or s.allow_unauthenticated_public, "serve.host",
-             f"{s.host} is reachable from other machines and serve.auth_token_env is empty, so anyone who can "
-             f"reach it could use the model; set serve.auth_token_env to the env var holding a bearer token "
-             f"(or serve.auth_token_file to a file holding it), or "
-             f"set serve.allow_unauthenticated_public=true to expose it without auth on purpose")
+            f"{s.host} is reachable from other machines and serve.auth_token_env is empty, so anyone who can "
+            f"reach it could use the model; set serve.auth_token_env to the env var holding a bearer token "
+            f"(or serve.auth_token_file to a file holding it), or "
+            f"set serve.allow_unauthenticated_public=true to expose it without auth on purpose")
 
 
 def _validate_cascade(s: Any) -> None:
     """serve.cascade_* and serve.canary_fraction: checked even when off, so a typo fails before it is turned on."""
     one_of(s.cascade_metric, "serve.cascade_metric", ("max_prob", "margin"))
     require(s.cascade_threshold >= 0, "serve.cascade_threshold",
-             f"must be >= 0 (0 = never escalate; above 1 = always), got {s.cascade_threshold}")
+            f"must be >= 0 (0 = never escalate; above 1 = always), got {s.cascade_threshold}")
     require(s.cascade_timeout_s > 0, "serve.cascade_timeout_s", f"must be > 0 seconds, got {s.cascade_timeout_s}")
     fraction(s.canary_fraction, "serve.canary_fraction")
     require(0 <= s.cascade_min_replicas <= s.cascade_max_replicas and s.cascade_max_replicas >= 1,
-             "serve.cascade_min_replicas", f"need 0 <= cascade_min_replicas <= cascade_max_replicas and "
-             f"cascade_max_replicas >= 1, got {s.cascade_min_replicas}, {s.cascade_max_replicas}")
+            "serve.cascade_min_replicas", f"need 0 <= cascade_min_replicas <= cascade_max_replicas and "
+            f"cascade_max_replicas >= 1, got {s.cascade_min_replicas}, {s.cascade_max_replicas}")
