@@ -259,9 +259,10 @@ def test_a_look_back_window_within_serves_metrics_interval_is_refused_by_config_
     from ray.serve.config import DEFAULT_METRICS_INTERVAL_S
 
     from raydistill.core.config import ConfigError, load_config
+    from raydistill.core.config.schema import SERVE_METRICS_INTERVAL_S
     from raydistill.serving.app import ServeArgs
 
-    assert DEFAULT_METRICS_INTERVAL_S == 10.0 and seconds <= DEFAULT_METRICS_INTERVAL_S
+    assert SERVE_METRICS_INTERVAL_S == DEFAULT_METRICS_INTERVAL_S == 10.0 and seconds <= DEFAULT_METRICS_INTERVAL_S
     with pytest.raises(ConfigError, match=rf"serve\.look_back_period_s: must be > 10 seconds.*got {seconds}"):
         load_config(None, [f"serve.look_back_period_s={seconds}"])
     with pytest.raises(ValidationError, match="look_back_period_s"):

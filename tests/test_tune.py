@@ -114,11 +114,21 @@ def test_cli_rejects_a_bad_space_with_exit_code_2(capsys):
 
 class FileLog:
     """Every file this process opens for writing and every rename, seen through Python's audit hooks
-    (``sys.addaudithook``; a hook cannot be removed, so it records only while ``on``)."""
+    (``sys.addaudithook``; a hook cannot be removed, so one is installed per process, by :meth:`get`,
+    and it records only while ``on``)."""
+
+    _instance = None
 
     def __init__(self):
         self.on, self.written, self.renamed = False, [], []
         sys.addaudithook(self._hook)
+
+    @classmethod
+    def get(cls) -> "FileLog":
+        if cls._instance is None:
+            cls._instance = cls()
+        cls._instance.written.clear(), cls._instance.renamed.clear()
+        return cls._instance
 
     def _hook(self, event, args):
         if not self.on:
@@ -169,7 +179,7 @@ def test_a_searchers_state_enters_the_staging_folder_only_as_whole_files_by_rena
 
     staging, plain = tmp_path / "exp" / "driver_artifacts", tmp_path / "plain"
     staging.mkdir(parents=True), plain.mkdir()
-    log = FileLog()
+    log = FileLog.get()
     log.on = True
     try:
         make(staged=False).save_to_dir(str(plain), session_str="s1")

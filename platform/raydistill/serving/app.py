@@ -60,8 +60,8 @@ class ServeArgs(BaseModel):
     upscale_delay_s: float = Field(default=_S.upscale_delay_s, ge=0)
     downscale_delay_s: float = Field(default=_S.downscale_delay_s, ge=0)
     look_back_period_s: float = Field(default=_S.look_back_period_s, gt=SERVE_METRICS_INTERVAL_S,
-                                      description="window the autoscaler averages over; longer than Serve's 10 s "
-                                                  "metrics interval")
+                                      description="window the autoscaler averages over; longer than Serve's "
+                                                  f"{SERVE_METRICS_INTERVAL_S:g} s metrics interval")
     max_ongoing_requests: int = Field(default=_S.max_ongoing_requests, ge=1)
     num_cpus: float = Field(default=_S.num_cpus, gt=0)
     cascade_teacher: str = Field(default=_S.cascade_teacher, description="teacher artifact answering the instances "
