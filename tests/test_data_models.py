@@ -219,13 +219,25 @@ def test_seed_pair_matches_the_paper_layout():
     assert count_parameters(student) < count_parameters(teacher) / 4
 
 
-@pytest.mark.parametrize("channels, fc, shape", [((32, 64), 128, (1, 28, 28)), ((8, 16), 24, (3, 32, 32))])
+@pytest.mark.parametrize("channels, fc, shape", [((32, 64), 128, (1, 28, 28)), ((8, 16), 24, (3, 32, 32)),
+                                                 ((8, 16, 32), 256, (1, 28, 28)), ((5,), 7, (3, 9, 11))])
 def test_cnn_parameter_count_matches_the_written_formula(channels, fc, shape):
     c, h, w = shape
-    c0, c1 = channels
-    expected = (9 * c * c0 + c0) + (9 * c0 * c1 + c1) + (c1 * (h // 4) * (w // 4) + 1) * fc + (fc + 1) * 10
+    n = len(channels)
+    widths_in = (c,) + tuple(channels[:-1])
+    convs = sum(9 * cin * cout + cout for cin, cout in zip(widths_in, channels))
+    flat = channels[-1] * (h // 2 ** n) * (w // 2 ** n)
+    expected = convs + (flat + 1) * fc + (fc + 1) * 10
     model = build_model("cnn", shape, 10, {"channels": list(channels), "fc": fc})
     assert count_parameters(model) == expected
+    assert model(torch.zeros(2, *shape)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("channels, match", [([], "non-empty"), ([4, 0], "positive"),
+                                             ([4, 8, 16, 32, 64], "5 conv blocks halve 28x28")])
+def test_cnn_refuses_channels_that_leave_no_image(channels, match):
+    with pytest.raises(ValueError, match=match):
+        build_model("cnn", (1, 28, 28), 10, {"channels": channels, "fc": 8})
 
 
 def test_bad_model_arguments_are_reported():

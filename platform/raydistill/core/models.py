@@ -49,22 +49,29 @@ def _conv_block(cin: int, cout: int) -> list[nn.Module]:
 
 
 def _seed_cnn(input_shape, num_classes, *, channels: Sequence[int], fc: int) -> nn.Module:
-    """The seed paper's CIFAR pair: conv c0 -> conv c1 -> fc -> classes, each conv 3x3 + pool.
+    """The seed paper's pair generalised to n conv blocks: conv c0 -> ... -> conv c(n-1) -> fc -> classes.
 
-    Spatial size after two pools is ``(H // 4, W // 4)``; the first fc input is derived from it.
+    Each block is a 3x3 conv + 2x2 pool, so the spatial size after n blocks is ``(H >> n, W >> n)``
+    and the first fc input ``c(n-1) * (H >> n) * (W >> n)`` is derived from it.
     """
     c, h, w = input_shape
-    c0, c1 = channels
-    flat = c1 * (h // 4) * (w // 4)
-    return nn.Sequential(*_conv_block(c, c0), *_conv_block(c0, c1), nn.Flatten(),
-                         nn.Linear(flat, fc), nn.ReLU(), nn.Linear(fc, num_classes))
+    widths = [int(width) for width in channels]
+    if not widths or min(widths) < 1:
+        raise ValueError(f"channels must be a non-empty list of positive ints, got {list(channels)}")
+    if (h >> len(widths)) < 1 or (w >> len(widths)) < 1:
+        raise ValueError(f"{len(widths)} conv blocks halve {h}x{w} pixels {len(widths)} times: "
+                         f"nothing is left for the fc layer; use at most {min(h, w).bit_length() - 1}")
+    blocks = [layer for cin, cout in zip([c] + widths[:-1], widths) for layer in _conv_block(cin, cout)]
+    flat = widths[-1] * (h >> len(widths)) * (w >> len(widths))
+    return nn.Sequential(*blocks, nn.Flatten(), nn.Linear(flat, fc), nn.ReLU(), nn.Linear(fc, num_classes))
 
 
 @MODELS.register("cnn")
 def _cnn(input_shape, num_classes, *, channels: Sequence[int] = (32, 64), fc: int = 128) -> nn.Module:
-    """Two 3x3 conv + pool blocks and one hidden fc layer, sized by ``channels`` and ``fc``.
+    """One 3x3 conv + pool block per entry of ``channels``, then one hidden fc layer of width ``fc``.
 
-    Parameters: ``9*c*c0 + c0 + 9*c0*c1 + c1 + (c1*(H//4)*(W//4) + 1)*fc + (fc + 1)*classes``.
+    Parameters, with c_{-1} = C and n = len(channels):
+    ``sum_i (9*c_{i-1}*c_i + c_i) + (c_{n-1}*(H>>n)*(W>>n) + 1)*fc + (fc + 1)*classes``.
     """
     return _seed_cnn(input_shape, num_classes, channels=channels, fc=fc)
 
