@@ -407,6 +407,7 @@ def test_the_plain_grid_search_baseline_trains_on_the_written_formulas(batch, me
     assert got == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.ray  # starts its own Ray runtime in a subprocess
 def test_kd_methods_on_ray_tasks_gives_each_row_what_one_thread_in_process_gives(tmp_path):
     # benchmarks/kd_methods.py --workers 2 runs its trainings as one-CPU Ray tasks, a row starting when its
     # inputs (teacher -> view cache -> kd on views) are done; in process on one thread (the reference) the

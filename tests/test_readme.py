@@ -6,6 +6,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tomllib
 from dataclasses import dataclass
 
 import pytest
@@ -189,6 +190,25 @@ def test_make_demo_and_make_test_run_what_the_readme_promises():
     assert "pytest" in makefile.split("\ntest:")[1].split("\n\n")[0]
     assert "make test" in (REPO / ".ci" / "run").read_text()
     assert "make demo" in README and "make test" in README
+
+
+def test_make_tests_two_tiers_run_every_test_exactly_once():
+    # `make test` runs two pytest processes with complementary -m expressions; for every combination of
+    # the markers, exactly one of them selects the test (pytest's own expression evaluator decides).
+    import itertools
+
+    from _pytest.mark.expression import Expression
+
+    recipe = (REPO / "Makefile").read_text().split("\ntest:")[1].split("\n\n")[0]
+    tiers = re.findall(r'pytest [^\n]*?-m "([^"]+)" tests', recipe)
+    assert len(tiers) == 2, recipe
+    markers = [m.split(":")[0].strip() for m in tomllib.loads((REPO / "pyproject.toml").read_text())[
+        "tool"]["pytest"]["ini_options"]["markers"]]
+    assert set(markers) == {"ray", "cluster"}
+    for chosen in itertools.chain.from_iterable(itertools.combinations(markers, k) for k in range(3)):
+        picked = [Expression.compile(tier).evaluate(lambda name, **kw: name in chosen) for tier in tiers]
+        assert picked.count(True) == 1, (chosen, tiers, picked)
+    assert "ray_rc -eq 0 -a $$unit_rc -eq 0" in recipe  # either tier failing fails make test
 
 
 def test_every_benchmark_script_in_the_readme_exists_and_takes_its_flags():
