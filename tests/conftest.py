@@ -29,6 +29,7 @@ os.environ.setdefault("RAYDISTILL_CACHE_DIR", os.path.join(_TMP, "cache"))
 
 free_port = free_local_port
 
+
 def pytest_collection_modifyitems(config, items):
     """A test using ``ray_session`` (directly or through a fixture) is marked ``ray`` here, so ``-m "not ray
     and not cluster"`` (the unit tier ``make test`` runs beside the Ray tier) never starts a Ray runtime."""
